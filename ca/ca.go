@@ -1,0 +1,241 @@
+// Package ca is authproxy's local certificate authority: it creates and
+// loads the CA that clients trust, and mints the leaf certificates the
+// forward proxy presents on intercepted connections.
+package ca
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
+)
+
+// CA is a loaded certificate authority. It is safe for concurrent use.
+type CA struct {
+	cert    *x509.Certificate
+	certPEM []byte
+	key     crypto.Signer
+
+	validity time.Duration
+	now      func() time.Time
+	leaves   *lru.Cache[string, *tls.Certificate]
+	minting  singleflight.Group
+}
+
+// Create generates a new ECDSA P-256 CA valid for ten years and writes it
+// to certFile (mode 0644) and keyFile (mode 0600). It refuses to overwrite
+// existing files unless force is set.
+func Create(certFile, keyFile, commonName string, force bool) error {
+	if !force {
+		for _, f := range []string{certFile, keyFile} {
+			if _, err := os.Stat(f); err == nil {
+				return fmt.Errorf("ca: %s already exists (use -force to replace it)", f)
+			}
+		}
+	}
+	certPEM, keyPEM, err := NewCAPEM(commonName, time.Now(), 10*365*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	if err := writeFile(keyFile, keyPEM, 0o600); err != nil {
+		return err
+	}
+	return writeFile(certFile, certPEM, 0o644)
+}
+
+// NewCAPEM generates a CA certificate and key, PEM-encoded.
+func NewCAPEM(commonName string, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: generate key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          randomSerial(),
+		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"authproxy"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(validity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: create certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: marshal key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
+}
+
+func writeFile(name string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return fmt.Errorf("ca: %w", err)
+	}
+	if err := f.Chmod(mode); err != nil { // O_CREATE's mode is subject to umask and ignored for existing files
+		f.Close()
+		return fmt.Errorf("ca: %w", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("ca: write %s: %w", name, err)
+	}
+	return f.Close()
+}
+
+// Options tune leaf minting. Zero values take the defaults.
+type Options struct {
+	LeafCacheSize int           // default 1024
+	LeafValidity  time.Duration // default 24h
+	Now           func() time.Time
+}
+
+// Load reads a CA certificate and key from PEM files.
+func Load(certFile, keyFile string, opts Options) (*CA, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	return Parse(certPEM, keyPEM, opts)
+}
+
+// Parse builds a CA from PEM data.
+func Parse(certPEM, keyPEM []byte, opts Options) (*CA, error) {
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("ca: certificate and key do not form a pair: %w", err)
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	if !cert.IsCA {
+		return nil, errors.New("ca: the certificate is not a CA certificate")
+	}
+	signer, ok := pair.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, errors.New("ca: the key cannot sign")
+	}
+	if opts.LeafCacheSize <= 0 {
+		opts.LeafCacheSize = 1024
+	}
+	if opts.LeafValidity <= 0 {
+		opts.LeafValidity = 24 * time.Hour
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	leaves, err := lru.New[string, *tls.Certificate](opts.LeafCacheSize)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	first, _ := pem.Decode(certPEM)
+	return &CA{
+		cert: cert, certPEM: pem.EncodeToMemory(first), key: signer,
+		validity: opts.LeafValidity, now: opts.Now, leaves: leaves,
+	}, nil
+}
+
+// CertPEM returns the CA certificate, PEM-encoded, for clients to trust.
+func (c *CA) CertPEM() []byte { return c.certPEM }
+
+// Certificate returns the parsed CA certificate.
+func (c *CA) Certificate() *x509.Certificate { return c.cert }
+
+// CachedLeaves reports how many leaf certificates are cached.
+func (c *CA) CachedLeaves() int { return c.leaves.Len() }
+
+// Leaf returns a certificate for host (a DNS name or an IP address), from
+// the cache when it has more than a quarter of its validity left. Concurrent
+// calls for one host mint once.
+func (c *CA) Leaf(host string) (*tls.Certificate, error) {
+	if cert, ok := c.leaves.Get(host); ok && c.fresh(cert) {
+		return cert, nil
+	}
+	v, err, _ := c.minting.Do(host, func() (any, error) {
+		if cert, ok := c.leaves.Get(host); ok && c.fresh(cert) {
+			return cert, nil
+		}
+		cert, err := c.mint(host)
+		if err != nil {
+			return nil, err
+		}
+		c.leaves.Add(host, cert)
+		return cert, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*tls.Certificate), nil
+}
+
+func (c *CA) fresh(cert *tls.Certificate) bool {
+	return c.now().Add(c.validity / 4).Before(cert.Leaf.NotAfter)
+}
+
+func (c *CA) mint(host string) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("ca: generate leaf key: %w", err)
+	}
+	now := c.now()
+	notAfter := now.Add(c.validity)
+	if notAfter.After(c.cert.NotAfter) {
+		notAfter = c.cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: randomSerial(),
+		Subject:      pkix.Name{CommonName: host},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		tmpl.IPAddresses = []net.IP{ip}
+	} else {
+		tmpl.DNSNames = []string{host}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign leaf for %s: %w", host, err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	return &tls.Certificate{
+		Certificate: [][]byte{der, c.cert.Raw},
+		PrivateKey:  key,
+		Leaf:        leaf,
+	}, nil
+}
+
+func randomSerial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic(err) // crypto/rand does not fail on supported platforms
+	}
+	return n
+}

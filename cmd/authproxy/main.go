@@ -1,0 +1,223 @@
+// Command authproxy is a proxy that adds credentials to outgoing requests,
+// so applications never hold or refresh secrets themselves.
+//
+//	authproxy run -config FILE        run the proxy
+//	authproxy check -config FILE      validate the config, print every problem
+//	authproxy ca init -config FILE    create the interception CA
+//	authproxy ca export -config FILE  print the CA certificate for clients to trust
+//	authproxy version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/authproxy/authproxy/ca"
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/proxy"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = ""
+
+const usage = `usage:
+  authproxy run -config FILE        run the proxy
+  authproxy check -config FILE      validate the config and print every problem
+  authproxy ca init -config FILE    create the interception CA (ca.cert_file, ca.key_file)
+  authproxy ca export -config FILE  print the CA certificate for clients to trust
+  authproxy version                 print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
+	case "ca":
+		return cmdCA(args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "authproxy", versionString())
+		return 0
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "authproxy: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return "", false
+	}
+	if *path == "" || fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "usage: authproxy %s -config FILE\n", name)
+		return "", false
+	}
+	return *path, true
+}
+
+// load reads the config and builds the injectors, reporting every problem.
+func load(path string) (*config.Config, map[string]injectors.Injector, error) {
+	cfg, err := config.Load(path)
+	if cfg == nil {
+		return nil, nil, err
+	}
+	injs, ierr := injectors.BuildAll(cfg.Injectors)
+	if err = errors.Join(err, ierr); err != nil {
+		return nil, nil, err
+	}
+	return cfg, injs, nil
+}
+
+func printProblems(stderr io.Writer, path string, err error) {
+	problems := config.Flatten(err)
+	fmt.Fprintf(stderr, "%s: %d problem(s):\n", path, len(problems))
+	for _, p := range problems {
+		fmt.Fprintf(stderr, "  %v\n", p)
+	}
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	path, ok := configFlag("check", args, stderr)
+	if !ok {
+		return 2
+	}
+	cfg, injs, err := load(path)
+	if err == nil {
+		_, err = proxy.New(cfg, injs, proxy.Options{})
+	}
+	if err != nil {
+		printProblems(stderr, path, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d routes, %d injectors)\n", path, len(cfg.Listeners), len(cfg.Routes), len(injs))
+	return 0
+}
+
+func cmdRun(args []string, stderr io.Writer) int {
+	path, ok := configFlag("run", args, stderr)
+	if !ok {
+		return 2
+	}
+	cfg, injs, err := load(path)
+	if err != nil {
+		printProblems(stderr, path, err)
+		return 1
+	}
+	logger := newLogger(cfg.Log, stderr)
+	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger})
+	if err != nil {
+		printProblems(stderr, path, err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop() // a second signal now ends the process at once
+	}()
+	logger.Info("authproxy starting", "version", versionString(), "config", path)
+	if err := srv.Run(ctx); err != nil {
+		logger.Error("authproxy stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	switch c.Level {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func cmdCA(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || (args[0] != "init" && args[0] != "export") {
+		fmt.Fprint(stderr, "usage: authproxy ca init|export -config FILE\n")
+		return 2
+	}
+	sub := args[0]
+	fs := flag.NewFlagSet("ca "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file naming ca.cert_file and ca.key_file")
+	certFile := fs.String("cert", "", "CA certificate file (instead of -config)")
+	keyFile := fs.String("key", "", "CA key file (instead of -config)")
+	force := fs.Bool("force", false, "ca init: replace existing files")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if *path != "" {
+		cfg, err := config.Load(*path)
+		if cfg == nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		if cfg.CA == nil || cfg.CA.CertFile == "" || cfg.CA.KeyFile == "" {
+			fmt.Fprintf(stderr, "%s: ca: set ca.cert_file and ca.key_file\n", *path)
+			return 1
+		}
+		*certFile, *keyFile = cfg.CA.CertFile, cfg.CA.KeyFile
+	}
+	if *certFile == "" || *keyFile == "" {
+		fmt.Fprintf(stderr, "usage: authproxy ca %s -config FILE (or -cert FILE -key FILE)\n", sub)
+		return 2
+	}
+	if sub == "init" {
+		if err := ca.Create(*certFile, *keyFile, "authproxy local CA", *force); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "created %s and %s (key mode 0600)\ntrust it in clients with: authproxy ca export ... > authproxy-ca.pem\n", *certFile, *keyFile)
+		return 0
+	}
+	authority, err := ca.Load(*certFile, *keyFile, ca.Options{})
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	_, _ = stdout.Write(authority.CertPEM())
+	return 0
+}

@@ -1,0 +1,465 @@
+// Package config loads authproxy's YAML configuration.
+//
+// Loading has two steps, as in smokescreen's config loader: the file is
+// decoded strictly into the file-format structs below (unknown or duplicate
+// keys are errors), then validated and turned into the runtime Config.
+// Every error names its YAML path, and all errors are reported together.
+// Injector blocks are kept as raw YAML and decoded by package injectors,
+// which knows each kind.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/authproxy/authproxy/proxy/route"
+)
+
+// File is the configuration file as written.
+type File struct {
+	Log       Log                  `yaml:"log"`
+	Listeners []Listener           `yaml:"listeners"`
+	CA        *CA                  `yaml:"ca"`
+	Upstream  Upstream             `yaml:"upstream"`
+	Timeouts  Timeouts             `yaml:"timeouts"`
+	Injectors map[string]yaml.Node `yaml:"injectors"`
+	Routes    []Route              `yaml:"routes"`
+}
+
+// Log configures the proxy's own log (never request bodies or secrets).
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+	Format string `yaml:"format"` // text (default) or json
+}
+
+// Listener is one address the proxy serves.
+type Listener struct {
+	Name    string `yaml:"name"`
+	Kind    string `yaml:"kind"`    // sidecar or forward
+	Address string `yaml:"address"` // host:port
+	// Host, on a sidecar, is the host name routes are matched against
+	// (default: the Host header the client sent).
+	Host string `yaml:"host"`
+	// Upstream, on a sidecar, is where routes without their own upstream send.
+	Upstream string `yaml:"upstream"`
+	// Unmatched says what happens to requests no route matches: on a sidecar
+	// "deny" (default, 404) or "pass" (forwarded to Upstream without a
+	// credential); on a forward listener "deny" (default, 403) or "tunnel"
+	// (CONNECT tunnelled untouched, plain requests forwarded untouched).
+	Unmatched string `yaml:"unmatched"`
+	// AllowRemoteClients permits a non-loopback address. A listener that
+	// injects credentials must not be reachable by others by accident.
+	AllowRemoteClients bool `yaml:"allow_remote_clients"`
+}
+
+// CA is the local certificate authority that signs interception certificates.
+type CA struct {
+	CertFile      string   `yaml:"cert_file"`
+	KeyFile       string   `yaml:"key_file"`
+	LeafCacheSize int      `yaml:"leaf_cache_size"` // default 1024
+	LeafValidity  Duration `yaml:"leaf_validity"`   // default 24h
+}
+
+// Upstream configures connections from the proxy to upstream servers. The
+// proxy never uses HTTP_PROXY/HTTPS_PROXY from its own environment.
+type Upstream struct {
+	// CAFile is a PEM bundle trusted in addition to the system roots.
+	CAFile string `yaml:"ca_file"`
+	// Resolve pins host names to addresses ("api.example.com": "10.0.0.5"),
+	// as curl --resolve does.
+	Resolve               map[string]string `yaml:"resolve"`
+	DialTimeout           Duration          `yaml:"dial_timeout"`            // default 10s
+	TLSHandshakeTimeout   Duration          `yaml:"tls_handshake_timeout"`   // default 10s
+	ResponseHeaderTimeout Duration          `yaml:"response_header_timeout"` // default 0: none
+	IdleConnTimeout       Duration          `yaml:"idle_conn_timeout"`       // default 90s
+	MaxIdleConnsPerHost   int               `yaml:"max_idle_conns_per_host"` // default 256
+}
+
+// Timeouts bound the client side of every listener. There is deliberately
+// no per-request write timeout: it would cut long gRPC streams.
+type Timeouts struct {
+	ReadHeader   Duration `yaml:"read_header"`   // default 10s
+	Idle         Duration `yaml:"idle"`          // default 120s
+	TLSHandshake Duration `yaml:"tls_handshake"` // intercepted connections, default 10s
+	Shutdown     Duration `yaml:"shutdown"`      // drain bound on SIGINT/SIGTERM, default 30s
+}
+
+// Route matches requests and names the injector that adds their credential.
+type Route struct {
+	Name      string   `yaml:"name"`
+	Listeners []string `yaml:"listeners"` // default: every listener
+	Match     Match    `yaml:"match"`
+	Injector  string   `yaml:"injector"`
+	// Upstream is where a sidecar sends the route's requests (default: the
+	// listener's upstream). Forward listeners send to the client's target.
+	Upstream string `yaml:"upstream"`
+	// AllowPlaintext permits sending the credential over plain HTTP.
+	AllowPlaintext bool `yaml:"allow_plaintext"`
+	// TLSUpgrade makes a forward listener send plain-HTTP requests upstream
+	// over TLS (port 80 becomes 443).
+	TLSUpgrade bool `yaml:"tls_upgrade"`
+	// StripHeaders are more client headers to drop, besides Authorization,
+	// Proxy-Authorization and every header the injector sets.
+	StripHeaders []string `yaml:"strip_headers"`
+}
+
+// Match is a route's request pattern.
+type Match struct {
+	Host    string   `yaml:"host"`
+	Path    string   `yaml:"path"`
+	Methods []string `yaml:"methods"`
+}
+
+// Duration is a time.Duration written as "10s", "2m", "1h30m".
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("expected a duration such as 10s or 2m, got %q", n.Value)
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %q must not be negative", n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the duration, or def when it was not set.
+func (d Duration) D(def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+// Listener kinds and unmatched policies.
+const (
+	KindSidecar = "sidecar"
+	KindForward = "forward"
+
+	UnmatchedDeny   = "deny"
+	UnmatchedPass   = "pass"
+	UnmatchedTunnel = "tunnel"
+)
+
+// Config is the validated configuration.
+type Config struct {
+	File
+	// Routes per listener name, in file order, each with its parsed pattern.
+	RoutesByListener map[string][]RouteRef
+}
+
+// RouteRef is a validated route.
+type RouteRef struct {
+	Index   int // position in File.Routes
+	Route   *Route
+	Pattern route.Pattern
+	// Upstream for sidecar listeners (nil on forward listeners).
+	Upstream *url.URL
+	// Path is the route's YAML path, for messages.
+	Path string
+}
+
+// Load reads and validates a configuration file. On validation errors it
+// returns both the (partial) Config and the joined errors, so a caller can
+// go on to report problems in the injector blocks too; on a YAML syntax
+// error the Config is nil.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(data)
+}
+
+// Parse is Load on bytes.
+func Parse(data []byte) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("config: %v", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	cfg := &Config{}
+	if len(root.Content) == 0 {
+		return cfg, Errorf("", "the configuration is empty")
+	}
+	errs := Flatten(DecodeNode(&root, "", &cfg.File))
+	errs = append(errs, cfg.validate()...)
+	return cfg, errors.Join(errs...)
+}
+
+func (c *Config) validate() []error {
+	var errs []error
+	add := func(path, format string, args ...any) { errs = append(errs, Errorf(path, format, args...)) }
+
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		add("log.level", "unknown level %q (known: debug, info, warn, error)", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "text", "json":
+	default:
+		add("log.format", "unknown format %q (known: text, json)", c.Log.Format)
+	}
+
+	listeners := map[string]*Listener{}
+	hasForward := false
+	if len(c.Listeners) == 0 {
+		add("listeners", "at least one listener is required")
+	}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		p := Index("listeners", i)
+		switch {
+		case l.Name == "":
+			add(Join(p, "name"), "required")
+		case listeners[l.Name] != nil:
+			add(Join(p, "name"), "duplicate listener name %q", l.Name)
+		default:
+			listeners[l.Name] = l
+		}
+		if err := checkListenAddress(l.Address, l.AllowRemoteClients); err != nil {
+			add(Join(p, "address"), "%v", err)
+		}
+		switch l.Kind {
+		case KindSidecar:
+			if l.Unmatched == "" {
+				l.Unmatched = UnmatchedDeny
+			}
+			if l.Unmatched != UnmatchedDeny && l.Unmatched != UnmatchedPass {
+				add(Join(p, "unmatched"), "a sidecar takes deny or pass, not %q", l.Unmatched)
+			}
+			if l.Upstream != "" {
+				if _, err := parseUpstream(l.Upstream); err != nil {
+					add(Join(p, "upstream"), "%v", err)
+				}
+			} else if l.Unmatched == UnmatchedPass {
+				add(Join(p, "upstream"), "required when unmatched is pass")
+			}
+			if l.Host != "" {
+				if _, err := route.ParseHost(l.Host); err != nil {
+					add(Join(p, "host"), "%v", err)
+				}
+			}
+		case KindForward:
+			hasForward = true
+			if l.Unmatched == "" {
+				l.Unmatched = UnmatchedDeny
+			}
+			if l.Unmatched != UnmatchedDeny && l.Unmatched != UnmatchedTunnel {
+				add(Join(p, "unmatched"), "a forward listener takes deny or tunnel, not %q", l.Unmatched)
+			}
+			if l.Host != "" {
+				add(Join(p, "host"), "only sidecar listeners take a host")
+			}
+			if l.Upstream != "" {
+				add(Join(p, "upstream"), "only sidecar listeners take an upstream; a forward listener sends to the client's target")
+			}
+		case "":
+			add(Join(p, "kind"), "required (sidecar or forward)")
+		default:
+			add(Join(p, "kind"), "unknown kind %q (known: sidecar, forward)", l.Kind)
+		}
+	}
+
+	if hasForward && (c.CA == nil || c.CA.CertFile == "" || c.CA.KeyFile == "") {
+		add("ca", "a forward listener needs ca.cert_file and ca.key_file (create them with `authproxy ca init`)")
+	}
+	if c.CA != nil && c.CA.LeafCacheSize < 0 {
+		add("ca.leaf_cache_size", "must not be negative")
+	}
+	if c.Upstream.MaxIdleConnsPerHost < 0 {
+		add("upstream.max_idle_conns_per_host", "must not be negative")
+	}
+	for _, host := range sortedMapKeys(c.Upstream.Resolve) {
+		if c.Upstream.Resolve[host] == "" || strings.Contains(c.Upstream.Resolve[host], "/") {
+			add(Join("upstream.resolve", host), "expected an address such as 10.0.0.5 or [::1]")
+		}
+	}
+
+	injectorNames := sortedMapKeys(c.Injectors)
+	c.RoutesByListener = map[string][]RouteRef{}
+	routeNames := map[string]int{}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		p := Index("routes", i)
+		if r.Name == "" {
+			add(Join(p, "name"), "required")
+		} else if j, dup := routeNames[r.Name]; dup {
+			add(Join(p, "name"), "duplicate route name %q (also routes[%d])", r.Name, j)
+		} else {
+			routeNames[r.Name] = i
+		}
+		ref := RouteRef{Index: i, Route: r, Path: p}
+		var err error
+		ok := true
+		if ref.Pattern.Host, err = route.ParseHost(r.Match.Host); err != nil {
+			add(Join(p, "match.host"), "%v", err)
+			ok = false
+		}
+		if ref.Pattern.Path, err = route.ParsePath(r.Match.Path); err != nil {
+			add(Join(p, "match.path"), "%v", err)
+			ok = false
+		}
+		if ref.Pattern.Methods, err = route.ParseMethods(r.Match.Methods); err != nil {
+			add(Join(p, "match.methods"), "%v", err)
+			ok = false
+		}
+		switch {
+		case r.Injector == "":
+			add(Join(p, "injector"), "required")
+		case c.Injectors[r.Injector].Kind == 0:
+			add(Join(p, "injector"), "unknown injector %q (defined: %s)", r.Injector, orNone(injectorNames))
+		}
+		var routeUpstream *url.URL
+		if r.Upstream != "" {
+			if routeUpstream, err = parseUpstream(r.Upstream); err != nil {
+				add(Join(p, "upstream"), "%v", err)
+				ok = false
+			}
+		}
+		if routeUpstream != nil && routeUpstream.Scheme != "https" && !r.AllowPlaintext {
+			add(Join(p, "upstream"), "%s sends the credential in plaintext; use https or set allow_plaintext: true", r.Upstream)
+		}
+		for j, h := range r.StripHeaders {
+			if h == "" || strings.ContainsAny(h, " :\t") {
+				add(Index(Join(p, "strip_headers"), j), "invalid header name %q", h)
+			}
+		}
+		serves := r.Listeners
+		if len(serves) == 0 {
+			for _, l := range c.Listeners {
+				serves = append(serves, l.Name)
+			}
+		}
+		for j, name := range r.Listeners {
+			if listeners[name] == nil {
+				add(Index(Join(p, "listeners"), j), "unknown listener %q", name)
+			}
+		}
+		if !ok {
+			continue
+		}
+		for _, name := range serves {
+			l := listeners[name]
+			if l == nil {
+				continue
+			}
+			ref := ref
+			switch l.Kind {
+			case KindForward:
+				if ref.Pattern.Host.IsAny() {
+					add(Join(p, "match.host"), "required: forward listener %q intercepts only the hosts routes name", name)
+				}
+				if r.Upstream != "" && len(r.Listeners) > 0 {
+					add(Join(p, "upstream"), "forward listener %q sends to the client's target; upstream applies to sidecars only", name)
+				}
+			case KindSidecar:
+				ref.Upstream = routeUpstream
+				if ref.Upstream == nil && l.Upstream != "" {
+					ref.Upstream, _ = parseUpstream(l.Upstream)
+					if ref.Upstream != nil && ref.Upstream.Scheme != "https" && !r.AllowPlaintext {
+						add(Join(p, "allow_plaintext"), "listener %q sends to %s in plaintext; set allow_plaintext: true to allow that for this route", name, l.Upstream)
+					}
+				}
+				if ref.Upstream == nil {
+					add(Join(p, "upstream"), "required: sidecar listener %q has no upstream of its own", name)
+				}
+			}
+			c.RoutesByListener[name] = append(c.RoutesByListener[name], ref)
+		}
+	}
+
+	for _, l := range c.Listeners {
+		refs := c.RoutesByListener[l.Name]
+		entries := make([]route.Entry[int], len(refs))
+		for i, ref := range refs {
+			entries[i] = route.Entry[int]{Pattern: ref.Pattern, Value: i}
+		}
+		_, conflicts := route.NewTable(entries)
+		for _, cf := range conflicts {
+			a, b := refs[cf.A], refs[cf.B]
+			add(b.Path, "overlaps %s (%q) with equal specificity: both match %s and %s; make one more specific",
+				a.Path, a.Route.Name, a.Pattern, b.Pattern)
+		}
+	}
+	return dedupe(errs)
+}
+
+// dedupe drops repeated messages (a tie between two routes served by two
+// listeners is one problem).
+func dedupe(errs []error) []error {
+	seen := map[string]bool{}
+	out := errs[:0]
+	for _, e := range errs {
+		s := e.Error()
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func checkListenAddress(addr string, allowRemote bool) error {
+	if addr == "" {
+		return errors.New("required (for example 127.0.0.1:15001)")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if allowRemote {
+		return nil
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address; a listener that adds credentials must not be reachable by others (set allow_remote_clients: true if it must)", addr)
+	}
+	return nil
+}
+
+func parseUpstream(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("%q is not an absolute URL such as https://api.example.com", s)
+	}
+	if !slices.Contains([]string{"https", "http", "h2c"}, u.Scheme) {
+		return nil, fmt.Errorf("%q: scheme must be https, http or h2c", s)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, fmt.Errorf("%q: an upstream takes no query, fragment or user info", s)
+	}
+	return u, nil
+}
+
+func sortedMapKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func orNone(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}

@@ -1,0 +1,105 @@
+package injectors
+
+import (
+	"errors"
+	"net/http"
+	"sort"
+
+	"golang.org/x/net/http/httpguts"
+	"gopkg.in/yaml.v3"
+
+	"github.com/authproxy/authproxy/config"
+)
+
+// StaticConfig is the `kind: static` block: fixed headers whose values are
+// secrets.
+//
+//	kind: static
+//	headers:
+//	  Authorization: {env: API_TOKEN, prefix: "Bearer "}
+//	  X-Api-Key: {file: /var/run/secrets/api-key}
+type StaticConfig struct {
+	Kind    string                  `yaml:"kind"`
+	Headers map[string]StaticHeader `yaml:"headers"`
+}
+
+// StaticHeader is one header: a secret source and an optional prefix
+// written before the secret (such as "Bearer ").
+type StaticHeader struct {
+	config.SecretSource `yaml:",inline"`
+	Prefix              string `yaml:"prefix"`
+}
+
+// Static sets fixed headers. It is immutable and safe for concurrent use.
+type Static struct {
+	headers []staticValue
+	names   []string
+}
+
+type staticValue struct {
+	name  string   // canonical header name
+	value []string // one element; shared by every request, never appended to (cap == len)
+}
+
+var _ Injector = (*Static)(nil)
+
+func buildStatic(n *yaml.Node) (Injector, error) {
+	var cfg StaticConfig
+	derr := config.DecodeNode(n, "", &cfg)
+	s, err := NewStatic(cfg, nil)
+	if err = errors.Join(derr, err); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// NewStatic validates cfg and reads its secrets (lookupEnv is os.LookupEnv
+// when nil). Errors name the header, never its value.
+func NewStatic(cfg StaticConfig, lookupEnv func(string) (string, bool)) (*Static, error) {
+	if len(cfg.Headers) == 0 {
+		return nil, config.Errorf("headers", "at least one header is required")
+	}
+	names := make([]string, 0, len(cfg.Headers))
+	for name := range cfg.Headers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	s := &Static{}
+	var errs []error
+	for _, name := range names {
+		h := cfg.Headers[name]
+		path := config.Join("headers", name)
+		if !httpguts.ValidHeaderFieldName(name) {
+			errs = append(errs, config.Errorf(path, "invalid header name"))
+			continue
+		}
+		secret, err := h.Resolve(lookupEnv)
+		if err != nil {
+			errs = append(errs, config.Errorf(path, "%v", err))
+			continue
+		}
+		v := h.Prefix + secret.Reveal()
+		if !httpguts.ValidHeaderFieldValue(v) {
+			errs = append(errs, config.Errorf(path, "the value contains characters not allowed in a header (such as a newline)"))
+			continue
+		}
+		canon := http.CanonicalHeaderKey(name)
+		s.headers = append(s.headers, staticValue{name: canon, value: []string{v}[:1:1]})
+		s.names = append(s.names, canon)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return s, nil
+}
+
+// Headers implements Injector.
+func (s *Static) Headers() []string { return s.names }
+
+// Inject implements Injector.
+func (s *Static) Inject(req *Request) error {
+	for _, h := range s.headers {
+		req.Header[h.name] = h.value
+	}
+	return nil
+}

@@ -1,0 +1,192 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// connSet tracks connections that http.Server no longer tracks once
+// goproxy hijacks them, so shutdown can close them.
+type connSet struct {
+	mu     sync.Mutex
+	m      map[io.Closer]struct{}
+	closed bool
+}
+
+// add registers c; it reports false once the set is closed.
+func (s *connSet) add(c io.Closer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.m == nil {
+		s.m = map[io.Closer]struct{}{}
+	}
+	s.m[c] = struct{}{}
+	return true
+}
+
+func (s *connSet) remove(c io.Closer) {
+	s.mu.Lock()
+	delete(s.m, c)
+	s.mu.Unlock()
+}
+
+func (s *connSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
+
+func (s *connSet) each(fn func(io.Closer)) {
+	s.mu.Lock()
+	list := make([]io.Closer, 0, len(s.m))
+	for c := range s.m {
+		list = append(list, c)
+	}
+	s.mu.Unlock()
+	for _, c := range list {
+		fn(c)
+	}
+}
+
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.each(func(c io.Closer) { _ = c.Close() })
+}
+
+// trackingListener registers every accepted connection in a connSet.
+type trackingListener struct {
+	net.Listener
+	set *connSet
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: c, set: l.set}
+		if l.set.add(tc) {
+			return tc, nil
+		}
+		_ = c.Close()
+	}
+}
+
+// trackedConn is a client connection of the forward listener.
+type trackedConn struct {
+	net.Conn
+	set  *connSet
+	once sync.Once
+	it   atomic.Pointer[interception] // set when the connection is intercepted
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.set.remove(c)
+		if it := c.it.Load(); it != nil {
+			it.timer.Stop()
+		}
+	})
+	return err
+}
+
+type connKey struct{}
+
+// tunnelConn is the upstream side of a tunnelled CONNECT. Both directions
+// of the tunnel pass through it, so it sees all traffic and closes the
+// tunnel after idle time without any.
+type tunnelConn struct {
+	net.Conn
+	idle  time.Duration
+	last  atomic.Int64 // unix nanoseconds of the last read or write
+	timer *time.Timer
+	set   *connSet
+	once  sync.Once
+}
+
+func (c *tunnelConn) touch() { c.last.Store(time.Now().UnixNano()) }
+
+func (c *tunnelConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.touch()
+	return n, err
+}
+
+func (c *tunnelConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.touch()
+	return n, err
+}
+
+func (c *tunnelConn) check() {
+	quiet := time.Since(time.Unix(0, c.last.Load()))
+	if quiet >= c.idle {
+		_ = c.Close()
+		return
+	}
+	c.timer.Reset(c.idle - quiet)
+}
+
+func (c *tunnelConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.timer.Stop()
+		if c.set != nil {
+			c.set.remove(c)
+		}
+	})
+	return err
+}
+
+// activity counts requests in flight and lets shutdown wait for none.
+type activity struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0 while someone waits
+}
+
+func (a *activity) start() {
+	a.mu.Lock()
+	a.n++
+	a.mu.Unlock()
+}
+
+func (a *activity) done() {
+	a.mu.Lock()
+	a.n--
+	if a.n == 0 && a.idle != nil {
+		close(a.idle)
+		a.idle = nil
+	}
+	a.mu.Unlock()
+}
+
+func (a *activity) wait(ctx context.Context) error {
+	a.mu.Lock()
+	if a.n == 0 {
+		a.mu.Unlock()
+		return nil
+	}
+	if a.idle == nil {
+		a.idle = make(chan struct{})
+	}
+	ch := a.idle
+	a.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

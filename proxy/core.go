@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/proxy/route"
+)
+
+// routeRT is a route ready to serve: its injector and where it sends.
+type routeRT struct {
+	name           string
+	injector       injectors.Injector
+	observer       injectors.ResponseObserver // nil unless the injector observes responses
+	upstream       *url.URL                   // sidecar target (scheme http for h2c); nil on forward listeners
+	h2c            bool
+	allowPlaintext bool
+	tlsUpgrade     bool
+	strip          []string // canonical names of client headers to remove
+}
+
+func newRouteRT(ref config.RouteRef, inj injectors.Injector) *routeRT {
+	r := ref.Route
+	rt := &routeRT{
+		name:           r.Name,
+		injector:       inj,
+		allowPlaintext: r.AllowPlaintext,
+		tlsUpgrade:     r.TLSUpgrade,
+	}
+	rt.observer, _ = inj.(injectors.ResponseObserver)
+	if ref.Upstream != nil {
+		u := *ref.Upstream
+		if u.Scheme == "h2c" {
+			rt.h2c = true
+			u.Scheme = "http"
+		}
+		rt.upstream = &u
+	}
+	seen := map[string]bool{}
+	for _, h := range append(append([]string{"Authorization", "Proxy-Authorization"}, r.StripHeaders...), inj.Headers()...) {
+		c := http.CanonicalHeaderKey(h)
+		if !seen[c] {
+			seen[c] = true
+			rt.strip = append(rt.strip, c)
+		}
+	}
+	return rt
+}
+
+// exchange is one request on its way upstream: the matched route (nil when
+// an unmatched request passes through untouched) and where it goes.
+type exchange struct {
+	route  *routeRT
+	params route.Params
+	target *url.URL // scheme and host to send to (sidecar: also base path)
+	join   bool     // join target's path with the request path (sidecar)
+	h2c    bool
+}
+
+type exchangeKey struct{}
+
+// core sends requests upstream: it strips the client's credentials, calls
+// the injector, and round-trips. It is shared by every listener.
+type core struct {
+	up  *upstream
+	log *slog.Logger
+	rp  *httputil.ReverseProxy
+}
+
+func newCore(up *upstream, log *slog.Logger) *core {
+	c := &core{up: up, log: log}
+	c.rp = &httputil.ReverseProxy{
+		Rewrite:      c.rewrite,
+		Transport:    roundTripperFunc(c.roundTrip),
+		ErrorHandler: c.errorHandler,
+		BufferPool:   bufferPool{},
+	}
+	return c
+}
+
+// serve forwards r as described by x, through httputil.ReverseProxy.
+func (c *core) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
+	c.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
+}
+
+func (c *core) rewrite(pr *httputil.ProxyRequest) {
+	x := pr.In.Context().Value(exchangeKey{}).(*exchange)
+	if x.join {
+		pr.SetURL(x.target)
+		return
+	}
+	pr.Out.URL.Scheme = x.target.Scheme
+	pr.Out.URL.Host = x.target.Host
+}
+
+func (c *core) roundTrip(out *http.Request) (*http.Response, error) {
+	return c.send(out, out.Context().Value(exchangeKey{}).(*exchange))
+}
+
+// send strips, injects and round-trips out, which the caller owns. It never
+// sends a request whose injector failed.
+func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
+	rt := x.route
+	var ireq *injectors.Request
+	if rt != nil {
+		if out.URL.Scheme != "https" && !rt.allowPlaintext {
+			return nil, &routeError{route: rt.name, err: ErrPlaintext}
+		}
+		for _, h := range rt.strip {
+			delete(out.Header, h)
+		}
+		ireq = &injectors.Request{Request: out, Route: rt.name, Params: x.params}
+		if err := rt.injector.Inject(ireq); err != nil {
+			return nil, &routeError{route: rt.name, err: err}
+		}
+	}
+	tr := c.up.tls
+	if x.h2c {
+		tr = c.up.h2c
+	}
+	resp, err := tr.RoundTrip(out)
+	if err != nil {
+		err = &upstreamError{err: err}
+		if rt != nil {
+			err = &routeError{route: rt.name, err: err}
+		}
+		return nil, err
+	}
+	if rt != nil && rt.observer != nil {
+		rt.observer.ObserveResponse(ireq, resp)
+	}
+	return resp, nil
+}
+
+func (c *core) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return // the client went away; nobody is left to answer
+	}
+	c.logFailure(r, err)
+	writeError(w, r, err)
+}
+
+// logFailure logs a failed request without its query, body or headers.
+func (c *core) logFailure(r *http.Request, err error) {
+	c.log.Warn("request failed", "method", r.Method, "host", r.Host, "path", r.URL.Path, "err", err)
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// bufferPool recycles ReverseProxy's copy buffers.
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *buffers.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { buffers.Put(&b) }
+
+// splitHost splits a Host header or authority into a lower-case host name
+// and a port ("" when absent, or defPort when given).
+func splitHost(hostport, defPort string) (host, port string) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host, port = hostport, ""
+	}
+	if port == "" {
+		port = defPort
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	return strings.ToLower(host), port
+}

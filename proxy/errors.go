@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/authproxy/authproxy/injectors"
+)
+
+// Sentinel errors of the proxy itself. Injectors add their own
+// (injectors.ErrCredentialUnavailable, injectors.ErrCredentialRejected).
+var (
+	// ErrNoRoute: no route matches and the listener denies unmatched requests.
+	ErrNoRoute = errors.New("no route matches the request")
+	// ErrMisdirected: an intercepted request names a host other than the
+	// CONNECT target.
+	ErrMisdirected = errors.New("request host differs from the CONNECT target")
+	// ErrPlaintext: the route would send its credential over plain HTTP.
+	ErrPlaintext = errors.New("route does not send credentials over plaintext")
+	// ErrUpstream: the upstream could not be reached or failed mid-request.
+	ErrUpstream = errors.New("upstream request failed")
+)
+
+// routeError attaches the route name to an error, for the client message.
+type routeError struct {
+	route string
+	err   error
+}
+
+func (e *routeError) Error() string { return fmt.Sprintf("route %q: %v", e.route, e.err) }
+func (e *routeError) Unwrap() error { return e.err }
+
+// upstreamError wraps a transport error as ErrUpstream, keeping the detail
+// for the log.
+type upstreamError struct{ err error }
+
+func (e *upstreamError) Error() string   { return "upstream: " + e.err.Error() }
+func (e *upstreamError) Unwrap() []error { return []error{ErrUpstream, e.err} }
+
+// classify is the one place that maps an error to what the client sees: an
+// HTTP status, a gRPC code, and a short message that carries no detail
+// beyond the route name (the log has the rest).
+func classify(err error) (status int, code codes.Code, msg string) {
+	var re *routeError
+	where := ""
+	if errors.As(err, &re) {
+		where = fmt.Sprintf(" (route %q)", re.route)
+	}
+	switch {
+	case errors.Is(err, ErrNoRoute):
+		return http.StatusNotFound, codes.Unimplemented, "authproxy: no route matches this request"
+	case errors.Is(err, ErrMisdirected):
+		return http.StatusMisdirectedRequest, codes.PermissionDenied, "authproxy: request host differs from the CONNECT target"
+	case errors.Is(err, ErrPlaintext):
+		return http.StatusForbidden, codes.PermissionDenied, "authproxy: refusing to send a credential over plaintext" + where
+	case errors.Is(err, injectors.ErrCredentialRejected):
+		return http.StatusBadGateway, codes.Unauthenticated, "authproxy: credential rejected by its issuer" + where
+	case errors.Is(err, injectors.ErrCredentialUnavailable):
+		return http.StatusServiceUnavailable, codes.Unavailable, "authproxy: credential unavailable" + where
+	case errors.Is(err, ErrUpstream):
+		return http.StatusBadGateway, codes.Unavailable, "authproxy: upstream unavailable" + where
+	default:
+		return http.StatusBadGateway, codes.Internal, "authproxy: request failed" + where
+	}
+}
+
+func isGRPC(r *http.Request) bool {
+	ct := r.Header.Get("Content-Type")
+	return ct == "application/grpc" || strings.HasPrefix(ct, "application/grpc+") || strings.HasPrefix(ct, "application/grpc;")
+}
+
+// writeError answers a request that will not be forwarded: a short text
+// body, or for gRPC a Trailers-Only response carrying the status.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status, code, msg := classify(err)
+	h := w.Header()
+	if isGRPC(r) {
+		h.Set("Content-Type", "application/grpc")
+		h.Set("Grpc-Status", strconv.Itoa(int(code)))
+		h.Set("Grpc-Message", encodeGRPCMessage(msg))
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, msg+"\n")
+}
+
+// errorResponse is writeError as an *http.Response, for goproxy's
+// intercepted connections, which copy whatever response they are given.
+func errorResponse(r *http.Request, err error) *http.Response {
+	status, code, msg := classify(err)
+	resp := &http.Response{
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:  http.Header{},
+		Request: r,
+	}
+	if isGRPC(r) {
+		resp.StatusCode = http.StatusOK
+		resp.Header.Set("Content-Type", "application/grpc")
+		resp.Header.Set("Grpc-Status", strconv.Itoa(int(code)))
+		resp.Header.Set("Grpc-Message", encodeGRPCMessage(msg))
+		resp.Body = http.NoBody
+		return resp
+	}
+	body := msg + "\n"
+	resp.StatusCode = status
+	resp.Status = fmt.Sprintf("%d %s", status, http.StatusText(status))
+	resp.Header.Set("Content-Type", "text/plain; charset=utf-8")
+	resp.Header.Set("X-Content-Type-Options", "nosniff")
+	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	resp.ContentLength = int64(len(body))
+	resp.Body = io.NopCloser(strings.NewReader(body))
+	return resp
+}
+
+// encodeGRPCMessage percent-encodes as the gRPC HTTP/2 spec requires for
+// grpc-message: bytes outside printable ASCII, and '%'.
+func encodeGRPCMessage(msg string) string {
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if c >= ' ' && c <= '~' && c != '%' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}

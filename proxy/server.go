@@ -1,0 +1,267 @@
+// Package proxy serves authproxy's listeners: sidecar listeners that take
+// plain HTTP/1.1 and h2c from local applications, and forward listeners
+// that applications reach through HTTP_PROXY/HTTPS_PROXY. Both match each
+// request to a route, strip the client's credentials, let the route's
+// injector add the real one, and stream the request upstream.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/authproxy/authproxy/ca"
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/proxy/route"
+)
+
+// Options are what New needs besides the config. The zero value is usable.
+type Options struct {
+	// Logger receives the proxy's log; nil discards it.
+	Logger *slog.Logger
+	// Listeners are pre-bound listeners by listener name (socket
+	// activation, tests); the others are bound by Run.
+	Listeners map[string]net.Listener
+}
+
+// Server runs every configured listener. Build it with New, then Run it.
+type Server struct {
+	log       *slog.Logger
+	up        *upstream
+	listeners []*listener
+	runners   []injectors.Runner
+	shutdown  time.Duration
+
+	ready chan struct{}
+	mu    sync.Mutex
+	addrs map[string]net.Addr
+}
+
+type listener struct {
+	name, kind, address string
+	srv                 *http.Server
+	fwd                 *forward // forward listeners only
+	ln                  net.Listener
+}
+
+// New builds the server. It does no network I/O and starts no goroutines.
+func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (*Server, error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	up, err := newUpstream(cfg.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	var authority *ca.CA
+	if cfg.CA != nil && cfg.CA.CertFile != "" {
+		authority, err = ca.Load(cfg.CA.CertFile, cfg.CA.KeyFile, ca.Options{
+			LeafCacheSize: cfg.CA.LeafCacheSize,
+			LeafValidity:  time.Duration(cfg.CA.LeafValidity),
+		})
+		if err != nil {
+			return nil, config.Errorf("ca", "%v", err)
+		}
+	}
+	t := cfg.Timeouts
+	s := &Server{
+		log:      logger,
+		up:       up,
+		shutdown: t.Shutdown.D(30 * time.Second),
+		ready:    make(chan struct{}),
+		addrs:    map[string]net.Addr{},
+	}
+	c := newCore(up, logger)
+
+	for _, l := range cfg.Listeners {
+		var entries []route.Entry[*routeRT]
+		for _, ref := range cfg.RoutesByListener[l.Name] {
+			inj, ok := injs[ref.Route.Injector]
+			if !ok {
+				return nil, config.Errorf(config.Join(ref.Path, "injector"), "injector %q was not built", ref.Route.Injector)
+			}
+			entries = append(entries, route.Entry[*routeRT]{Pattern: ref.Pattern, Value: newRouteRT(ref, inj)})
+		}
+		table, conflicts := route.NewTable(entries)
+		if len(conflicts) > 0 {
+			return nil, fmt.Errorf("listener %q: routes overlap (run `authproxy check`)", l.Name)
+		}
+		ln := &listener{name: l.Name, kind: l.Kind, address: l.Address}
+		var handler http.Handler
+		protocols := new(http.Protocols)
+		protocols.SetHTTP1(true)
+		switch l.Kind {
+		case config.KindSidecar:
+			sc := &sidecar{core: c, table: table}
+			if l.Host != "" {
+				sc.host, sc.port = splitHost(l.Host, "")
+			}
+			if l.Unmatched == config.UnmatchedPass {
+				u, _ := url.Parse(l.Upstream)
+				if u.Scheme == "h2c" {
+					sc.passH2C = true
+					u.Scheme = "http"
+				}
+				sc.pass = u
+			}
+			handler = sc
+			protocols.SetUnencryptedHTTP2(true)
+		case config.KindForward:
+			if authority == nil {
+				return nil, config.Errorf("ca", "a forward listener needs a CA")
+			}
+			ln.fwd = newForward(c, table, l.Unmatched == config.UnmatchedTunnel, authority,
+				t.TLSHandshake.D(10*time.Second), t.Idle.D(120*time.Second), logger.With("listener", l.Name))
+			handler = ln.fwd
+		}
+		ln.srv = &http.Server{
+			Handler:           handler,
+			Protocols:         protocols,
+			ReadHeaderTimeout: t.ReadHeader.D(10 * time.Second),
+			IdleTimeout:       t.Idle.D(120 * time.Second),
+			ErrorLog:          log.New(slogWriter{logger.With("listener", l.Name)}, "", 0),
+		}
+		if ln.fwd != nil {
+			ln.srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+				return context.WithValue(ctx, connKey{}, c)
+			}
+		}
+		if pre, ok := opts.Listeners[l.Name]; ok {
+			ln.ln = pre
+		}
+		s.listeners = append(s.listeners, ln)
+	}
+
+	seen := map[injectors.Runner]bool{}
+	for _, name := range slices.Sorted(maps.Keys(injs)) {
+		if r, ok := injs[name].(injectors.Runner); ok && !seen[r] {
+			seen[r] = true
+			s.runners = append(s.runners, r)
+		}
+	}
+	return s, nil
+}
+
+// Ready is closed once every listener is bound.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr returns the bound address of a listener, after Ready.
+func (s *Server) Addr(name string) net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addrs[name]
+}
+
+// Run binds every listener, starts the injectors' background work, and
+// serves until ctx ends. Then it stops accepting, lets requests in flight
+// finish for up to the shutdown bound, closes what remains, and returns.
+// It returns an error if a listener cannot be bound or fails. Run may be
+// called once.
+func (s *Server) Run(ctx context.Context) error {
+	for _, l := range s.listeners {
+		if l.ln != nil {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.address)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listener %q: %w", l.name, err)
+		}
+		l.ln = ln
+	}
+	s.mu.Lock()
+	for _, l := range s.listeners {
+		s.addrs[l.name] = l.ln.Addr()
+		if l.fwd != nil {
+			l.ln = &trackingListener{Listener: l.ln, set: &l.fwd.conns}
+		}
+	}
+	s.mu.Unlock()
+	close(s.ready)
+
+	runCtx, stopRunners := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	errc := make(chan error, len(s.listeners)+len(s.runners))
+	for _, r := range s.runners {
+		wg.Go(func() {
+			if err := r.Run(runCtx); err != nil && !errors.Is(err, context.Canceled) {
+				s.log.Error("background work ended", "err", err)
+			}
+		})
+	}
+	var serving sync.WaitGroup
+	for _, l := range s.listeners {
+		s.log.Info("listening", "listener", l.name, "kind", l.kind, "address", l.ln.Addr().String())
+		serving.Go(func() {
+			if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("listener %q: %w", l.name, err)
+			}
+		})
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	s.log.Info("shutting down", "drain_bound", s.shutdown.String())
+	sctx, cancel := context.WithTimeout(context.Background(), s.shutdown)
+	defer cancel()
+	var drain sync.WaitGroup
+	for _, l := range s.listeners {
+		drain.Go(func() {
+			if l.fwd != nil {
+				l.fwd.draining.Store(true)
+			}
+			if err := l.srv.Shutdown(sctx); err != nil {
+				s.log.Warn("requests still in flight at the drain bound; closing them", "listener", l.name)
+				_ = l.srv.Close()
+			}
+			if l.fwd != nil {
+				l.fwd.drain(sctx)
+			}
+		})
+	}
+	drain.Wait()
+	serving.Wait()
+	stopRunners()
+	wg.Wait()
+	s.up.close()
+	s.log.Info("stopped")
+	return runErr
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range s.listeners {
+		if l.ln != nil {
+			_ = l.ln.Close()
+		}
+	}
+}
+
+// slogWriter adapts net/http's error log (TLS handshake errors, panics in
+// handlers) to slog.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.log.Debug(string(trimNewline(p)), "component", "http")
+	return len(p), nil
+}
+
+func trimNewline(p []byte) []byte {
+	for len(p) > 0 && (p[len(p)-1] == '\n' || p[len(p)-1] == '\r') {
+		p = p[:len(p)-1]
+	}
+	return p
+}

@@ -1,0 +1,40 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+
+	"github.com/authproxy/authproxy/proxy/route"
+)
+
+// sidecar serves applications on localhost that speak plain HTTP/1.1 or h2c
+// (as grpc-go's insecure credentials do) and sends their requests to the
+// matched route's upstream over TLS.
+type sidecar struct {
+	core    *core
+	table   *route.Table[*routeRT]
+	host    string   // matching host override ("" = the request's Host)
+	port    string   // its port, if any
+	pass    *url.URL // upstream for unmatched requests; nil = deny
+	passH2C bool
+}
+
+func (s *sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hostname, port := s.host, s.port
+	if hostname == "" {
+		hostname, port = splitHost(r.Host, "")
+	}
+	e, params, ok := s.table.Match(hostname, port, r.Method, r.URL.EscapedPath())
+	if !ok {
+		if s.pass == nil {
+			s.core.logFailure(r, ErrNoRoute)
+			writeError(w, r, fmt.Errorf("sidecar: %w", ErrNoRoute))
+			return
+		}
+		s.core.serve(w, r, &exchange{target: s.pass, join: true, h2c: s.passH2C})
+		return
+	}
+	rt := e.Value
+	s.core.serve(w, r, &exchange{route: rt, params: params, target: rt.upstream, join: true, h2c: rt.h2c})
+}
