@@ -177,7 +177,7 @@ func (c *CA) Leaf(host string) (*tls.Certificate, error) {
 		if cert, ok := c.leaves.Get(host); ok && c.fresh(cert) {
 			return cert, nil
 		}
-		cert, err := c.mint(host)
+		cert, err := c.Issue(host)
 		if err != nil {
 			return nil, err
 		}
@@ -194,7 +194,12 @@ func (c *CA) fresh(cert *tls.Certificate) bool {
 	return c.now().Add(c.validity / 4).Before(cert.Leaf.NotAfter)
 }
 
-func (c *CA) mint(host string) (*tls.Certificate, error) {
+// Issue mints an uncached server certificate for one or more names (DNS
+// names or IP addresses); the first is its common name.
+func (c *CA) Issue(names ...string) (*tls.Certificate, error) {
+	if len(names) == 0 {
+		return nil, errors.New("ca: a certificate needs at least one name")
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("ca: generate leaf key: %w", err)
@@ -206,20 +211,22 @@ func (c *CA) mint(host string) (*tls.Certificate, error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: host},
+		Subject:      pkix.Name{CommonName: names[0]},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	if ip := net.ParseIP(host); ip != nil {
-		tmpl.IPAddresses = []net.IP{ip}
-	} else {
-		tmpl.DNSNames = []string{host}
+	for _, name := range names {
+		if ip := net.ParseIP(name); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, name)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
 	if err != nil {
-		return nil, fmt.Errorf("ca: sign leaf for %s: %w", host, err)
+		return nil, fmt.Errorf("ca: sign leaf for %s: %w", names[0], err)
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {

@@ -1,0 +1,317 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/sim"
+)
+
+// grpcUpstream starts a real grpc-go TLS server that rejects calls without
+// the injected bearer.
+func (e *env) grpcUpstream() (*sim.GRPCEcho, string) {
+	e.t.Helper()
+	tlsCfg, err := e.pki.ServerTLS(upstreamNames...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	echo := &sim.GRPCEcho{Authorization: "Bearer " + secretToken}
+	srv := echo.NewServer(tlsCfg)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	e.t.Cleanup(srv.Stop)
+	return echo, port(e.t, ln.Addr().String())
+}
+
+// grpcConfig serves the gRPC upstream through a sidecar listener and a
+// forward listener.
+func grpcConfig(grpcPort string) string {
+	return fmt.Sprintf(`
+listeners:
+  - name: grpc
+    kind: sidecar
+    address: 127.0.0.1:0
+    host: grpc.authproxy.test
+    upstream: https://grpc.authproxy.test:%[1]s
+  - name: fwd
+    kind: forward
+    address: 127.0.0.1:0
+ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
+upstream:
+  ca_file: "{{UPSTREAM_CA}}"
+  resolve: {grpc.authproxy.test: 127.0.0.1}
+timeouts: {shutdown: 5s}
+injectors:
+  bearer:
+    kind: static
+    headers:
+      Authorization: {value: %[2]q, prefix: "Bearer "}
+routes:
+  - name: grpc
+    match: {host: grpc.authproxy.test, path: /grpc.testing.TestService/*}
+    injector: bearer
+`, grpcPort, secretToken)
+}
+
+func TestGRPCThroughSidecar(t *testing.T) {
+	e := newEnv(t)
+	echo, grpcPort := e.grpcUpstream()
+	p := e.start(grpcConfig(grpcPort), nil, nil)
+	conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	exerciseGRPC(t, conn, echo)
+}
+
+func TestGRPCThroughForwardProxyWithHTTPSProxyEnv(t *testing.T) {
+	e := newEnv(t)
+	echo, grpcPort := e.grpcUpstream()
+	p := e.start(grpcConfig(grpcPort), nil, nil)
+	useEnvProxy(t, p.addr("fwd"))
+	// Only the proxy's CA is trusted: every call must be intercepted.
+	creds := credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})
+	conn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	exerciseGRPC(t, conn, echo)
+}
+
+// exerciseGRPC makes every kind of call the proxy must carry.
+func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho) {
+	client := testpb.NewTestServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	t.Run("unary with spoofed credential", func(t *testing.T) {
+		octx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer spoofed")
+		resp, err := client.UnaryCall(octx, &testpb.SimpleRequest{FillUsername: true, Payload: &testpb.Payload{Body: []byte("ping")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.GetUsername() != "Bearer "+secretToken || string(resp.GetPayload().GetBody()) != "ping" {
+			t.Errorf("upstream saw authorization %q, payload %q", resp.GetUsername(), resp.GetPayload().GetBody())
+		}
+	})
+
+	t.Run("server streaming delivers each message as sent", func(t *testing.T) {
+		received := make(chan int, 1)
+		echo.StreamGate = func(sctx context.Context, i int) error {
+			select {
+			case got := <-received:
+				if got != i {
+					return status.Errorf(codes.Internal, "client reported message %d, want %d", got, i)
+				}
+				return nil
+			case <-sctx.Done():
+				return sctx.Err()
+			case <-time.After(10 * time.Second):
+				return status.Errorf(codes.DeadlineExceeded, "message %d did not reach the client while the stream was open", i)
+			}
+		}
+		defer func() { echo.StreamGate = nil }()
+		stream, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
+			ResponseParameters: []*testpb.ResponseParameters{{Size: 10}, {Size: 20}, {Size: 30}, {Size: 40}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 4; i++ {
+			msg, err := stream.Recv()
+			if err != nil {
+				t.Fatalf("message %d: %v", i, err)
+			}
+			if body := msg.GetPayload().GetBody(); body[0] != byte(i) || len(body) != (i+1)*10 {
+				t.Fatalf("message %d: got index %d, %d bytes", i, body[0], len(body))
+			}
+			if i < 3 {
+				received <- i
+			}
+		}
+		if _, err := stream.Recv(); err != io.EOF {
+			t.Fatalf("end of stream: %v", err)
+		}
+	})
+
+	t.Run("bidi ping-pong", func(t *testing.T) {
+		stream, err := client.FullDuplexCall(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 50; i++ {
+			want := []byte(fmt.Sprintf("ping-%d", i))
+			if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: want}}); err != nil {
+				t.Fatal(err)
+			}
+			msg, err := stream.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(msg.GetPayload().GetBody(), want) {
+				t.Fatalf("round %d: got %q", i, msg.GetPayload().GetBody())
+			}
+		}
+		if err := stream.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); err != io.EOF {
+			t.Fatalf("end of stream: %v", err)
+		}
+	})
+
+	t.Run("error status in trailers", func(t *testing.T) {
+		_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.FailedPrecondition), Message: "präcondition failed"}})
+		if st := status.Convert(err); st.Code() != codes.FailedPrecondition || st.Message() != "präcondition failed" {
+			t.Errorf("unary: got %v", err)
+		}
+		stream, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
+			ResponseParameters: []*testpb.ResponseParameters{{Size: 1}, {Size: 1}},
+			ResponseStatus:     &testpb.EchoStatus{Code: int32(codes.ResourceExhausted), Message: "after two"},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ {
+			if _, err := stream.Recv(); err != nil {
+				t.Fatalf("message %d: %v", i, err)
+			}
+		}
+		if _, err := stream.Recv(); status.Code(err) != codes.ResourceExhausted {
+			t.Errorf("status after messages: %v", err)
+		}
+	})
+
+	t.Run("cancel mid-stream leaves no goroutine behind", func(t *testing.T) {
+		// Warm up the connection, then take the baseline.
+		if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		waitGoroutines(t, runtime.NumGoroutine(), 0)
+		baseline := runtime.NumGoroutine()
+		for i := 0; i < 5; i++ {
+			sctx, scancel := context.WithCancel(ctx)
+			stream, err := client.FullDuplexCall(sctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("x")}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := stream.Recv(); err != nil {
+				t.Fatal(err)
+			}
+			scancel()
+			if _, err := stream.Recv(); status.Code(err) != codes.Canceled {
+				t.Fatalf("after cancel: %v", err)
+			}
+		}
+		waitGoroutines(t, baseline, 2)
+	})
+}
+
+// failingInjector is a hand-written fake that always fails.
+type failingInjector struct{ err error }
+
+func (f failingInjector) Headers() []string               { return []string{"Authorization"} }
+func (f failingInjector) Inject(*injectors.Request) error { return f.err }
+
+func TestInjectorFailureNeverForwards(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		err        error
+		wantCode   codes.Code
+		wantStatus int
+	}{
+		{"unavailable", fmt.Errorf("%w: token endpoint down", injectors.ErrCredentialUnavailable), codes.Unavailable, http.StatusServiceUnavailable},
+		{"rejected", fmt.Errorf("%w: invalid_client", injectors.ErrCredentialRejected), codes.Unauthenticated, http.StatusBadGateway},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			echo, grpcPort := e.grpcUpstream()
+			p := e.start(grpcConfig(grpcPort), map[string]injectors.Injector{"bearer": failingInjector{tc.err}}, nil)
+
+			conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err = testpb.NewTestServiceClient(conn).UnaryCall(ctx, &testpb.SimpleRequest{})
+			st := status.Convert(err)
+			if st.Code() != tc.wantCode || !strings.Contains(st.Message(), `route "grpc"`) {
+				t.Errorf("gRPC client got %v, want %v naming the route", err, tc.wantCode)
+			}
+
+			// The same failure, seen raw: a Trailers-Only response (status in
+			// the HEADERS frame, no body, no trailers).
+			req, _ := http.NewRequest("POST", "http://"+p.addr("grpc")+"/grpc.testing.TestService/UnaryCall", strings.NewReader("\x00\x00\x00\x00\x00"))
+			req.Header.Set("Content-Type", "application/grpc")
+			req.Header.Set("Te", "trailers")
+			resp, err := h2cClient().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != fmt.Sprint(int(tc.wantCode)) || len(body) != 0 || len(resp.Trailer) != 0 {
+				t.Errorf("raw response: %d grpc-status %q body %q trailers %v", resp.StatusCode, resp.Header.Get("Grpc-Status"), body, resp.Trailer)
+			}
+
+			// Plain HTTP clients get the HTTP status and a short text.
+			resp, err = h1Client().Get("http://" + p.addr("grpc") + "/grpc.testing.TestService/UnaryCall")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.wantStatus || !strings.HasPrefix(string(body), "authproxy: ") {
+				t.Errorf("HTTP client got %d %q, want %d", resp.StatusCode, body, tc.wantStatus)
+			}
+
+			// Forward-proxy (intercepted) path: the same status.
+			useEnvProxy(t, p.addr("fwd"))
+			fconn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fconn.Close()
+			_, err = testpb.NewTestServiceClient(fconn).UnaryCall(ctx, &testpb.SimpleRequest{})
+			if st := status.Convert(err); st.Code() != tc.wantCode {
+				t.Errorf("intercepted gRPC client got %v, want %v", err, tc.wantCode)
+			}
+
+			if n := echo.Calls(); n != 0 {
+				t.Errorf("%d calls reached the upstream without their credential", n)
+			}
+			if !strings.Contains(p.logs.String(), tc.err.Error()) {
+				t.Errorf("the log lacks the injector's detail %q:\n%s", tc.err, p.logs.String())
+			}
+		})
+	}
+}
