@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -107,7 +108,7 @@ func newEnv(t *testing.T) *env {
 
 // upstreamNames are the names simulated upstreams' certificates cover;
 // configs pin *.authproxy.test to 127.0.0.1 with upstream.resolve.
-var upstreamNames = []string{"api.authproxy.test", "grpc.authproxy.test", "other.authproxy.test", "localhost", "127.0.0.1"}
+var upstreamNames = []string{"api.authproxy.test", "grpc.authproxy.test", "other.authproxy.test", "upgrade.authproxy.test", "localhost", "127.0.0.1"}
 
 // httpsUpstream starts a TLS (h2 + http/1.1) upstream.
 func (e *env) httpsUpstream(h http.Handler) *httptest.Server {
@@ -137,6 +138,7 @@ func port(t *testing.T, addr string) string {
 type running struct {
 	srv  *proxy.Server
 	logs *syncBuffer
+	stop func() error // cancels Run and returns its result (once)
 }
 
 func (r *running) addr(name string) string { return r.srv.Addr(name).String() }
@@ -176,16 +178,23 @@ func (e *env) start(yamlText string, override map[string]injectors.Injector, pre
 		cancel()
 		e.t.Fatalf("proxy did not start: %v", err)
 	}
-	r := &running{srv: srv, logs: logs}
-	e.t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				e.t.Errorf("proxy Run: %v", err)
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(20 * time.Second):
+				runErr = errors.New("proxy did not stop within 20s")
 			}
-		case <-time.After(20 * time.Second):
-			e.t.Errorf("proxy did not stop")
+		})
+		return runErr
+	}
+	r := &running{srv: srv, logs: logs, stop: stop}
+	e.t.Cleanup(func() {
+		if err := stop(); err != nil {
+			e.t.Errorf("proxy Run: %v", err)
 		}
 		if strings.Contains(logs.String(), secretToken) {
 			e.t.Errorf("the secret appears in the proxy log:\n%s", logs.String())
