@@ -68,6 +68,10 @@ type CA struct {
 	KeyFile       string   `yaml:"key_file"`
 	LeafCacheSize int      `yaml:"leaf_cache_size"` // default 1024
 	LeafValidity  Duration `yaml:"leaf_validity"`   // default 24h
+	// Generate creates the CA files at start-up when both are missing
+	// (laptops, demos). In production, create them once with `authproxy ca
+	// init` and mount them, so clients keep trusting the same CA.
+	Generate bool `yaml:"generate"`
 }
 
 // Upstream configures connections from the proxy to upstream servers. The
@@ -196,7 +200,7 @@ func Parse(data []byte) (*Config, error) {
 	}
 	errs := Flatten(DecodeNode(&root, "", &cfg.File))
 	errs = append(errs, cfg.validate()...)
-	return cfg, errors.Join(errs...)
+	return cfg, FirstPerPath(errs...)
 }
 
 func (c *Config) validate() []error {
@@ -306,15 +310,15 @@ func (c *Config) validate() []error {
 		var err error
 		ok := true
 		if ref.Pattern.Host, err = route.ParseHost(r.Match.Host); err != nil {
-			add(Join(p, "match.host"), "%v", err)
+			add(Join(p, "match", "host"), "%v", err)
 			ok = false
 		}
 		if ref.Pattern.Path, err = route.ParsePath(r.Match.Path); err != nil {
-			add(Join(p, "match.path"), "%v", err)
+			add(Join(p, "match", "path"), "%v", err)
 			ok = false
 		}
 		if ref.Pattern.Methods, err = route.ParseMethods(r.Match.Methods); err != nil {
-			add(Join(p, "match.methods"), "%v", err)
+			add(Join(p, "match", "methods"), "%v", err)
 			ok = false
 		}
 		switch {
@@ -344,6 +348,8 @@ func (c *Config) validate() []error {
 				serves = append(serves, l.Name)
 			}
 		}
+		slices.Sort(serves)
+		serves = slices.Compact(slices.Clone(serves))
 		for j, name := range r.Listeners {
 			if listeners[name] == nil {
 				add(Index(Join(p, "listeners"), j), "unknown listener %q", name)
@@ -361,7 +367,7 @@ func (c *Config) validate() []error {
 			switch l.Kind {
 			case KindForward:
 				if ref.Pattern.Host.IsAny() {
-					add(Join(p, "match.host"), "required: forward listener %q intercepts only the hosts routes name", name)
+					add(Join(p, "match", "host"), "required: forward listener %q intercepts only the hosts routes name", name)
 				}
 				if r.Upstream != "" && len(r.Listeners) > 0 {
 					add(Join(p, "upstream"), "forward listener %q sends to the client's target; upstream applies to sidecars only", name)
@@ -395,22 +401,7 @@ func (c *Config) validate() []error {
 				a.Path, a.Route.Name, a.Pattern, b.Pattern)
 		}
 	}
-	return dedupe(errs)
-}
-
-// dedupe drops repeated messages (a tie between two routes served by two
-// listeners is one problem).
-func dedupe(errs []error) []error {
-	seen := map[string]bool{}
-	out := errs[:0]
-	for _, e := range errs {
-		s := e.Error()
-		if !seen[s] {
-			seen[s] = true
-			out = append(out, e)
-		}
-	}
-	return out
+	return errs
 }
 
 func checkListenAddress(addr string, allowRemote bool) error {

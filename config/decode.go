@@ -31,16 +31,21 @@ func Errorf(path, format string, args ...any) error {
 	return &Error{Path: path, Msg: fmt.Sprintf(format, args...)}
 }
 
-// Join joins a YAML path and a key: Join("a", "b") = "a.b", Join("", "b") = "b".
-// Keys that are not plain words are quoted: Join("a", "x.y") = `a["x.y"]`.
-func Join(path, key string) string {
-	if !plainKey.MatchString(key) {
-		return fmt.Sprintf("%s[%q]", path, key)
+// Join appends keys to a YAML path: Join("a", "b", "c") = "a.b.c",
+// Join("", "b") = "b". Keys that are not plain words are quoted:
+// Join("a", "x.y") = `a["x.y"]`.
+func Join(path string, keys ...string) string {
+	for _, key := range keys {
+		switch {
+		case !plainKey.MatchString(key):
+			path = fmt.Sprintf("%s[%q]", path, key)
+		case path == "":
+			path = key
+		default:
+			path = path + "." + key
+		}
 	}
-	if path == "" {
-		return key
-	}
-	return path + "." + key
+	return path
 }
 
 // Index returns path[i].
@@ -73,6 +78,31 @@ func Prefix(prefix string, err error) error {
 			continue
 		}
 		out = append(out, &Error{Path: prefix, Msg: e.Error()})
+	}
+	return errors.Join(out...)
+}
+
+// FirstPerPath joins errs, keeping only the first problem reported at each
+// YAML path (a later one is usually a consequence of the first) and
+// dropping repeated messages.
+func FirstPerPath(errs ...error) error {
+	var out []error
+	seenPath := map[string]bool{}
+	seenMsg := map[string]bool{}
+	for _, e := range errs {
+		for _, leaf := range Flatten(e) {
+			var ce *Error
+			if errors.As(leaf, &ce) && ce.Path != "" {
+				if seenPath[ce.Path] {
+					continue
+				}
+				seenPath[ce.Path] = true
+			}
+			if msg := leaf.Error(); !seenMsg[msg] {
+				seenMsg[msg] = true
+				out = append(out, leaf)
+			}
+		}
 	}
 	return errors.Join(out...)
 }

@@ -99,7 +99,7 @@ func BuildAll(blocks map[string]yaml.Node) (map[string]Injector, error) {
 		}
 		out[name] = inj
 	}
-	return out, errors.Join(errs...)
+	return out, config.FirstPerPath(errs...)
 }
 
 func build(n *yaml.Node) (Injector, error) {

@@ -209,11 +209,16 @@ func (f *forward) drain(ctx context.Context) {
 	f.conns.each(func(c io.Closer) {
 		if tc, ok := c.(*trackedConn); ok {
 			if it := tc.it.Load(); it != nil {
-				it.closeIfIdle()
+				it.closeSoonIfIdle()
 			}
 		}
 	})
-	_ = f.active.wait(ctx)
+	if f.active.wait(ctx) == nil {
+		select { // the last responses' final frames, as in interception.end
+		case <-time.After(drainLinger):
+		case <-ctx.Done():
+		}
+	}
 	f.conns.closeAll()
 }
 
@@ -270,15 +275,32 @@ func (it *interception) begin() {
 func (it *interception) end() {
 	it.mu.Lock()
 	it.active--
-	idle := it.active == 0
-	if idle && !it.f.draining.Load() {
-		it.timer.Reset(it.f.idleTimeout)
+	if it.active == 0 {
+		if it.f.draining.Load() {
+			it.timer.Reset(drainLinger)
+		} else {
+			it.timer.Reset(it.f.idleTimeout)
+		}
 	}
 	it.mu.Unlock()
-	if idle && it.f.draining.Load() {
-		it.conn.Close()
-	}
 	it.f.active.done()
+}
+
+// drainLinger is how long an intercepted connection stays open during
+// shutdown after its last request ends. goproxy's HTTP/2 handler closes the
+// response body just before it returns, and the final frames (END_STREAM,
+// trailers) are written after that; goproxy's embedded http2.Server has no
+// graceful shutdown (GOAWAY) hook, so the proxy lets those frames out
+// before closing.
+const drainLinger = 200 * time.Millisecond
+
+// closeSoonIfIdle arms the close of an idle connection during shutdown.
+func (it *interception) closeSoonIfIdle() {
+	it.mu.Lock()
+	if it.active == 0 {
+		it.timer.Reset(drainLinger)
+	}
+	it.mu.Unlock()
 }
 
 func (it *interception) closeIfIdle() {

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -71,7 +72,7 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 			LeafValidity:  time.Duration(cfg.CA.LeafValidity),
 		})
 		if err != nil {
-			return nil, config.Errorf("ca", "%v", err)
+			return nil, config.Errorf("ca", "%s", strings.TrimPrefix(err.Error(), "ca: "))
 		}
 	}
 	t := cfg.Timeouts

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"syscall"
 
@@ -116,15 +117,38 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg, injs, err := load(path)
+	note := ""
 	if err == nil {
+		if cfg.CA != nil && cfg.CA.Generate && !exists(cfg.CA.CertFile) && !exists(cfg.CA.KeyFile) {
+			// Check the rest against a throwaway CA; run creates the real one.
+			tmp, terr := os.MkdirTemp("", "authproxy-check")
+			if terr != nil {
+				fmt.Fprintln(stderr, terr)
+				return 1
+			}
+			defer os.RemoveAll(tmp)
+			caCfg := *cfg.CA
+			caCfg.CertFile, caCfg.KeyFile = filepath.Join(tmp, "ca.crt"), filepath.Join(tmp, "ca.key")
+			cfg.CA = &caCfg
+			if _, err = generateCA(cfg); err != nil {
+				fmt.Fprintln(stderr, err)
+				return 1
+			}
+			note = "; the CA does not exist yet and will be created by run (ca.generate)"
+		}
 		_, err = proxy.New(cfg, injs, proxy.Options{})
 	}
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d routes, %d injectors)\n", path, len(cfg.Listeners), len(cfg.Routes), len(injs))
+	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d routes, %d injectors)%s\n", path, len(cfg.Listeners), len(cfg.Routes), len(injs), note)
 	return 0
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 func cmdRun(args []string, stderr io.Writer) int {
@@ -138,6 +162,12 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	logger := newLogger(cfg.Log, stderr)
+	if created, err := generateCA(cfg); err != nil {
+		fmt.Fprintf(stderr, "%s: ca: %v\n", path, err)
+		return 1
+	} else if created {
+		logger.Info("created a new interception CA (ca.generate); clients must trust it", "cert_file", cfg.CA.CertFile)
+	}
 	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger})
 	if err != nil {
 		printProblems(stderr, path, err)
@@ -155,6 +185,32 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// generateCA creates the CA files when ca.generate is set and both are
+// missing. It refuses to replace one file of a pair.
+func generateCA(cfg *config.Config) (bool, error) {
+	if cfg.CA == nil || !cfg.CA.Generate {
+		return false, nil
+	}
+	certOK, keyOK := exists(cfg.CA.CertFile), exists(cfg.CA.KeyFile)
+	switch {
+	case certOK && keyOK:
+		return false, nil
+	case certOK || keyOK:
+		return false, fmt.Errorf("only one of %s and %s exists; remove it or restore the other", cfg.CA.CertFile, cfg.CA.KeyFile)
+	}
+	if dir := filepath.Dir(cfg.CA.KeyFile); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return false, err
+		}
+	}
+	if dir := filepath.Dir(cfg.CA.CertFile); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return false, err
+		}
+	}
+	return true, ca.Create(cfg.CA.CertFile, cfg.CA.KeyFile, "authproxy local CA", false)
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/sim"
+)
+
+// binary is the real authproxy binary, built once for these tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "authproxy-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "authproxy")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building authproxy: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func runBinary(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code = 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	out, _, code := runBinary(t, nil, "version")
+	if code != 0 || !strings.HasPrefix(out, "authproxy ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+	_, errOut, code := runBinary(t, nil, "frobnicate")
+	if code != 2 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Errorf("unknown command: %d %q", code, errOut)
+	}
+	_, errOut, code = runBinary(t, nil, "run")
+	if code != 2 || !strings.Contains(errOut, "-config FILE") {
+		t.Errorf("run without -config: %d %q", code, errOut)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	out, errOut, code := runBinary(t, []string{"EXAMPLE_API_TOKEN=x"}, "check", "-config", "../../config.example.yaml")
+	if code != 0 || !strings.Contains(out, "OK (2 listeners, 1 routes, 1 injectors)") {
+		t.Errorf("check on the example: %d %q %q", code, out, errOut)
+	}
+	_, errOut, code = runBinary(t, nil, "check", "-config", "../../config/testdata/bad/secrets.yaml")
+	if code != 1 || !strings.Contains(errOut, "problem(s):") ||
+		!strings.Contains(errOut, "injectors.tok.headers.X-Missing: environment variable AUTHPROXY_TEST_MISSING is not set") {
+		t.Errorf("check on a bad file: %d %q", code, errOut)
+	}
+	_, errOut, code = runBinary(t, nil, "check", "-config", "/nonexistent.yaml")
+	if code != 1 || !strings.Contains(errOut, "no such file") {
+		t.Errorf("check on a missing file: %d %q", code, errOut)
+	}
+}
+
+func TestCAInitAndExport(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("ca: {cert_file: %q, key_file: %q}\nlisteners: []\n", cert, key)), 0o644)
+	if _, errOut, code := runBinary(t, nil, "ca", "init", "-config", cfg); code != 0 {
+		t.Fatalf("ca init: %d %s", code, errOut)
+	}
+	st, err := os.Stat(key)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", st, err)
+	}
+	if _, errOut, code := runBinary(t, nil, "ca", "init", "-config", cfg); code != 1 || !strings.Contains(errOut, "already exists") {
+		t.Errorf("second ca init: %d %q", code, errOut)
+	}
+	out, _, code := runBinary(t, nil, "ca", "export", "-cert", cert, "-key", key)
+	want, _ := os.ReadFile(cert)
+	if code != 0 || out != string(want) {
+		t.Errorf("ca export: %d, output differs from %s", code, cert)
+	}
+}
+
+// trap counts connections; proxy environment variables point at it.
+func trap(t *testing.T) (string, *atomic.Int64) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			c.Close()
+		}
+	}()
+	return "http://" + ln.Addr().String(), &n
+}
+
+func TestRunServesIgnoresProxyEnvAndStopsOnSIGTERM(t *testing.T) {
+	const token = "run-test-secret-9f8e"
+	dir := t.TempDir()
+	pki, err := sim.NewPKI(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg, _ := pki.ServerTLS("api.authproxy.test")
+	up := httptest.NewUnstartedServer(&sim.Echo{RequireHeader: "Authorization", RequireValue: "Bearer " + token})
+	up.TLS, up.EnableHTTP2 = tlsCfg, true
+	up.StartTLS()
+	defer up.Close()
+	_, upPort, _ := net.SplitHostPort(up.Listener.Addr().String())
+
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: "127.0.0.1:0", upstream: "https://api.authproxy.test:%s"}
+  - {name: fwd, kind: forward, address: "127.0.0.1:0"}
+ca: {cert_file: %q, key_file: %q, generate: true}
+upstream: {ca_file: %q, resolve: {api.authproxy.test: 127.0.0.1}}
+injectors:
+  tok: {kind: static, headers: {Authorization: {env: RUN_TOKEN, prefix: "Bearer "}}}
+routes:
+  - {name: api, listeners: [app], match: {path: /v1/*}, injector: tok}
+`, upPort, filepath.Join(dir, "gen", "ca.crt"), filepath.Join(dir, "gen", "ca.key"), pki.CAFile)), 0o644)
+
+	trapURL, trapped := trap(t)
+	cmd := exec.Command(binary, "run", "-config", cfg)
+	cmd.Env = []string{"RUN_TOKEN=" + token, "HTTPS_PROXY=" + trapURL, "HTTP_PROXY=" + trapURL,
+		"https_proxy=" + trapURL, "http_proxy=" + trapURL, "ALL_PROXY=" + trapURL}
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	var logs bytes.Buffer
+	addrRE := regexp.MustCompile(`listener=app kind=sidecar address=(\S+)`)
+	sc := bufio.NewScanner(stderr)
+	var appAddr string
+	deadline := time.Now().Add(20 * time.Second)
+	for appAddr == "" && time.Now().Before(deadline) && sc.Scan() {
+		logs.WriteString(sc.Text() + "\n")
+		if m := addrRE.FindStringSubmatch(sc.Text()); m != nil {
+			appAddr = m[1]
+		}
+	}
+	if appAddr == "" {
+		t.Fatalf("the proxy did not report its sidecar address:\n%s", logs.String())
+	}
+	rest := make(chan struct{})
+	go func() { _, _ = io.Copy(&logs, stderr); close(rest) }()
+
+	resp, err := (&http.Client{Transport: &http.Transport{Proxy: nil}}).Get("http://" + appAddr + "/v1/hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("through the binary: %d %s", resp.StatusCode, body)
+	}
+	if n := trapped.Load(); n != 0 {
+		t.Errorf("the proxy sent %d connections to the proxy named in its environment", n)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "gen", "ca.key")); err != nil {
+		t.Errorf("ca.generate did not create the CA: %v", err)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { <-rest; waited <- cmd.Wait() }()
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no exit within 30s of SIGTERM\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "stopped") {
+		t.Errorf("no clean stop in the log:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), token) {
+		t.Errorf("the secret appears in the log:\n%s", logs.String())
+	}
+}
