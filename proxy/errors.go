@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strconv"
 	"strings"
@@ -75,50 +76,46 @@ func isGRPC(r *http.Request) bool {
 	return ct == "application/grpc" || strings.HasPrefix(ct, "application/grpc+") || strings.HasPrefix(ct, "application/grpc;")
 }
 
-// writeError answers a request that will not be forwarded: a short text
-// body, or for gRPC a Trailers-Only response carrying the status.
-func writeError(w http.ResponseWriter, r *http.Request, err error) {
+// errorReply is what the proxy answers instead of forwarding: for gRPC a
+// Trailers-Only response (status 200, grpc-status and grpc-message in the
+// headers, no body), otherwise the HTTP status and a one-line text.
+func errorReply(r *http.Request, err error) (status int, header http.Header, body string) {
 	status, code, msg := classify(err)
-	h := w.Header()
 	if isGRPC(r) {
-		h.Set("Content-Type", "application/grpc")
-		h.Set("Grpc-Status", strconv.Itoa(int(code)))
-		h.Set("Grpc-Message", encodeGRPCMessage(msg))
-		w.WriteHeader(http.StatusOK)
-		return
+		return http.StatusOK, http.Header{
+			"Content-Type": {"application/grpc"},
+			"Grpc-Status":  {strconv.Itoa(int(code))},
+			"Grpc-Message": {encodeGRPCMessage(msg)},
+		}, ""
 	}
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
+	body = msg + "\n"
+	return status, http.Header{
+		"Content-Type":           {"text/plain; charset=utf-8"},
+		"X-Content-Type-Options": {"nosniff"},
+		"Content-Length":         {strconv.Itoa(len(body))},
+	}, body
+}
+
+// writeError answers a request that will not be forwarded.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status, header, body := errorReply(r, err)
+	maps.Copy(w.Header(), header)
 	w.WriteHeader(status)
-	_, _ = io.WriteString(w, msg+"\n")
+	_, _ = io.WriteString(w, body)
 }
 
 // errorResponse is writeError as an *http.Response, for goproxy's
 // intercepted connections, which copy whatever response they are given.
 func errorResponse(r *http.Request, err error) *http.Response {
-	status, code, msg := classify(err)
-	resp := &http.Response{
+	status, header, body := errorReply(r, err)
+	return &http.Response{
+		StatusCode: status, Status: fmt.Sprintf("%d %s", status, http.StatusText(status)),
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header:  http.Header{},
-		Request: r,
+		Header:        header,
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)),
+		Request:       r,
 	}
-	if isGRPC(r) {
-		resp.StatusCode = http.StatusOK
-		resp.Header.Set("Content-Type", "application/grpc")
-		resp.Header.Set("Grpc-Status", strconv.Itoa(int(code)))
-		resp.Header.Set("Grpc-Message", encodeGRPCMessage(msg))
-		resp.Body = http.NoBody
-		return resp
-	}
-	body := msg + "\n"
-	resp.StatusCode = status
-	resp.Status = fmt.Sprintf("%d %s", status, http.StatusText(status))
-	resp.Header.Set("Content-Type", "text/plain; charset=utf-8")
-	resp.Header.Set("X-Content-Type-Options", "nosniff")
-	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
-	resp.ContentLength = int64(len(body))
-	resp.Body = io.NopCloser(strings.NewReader(body))
-	return resp
 }
 
 // encodeGRPCMessage percent-encodes as the gRPC HTTP/2 spec requires for
