@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -208,5 +209,40 @@ routes:
 `)
 	if err == nil || !strings.Contains(err.Error(), "routes[0].allow_plaintext") {
 		t.Fatalf("want an error at routes[0].allow_plaintext, got %v", err)
+	}
+}
+
+// TestSidecarVerifiesUpstreamCertificates points the sidecar at an upstream
+// whose certificate is not signed by any trusted CA: nothing may be sent.
+func TestSidecarVerifiesUpstreamCertificates(t *testing.T) {
+	e := newEnv(t)
+	echo := &sim.Echo{}
+	untrusted := httptest.NewUnstartedServer(echo) // httptest's own certificate
+	untrusted.EnableHTTP2 = true
+	untrusted.StartTLS()
+	t.Cleanup(untrusted.Close)
+	p := e.start(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://127.0.0.1:%s"}
+upstream: {ca_file: "{{UPSTREAM_CA}}"}
+injectors:
+  bearer: {kind: static, headers: {Authorization: {value: %q}}}
+routes:
+  - {name: api, match: {path: /v1/*}, injector: bearer}
+`, port(t, untrusted.URL), secretToken), nil, nil)
+	resp, err := h1Client().Get("http://" + p.addr("app") + "/v1/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "upstream unavailable") {
+		t.Errorf("untrusted upstream: %d %q, want 502", resp.StatusCode, body)
+	}
+	if echo.Requests() != 0 {
+		t.Error("a request reached an upstream whose certificate is not trusted")
+	}
+	if !strings.Contains(p.logs.String(), "certificate") {
+		t.Errorf("the log does not say why:\n%s", p.logs.String())
 	}
 }
