@@ -14,6 +14,7 @@ import (
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/transport"
 )
 
 // routeRT is a route ready to serve: its injector and where it sends.
@@ -71,12 +72,12 @@ type exchangeKey struct{}
 // core sends requests upstream: it strips the client's credentials, calls
 // the injector, and round-trips. It is shared by every listener.
 type core struct {
-	up  *upstream
+	up  *transport.Set
 	log *slog.Logger
 	rp  *httputil.ReverseProxy
 }
 
-func newCore(up *upstream, log *slog.Logger) *core {
+func newCore(up *transport.Set, log *slog.Logger) *core {
 	c := &core{up: up, log: log}
 	c.rp = &httputil.ReverseProxy{
 		Rewrite:      c.rewrite,
@@ -123,9 +124,9 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 			return nil, &routeError{route: rt.name, err: err}
 		}
 	}
-	tr := c.up.tls
+	tr := c.up.TLS
 	if x.h2c {
-		tr = c.up.h2c
+		tr = c.up.H2C
 	}
 	resp, err := tr.RoundTrip(out)
 	if err != nil {

@@ -51,7 +51,7 @@ func newForward(c *core, table *route.Table[*routeRT], tunnel bool, authority *c
 	gp.AllowHTTP2 = true
 	gp.KeepAcceptEncoding = true // bodies pass through untouched
 	gp.Logger = goproxyLogger{log}
-	gp.Tr = c.up.tls // unused (every interception has its own RoundTripper), but never env-proxied
+	gp.Tr = c.up.TLS // unused (every interception has its own RoundTripper), but never env-proxied
 	gp.ConnectDial = nil
 	gp.ConnectDialWithReq = f.dialTunnel
 	gp.NonproxyHandler = http.HandlerFunc(f.notAProxyRequest)
@@ -188,7 +188,7 @@ func (f *forward) interceptedResponse(req *http.Request, it *interception) *http
 // dialTunnel dials the target of a tunnelled CONNECT (never through an
 // environment proxy), closing the tunnel after idleTimeout without traffic.
 func (f *forward) dialTunnel(req *http.Request, network, addr string) (net.Conn, error) {
-	c, err := f.core.up.dial(req.Context(), network, addr)
+	c, err := f.core.up.Dial(req.Context(), network, addr)
 	if err != nil {
 		return nil, err
 	}

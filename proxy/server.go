@@ -24,6 +24,7 @@ import (
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/transport"
 )
 
 // Options are what New needs besides the config. The zero value is usable.
@@ -38,7 +39,7 @@ type Options struct {
 // Server runs every configured listener. Build it with New, then Run it.
 type Server struct {
 	log       *slog.Logger
-	up        *upstream
+	up        *transport.Set
 	listeners []*listener
 	runners   []injectors.Runner
 	shutdown  time.Duration
@@ -61,7 +62,7 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	up, err := newUpstream(cfg.Upstream)
+	up, err := transport.New(cfg.Upstream)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +239,7 @@ func (s *Server) Run(ctx context.Context) error {
 	serving.Wait()
 	stopRunners()
 	wg.Wait()
-	s.up.close()
+	s.up.CloseIdleConnections()
 	s.log.Info("stopped")
 	return runErr
 }

@@ -1,4 +1,7 @@
-package proxy
+// Package transport builds the proxy's connections to upstream servers and
+// token endpoints: system roots plus an optional bundle, pinned addresses,
+// HTTP/2 by ALPN, and never a proxy from the environment.
+package transport
 
 import (
 	"context"
@@ -12,16 +15,21 @@ import (
 	"github.com/authproxy/authproxy/config"
 )
 
-// upstream holds the transports to upstream servers. Neither ever reads
+// Set holds the transports to upstream servers. None ever reads
 // HTTP_PROXY/HTTPS_PROXY (Proxy is nil): the proxy must not loop through
-// itself or leak credentials to another proxy.
-type upstream struct {
-	tls  *http.Transport // https (HTTP/2 by ALPN, else HTTP/1.1) and plain http/1.1
-	h2c  *http.Transport // cleartext HTTP/2 with prior knowledge
-	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+// itself or leak credentials to another proxy. A Set is safe for
+// concurrent use.
+type Set struct {
+	// TLS carries https (HTTP/2 by ALPN, else HTTP/1.1) and plain HTTP/1.1.
+	TLS *http.Transport
+	// H2C carries cleartext HTTP/2 with prior knowledge.
+	H2C *http.Transport
+	// Dial dials with the configured timeout and resolve pins.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-func newUpstream(cfg config.Upstream) (*upstream, error) {
+// New builds a Set from the upstream config. It reads ca_file.
+func New(cfg config.Upstream) (*Set, error) {
 	roots, err := x509.SystemCertPool()
 	if err != nil || roots == nil {
 		roots = x509.NewCertPool()
@@ -64,10 +72,10 @@ func newUpstream(cfg config.Upstream) (*upstream, error) {
 			Protocols:          new(http.Protocols),
 		}
 	}
-	u := &upstream{tls: base(), h2c: base(), dial: dial}
-	u.tls.Protocols.SetHTTP1(true)
-	u.tls.Protocols.SetHTTP2(true)
-	u.h2c.Protocols.SetUnencryptedHTTP2(true)
+	u := &Set{TLS: base(), H2C: base(), Dial: dial}
+	u.TLS.Protocols.SetHTTP1(true)
+	u.TLS.Protocols.SetHTTP2(true)
+	u.H2C.Protocols.SetUnencryptedHTTP2(true)
 	return u, nil
 }
 
@@ -78,7 +86,14 @@ func trimBrackets(s string) string {
 	return s
 }
 
-func (u *upstream) close() {
-	u.tls.CloseIdleConnections()
-	u.h2c.CloseIdleConnections()
+// Client returns an HTTP client over the TLS transport (for token
+// endpoints), with the given overall timeout.
+func (u *Set) Client(timeout time.Duration) *http.Client {
+	return &http.Client{Transport: u.TLS, Timeout: timeout}
+}
+
+// CloseIdleConnections closes idle connections of every transport.
+func (u *Set) CloseIdleConnections() {
+	u.TLS.CloseIdleConnections()
+	u.H2C.CloseIdleConnections()
 }

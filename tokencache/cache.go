@@ -1,0 +1,322 @@
+// Package tokencache holds credentials fetched from token issuers, keyed
+// by (injector, scope), in a bounded LRU. For every key it fetches once at a
+// time, refreshes ahead of expiry in the background, keeps serving a
+// still-valid token through an issuer outage, backs off between failed
+// fetches, and fails fast once a token has truly expired.
+package tokencache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/authproxy/authproxy/config"
+)
+
+// Token is a credential and its lifetime.
+type Token struct {
+	// Value is the credential.
+	Value config.Secret
+	// Expiry is when the token stops being valid; zero means never.
+	Expiry time.Time
+	// IdleTimeout, when set, also ends the token after this long without
+	// use (Obelisk's max_idle_time).
+	IdleTimeout time.Duration
+}
+
+// FetchFunc obtains a new token. It runs on a context detached from any
+// request, bounded by Options.FetchTimeout.
+type FetchFunc func(ctx context.Context) (Token, error)
+
+// Options configure a Cache. Zero values take the defaults.
+type Options struct {
+	// Size is the most keys kept; the least recently used is evicted.
+	Size int // default 1024
+	// RefreshFraction: a token is refreshed once this fraction of its
+	// lifetime has passed...
+	RefreshFraction float64 // default 0.8
+	// MinMargin: ...and at the latest this long before it expires.
+	MinMargin time.Duration // default 30s
+	// FetchTimeout bounds one fetch.
+	FetchTimeout time.Duration // default 15s
+	// MinBackoff and MaxBackoff bound the wait between failed fetches of a
+	// key (exponential, with ±50% jitter).
+	MinBackoff time.Duration // default 1s
+	MaxBackoff time.Duration // default 60s
+	// ScanInterval is how often Run looks for keys due a refresh.
+	ScanInterval time.Duration // default 1s
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) defaults() {
+	if o.Size <= 0 {
+		o.Size = 1024
+	}
+	if o.RefreshFraction <= 0 || o.RefreshFraction >= 1 {
+		o.RefreshFraction = 0.8
+	}
+	if o.MinMargin <= 0 {
+		o.MinMargin = 30 * time.Second
+	}
+	if o.FetchTimeout <= 0 {
+		o.FetchTimeout = 15 * time.Second
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = time.Second
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = max(60*time.Second, o.MinBackoff)
+	}
+	if o.ScanInterval <= 0 {
+		o.ScanInterval = time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+var never = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// ErrExpired is wrapped by the error Get returns when a key's token has
+// expired and its last fetch failed less than a backoff ago.
+var ErrExpired = errors.New("token expired and its issuer is failing")
+
+// Cache is safe for concurrent use. Build it with New; call Run to have
+// keys in use refreshed in the background.
+type Cache struct {
+	opts    Options
+	entries *lru.Cache[string, *entry]
+
+	base    context.Context // parent of every fetch; cancelled when Run ends
+	stop    context.CancelFunc
+	wg      sync.WaitGroup // fetches in flight
+	running atomic.Bool
+
+	fetches atomic.Int64
+}
+
+type entry struct {
+	key string
+
+	mu        sync.Mutex
+	fetch     FetchFunc // the latest caller's, reused by background refreshes
+	tok       Token
+	has       bool
+	fetchedAt time.Time
+	refreshAt time.Time
+	usedAt    time.Time // last use, or attempted use
+	call      *call     // the fetch in flight, if any
+	failures  int
+	retryAt   time.Time
+	lastErr   error
+}
+
+type call struct {
+	done chan struct{}
+	tok  Token
+	err  error
+}
+
+// New builds a cache. It starts no goroutines.
+func New(opts Options) *Cache {
+	opts.defaults()
+	entries, err := lru.New[string, *entry](opts.Size)
+	if err != nil {
+		panic(err) // only for a non-positive size, which defaults() rules out
+	}
+	base, stop := context.WithCancel(context.Background())
+	return &Cache{opts: opts, entries: entries, base: base, stop: stop}
+}
+
+// Len reports how many keys the cache holds.
+func (c *Cache) Len() int { return c.entries.Len() }
+
+// Fetches reports how many fetches the cache has started.
+func (c *Cache) Fetches() int64 { return c.fetches.Load() }
+
+// Get returns the token for key, fetching it with fetch when there is no
+// valid one. Concurrent callers share one fetch; each gives up when its own
+// ctx ends, the fetch carrying on for the others. A valid token due a
+// refresh is returned at once while the refresh runs in the background.
+func (c *Cache) Get(ctx context.Context, key string, fetch FetchFunc) (Token, error) {
+	e, ok := c.entries.Get(key)
+	if !ok {
+		e = &entry{key: key, fetch: fetch}
+		if prev, found, _ := c.entries.PeekOrAdd(key, e); found {
+			e = prev
+		}
+	}
+	now := c.opts.Now()
+	e.mu.Lock()
+	e.fetch = fetch
+	if e.validLocked(now) {
+		tok := e.tok
+		e.usedAt = now
+		if !now.Before(e.refreshAt) && e.call == nil && !now.Before(e.retryAt) {
+			c.startLocked(e)
+		}
+		e.mu.Unlock()
+		return tok, nil
+	}
+	e.usedAt = now
+	if e.call == nil {
+		if e.failures > 0 && now.Before(e.retryAt) {
+			err := fmt.Errorf("%w (next attempt in %s): %w", ErrExpired, e.retryAt.Sub(now).Round(time.Millisecond), e.lastErr)
+			e.mu.Unlock()
+			return Token{}, err
+		}
+		c.startLocked(e)
+	}
+	cl := e.call
+	e.mu.Unlock()
+	select {
+	case <-cl.done:
+		return cl.tok, cl.err
+	case <-ctx.Done():
+		return Token{}, ctx.Err()
+	}
+}
+
+// Invalidate drops key's token if it is still value (an upstream refused
+// it), so the next Get fetches afresh. A token fetched less than
+// MinBackoff ago is kept: refusing a brand-new token is the upstream's
+// problem, and dropping it would turn every refused request into a fetch.
+// It reports whether the token was dropped.
+func (c *Cache) Invalidate(key, value string) bool {
+	e, ok := c.entries.Peek(key)
+	if !ok {
+		return false
+	}
+	now := c.opts.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.has || e.tok.Value.Reveal() != value || now.Sub(e.fetchedAt) < c.opts.MinBackoff {
+		return false
+	}
+	e.has = false
+	e.failures, e.retryAt = 0, time.Time{}
+	return true
+}
+
+func (e *entry) validLocked(now time.Time) bool {
+	if !e.has {
+		return false
+	}
+	if !e.tok.Expiry.IsZero() && !now.Before(e.tok.Expiry) {
+		return false
+	}
+	return e.tok.IdleTimeout == 0 || now.Sub(e.usedAt) < e.tok.IdleTimeout
+}
+
+// startLocked starts the one fetch for e. e.mu is held.
+func (c *Cache) startLocked(e *entry) {
+	cl := &call{done: make(chan struct{})}
+	e.call = cl
+	fetch := e.fetch
+	c.wg.Add(1)
+	c.fetches.Add(1)
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := context.WithTimeout(c.base, c.opts.FetchTimeout)
+		tok, err := fetch(ctx)
+		cancel()
+		now := c.opts.Now()
+		e.mu.Lock()
+		if err == nil {
+			e.tok, e.has = tok, true
+			e.fetchedAt, e.usedAt = now, now
+			e.refreshAt = c.refreshTime(now, tok)
+			e.failures, e.retryAt, e.lastErr = 0, time.Time{}, nil
+		} else {
+			e.failures++
+			e.lastErr = err
+			e.retryAt = now.Add(c.backoff(e.failures))
+		}
+		cl.tok, cl.err = tok, err
+		e.call = nil
+		e.mu.Unlock()
+		close(cl.done)
+	}()
+}
+
+// refreshTime is when a token fetched at now is refreshed: after
+// RefreshFraction of its lifetime, at the latest MinMargin before expiry,
+// but never before half its lifetime (short tokens must not loop).
+func (c *Cache) refreshTime(now time.Time, tok Token) time.Time {
+	if tok.Expiry.IsZero() {
+		return never
+	}
+	life := tok.Expiry.Sub(now)
+	at := now.Add(time.Duration(float64(life) * c.opts.RefreshFraction))
+	if latest := tok.Expiry.Add(-c.opts.MinMargin); latest.Before(at) {
+		at = latest
+	}
+	if earliest := now.Add(life / 2); at.Before(earliest) {
+		at = earliest
+	}
+	return at
+}
+
+func (c *Cache) backoff(failures int) time.Duration {
+	d := c.opts.MinBackoff << min(failures-1, 30)
+	if d > c.opts.MaxBackoff || d <= 0 {
+		d = c.opts.MaxBackoff
+	}
+	return time.Duration(float64(d) * (0.5 + rand.Float64()))
+}
+
+// RefreshDue starts a background fetch for every key used since its last
+// fetch whose token is due a refresh, or has expired (or was never
+// fetched) and was wanted within the last 5×MaxBackoff, once its backoff
+// has passed. Run calls it every ScanInterval.
+func (c *Cache) RefreshDue() {
+	now := c.opts.Now()
+	for _, key := range c.entries.Keys() {
+		e, ok := c.entries.Peek(key)
+		if !ok {
+			continue
+		}
+		e.mu.Lock()
+		wanted := e.usedAt.After(e.fetchedAt) // used since the last fetch
+		var due bool
+		if e.validLocked(now) {
+			due = !now.Before(e.refreshAt)
+		} else {
+			// Expired or never fetched: keep trying while there is demand.
+			due = now.Sub(e.usedAt) <= 5*c.opts.MaxBackoff
+		}
+		if wanted && due && e.call == nil && !now.Before(e.retryAt) && e.fetch != nil {
+			c.startLocked(e)
+		}
+		e.mu.Unlock()
+	}
+}
+
+// Run refreshes keys in use in the background until ctx ends, then cancels
+// fetches in flight and waits for them. Calls after the first (several
+// injectors share one cache) just wait for their ctx.
+func (c *Cache) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	t := time.NewTicker(c.opts.ScanInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			c.stop()
+			c.wg.Wait()
+			return ctx.Err()
+		case <-t.C:
+			c.RefreshDue()
+		}
+	}
+}
