@@ -27,13 +27,14 @@ import (
 
 // File is the configuration file as written.
 type File struct {
-	Log       Log                  `yaml:"log"`
-	Listeners []Listener           `yaml:"listeners"`
-	CA        *CA                  `yaml:"ca"`
-	Upstream  Upstream             `yaml:"upstream"`
-	Timeouts  Timeouts             `yaml:"timeouts"`
-	Injectors map[string]yaml.Node `yaml:"injectors"`
-	Routes    []Route              `yaml:"routes"`
+	Log        Log                  `yaml:"log"`
+	Listeners  []Listener           `yaml:"listeners"`
+	CA         *CA                  `yaml:"ca"`
+	Upstream   Upstream             `yaml:"upstream"`
+	Timeouts   Timeouts             `yaml:"timeouts"`
+	TokenCache TokenCache           `yaml:"token_cache"`
+	Injectors  map[string]yaml.Node `yaml:"injectors"`
+	Routes     []Route              `yaml:"routes"`
 }
 
 // Log configures the proxy's own log (never request bodies or secrets).
@@ -96,6 +97,16 @@ type Timeouts struct {
 	Idle         Duration `yaml:"idle"`          // default 120s
 	TLSHandshake Duration `yaml:"tls_handshake"` // intercepted connections, default 10s
 	Shutdown     Duration `yaml:"shutdown"`      // drain bound on SIGINT/SIGTERM, default 30s
+}
+
+// TokenCache configures the cache shared by the token-based injectors.
+type TokenCache struct {
+	Size            int      `yaml:"size"`             // most keys (injector × scope), default 1024
+	RefreshFraction float64  `yaml:"refresh_fraction"` // refresh after this fraction of a lifetime, default 0.8
+	MinMargin       Duration `yaml:"min_margin"`       // ...and at least this long before expiry, default 30s
+	FetchTimeout    Duration `yaml:"fetch_timeout"`    // bound on one token request, default 15s
+	MinBackoff      Duration `yaml:"min_backoff"`      // first wait after a failed fetch, default 1s
+	MaxBackoff      Duration `yaml:"max_backoff"`      // longest wait, default 60s
 }
 
 // Route matches requests and names the injector that adds their credential.
@@ -283,6 +294,15 @@ func (c *Config) validate() []error {
 	}
 	if c.CA != nil && c.CA.LeafCacheSize < 0 {
 		add("ca.leaf_cache_size", "must not be negative")
+	}
+	if c.TokenCache.Size < 0 {
+		add("token_cache.size", "must not be negative")
+	}
+	if f := c.TokenCache.RefreshFraction; f < 0 || f >= 1 {
+		add("token_cache.refresh_fraction", "must be between 0 and 1 (for example 0.8)")
+	}
+	if c.TokenCache.MaxBackoff != 0 && c.TokenCache.MaxBackoff < c.TokenCache.MinBackoff {
+		add("token_cache.max_backoff", "must not be shorter than min_backoff")
 	}
 	if c.Upstream.MaxIdleConnsPerHost < 0 {
 		add("upstream.max_idle_conns_per_host", "must not be negative")

@@ -23,7 +23,7 @@ func loadAll(path string) error {
 	if cfg == nil {
 		return err
 	}
-	_, ierr := injectors.BuildAll(cfg.Injectors)
+	_, ierr := injectors.BuildAll(cfg, injectors.Env{})
 	return errors.Join(err, ierr)
 }
 

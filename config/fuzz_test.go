@@ -27,7 +27,7 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		_, _ = injectors.BuildAll(cfg.Injectors)
+		_, _ = injectors.BuildAll(cfg, injectors.Env{})
 	})
 }
 

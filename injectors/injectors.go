@@ -7,13 +7,17 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/tokencache"
+	"github.com/authproxy/authproxy/transport"
 )
 
 // Request is one outbound request being given its credential.
@@ -42,9 +46,20 @@ type Injector interface {
 
 // ResponseObserver is implemented by injectors that learn from responses,
 // such as a session header renewed on every response. ObserveResponse runs
-// before the response reaches the client and must not read resp.Body.
+// before the response reaches the client and must not read resp.Body. It
+// returns true when the response shows that the credential was stale and
+// has been dropped (an upstream 401 or gRPC UNAUTHENTICATED): the proxy then
+// sends the request once more, with a fresh credential, if it can replay
+// the body.
 type ResponseObserver interface {
-	ObserveResponse(req *Request, resp *http.Response)
+	ObserveResponse(req *Request, resp *http.Response) (retry bool)
+}
+
+// PathParamUser is implemented by injectors whose templates read path
+// values; the proxy checks that every route using the injector captures
+// them.
+type PathParamUser interface {
+	PathParams() []string
 }
 
 // Runner is implemented by injectors with background work (token refresh,
@@ -61,12 +76,35 @@ var (
 	// ErrCredentialRejected: the issuer refused the proxy's own credentials
 	// (bad client secret). HTTP 502, gRPC UNAUTHENTICATED.
 	ErrCredentialRejected = errors.New("credential rejected")
+	// ErrBadRequest: the request lacks what the credential needs (a value
+	// a scope template reads). HTTP 400, gRPC INVALID_ARGUMENT.
+	ErrBadRequest = errors.New("request cannot be given a credential")
 )
+
+// Env is what builders get besides their config block. Zero fields take
+// defaults built from the config.
+type Env struct {
+	// Cache is the token cache shared by token-based injectors.
+	Cache *tokencache.Cache
+	// HTTPClient sends token requests (never through an environment proxy).
+	HTTPClient *http.Client
+	// LookupEnv reads environment variables for secrets (os.LookupEnv).
+	LookupEnv func(string) (string, bool)
+	// Now is the clock (time.Now).
+	Now func() time.Time
+}
+
+// builder is what each kind's build function receives.
+type builder struct {
+	name string // the injector's name in the config
+	env  Env
+}
 
 // kinds maps a config `kind` to its builder. Each builder decodes its block
 // with config.DecodeNode (errors relative to the block) and calls New….
-var kinds = map[string]func(n *yaml.Node) (Injector, error){
+var kinds = map[string]func(n *yaml.Node, b builder) (Injector, error){
 	"static": buildStatic,
+	"oauth2": buildOAuth2,
 }
 
 // Kinds lists the known injector kinds.
@@ -81,18 +119,41 @@ func Kinds() []string {
 
 // BuildAll builds every injector block of the config. Errors name their
 // YAML path (injectors.<name>.…) and are all reported together.
-func BuildAll(blocks map[string]yaml.Node) (map[string]Injector, error) {
+func BuildAll(cfg *config.Config, env Env) (map[string]Injector, error) {
+	if env.Cache == nil {
+		tc := cfg.TokenCache
+		env.Cache = tokencache.New(tokencache.Options{
+			Size: tc.Size, RefreshFraction: tc.RefreshFraction, MinMargin: time.Duration(tc.MinMargin),
+			FetchTimeout: time.Duration(tc.FetchTimeout), MinBackoff: time.Duration(tc.MinBackoff),
+			MaxBackoff: time.Duration(tc.MaxBackoff), Now: env.Now,
+		})
+	}
+	var errs []error
+	if env.HTTPClient == nil {
+		set, err := transport.New(cfg.Upstream)
+		if err != nil {
+			errs = append(errs, err) // reported with the rest; build on with the defaults
+			set, _ = transport.New(config.Upstream{})
+		}
+		env.HTTPClient = set.Client(0) // each fetch is bounded by the cache's fetch timeout
+	}
+	if env.LookupEnv == nil {
+		env.LookupEnv = os.LookupEnv
+	}
+	if env.Now == nil {
+		env.Now = time.Now
+	}
+	blocks := cfg.Injectors
 	names := make([]string, 0, len(blocks))
 	for name := range blocks {
 		names = append(names, name)
 	}
 	sort.Strings(names)
 	out := make(map[string]Injector, len(blocks))
-	var errs []error
 	for _, name := range names {
 		n := blocks[name]
 		path := config.Join("injectors", name)
-		inj, err := build(&n)
+		inj, err := build(&n, builder{name: name, env: env})
 		if err != nil {
 			errs = append(errs, config.Prefix(path, err))
 			continue
@@ -102,7 +163,7 @@ func BuildAll(blocks map[string]yaml.Node) (map[string]Injector, error) {
 	return out, config.FirstPerPath(errs...)
 }
 
-func build(n *yaml.Node) (Injector, error) {
+func build(n *yaml.Node, bld builder) (Injector, error) {
 	if n.Kind != yaml.MappingNode {
 		return nil, config.Errorf("", "expected a mapping with a kind (one of %s)", strings.Join(Kinds(), ", "))
 	}
@@ -119,5 +180,5 @@ func build(n *yaml.Node) (Injector, error) {
 	case !ok:
 		return nil, config.Errorf("kind", "unknown injector kind %q (known: %s)", kind, strings.Join(Kinds(), ", "))
 	}
-	return b(n)
+	return b(n, bld)
 }

@@ -43,10 +43,10 @@ type staticValue struct {
 
 var _ Injector = (*Static)(nil)
 
-func buildStatic(n *yaml.Node) (Injector, error) {
+func buildStatic(n *yaml.Node, b builder) (Injector, error) {
 	var cfg StaticConfig
 	derr := config.DecodeNode(n, "", &cfg)
-	s, err := NewStatic(cfg, nil)
+	s, err := NewStatic(cfg, b.env.LookupEnv)
 	if err = errors.Join(derr, err); err != nil {
 		return nil, err
 	}

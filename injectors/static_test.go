@@ -56,7 +56,7 @@ empty: {kind: static}
 `), &blocks); err != nil {
 		t.Fatal(err)
 	}
-	injs, err := BuildAll(blocks)
+	injs, err := BuildAll(&config.Config{File: config.File{Injectors: blocks}}, Env{})
 	if err == nil || err.Error() != "injectors.empty.headers: at least one header is required" {
 		t.Errorf("err = %v", err)
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -128,6 +129,34 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 	if x.h2c {
 		tr = c.up.H2C
 	}
+	var rec *recordingBody
+	if rt != nil && rt.observer != nil && out.Body != nil && out.Body != http.NoBody {
+		rec = &recordingBody{src: out.Body, limit: maxReplayBody}
+		out.Body = rec
+	}
+	resp, err := c.roundTripOnce(tr, out, rt)
+	if err != nil || rt == nil || rt.observer == nil || !rt.observer.ObserveResponse(ireq, resp) {
+		return resp, err
+	}
+	// The injector dropped a stale credential: send once more, with a fresh
+	// one, if the body can be replayed; otherwise the client gets the answer.
+	if out.Body != nil && out.Body != http.NoBody {
+		body, ok := rec.replay()
+		if !ok {
+			return resp, nil
+		}
+		out.Body = body
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if err := rt.injector.Inject(ireq); err != nil {
+		return nil, &routeError{route: rt.name, err: err}
+	}
+	c.log.Debug("retrying with a fresh credential", "route", rt.name, "method", out.Method, "host", out.Host, "path", out.URL.Path)
+	return c.roundTripOnce(tr, out, rt)
+}
+
+func (c *core) roundTripOnce(tr http.RoundTripper, out *http.Request, rt *routeRT) (*http.Response, error) {
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
 		err = &upstreamError{err: err}
@@ -135,9 +164,6 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 			err = &routeError{route: rt.name, err: err}
 		}
 		return nil, err
-	}
-	if rt != nil && rt.observer != nil {
-		rt.observer.ObserveResponse(ireq, resp)
 	}
 	return resp, nil
 }

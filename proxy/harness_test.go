@@ -81,6 +81,7 @@ func useEnvProxy(t *testing.T, addr string) {
 
 // env is one test's world: an upstream PKI, a proxy CA, and a temp dir.
 type env struct {
+	injEnv  injectors.Env // for injectors.BuildAll (a test may set a clock or cache)
 	t       *testing.T
 	dir     string
 	pki     *sim.PKI
@@ -154,7 +155,7 @@ func (e *env) start(yamlText string, override map[string]injectors.Injector, pre
 	if err != nil {
 		e.t.Fatalf("config: %v", err)
 	}
-	injs, err := injectors.BuildAll(cfg.Injectors)
+	injs, err := injectors.BuildAll(cfg, e.injEnv)
 	if err != nil {
 		e.t.Fatalf("injectors: %v", err)
 	}

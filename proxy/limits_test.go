@@ -240,10 +240,14 @@ func (o *observingInjector) Inject(r *injectors.Request) error {
 	r.Header.Set("X-Session", "session-1")
 	return nil
 }
-func (o *observingInjector) ObserveResponse(r *injectors.Request, resp *http.Response) {
+func (o *observingInjector) ObserveResponse(r *injectors.Request, resp *http.Response) bool {
 	o.observed.Add(1)
 	o.lastHdr.Store(resp.Header.Get("Content-Type") + " for " + r.Route)
+	return false
 }
+
+var _ injectors.ResponseObserver = (*observingInjector)(nil)
+
 func (o *observingInjector) Run(ctx context.Context) error {
 	o.running.Store(true)
 	<-ctx.Done()

@@ -86,6 +86,9 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	}
 	c := newCore(up, logger)
 
+	if err := checkPathParams(cfg, injs); err != nil {
+		return nil, err
+	}
 	for _, l := range cfg.Listeners {
 		var entries []route.Entry[*routeRT]
 		for _, ref := range cfg.RoutesByListener[l.Name] {
@@ -153,6 +156,30 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		}
 	}
 	return s, nil
+}
+
+// checkPathParams makes sure every route captures the path values its
+// injector's templates read (such as {mount} in "mount:{mount}").
+func checkPathParams(cfg *config.Config, injs map[string]injectors.Injector) error {
+	var errs []error
+	seen := map[int]bool{}
+	for _, refs := range cfg.RoutesByListener {
+		for _, ref := range refs {
+			user, ok := injs[ref.Route.Injector].(injectors.PathParamUser)
+			if !ok || seen[ref.Index] {
+				continue
+			}
+			seen[ref.Index] = true
+			captured := ref.Pattern.Path.Params()
+			for _, name := range user.PathParams() {
+				if !slices.Contains(captured, name) {
+					errs = append(errs, config.Errorf(config.Join(ref.Path, "match", "path"),
+						"injector %q reads {%s}, which %q does not capture", ref.Route.Injector, name, ref.Pattern.Path))
+				}
+			}
+		}
+	}
+	return config.FirstPerPath(errs...)
 }
 
 // Ready is closed once every listener is bound.

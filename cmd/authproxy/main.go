@@ -96,7 +96,7 @@ func load(path string) (*config.Config, map[string]injectors.Injector, error) {
 	if cfg == nil {
 		return nil, nil, err
 	}
-	injs, ierr := injectors.BuildAll(cfg.Injectors)
+	injs, ierr := injectors.BuildAll(cfg, injectors.Env{})
 	if err = errors.Join(err, ierr); err != nil {
 		return nil, nil, err
 	}

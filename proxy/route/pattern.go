@@ -209,6 +209,17 @@ func splitPath(s string) []string {
 // String returns the template as written.
 func (p Path) String() string { return p.raw }
 
+// Params lists the names the template captures.
+func (p Path) Params() []string {
+	var out []string
+	for _, s := range p.segs {
+		if s.kind == segParam {
+			out = append(out, s.text)
+		}
+	}
+	return out
+}
+
 // Params is the list of values a path template captured, in template order.
 // The zero value is empty. It is not safe for concurrent modification.
 type Params []Param

@@ -1,0 +1,574 @@
+package injectors
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"gopkg.in/yaml.v3"
+
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/tokencache"
+)
+
+// OAuth2Config is the `kind: oauth2` block: OAuth2 client credentials
+// (RFC 6749 §4.4), one token per distinct scope set, cached and refreshed
+// ahead of expiry.
+type OAuth2Config struct {
+	Kind string `yaml:"kind"`
+	// Preset fills defaults for a provider: "obh" (OBH Mobility, Zitadel) or
+	// "obelisk".
+	Preset       string              `yaml:"preset"`
+	TokenURL     string              `yaml:"token_url"`
+	ClientID     config.SecretSource `yaml:"client_id"`
+	ClientSecret config.SecretSource `yaml:"client_secret"`
+	// AuthStyle: client_secret_basic (default), client_secret_post or
+	// private_key_jwt (RFC 7523 client assertion signed with PrivateKey).
+	AuthStyle string `yaml:"auth_style"`
+	// BasicEncoding: "form" (default) URL-encodes id and secret inside
+	// Basic as RFC 6749 §2.3.1 says; "raw" sends them as they are.
+	BasicEncoding     string              `yaml:"basic_encoding"`
+	PrivateKey        config.SecretSource `yaml:"private_key"`        // PEM, RSA (RS256) or EC (ES256/ES384)
+	KeyID             string              `yaml:"key_id"`             // the assertion's kid header
+	AssertionAudience string              `yaml:"assertion_audience"` // the assertion's aud (default token_url)
+	// Scopes are templates: {name} (a path value), {header:Name}, {query:name}.
+	Scopes   []string          `yaml:"scopes"`
+	Audience string            `yaml:"audience"` // template, sent as `audience`
+	Params   map[string]string `yaml:"params"`   // more form parameters (templates)
+	// BodyFormat: "form" (default) or "json".
+	BodyFormat string `yaml:"body_format"`
+	// Header and Prefix say how the token is attached (default
+	// "Authorization: Bearer <token>").
+	Header string  `yaml:"header"`
+	Prefix *string `yaml:"prefix"`
+	// DefaultLifetime applies when the response gives no lifetime.
+	DefaultLifetime config.Duration `yaml:"default_lifetime"` // default 5m
+}
+
+const (
+	obhTokenURL      = "https://auth.obh-mobility.com/oauth/v2/token"
+	obhIssuer        = "https://auth.obh-mobility.com"
+	jwtBearerType    = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+	maxTokenResponse = 1 << 20
+)
+
+// OAuth2 is an OAuth2 client-credentials injector. It is safe for
+// concurrent use.
+type OAuth2 struct {
+	name      string
+	cache     *tokencache.Cache
+	client    *http.Client
+	now       func() time.Time
+	tokenURL  string
+	endpoint  string // token URL without its query, for messages
+	id        config.Secret
+	secret    config.Secret
+	authStyle string
+	basicRaw  bool
+	key       *signingKey
+	keyID     string
+	assertAud string
+	scopes    []template
+	audience  template
+	params    []namedTemplate
+	jsonBody  bool
+	header    string
+	prefix    string
+	lifetime  time.Duration
+
+	static      bool // no template reads the request
+	staticKey   string
+	staticFetch tokencache.FetchFunc
+}
+
+type namedTemplate struct {
+	name string
+	t    template
+}
+
+var (
+	_ Injector         = (*OAuth2)(nil)
+	_ ResponseObserver = (*OAuth2)(nil)
+	_ Runner           = (*OAuth2)(nil)
+	_ PathParamUser    = (*OAuth2)(nil)
+)
+
+func buildOAuth2(n *yaml.Node, b builder) (Injector, error) {
+	var cfg OAuth2Config
+	if err := config.DecodeNode(n, "", &cfg); err != nil {
+		return nil, err
+	}
+	return NewOAuth2(b.name, cfg, b.env)
+}
+
+// NewOAuth2 validates cfg, reads its secrets, and applies its preset. It
+// does no network I/O. Errors are relative to the injector's block.
+func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
+	var errs []error
+	add := func(path, format string, args ...any) { errs = append(errs, config.Errorf(path, format, args...)) }
+	switch cfg.Preset {
+	case "":
+	case "obh":
+		if cfg.TokenURL == "" {
+			cfg.TokenURL = obhTokenURL
+		}
+		if cfg.AssertionAudience == "" {
+			cfg.AssertionAudience = obhIssuer
+		}
+		if !slices.ContainsFunc(cfg.Scopes, func(s string) bool {
+			return strings.HasPrefix(s, "urn:zitadel:iam:org:project:id:") && strings.HasSuffix(s, ":aud")
+		}) {
+			add("scopes", "the obh preset needs the project audience scope urn:zitadel:iam:org:project:id:<id>:aud (without it tokens carry no rights)")
+		}
+	case "obelisk":
+		if cfg.TokenURL == "" {
+			add("token_url", "required (<base>/api/v3/auth/token)")
+		}
+		if cfg.BasicEncoding == "" {
+			cfg.BasicEncoding = "raw"
+		}
+		if cfg.BodyFormat == "" {
+			cfg.BodyFormat = "json"
+		}
+	default:
+		add("preset", "unknown preset %q (known: obh, obelisk)", cfg.Preset)
+	}
+	if cfg.AuthStyle == "" {
+		cfg.AuthStyle = "client_secret_basic"
+		if cfg.PrivateKey.IsSet() {
+			cfg.AuthStyle = "private_key_jwt"
+		}
+	}
+
+	o := &OAuth2{name: name, cache: env.Cache, client: env.HTTPClient, now: env.Now,
+		authStyle: cfg.AuthStyle, keyID: cfg.KeyID, lifetime: cfg.DefaultLifetime.D(5 * time.Minute)}
+	if o.now == nil {
+		o.now = time.Now
+	}
+
+	switch u, err := url.Parse(cfg.TokenURL); {
+	case cfg.TokenURL == "":
+		if cfg.Preset != "obelisk" {
+			add("token_url", "required")
+		}
+	case err != nil || u.Host == "":
+		add("token_url", "%q is not an absolute URL", cfg.TokenURL)
+	case u.Scheme != "https":
+		add("token_url", "must be https: the client secret would travel in plaintext")
+	default:
+		o.tokenURL = cfg.TokenURL
+		o.endpoint = u.Scheme + "://" + u.Host + u.Path
+	}
+
+	var err error
+	if o.id, err = cfg.ClientID.Resolve(env.LookupEnv); err != nil {
+		add("client_id", "%v", err)
+	}
+	switch cfg.AuthStyle {
+	case "client_secret_basic", "client_secret_post":
+		if o.secret, err = cfg.ClientSecret.Resolve(env.LookupEnv); err != nil {
+			add("client_secret", "%v", err)
+		}
+		if cfg.PrivateKey.IsSet() {
+			add("private_key", "only used with auth_style: private_key_jwt")
+		}
+	case "private_key_jwt":
+		if cfg.ClientSecret.IsSet() {
+			add("client_secret", "not used with private_key_jwt (the signed assertion replaces it)")
+		}
+		pemKey, err := cfg.PrivateKey.Resolve(env.LookupEnv)
+		if err != nil {
+			add("private_key", "%v", err)
+			break
+		}
+		k, err := parseSigningKey([]byte(pemKey.Reveal()))
+		if err != nil {
+			add("private_key", "%v", err)
+			break
+		}
+		o.key = &k
+		o.assertAud = cfg.AssertionAudience
+		if o.assertAud == "" {
+			o.assertAud = cfg.TokenURL
+		}
+	default:
+		add("auth_style", "unknown style %q (known: client_secret_basic, client_secret_post, private_key_jwt)", cfg.AuthStyle)
+	}
+	switch cfg.BasicEncoding {
+	case "", "form":
+	case "raw":
+		o.basicRaw = true
+	default:
+		add("basic_encoding", "form or raw, not %q", cfg.BasicEncoding)
+	}
+	switch cfg.BodyFormat {
+	case "", "form":
+	case "json":
+		o.jsonBody = true
+	default:
+		add("body_format", "form or json, not %q", cfg.BodyFormat)
+	}
+
+	o.static = true
+	for i, s := range cfg.Scopes {
+		t, err := parseTemplate(s)
+		if err != nil {
+			add(config.Index("scopes", i), "%v", err)
+			continue
+		}
+		o.static = o.static && t.static()
+		o.scopes = append(o.scopes, t)
+	}
+	if o.audience, err = parseTemplate(cfg.Audience); err != nil {
+		add("audience", "%v", err)
+	}
+	o.static = o.static && o.audience.static()
+	paramNames := make([]string, 0, len(cfg.Params))
+	for k := range cfg.Params {
+		paramNames = append(paramNames, k)
+	}
+	sort.Strings(paramNames)
+	for _, k := range paramNames {
+		switch k {
+		case "grant_type", "scope", "audience", "client_id", "client_secret", "client_assertion", "client_assertion_type":
+			add(config.Join("params", k), "set by the injector itself")
+			continue
+		}
+		t, err := parseTemplate(cfg.Params[k])
+		if err != nil {
+			add(config.Join("params", k), "%v", err)
+			continue
+		}
+		o.static = o.static && t.static()
+		o.params = append(o.params, namedTemplate{k, t})
+	}
+
+	o.header = http.CanonicalHeaderKey(cfg.Header)
+	if cfg.Header == "" {
+		o.header = "Authorization"
+	} else if !httpguts.ValidHeaderFieldName(cfg.Header) {
+		add("header", "invalid header name")
+	}
+	o.prefix = "Bearer "
+	if cfg.Prefix != nil {
+		o.prefix = *cfg.Prefix
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if o.cache == nil || o.client == nil {
+		return nil, errors.New("oauth2: built without a token cache or HTTP client")
+	}
+	if o.static {
+		req := &Request{Request: &http.Request{Header: http.Header{}, URL: &url.URL{}}}
+		scope, aud, params, _ := o.render(req)
+		o.staticKey = o.cacheKey(scope, aud, params)
+		o.staticFetch = func(ctx context.Context) (tokencache.Token, error) { return o.fetch(ctx, scope, aud, params) }
+	}
+	return o, nil
+}
+
+// Headers implements Injector.
+func (o *OAuth2) Headers() []string { return []string{o.header} }
+
+// PathParams implements PathParamUser.
+func (o *OAuth2) PathParams() []string {
+	var out []string
+	for _, t := range o.scopes {
+		out = append(out, t.pathParams()...)
+	}
+	out = append(out, o.audience.pathParams()...)
+	for _, p := range o.params {
+		out = append(out, p.t.pathParams()...)
+	}
+	return out
+}
+
+// Run implements Runner: the shared cache's background refresh.
+func (o *OAuth2) Run(ctx context.Context) error { return o.cache.Run(ctx) }
+
+// Inject implements Injector.
+func (o *OAuth2) Inject(req *Request) error {
+	key, fetch, err := o.lookup(req)
+	if err != nil {
+		return err
+	}
+	tok, err := o.cache.Get(req.Context(), key, fetch)
+	if err != nil {
+		if req.Context().Err() != nil {
+			return err
+		}
+		if !errors.Is(err, ErrCredentialRejected) && !errors.Is(err, ErrCredentialUnavailable) {
+			err = fmt.Errorf("%w: %w", ErrCredentialUnavailable, err)
+		}
+		return err
+	}
+	req.Header[o.header] = []string{tok.Value.Reveal()}
+	return nil
+}
+
+// ObserveResponse implements ResponseObserver: a 401, or a gRPC
+// UNAUTHENTICATED status in the response headers, drops the token that was
+// sent, so the request is retried once with a fresh one.
+func (o *OAuth2) ObserveResponse(req *Request, resp *http.Response) bool {
+	if resp.StatusCode != http.StatusUnauthorized && resp.Header.Get("Grpc-Status") != "16" {
+		return false
+	}
+	key, _, err := o.lookup(req)
+	if err != nil {
+		return false
+	}
+	return o.cache.Invalidate(key, req.Header.Get(o.header))
+}
+
+func (o *OAuth2) lookup(req *Request) (string, tokencache.FetchFunc, error) {
+	if o.static {
+		return o.staticKey, o.staticFetch, nil
+	}
+	scope, aud, params, err := o.render(req)
+	if err != nil {
+		return "", nil, err
+	}
+	return o.cacheKey(scope, aud, params), func(ctx context.Context) (tokencache.Token, error) {
+		return o.fetch(ctx, scope, aud, params)
+	}, nil
+}
+
+func (o *OAuth2) render(req *Request) (scope, aud string, params url.Values, err error) {
+	parts := make([]string, 0, len(o.scopes))
+	for _, t := range o.scopes {
+		v, err := t.render(req)
+		if err != nil {
+			return "", "", nil, err
+		}
+		parts = append(parts, v)
+	}
+	if aud, err = o.audience.render(req); err != nil {
+		return "", "", nil, err
+	}
+	if len(o.params) > 0 {
+		params = url.Values{}
+		for _, p := range o.params {
+			v, err := p.t.render(req)
+			if err != nil {
+				return "", "", nil, err
+			}
+			params.Set(p.name, v)
+		}
+	}
+	return strings.Join(parts, " "), aud, params, nil
+}
+
+func (o *OAuth2) cacheKey(scope, aud string, params url.Values) string {
+	return o.name + "\x00" + scope + "\x00" + aud + "\x00" + params.Encode()
+}
+
+// fetch requests one token. Errors wrap ErrCredentialRejected (the issuer
+// refused the client) or ErrCredentialUnavailable, name the injector and
+// the endpoint's status, and never contain a secret.
+func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values) (tokencache.Token, error) {
+	form := url.Values{"grant_type": {"client_credentials"}}
+	if scope != "" {
+		form.Set("scope", scope)
+	}
+	if aud != "" {
+		form.Set("audience", aud)
+	}
+	for k, v := range params {
+		form[k] = v
+	}
+	var assertion string
+	switch o.authStyle {
+	case "client_secret_post":
+		form.Set("client_id", o.id.Reveal())
+		form.Set("client_secret", o.secret.Reveal())
+	case "private_key_jwt":
+		var err error
+		if assertion, err = o.assertion(); err != nil {
+			return tokencache.Token{}, fmt.Errorf("%w: injector %q: signing the client assertion: %v", ErrCredentialUnavailable, o.name, err)
+		}
+		form.Set("client_id", o.id.Reveal())
+		form.Set("client_assertion_type", jwtBearerType)
+		form.Set("client_assertion", assertion)
+	}
+	var body []byte
+	contentType := "application/x-www-form-urlencoded"
+	if o.jsonBody {
+		flat := make(map[string]string, len(form))
+		for k := range form {
+			flat[k] = form.Get(k)
+		}
+		body, _ = json.Marshal(flat)
+		contentType = "application/json"
+	} else {
+		body = []byte(form.Encode())
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, o.tokenURL, bytes.NewReader(body))
+	if err != nil {
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: %v", ErrCredentialUnavailable, o.name, err)
+	}
+	req.Header.Set("Content-Type", contentType)
+	req.Header.Set("Accept", "application/json")
+	if o.authStyle == "client_secret_basic" {
+		id, secret := o.id.Reveal(), o.secret.Reveal()
+		if !o.basicRaw {
+			id, secret = url.QueryEscape(id), url.QueryEscape(secret)
+		}
+		req.SetBasicAuth(id, secret)
+	}
+	start := o.now()
+	resp, err := o.client.Do(req)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return tokencache.Token{}, fmt.Errorf("%w: injector %q: token request to %s timed out", ErrCredentialUnavailable, o.name, o.endpoint)
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // its message repeats the URL
+		}
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: token request to %s: %s", ErrCredentialUnavailable, o.name, o.endpoint, o.scrub(err.Error(), assertion))
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse))
+	if err != nil {
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: reading the token response from %s: %v", ErrCredentialUnavailable, o.name, o.endpoint, err)
+	}
+	var tr tokenResponse
+	jsonErr := json.Unmarshal(data, &tr)
+	if resp.StatusCode < 200 || resp.StatusCode > 299 || tr.Error != "" {
+		kind := ErrCredentialUnavailable
+		switch {
+		case resp.StatusCode == http.StatusUnauthorized, resp.StatusCode == http.StatusForbidden:
+			kind = ErrCredentialRejected
+		case resp.StatusCode == http.StatusBadRequest || resp.StatusCode < 300:
+			switch tr.Error {
+			case "invalid_client", "unauthorized_client", "invalid_grant", "invalid_scope", "access_denied", "unsupported_grant_type":
+				kind = ErrCredentialRejected
+			}
+		}
+		detail := tr.Error
+		if tr.ErrorDescription != "" {
+			detail += ": " + tr.ErrorDescription
+		}
+		if detail == "" {
+			detail = excerpt(data)
+		}
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: token endpoint %s answered %s: %s",
+			kind, o.name, o.endpoint, resp.Status, o.scrub(detail, assertion))
+	}
+	if jsonErr != nil {
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: token endpoint %s answered %s with a body that is not a token response: %s",
+			ErrCredentialUnavailable, o.name, o.endpoint, resp.Status, o.scrub(excerpt(data), assertion))
+	}
+	value := tr.AccessToken
+	if value == "" {
+		value = tr.Token // older Obelisk servers
+	}
+	if value == "" {
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: token endpoint %s answered %s without access_token", ErrCredentialUnavailable, o.name, o.endpoint, resp.Status)
+	}
+	// The sooner of expires_in and max_valid_time; max_idle_time also ends
+	// a token left unused (Obelisk sends expires_in = max_idle_time).
+	life := o.lifetime
+	switch exp, valid := tr.ExpiresIn.d(), tr.MaxValidTime.d(); {
+	case exp > 0 && valid > 0:
+		life = min(exp, valid)
+	case exp > 0:
+		life = exp
+	case valid > 0:
+		life = valid
+	}
+	return tokencache.Token{
+		Value:       config.NewSecret(o.prefix + value),
+		Expiry:      start.Add(life), // from the request's start: the issuer's clock started before ours
+		IdleTimeout: tr.MaxIdleTime.d(),
+	}, nil
+}
+
+// assertion signs an RFC 7523 client assertion, valid for one minute.
+func (o *OAuth2) assertion() (string, error) {
+	var jti [16]byte
+	if _, err := rand.Read(jti[:]); err != nil {
+		return "", err
+	}
+	now := o.now().Unix()
+	header := map[string]any{}
+	if o.keyID != "" {
+		header["kid"] = o.keyID
+	}
+	id := o.id.Reveal()
+	return o.key.sign(header, map[string]any{
+		"iss": id, "sub": id, "aud": o.assertAud,
+		"iat": now, "exp": now + 60, "jti": hex.EncodeToString(jti[:]),
+	})
+}
+
+// scrub removes the client's own secrets from a message that includes
+// text from the token endpoint, in case the endpoint echoes them.
+func (o *OAuth2) scrub(msg, assertion string) string {
+	for _, s := range []string{o.secret.Reveal(), url.QueryEscape(o.secret.Reveal()), assertion} {
+		if len(s) >= 4 {
+			msg = strings.ReplaceAll(msg, s, config.Redacted)
+		}
+	}
+	return msg
+}
+
+// excerpt is a bounded, printable excerpt of a response body.
+func excerpt(b []byte) string {
+	s := strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, string(b))
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	if strings.TrimSpace(s) == "" {
+		return "(empty body)"
+	}
+	return s
+}
+
+type tokenResponse struct {
+	AccessToken      string  `json:"access_token"`
+	Token            string  `json:"token"`
+	TokenType        string  `json:"token_type"`
+	ExpiresIn        seconds `json:"expires_in"`
+	MaxIdleTime      seconds `json:"max_idle_time"`
+	MaxValidTime     seconds `json:"max_valid_time"`
+	Error            string  `json:"error"`
+	ErrorDescription string  `json:"error_description"`
+}
+
+// seconds is a JSON number of seconds, or a string holding one.
+type seconds float64
+
+func (s *seconds) UnmarshalJSON(b []byte) error {
+	str := strings.Trim(string(b), `"`)
+	if str == "" || str == "null" {
+		return nil
+	}
+	v, err := strconv.ParseFloat(str, 64)
+	if err != nil {
+		return fmt.Errorf("not a number of seconds: %s", b)
+	}
+	*s = seconds(v)
+	return nil
+}
+
+func (s seconds) d() time.Duration { return time.Duration(float64(s) * float64(time.Second)) }
