@@ -266,6 +266,9 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 	if cfg.Prefix != nil {
 		o.prefix = *cfg.Prefix
 	}
+	if o.basicRaw && o.authStyle == "client_secret_basic" && strings.Contains(o.id.Reveal(), ":") {
+		add("client_id", "contains \":\", which raw Basic authentication cannot carry (use basic_encoding: form)")
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}

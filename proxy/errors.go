@@ -60,6 +60,8 @@ func classify(err error) (status int, code codes.Code, msg string) {
 		return http.StatusMisdirectedRequest, codes.PermissionDenied, "authproxy: request host differs from the CONNECT target"
 	case errors.Is(err, ErrPlaintext):
 		return http.StatusForbidden, codes.PermissionDenied, "authproxy: refusing to send a credential over plaintext" + where
+	case errors.Is(err, injectors.ErrBadRequest):
+		return http.StatusBadRequest, codes.InvalidArgument, "authproxy: " + clientDetail(err) + where
 	case errors.Is(err, injectors.ErrCredentialRejected):
 		return http.StatusBadGateway, codes.Unauthenticated, "authproxy: credential rejected by its issuer" + where
 	case errors.Is(err, injectors.ErrCredentialUnavailable):
@@ -69,6 +71,16 @@ func classify(err error) (status int, code codes.Code, msg string) {
 	default:
 		return http.StatusBadGateway, codes.Internal, "authproxy: request failed" + where
 	}
+}
+
+// clientDetail is the part of a bad-request error the client may see: the
+// injector's own sentence (which names what is missing, never a value).
+func clientDetail(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, injectors.ErrBadRequest.Error()+": "); i >= 0 {
+		return msg[i+len(injectors.ErrBadRequest.Error())+2:]
+	}
+	return injectors.ErrBadRequest.Error()
 }
 
 func isGRPC(r *http.Request) bool {

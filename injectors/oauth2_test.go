@@ -1,0 +1,313 @@
+package injectors
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/sim"
+	"github.com/authproxy/authproxy/tokencache"
+)
+
+const testSecret = "p@ss:w/rd+&=very-secret"
+
+func secretValue(v string) config.SecretSource { return config.SecretSource{Value: &v} }
+
+// tokenEndpoint serves ts over TLS and returns an Env whose client trusts it.
+func tokenEndpoint(t *testing.T, h http.Handler, now func() time.Time) (string, Env) {
+	t.Helper()
+	srv := httptest.NewTLSServer(h)
+	t.Cleanup(srv.Close)
+	if now == nil {
+		now = time.Now
+	}
+	return srv.URL + "/oauth/v2/token", Env{
+		Cache:      tokencache.New(tokencache.Options{Now: now, FetchTimeout: 2 * time.Second}),
+		HTTPClient: srv.Client(),
+		Now:        now,
+	}
+}
+
+func newRequest(t *testing.T, target string, params route.Params) *Request {
+	t.Helper()
+	r, err := http.NewRequest("GET", target, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Request{Request: r, Route: "r", Params: params}
+}
+
+func writeKey(t *testing.T, key any) config.SecretSource {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "key.pem")
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return config.SecretSource{File: file}
+}
+
+func TestOAuth2ClientAuthStyles(t *testing.T) {
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for _, tc := range []struct {
+		name string
+		ts   *sim.TokenServer
+		cfg  OAuth2Config
+	}{
+		{"client_secret_basic form-encodes", &sim.TokenServer{Auth: "basic"}, OAuth2Config{}},
+		{"client_secret_post", &sim.TokenServer{Auth: "post"}, OAuth2Config{AuthStyle: "client_secret_post"}},
+		{"private_key_jwt RS256", &sim.TokenServer{Auth: "private_key_jwt", PublicKey: &rsaKey.PublicKey, Audience: "https://issuer.example"},
+			OAuth2Config{PrivateKey: writeKey(t, rsaKey), AssertionAudience: "https://issuer.example", KeyID: "k1"}},
+		{"private_key_jwt ES256", &sim.TokenServer{Auth: "private_key_jwt", PublicKey: &ecKey.PublicKey, Audience: "https://issuer.example"},
+			OAuth2Config{PrivateKey: writeKey(t, ecKey), AssertionAudience: "https://issuer.example"}},
+		{"obelisk preset: raw Basic, JSON body, token field", &sim.TokenServer{Auth: "basic-raw", JSONBody: true, Obelisk: true, MaxValid: 86400},
+			OAuth2Config{Preset: "obelisk"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := "client:1" // a colon, which form-encoded Basic must carry
+			if tc.ts.Auth == "basic-raw" {
+				id = "client-1"
+			}
+			tc.ts.ClientID, tc.ts.ClientSecret = id, testSecret
+			tc.ts.RequireScopes = []string{"openid"}
+			tokenURL, env := tokenEndpoint(t, tc.ts, nil)
+			cfg := tc.cfg
+			cfg.TokenURL = tokenURL
+			cfg.ClientID = secretValue(id)
+			if !cfg.PrivateKey.IsSet() {
+				cfg.ClientSecret = secretValue(testSecret)
+			}
+			cfg.Scopes = []string{"openid", "sub"}
+			o, err := NewOAuth2("test", cfg, env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 3; i++ {
+				req := newRequest(t, "https://api.example.com/x", nil)
+				if err := o.Inject(req); err != nil {
+					t.Fatal(err)
+				}
+				tok, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+				if !ok || !tc.ts.Valid(tok) {
+					t.Fatalf("injected %q, not a live token from the server", req.Header.Get("Authorization"))
+				}
+			}
+			if n := tc.ts.Calls(); n != 1 {
+				t.Errorf("%d token requests for 3 requests of one scope", n)
+			}
+			if got := tc.ts.Scopes(); got["openid sub"] != 1 {
+				t.Errorf("scopes sent: %v", got)
+			}
+		})
+	}
+}
+
+func TestOAuth2ErrorsAreClearAndSecretFree(t *testing.T) {
+	echoSecret := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.ParseForm()
+		_, secret, _ := r.BasicAuth()
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprintf(w, `{"error":"invalid_client","error_description":"secret %s is wrong"}`, secret)
+	})
+	notJSON := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "<html>login</html>") })
+	down := &sim.TokenServer{ClientID: "c", ClientSecret: testSecret}
+	down.SetDown(http.StatusServiceUnavailable)
+	slow := &sim.TokenServer{ClientID: "c", ClientSecret: testSecret}
+	slow.SetDelay(5 * time.Second)
+	for _, tc := range []struct {
+		name     string
+		h        http.Handler
+		secret   string
+		kind     error
+		contains string
+	}{
+		{"wrong secret", &sim.TokenServer{ClientID: "c", ClientSecret: "other"}, testSecret, ErrCredentialRejected, `401 Unauthorized: invalid_client`},
+		{"endpoint echoes the secret", echoSecret, testSecret, ErrCredentialRejected, "REDACTED"},
+		{"endpoint down", down, testSecret, ErrCredentialUnavailable, "503 Service Unavailable: token service unavailable"},
+		{"not a token response", notJSON, testSecret, ErrCredentialUnavailable, "not a token response: <html>login</html>"},
+		{"timeout", slow, testSecret, ErrCredentialUnavailable, "timed out"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tokenURL, env := tokenEndpoint(t, tc.h, nil)
+			o, err := NewOAuth2("obh-api", OAuth2Config{TokenURL: tokenURL + "?tenant=x", ClientID: secretValue("c"), ClientSecret: secretValue(tc.secret)}, env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = o.Inject(newRequest(t, "https://api.example.com/", nil))
+			if !errors.Is(err, tc.kind) {
+				t.Fatalf("got %v, want %v", err, tc.kind)
+			}
+			msg := err.Error()
+			for _, leak := range []string{tc.secret, url.QueryEscape(tc.secret), "tenant=x"} {
+				if strings.Contains(msg, leak) {
+					t.Errorf("error shows %q: %s", leak, msg)
+				}
+			}
+			if !strings.Contains(msg, `injector "obh-api"`) || !strings.Contains(msg, tc.contains) {
+				t.Errorf("error %q should name the injector and say %q", msg, tc.contains)
+			}
+		})
+	}
+}
+
+func TestOAuth2ScopeTemplates(t *testing.T) {
+	ts := &sim.TokenServer{ClientID: "c", ClientSecret: "s"}
+	tokenURL, env := tokenEndpoint(t, ts, nil)
+	o, err := NewOAuth2("obh", OAuth2Config{
+		Preset: "obh", TokenURL: tokenURL, ClientID: secretValue("c"), ClientSecret: secretValue("s"),
+		Scopes: []string{"openid", "urn:zitadel:iam:org:project:id:42:aud", "role:{header:X-Role}", "mount:{mount}"},
+		Params: map[string]string{"site": "{query:site}"},
+	}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := o.PathParams(); len(got) != 1 || got[0] != "mount" {
+		t.Errorf("PathParams = %v", got)
+	}
+	inject := func(mount, role, target string) (*Request, error) {
+		req := newRequest(t, target, route.Params{{Name: "mount", Value: mount}})
+		if role != "" {
+			req.Header.Set("X-Role", role)
+		}
+		return req, o.Inject(req)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Go(func() {
+			if _, err := inject(fmt.Sprintf("m%d", i%5), "restricted", "https://api.example.com/?site=eu"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	scopes := ts.Scopes()
+	if len(scopes) != 5 || scopes["openid urn:zitadel:iam:org:project:id:42:aud role:restricted mount:m3"] != 1 {
+		t.Errorf("tokens per scope: %v, want one for each of 5 mounts", scopes)
+	}
+	for _, tc := range []struct{ mount, role, target, want string }{
+		{"m1", "", "https://api.example.com/?site=eu", "needs header X-Role"},
+		{"m1", "owner", "https://api.example.com/", "needs query parameter site"},
+		{"m1 openid admin", "owner", "https://api.example.com/?site=eu", "white space"},
+		{"m1", "owner\"", "https://api.example.com/?site=eu", "quotes"},
+	} {
+		if _, err := inject(tc.mount, tc.role, tc.target); !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("mount %q role %q %s: %v, want a bad request (%s)", tc.mount, tc.role, tc.target, err, tc.want)
+		}
+	}
+	if n := ts.Calls(); n != 5 {
+		t.Errorf("%d token requests, want 5 (bad requests must not reach the issuer)", n)
+	}
+}
+
+func TestOAuth2ConfigErrors(t *testing.T) {
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	for _, tc := range []struct {
+		name string
+		cfg  OAuth2Config
+		want string
+	}{
+		{"plaintext token url", OAuth2Config{TokenURL: "http://x.example/token", ClientID: secretValue("c"), ClientSecret: secretValue("s")}, "token_url: must be https"},
+		{"no client id", OAuth2Config{TokenURL: "https://x.example/token", ClientSecret: secretValue("s")}, "client_id: a secret needs exactly one"},
+		{"key with basic", OAuth2Config{TokenURL: "https://x.example/token", AuthStyle: "client_secret_basic", ClientID: secretValue("c"), ClientSecret: secretValue("s"), PrivateKey: writeKey(t, key)}, "private_key: only used with auth_style: private_key_jwt"},
+		{"secret with jwt", OAuth2Config{TokenURL: "https://x.example/token", ClientID: secretValue("c"), ClientSecret: secretValue("s"), PrivateKey: writeKey(t, key)}, "client_secret: not used with private_key_jwt"},
+		{"unknown preset", OAuth2Config{Preset: "zitadel", TokenURL: "https://x.example/token", ClientID: secretValue("c"), ClientSecret: secretValue("s")}, `preset: unknown preset "zitadel"`},
+		{"obh without audience scope", OAuth2Config{Preset: "obh", ClientID: secretValue("c"), ClientSecret: secretValue("s"), Scopes: []string{"openid"}}, "scopes: the obh preset needs the project audience scope"},
+		{"obelisk without token url", OAuth2Config{Preset: "obelisk", ClientID: secretValue("c"), ClientSecret: secretValue("s")}, "token_url: required (<base>/api/v3/auth/token)"},
+		{"bad template", OAuth2Config{TokenURL: "https://x.example/token", ClientID: secretValue("c"), ClientSecret: secretValue("s"), Scopes: []string{"mount:{cookie:x}"}}, "scopes[0]: template"},
+		{"colon in a raw Basic id", OAuth2Config{Preset: "obelisk", TokenURL: "https://x.example/token", ClientID: secretValue("a:b"), ClientSecret: secretValue("s")}, "client_id: contains \":\""},
+		{"reserved param", OAuth2Config{TokenURL: "https://x.example/token", ClientID: secretValue("c"), ClientSecret: secretValue("s"), Params: map[string]string{"client_secret": "x"}}, "params.client_secret: set by the injector itself"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := NewOAuth2("x", tc.cfg, Env{Cache: tokencache.New(tokencache.Options{}), HTTPClient: http.DefaultClient})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestOAuth2ObeliskLifetimes(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	ts := &sim.TokenServer{ClientID: "c", ClientSecret: "s", Auth: "basic-raw", JSONBody: true, Obelisk: true, ExpiresIn: 3600, MaxValid: 5400, Now: clock}
+	tokenURL, env := tokenEndpoint(t, ts, clock)
+	o, err := NewOAuth2("obelisk", OAuth2Config{Preset: "obelisk", TokenURL: tokenURL, ClientID: secretValue("c"), ClientSecret: secretValue("s")}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	use := func() {
+		t.Helper()
+		if err := o.Inject(newRequest(t, "https://obelisk.example/", nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	use()
+	// Used every 20 minutes: the token lives until the sooner of expires_in
+	// (3600 s) and max_valid_time, so the 4th use (at 60 min) needs a new one.
+	for i := 0; i < 3; i++ {
+		advance(20 * time.Minute)
+		use()
+	}
+	if n := ts.Calls(); n != 2 {
+		t.Errorf("%d token requests over 60 minutes of use, want 2", n)
+	}
+	advance(59 * time.Minute) // idle just under max_idle_time: still served
+	use()
+	advance(61 * time.Minute) // idle past max_idle_time: a new token
+	use()
+	if n := ts.Calls(); n != 3 {
+		t.Errorf("%d token requests, want 3 after an idle period past max_idle_time", n)
+	}
+}
+
+func TestOAuth2InvalidateOnUnauthorized(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	ts := &sim.TokenServer{ClientID: "c", ClientSecret: "s"}
+	tokenURL, env := tokenEndpoint(t, ts, clock)
+	o, _ := NewOAuth2("x", OAuth2Config{TokenURL: tokenURL, ClientID: secretValue("c"), ClientSecret: secretValue("s")}, env)
+	req := newRequest(t, "https://api.example.com/", nil)
+	if err := o.Inject(req); err != nil {
+		t.Fatal(err)
+	}
+	first := req.Header.Get("Authorization")
+	mu.Lock()
+	now = now.Add(5 * time.Second)
+	mu.Unlock()
+	if o.ObserveResponse(req, &http.Response{StatusCode: 200, Header: http.Header{}}) {
+		t.Error("a 200 asked for a retry")
+	}
+	if !o.ObserveResponse(req, &http.Response{StatusCode: 200, Header: http.Header{"Grpc-Status": {"16"}}}) {
+		t.Error("gRPC UNAUTHENTICATED did not drop the token")
+	}
+	if err := o.Inject(req); err != nil {
+		t.Fatal(err)
+	}
+	if req.Header.Get("Authorization") == first || ts.Calls() != 2 {
+		t.Errorf("after invalidation: same token %v, %d token requests", req.Header.Get("Authorization") == first, ts.Calls())
+	}
+
+}
