@@ -3,17 +3,21 @@ package config_test
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/proxy"
 )
 
 // FuzzParse feeds arbitrary YAML to the config loader and the injector
 // builders: they must return errors, never panic. Seeded from testdata.
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob("testdata/*/*.yaml")
-	files = append(files, "../config.example.yaml")
+	more, _ := filepath.Glob("../examples/*.yaml")
+	files = append(append(files, more...), "../config.example.yaml")
 	for _, file := range files {
 		if data, err := os.ReadFile(file); err == nil {
 			f.Add(data)
@@ -31,11 +35,38 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// TestExampleConfig checks that the shipped example is valid.
-func TestExampleConfig(t *testing.T) {
-	t.Setenv("EXAMPLE_API_TOKEN", "token-for-the-example")
-	err := loadAll("../config.example.yaml")
-	if err != nil {
-		t.Fatalf("config.example.yaml: %v", err)
+// TestExampleConfigs checks that the shipped examples are valid.
+func TestExampleConfigs(t *testing.T) {
+	for _, v := range []string{"EXAMPLE_API_TOKEN", "OBH_CLIENT_ID", "OBH_CLIENT_SECRET", "OBELISK_CLIENT_ID"} {
+		t.Setenv(v, "value-for-the-example")
+	}
+	dir := t.TempDir()
+	if err := ca.Create(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"), "example", false); err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(dir, "client-secret")
+	os.WriteFile(secret, []byte("s\n"), 0o600)
+	files, _ := filepath.Glob("../examples/*.yaml")
+	files = append(files, "../config.example.yaml")
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data = []byte(strings.NewReplacer("/var/run/secrets/obelisk/client-secret", secret,
+				"authproxy-ca/", dir+"/").Replace(string(data)))
+			f := filepath.Join(dir, filepath.Base(file))
+			os.WriteFile(f, data, 0o644)
+			if err := loadAll(f); err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			// The whole server builds too (route captures, CA).
+			cfg, _ := config.Load(f)
+			injs, _ := injectors.BuildAll(cfg, injectors.Env{})
+			if _, err := proxy.New(cfg, injs, proxy.Options{}); err != nil {
+				t.Errorf("%s: %v", file, err)
+			}
+		})
 	}
 }

@@ -82,7 +82,7 @@ func useEnvProxy(t *testing.T, addr string) {
 // env is one test's world: an upstream PKI, a proxy CA, and a temp dir.
 type env struct {
 	injEnv  injectors.Env // for injectors.BuildAll (a test may set a clock or cache)
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	pki     *sim.PKI
 	caCert  string
@@ -90,7 +90,7 @@ type env struct {
 	proxyCA *x509.CertPool
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	dir := t.TempDir()
 	pki, err := sim.NewPKI(dir)
@@ -126,7 +126,7 @@ func (e *env) httpsUpstream(h http.Handler) *httptest.Server {
 	return srv
 }
 
-func port(t *testing.T, addr string) string {
+func port(t testing.TB, addr string) string {
 	t.Helper()
 	_, p, err := net.SplitHostPort(strings.TrimPrefix(strings.TrimPrefix(addr, "https://"), "http://"))
 	if err != nil {

@@ -210,7 +210,7 @@ func (s *TokenServer) checkAssertion(jwt string) error {
 	var header struct{ Alg string }
 	var claims struct {
 		Iss, Sub, Aud, Jti string
-		Iat, Exp          int64
+		Iat, Exp           int64
 	}
 	hb, err1 := base64.RawURLEncoding.DecodeString(parts[0])
 	cb, err2 := base64.RawURLEncoding.DecodeString(parts[1])

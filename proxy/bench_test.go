@@ -1,0 +1,68 @@
+package proxy_test
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/sim"
+	"github.com/authproxy/authproxy/tokencache"
+)
+
+// BenchmarkOAuth2RefreshAhead sends requests through the sidecar while
+// tokens that live 2 s are replaced, each token request taking 150 ms. If
+// any request waited for a token, max-ms would reach 150.
+//
+//	go test -run XXX -bench OAuth2RefreshAhead -benchtime 10s ./proxy/
+func BenchmarkOAuth2RefreshAhead(b *testing.B) {
+	e := newEnv(b)
+	ts := &sim.TokenServer{ClientID: "c", ClientSecret: secretToken, ExpiresIn: 2}
+	ts.SetDelay(150 * time.Millisecond)
+	auth := e.httpsUpstream(ts)
+	api := e.httpsUpstream(ts.RequireToken(&sim.Echo{}))
+	e.injEnv = injectors.Env{Cache: tokencache.New(tokencache.Options{RefreshFraction: 0.5, MinMargin: 200 * time.Millisecond})}
+	p := e.start(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://api.authproxy.test:%s"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, auth.authproxy.test: 127.0.0.1}}
+injectors:
+  tok:
+    kind: oauth2
+    token_url: "https://auth.authproxy.test:%s/token"
+    client_id: {value: c}
+    client_secret: {value: %q}
+routes:
+  - {name: api, match: {path: /*}, injector: tok}
+`, port(b, api.URL), port(b, auth.URL), secretToken), nil, nil)
+	c := h1Client()
+	url := "http://" + p.addr("app") + "/x"
+	get := func() time.Duration {
+		start := time.Now()
+		resp, err := c.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+		return time.Since(start)
+	}
+	get() // the first, cold fetch is not the steady state
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for b.Loop() {
+		lat = append(lat, get())
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	b.ReportMetric(ms(lat[len(lat)/2]), "p50-ms")
+	b.ReportMetric(ms(lat[len(lat)*99/100]), "p99-ms")
+	b.ReportMetric(ms(lat[len(lat)-1]), "max-ms")
+	b.ReportMetric(float64(ts.Calls()-1), "token-refreshes")
+}
