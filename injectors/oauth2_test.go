@@ -247,10 +247,8 @@ func TestOAuth2ConfigErrors(t *testing.T) {
 }
 
 func TestOAuth2ObeliskLifetimes(t *testing.T) {
-	var mu sync.Mutex
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	clk := sim.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	clock, advance := clk.Now, clk.Advance
 	ts := &sim.TokenServer{ClientID: "c", ClientSecret: "s", Auth: "basic-raw", JSONBody: true, Obelisk: true, ExpiresIn: 3600, MaxValid: 5400, Now: clock}
 	tokenURL, env := tokenEndpoint(t, ts, clock)
 	o, err := NewOAuth2("obelisk", OAuth2Config{Preset: "obelisk", TokenURL: tokenURL, ClientID: secretValue("c"), ClientSecret: secretValue("s")}, env)
@@ -283,9 +281,8 @@ func TestOAuth2ObeliskLifetimes(t *testing.T) {
 }
 
 func TestOAuth2InvalidateOnUnauthorized(t *testing.T) {
-	var mu sync.Mutex
-	now := time.Now()
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	clk := sim.NewClock(time.Now())
+	clock := clk.Now
 	ts := &sim.TokenServer{ClientID: "c", ClientSecret: "s"}
 	tokenURL, env := tokenEndpoint(t, ts, clock)
 	o, _ := NewOAuth2("x", OAuth2Config{TokenURL: tokenURL, ClientID: secretValue("c"), ClientSecret: secretValue("s")}, env)
@@ -294,9 +291,7 @@ func TestOAuth2InvalidateOnUnauthorized(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := req.Header.Get("Authorization")
-	mu.Lock()
-	now = now.Add(5 * time.Second)
-	mu.Unlock()
+	clk.Advance(5 * time.Second)
 	if o.ObserveResponse(req, &http.Response{StatusCode: 200, Header: http.Header{}}) {
 		t.Error("a 200 asked for a retry")
 	}

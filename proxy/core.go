@@ -129,10 +129,12 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 	if x.h2c {
 		tr = c.up.H2C
 	}
-	var rec *recordingBody
+	var rec replayer
 	if rt != nil && rt.observer != nil && out.Body != nil && out.Body != http.NoBody {
-		rec = &recordingBody{src: out.Body, limit: maxReplayBody}
-		out.Body = rec
+		var err error
+		if rec, err = replayable(out); err != nil {
+			return nil, &routeError{route: rt.name, err: err}
+		}
 	}
 	resp, err := c.roundTripOnce(tr, out, rt)
 	if err != nil || rt == nil || rt.observer == nil || !rt.observer.ObserveResponse(ireq, resp) {

@@ -18,19 +18,6 @@ import (
 	"github.com/authproxy/authproxy/tokencache"
 )
 
-// fakeClock drives the token cache and the simulated issuer together.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // oauthWorld is an OBH-like setup: a Zitadel-like token endpoint and an API
 // that accepts only live tokens from it, behind a sidecar.
 type oauthWorld struct {
@@ -40,7 +27,7 @@ type oauthWorld struct {
 	p     *running
 }
 
-func newOAuthWorld(t *testing.T, clock *fakeClock, cacheSize int) *oauthWorld {
+func newOAuthWorld(t *testing.T, clock *sim.Clock, cacheSize int) *oauthWorld {
 	e := newEnv(t)
 	w := &oauthWorld{ts: &sim.TokenServer{ClientID: "fleet-app", ClientSecret: secretToken, Auth: "basic",
 		RequireScopes: []string{"urn:zitadel:iam:org:project:id:272428514190297504:aud"}}, echo: &sim.Echo{}}
@@ -157,7 +144,7 @@ func TestOAuth2TokenPerMountWithBoundedCache(t *testing.T) {
 }
 
 func TestOAuth2RetriesOnceWhenTheUpstreamRefusesTheToken(t *testing.T) {
-	clock := &fakeClock{t: time.Now()}
+	clock := sim.NewClock(time.Now())
 	w := newOAuthWorld(t, clock, 0)
 	c := h2cClient()
 	post := func(body []byte) (int, sim.Seen) {
@@ -211,7 +198,7 @@ func revokeAll(ts *sim.TokenServer, t *testing.T) {
 }
 
 func TestOAuth2SurvivesIssuerOutageUntilExpiryThenRecovers(t *testing.T) {
-	clock := &fakeClock{t: time.Now()}
+	clock := sim.NewClock(time.Now())
 	w := newOAuthWorld(t, clock, 0)
 	c := h1Client()
 	if st, _ := w.get(t, c, "/fleet/x"); st != 200 {

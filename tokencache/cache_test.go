@@ -10,22 +10,12 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/sim"
 )
 
-// clock is a fake time source that only moves when told.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type clock = sim.Clock
 
-func newClock() *clock { return &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newClock() *clock { return sim.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)) }
 
 // issuer is a fake token endpoint: it counts fetches, can be made to fail
 // or to block, and issues tokens valid for life.
