@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -78,13 +79,15 @@ type core struct {
 	rp  *httputil.ReverseProxy
 }
 
-func newCore(up *transport.Set, log *slog.Logger) *core {
-	c := &core{up: up, log: log}
+func newCore(up *transport.Set, logger *slog.Logger) *core {
+	c := &core{up: up, log: logger}
 	c.rp = &httputil.ReverseProxy{
 		Rewrite:      c.rewrite,
 		Transport:    roundTripperFunc(c.roundTrip),
 		ErrorHandler: c.errorHandler,
 		BufferPool:   bufferPool{},
+		// Mid-body failures (a client cancelling a stream) are routine.
+		ErrorLog: log.New(slogWriter{logger.With("component", "reverseproxy")}, "", 0),
 	}
 	return c
 }
