@@ -46,7 +46,8 @@ type Injector interface {
 
 // ResponseObserver is implemented by injectors that learn from responses,
 // such as a session header renewed on every response. ObserveResponse runs
-// before the response reaches the client and must not read resp.Body. It
+// before the response reaches the client; it may read a bounded prefix of
+// resp.Body only if it puts back an equivalent body (see peekBody). It
 // returns true when the response shows that the credential was stale and
 // has been dropped (an upstream 401 or gRPC UNAUTHENTICATED): the proxy then
 // sends the request once more, with a fresh credential, if it can replay
@@ -105,6 +106,7 @@ type builder struct {
 var kinds = map[string]func(n *yaml.Node, b builder) (Injector, error){
 	"static": buildStatic,
 	"oauth2": buildOAuth2,
+	"odil":   buildODIL,
 }
 
 // Kinds lists the known injector kinds.

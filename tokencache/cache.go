@@ -185,23 +185,49 @@ func (c *Cache) Get(ctx context.Context, key string, fetch FetchFunc) (Token, er
 }
 
 // Invalidate drops key's token if it is still value (an upstream refused
-// it), so the next Get fetches afresh. A token fetched less than
-// MinBackoff ago is kept: refusing a brand-new token is the upstream's
-// problem, and dropping it would turn every refused request into a fetch.
-// It reports whether the token was dropped.
+// it), so the next Get fetches afresh. It reports whether the cache no
+// longer holds value: true when it was dropped now or had already been
+// replaced, so a request sent with it may be retried with the current one.
+// A token fetched less than MinBackoff ago is kept (and false returned):
+// refusing a brand-new token is the upstream's problem, and dropping it
+// would turn every refused request into a fetch.
 func (c *Cache) Invalidate(key, value string) bool {
 	e, ok := c.entries.Peek(key)
 	if !ok {
-		return false
+		return true
 	}
 	now := c.opts.Now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.has || e.tok.Value.Reveal() != value || now.Sub(e.fetchedAt) < c.opts.MinBackoff {
+	switch {
+	case !e.has || e.tok.Value.Reveal() != value:
+		return true
+	case now.Sub(e.fetchedAt) < c.opts.MinBackoff:
 		return false
 	}
 	e.has = false
 	e.failures, e.retryAt = 0, time.Time{}
+	return true
+}
+
+// Replace swaps key's token for tok if the cache still holds old, and
+// reports whether it did. A credential that rolls — renewed by every
+// response, as ODIL's session is — is replaced this way: a response renews
+// the value its request carried, so a late response to an older request
+// can never bring back a value that was already superseded. The token's
+// fetch time (and so its refresh time) is kept.
+func (c *Cache) Replace(key, old string, tok Token) bool {
+	e, ok := c.entries.Peek(key)
+	if !ok {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.has || e.tok.Value.Reveal() != old {
+		return false
+	}
+	e.tok = tok
+	e.usedAt = c.opts.Now()
 	return true
 }
 

@@ -210,8 +210,11 @@ func TestInvalidate(t *testing.T) {
 		t.Error("a token fetched just now was dropped")
 	}
 	clk.Advance(2 * time.Second)
-	if c.Invalidate("k", "some-other-token") {
-		t.Error("a different token value dropped the cached one")
+	if !c.Invalidate("k", "some-other-token") {
+		t.Error("a value the cache no longer holds should report true (retry with the current one)")
+	}
+	if got, _ := c.Get(context.Background(), "k", iss.fetch); got.Value.Reveal() != tok.Value.Reveal() {
+		t.Error("invalidating a different value dropped the cached one")
 	}
 	if !c.Invalidate("k", tok.Value.Reveal()) {
 		t.Fatal("Invalidate did not drop the token")
@@ -223,6 +226,43 @@ func TestInvalidate(t *testing.T) {
 	wg.Wait()
 	if n := iss.calls.Load(); n != 2 {
 		t.Errorf("%d fetches after invalidation by 20 callers, want 2", n)
+	}
+}
+
+func TestReplaceNeverResurrectsAnOlderValue(t *testing.T) {
+	clk := newClock()
+	c := newCache(clk, Options{})
+	fetch := func(context.Context) (Token, error) { return Token{Value: config.NewSecret("s1")}, nil }
+	c.Get(context.Background(), "k", fetch)
+	c.wg.Wait()
+	tok := func(v string) Token { return Token{Value: config.NewSecret(v)} }
+	// Two requests were sent with s1; their responses renew it to s2 and s3.
+	if !c.Replace("k", "s1", tok("s2")) {
+		t.Fatal("the first renewal was refused")
+	}
+	if c.Replace("k", "s1", tok("s3")) {
+		t.Error("a renewal of a superseded value was accepted")
+	}
+	if c.Replace("k", "s0", tok("s1")) {
+		t.Error("an older value came back")
+	}
+	got, _ := c.Get(context.Background(), "k", fetch)
+	if got.Value.Reveal() != "s2" {
+		t.Errorf("cached %q, want s2", got.Value.Reveal())
+	}
+	// Concurrent renewals from requests that all carried s2: exactly one wins.
+	var wins atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Go(func() {
+			if c.Replace("k", "s2", tok(fmt.Sprintf("n%d", i))) {
+				wins.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Errorf("%d concurrent renewals of one value won, want 1", wins.Load())
 	}
 }
 

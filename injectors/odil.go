@@ -1,0 +1,299 @@
+package injectors
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"gopkg.in/yaml.v3"
+
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/tokencache"
+)
+
+// ODILConfig is the `kind: odil` block: a session bought with a SAS token
+// and user credentials, carried in a header that every response renews.
+type ODILConfig struct {
+	Kind string `yaml:"kind"`
+	// BaseURL is the ODIL service; sessions are created at
+	// {base_url}/api/sys/Company/{company}/session/create unless
+	// SessionURL says otherwise.
+	BaseURL    string              `yaml:"base_url"`
+	Company    string              `yaml:"company"`     // default AzureLDMS
+	SessionURL string              `yaml:"session_url"` // full session/create URL
+	APICode    string              `yaml:"api_code"`    // default TR:SB:OneDealer:OD
+	Username   config.SecretSource `yaml:"username"`
+	Password   config.SecretSource `yaml:"password"`
+	SAS        SASConfig           `yaml:"sas"`
+	// SessionHeader carries the session both ways (default Session).
+	SessionHeader string `yaml:"session_header"`
+	// SessionIdleTimeout, when set, drops a session unused this long
+	// without asking (default 0: only when ODIL says it expired).
+	SessionIdleTimeout config.Duration `yaml:"session_idle_timeout"`
+	// External sets the ODIL external-interface headers.
+	External *ODILEntity `yaml:"external"`
+}
+
+// ODILEntity is the external interface's entity headers. Both owner IDs
+// are required; the dimensions are optional.
+type ODILEntity struct {
+	OwnerUserID            string `yaml:"owner_user_id"`
+	OwnerCompanyID         string `yaml:"owner_company_id"`
+	DimensionCompany       string `yaml:"dimension_company"`
+	DimensionBranch        string `yaml:"dimension_branch"`
+	DimensionLocation      string `yaml:"dimension_location"`
+	DimensionMake          string `yaml:"dimension_make"`
+	DimensionMarketSegment string `yaml:"dimension_market_segment"`
+}
+
+// ODIL session error codes.
+const (
+	odilSessionExpired = "uri:TR:ErrorCodes:Common:SessionExpired"
+	odilSessionInvalid = "uri:TR:ErrorCodes:Common:SessionInvalid"
+)
+
+// ODIL injects a rolling ODIL session. It is safe for concurrent use.
+type ODIL struct {
+	name       string
+	cache      *tokencache.Cache
+	client     *http.Client
+	now        func() time.Time
+	sessionURL string
+	endpoint   string // sessionURL without query, for messages
+	apiCode    string
+	username   config.Secret
+	password   config.Secret
+	sas        sasSigner
+	header     string
+	idle       time.Duration
+	entity     []staticValue
+	key        string
+	fetchFn    tokencache.FetchFunc
+}
+
+var (
+	_ Injector         = (*ODIL)(nil)
+	_ ResponseObserver = (*ODIL)(nil)
+	_ Runner           = (*ODIL)(nil)
+)
+
+func buildODIL(n *yaml.Node, b builder) (Injector, error) {
+	var cfg ODILConfig
+	if err := config.DecodeNode(n, "", &cfg); err != nil {
+		return nil, err
+	}
+	return NewODIL(b.name, cfg, b.env)
+}
+
+// NewODIL validates cfg and reads its secrets. It does no network I/O.
+func NewODIL(name string, cfg ODILConfig, env Env) (*ODIL, error) {
+	var errs []error
+	add := func(path, format string, args ...any) { errs = append(errs, config.Errorf(path, format, args...)) }
+	o := &ODIL{name: name, cache: env.Cache, client: env.HTTPClient, now: env.Now,
+		apiCode: cfg.APICode, header: http.CanonicalHeaderKey(cfg.SessionHeader), idle: time.Duration(cfg.SessionIdleTimeout)}
+	if o.now == nil {
+		o.now = time.Now
+	}
+	if o.apiCode == "" {
+		o.apiCode = "TR:SB:OneDealer:OD"
+	}
+	if cfg.SessionHeader == "" {
+		o.header = "Session"
+	} else if !httpguts.ValidHeaderFieldName(cfg.SessionHeader) {
+		add("session_header", "invalid header name")
+	}
+	company := cfg.Company
+	if company == "" {
+		company = "AzureLDMS"
+	}
+	o.sessionURL = cfg.SessionURL
+	if o.sessionURL == "" && cfg.BaseURL != "" {
+		o.sessionURL = strings.TrimRight(cfg.BaseURL, "/") + "/api/sys/Company/" + url.PathEscape(company) + "/session/create"
+	}
+	switch u, err := url.Parse(o.sessionURL); {
+	case o.sessionURL == "":
+		add("base_url", "required (or session_url)")
+	case err != nil || u.Host == "":
+		add("session_url", "%q is not an absolute URL", o.sessionURL)
+	case u.Scheme != "https":
+		add("base_url", "must be https: the SAS token and password would travel in plaintext")
+	default:
+		o.endpoint = u.Scheme + "://" + u.Host + u.Path
+	}
+	var err error
+	if o.username, err = cfg.Username.Resolve(env.LookupEnv); err != nil {
+		add("username", "%v", err)
+	}
+	if o.password, err = cfg.Password.Resolve(env.LookupEnv); err != nil {
+		add("password", "%v", err)
+	}
+	var sasErrs []error
+	o.sas, sasErrs = newSASSigner(cfg.SAS, cfg.BaseURL, env.LookupEnv)
+	for _, e := range sasErrs {
+		errs = append(errs, config.Prefix("sas", e))
+	}
+	if o.sas.uri == "" {
+		add("sas.resource_uri", "required when session_url is used without base_url")
+	}
+	if ent := cfg.External; ent != nil {
+		for _, h := range []struct{ name, path, value string }{
+			{"EntityOwnerUserID", "owner_user_id", ent.OwnerUserID},
+			{"EntityOwnerCompanyID", "owner_company_id", ent.OwnerCompanyID},
+			{"DimensionCompany", "dimension_company", ent.DimensionCompany},
+			{"DimensionBranch", "dimension_branch", ent.DimensionBranch},
+			{"DimensionLocation", "dimension_location", ent.DimensionLocation},
+			{"DimensionMake", "dimension_make", ent.DimensionMake},
+			{"DimensionMarketSegment", "dimension_market_segment", ent.DimensionMarketSegment},
+		} {
+			switch {
+			case h.value == "" && strings.HasPrefix(h.name, "EntityOwner"):
+				add(config.Join("external", h.path), "required by the external interface")
+			case h.value == "":
+			case !httpguts.ValidHeaderFieldValue(h.value):
+				add(config.Join("external", h.path), "contains characters not allowed in a header")
+			default:
+				o.entity = append(o.entity, staticValue{name: h.name, value: []string{h.value}[:1:1]})
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if o.cache == nil || o.client == nil {
+		return nil, errors.New("odil: built without a token cache or HTTP client")
+	}
+	o.key = name + "\x00" + o.apiCode
+	o.fetchFn = o.createSession
+	return o, nil
+}
+
+// Headers implements Injector.
+func (o *ODIL) Headers() []string {
+	out := []string{o.header}
+	for _, h := range o.entity {
+		out = append(out, h.name)
+	}
+	return out
+}
+
+// Run implements Runner: the shared cache's background work.
+func (o *ODIL) Run(ctx context.Context) error { return o.cache.Run(ctx) }
+
+// Inject implements Injector: the current session, and the entity headers.
+func (o *ODIL) Inject(req *Request) error {
+	tok, err := o.cache.Get(req.Context(), o.key, o.fetchFn)
+	if err != nil {
+		if req.Context().Err() != nil {
+			return err
+		}
+		if !errors.Is(err, ErrCredentialRejected) && !errors.Is(err, ErrCredentialUnavailable) {
+			err = fmt.Errorf("%w: %w", ErrCredentialUnavailable, err)
+		}
+		return err
+	}
+	req.Header[o.header] = []string{tok.Value.Reveal()}
+	for _, h := range o.entity {
+		req.Header[h.name] = h.value
+	}
+	return nil
+}
+
+// ObserveResponse implements ResponseObserver. A renewed session in the
+// response replaces the one the request carried (never a newer one: see
+// tokencache.Cache.Replace). A 400 saying the session expired or is invalid
+// drops it and asks for the request to be sent again with a new one.
+func (o *ODIL) ObserveResponse(req *Request, resp *http.Response) bool {
+	sent := req.Header.Get(o.header)
+	if renewed := resp.Header.Get(o.header); renewed != "" && renewed != sent {
+		o.cache.Replace(o.key, sent, tokencache.Token{Value: config.NewSecret(renewed), IdleTimeout: o.idle})
+	}
+	if resp.StatusCode != http.StatusBadRequest {
+		return false
+	}
+	var e struct{ Code string }
+	if json.Unmarshal(peekBody(resp, 16<<10), &e) != nil || (e.Code != odilSessionExpired && e.Code != odilSessionInvalid) {
+		return false
+	}
+	return o.cache.Invalidate(o.key, sent)
+}
+
+// peekBody reads up to n bytes of resp.Body and puts them back in front of
+// the rest, so the client still gets the whole body.
+func peekBody(resp *http.Response, n int64) []byte {
+	buf, _ := io.ReadAll(io.LimitReader(resp.Body, n))
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(buf), resp.Body), resp.Body}
+	return buf
+}
+
+// createSession buys a session: POST session/create with the SAS token
+// and the user's credentials.
+func (o *ODIL) createSession(ctx context.Context) (tokencache.Token, error) {
+	body, _ := json.Marshal(map[string]any{
+		"Target":      map[string]string{"ApiCode": o.apiCode},
+		"Credentials": map[string]string{"Username": o.username.Reveal(), "Password": o.password.Reveal()},
+	})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, o.sessionURL, bytes.NewReader(body))
+	if err != nil {
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: %v", ErrCredentialUnavailable, o.name, err)
+	}
+	sas := o.sas.token(o.now())
+	req.Header.Set("Authorization", sas)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	resp, err := o.client.Do(req)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return tokencache.Token{}, fmt.Errorf("%w: injector %q: session/create at %s timed out", ErrCredentialUnavailable, o.name, o.endpoint)
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: session/create at %s: %v", ErrCredentialUnavailable, o.name, o.endpoint, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse))
+	var r struct{ Session, Code, Message string }
+	jsonErr := json.Unmarshal(data, &r)
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		kind := ErrCredentialUnavailable
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden ||
+			resp.StatusCode == http.StatusBadRequest && strings.HasSuffix(r.Code, "AuthenticationFailed") {
+			kind = ErrCredentialRejected
+		}
+		detail := r.Code
+		if r.Message != "" {
+			detail += " (" + r.Message + ")"
+		}
+		if detail == "" {
+			detail = excerpt(data)
+		}
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: session/create at %s answered %s: %s",
+			kind, o.name, o.endpoint, resp.Status, o.scrub(detail, sas))
+	}
+	if jsonErr != nil || r.Session == "" {
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: session/create at %s answered %s without a Session",
+			ErrCredentialUnavailable, o.name, o.endpoint, resp.Status)
+	}
+	return tokencache.Token{Value: config.NewSecret(r.Session), IdleTimeout: o.idle}, nil
+}
+
+func (o *ODIL) scrub(msg, sas string) string {
+	for _, s := range []string{o.password.Reveal(), sas, string(o.sas.key)} {
+		if len(s) >= 4 {
+			msg = strings.ReplaceAll(msg, s, config.Redacted)
+		}
+	}
+	return msg
+}
