@@ -33,6 +33,7 @@ type File struct {
 	Upstream   Upstream             `yaml:"upstream"`
 	Timeouts   Timeouts             `yaml:"timeouts"`
 	TokenCache TokenCache           `yaml:"token_cache"`
+	Retry      Retry                `yaml:"retry"`
 	Injectors  map[string]yaml.Node `yaml:"injectors"`
 	Routes     []Route              `yaml:"routes"`
 }
@@ -97,6 +98,15 @@ type Timeouts struct {
 	Idle         Duration `yaml:"idle"`          // default 120s
 	TLSHandshake Duration `yaml:"tls_handshake"` // intercepted connections, default 10s
 	Shutdown     Duration `yaml:"shutdown"`      // drain bound on SIGINT/SIGTERM, default 30s
+}
+
+// Retry configures the one retry of a request whose credential an
+// upstream refused as stale.
+type Retry struct {
+	// MaxBodyBytes is the largest request body kept to send again (default
+	// 65536); larger bodies stream through and the upstream's answer is
+	// returned as is.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 }
 
 // TokenCache configures the cache shared by the token-based injectors.
@@ -294,6 +304,9 @@ func (c *Config) validate() []error {
 	}
 	if c.CA != nil && c.CA.LeafCacheSize < 0 {
 		add("ca.leaf_cache_size", "must not be negative")
+	}
+	if c.Retry.MaxBodyBytes < 0 {
+		add("retry.max_body_bytes", "must not be negative")
 	}
 	if c.TokenCache.Size < 0 {
 		add("token_cache.size", "must not be negative")

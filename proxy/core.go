@@ -74,9 +74,10 @@ type exchangeKey struct{}
 // core sends requests upstream: it strips the client's credentials, calls
 // the injector, and round-trips. It is shared by every listener.
 type core struct {
-	up  *transport.Set
-	log *slog.Logger
-	rp  *httputil.ReverseProxy
+	up        *transport.Set
+	log       *slog.Logger
+	rp        *httputil.ReverseProxy
+	maxReplay int64 // retry.max_body_bytes
 }
 
 func newCore(up *transport.Set, logger *slog.Logger) *core {
@@ -135,7 +136,7 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 	var rec replayer
 	if rt != nil && rt.observer != nil && out.Body != nil && out.Body != http.NoBody {
 		var err error
-		if rec, err = replayable(out); err != nil {
+		if rec, err = replayable(out, c.maxReplay); err != nil {
 			return nil, &routeError{route: rt.name, err: err}
 		}
 	}

@@ -26,7 +26,7 @@ type odilWorld struct {
 	port string
 }
 
-func newODILWorld(t *testing.T, password string, cacheOpts tokencache.Options) *odilWorld {
+func newODILWorld(t *testing.T, password string, cacheOpts tokencache.Options, extra ...string) *odilWorld {
 	e := newEnv(t)
 	w := &odilWorld{e: e, odil: &sim.ODIL{KeyName: "odil-key", Key: secretToken, APICode: "TR:SB:OneDealer:OD",
 		Username: "dealer-api", Password: "right-password"}}
@@ -55,7 +55,7 @@ injectors:
       dimension_branch: athens
 routes:
   - {name: odil-api, match: {host: odil.authproxy.test, path: "/api/*"}, injector: odil}
-`, w.port, password, secretToken), nil, nil)
+`+strings.Join(extra, "\n"), w.port, password, secretToken), nil, nil)
 	return w
 }
 
@@ -175,5 +175,23 @@ func TestODILWrongCredentialsDoNotStorm(t *testing.T) {
 	}
 	if strings.Contains(logs, "wrong-password") {
 		t.Error("the password is in the log")
+	}
+}
+
+func TestODILBodyOverTheReplayLimitGetsTheErrorAsIs(t *testing.T) {
+	w := newODILWorld(t, "right-password", tokencache.Options{MinBackoff: time.Millisecond}, "retry: {max_body_bytes: 100}")
+	do := w.clients()["sidecar"]
+	decodeODIL(t, do("GET", "/api/od/vehicles", nil))
+	w.odil.ExpireAll()
+	resp := do("POST", "/api/od/orders", bytes.Repeat([]byte("x"), 101))
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "uri:TR:ErrorCodes:Common:SessionExpired") {
+		t.Errorf("a body over retry.max_body_bytes after expiry: %d %q, want ODIL's 400 as is", resp.StatusCode, b)
+	}
+	// The session was dropped all the same: the next request recovers.
+	seen := decodeODIL(t, do("POST", "/api/od/orders", bytes.Repeat([]byte("x"), 100)))
+	if seen.BodyBytes != 100 {
+		t.Errorf("next request: %+v", seen)
 	}
 }

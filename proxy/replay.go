@@ -8,9 +8,10 @@ import (
 	"sync"
 )
 
-// maxReplayBody is the largest request body kept for a retry with a fresh
-// credential. Larger bodies stream through unrecorded and are not retried.
-const maxReplayBody = 64 << 10
+// defaultMaxReplayBody is the default largest request body kept for a
+// retry with a fresh credential (retry.max_body_bytes). Larger bodies stream
+// through unrecorded and are not retried.
+const defaultMaxReplayBody = 64 << 10
 
 // replayer gives a request body to send again, when it can.
 type replayer interface {
@@ -18,12 +19,12 @@ type replayer interface {
 }
 
 // replayable prepares out's body for a possible second send. A body whose
-// length is known and at most maxReplayBody is read in full first (the
+// length is known and at most limit bytes is read in full first (the
 // upstream may answer before reading it, and the copy must be whole); any
 // other body streams through a recordingBody. Bodies of unknown length are
 // not read ahead: that would stall a bidirectional stream.
-func replayable(out *http.Request) (replayer, error) {
-	if out.ContentLength > 0 && out.ContentLength <= maxReplayBody {
+func replayable(out *http.Request, limit int64) (replayer, error) {
+	if out.ContentLength > 0 && out.ContentLength <= limit {
 		buf, err := io.ReadAll(io.LimitReader(out.Body, out.ContentLength+1))
 		if err != nil {
 			return nil, fmt.Errorf("reading the request body: %w", err)
@@ -34,7 +35,7 @@ func replayable(out *http.Request) (replayer, error) {
 		out.Body = io.NopCloser(bytes.NewReader(buf))
 		return bufferedBody(buf), nil
 	}
-	rec := &recordingBody{src: out.Body, limit: maxReplayBody}
+	rec := &recordingBody{src: out.Body, limit: int(limit)}
 	out.Body = rec
 	return rec, nil
 }

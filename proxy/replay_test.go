@@ -11,7 +11,7 @@ import (
 func TestReplayable(t *testing.T) {
 	t.Run("known length is read ahead", func(t *testing.T) {
 		r, _ := http.NewRequest("POST", "https://x/", strings.NewReader("hello"))
-		rec, err := replayable(r)
+		rec, err := replayable(r, defaultMaxReplayBody)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -25,7 +25,7 @@ func TestReplayable(t *testing.T) {
 	t.Run("length mismatch", func(t *testing.T) {
 		r, _ := http.NewRequest("POST", "https://x/", strings.NewReader("hello"))
 		r.ContentLength = 10
-		if _, err := replayable(r); err == nil {
+		if _, err := replayable(r, defaultMaxReplayBody); err == nil {
 			t.Error("a short body was accepted")
 		}
 	})
@@ -37,13 +37,13 @@ func TestReplayable(t *testing.T) {
 	}{
 		{"streamed and fully read", 1000, -1, true},
 		{"streamed, partly read", 1000, 10, false},
-		{"streamed past the limit", maxReplayBody + 1, -1, false},
+		{"streamed past the limit", defaultMaxReplayBody + 1, -1, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			body := bytes.Repeat([]byte("a"), tc.size)
 			r, _ := http.NewRequest("POST", "https://x/", io.NopCloser(bytes.NewReader(body)))
 			r.ContentLength = -1
-			rec, err := replayable(r)
+			rec, err := replayable(r, defaultMaxReplayBody)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -85,6 +85,10 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		addrs:    map[string]net.Addr{},
 	}
 	c := newCore(up, logger)
+	c.maxReplay = cfg.Retry.MaxBodyBytes
+	if c.maxReplay == 0 {
+		c.maxReplay = defaultMaxReplayBody
+	}
 
 	if err := checkPathParams(cfg, injs); err != nil {
 		return nil, err
