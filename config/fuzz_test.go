@@ -55,7 +55,7 @@ func TestExampleConfigs(t *testing.T) {
 				t.Fatal(err)
 			}
 			data = []byte(strings.NewReplacer("/var/run/secrets/obelisk/client-secret", secret,
-				"authproxy-ca/", dir+"/").Replace(string(data)))
+				"authproxy-ca/", dir+"/", "key_file: viss-key.pem", "key_file: "+filepath.Join(dir, "viss-key.pem")).Replace(string(data)))
 			f := filepath.Join(dir, filepath.Base(file))
 			os.WriteFile(f, data, 0o644)
 			if err := loadAll(f); err != nil {

@@ -107,6 +107,7 @@ var kinds = map[string]func(n *yaml.Node, b builder) (Injector, error){
 	"static": buildStatic,
 	"oauth2": buildOAuth2,
 	"odil":   buildODIL,
+	"viss":   buildVISS,
 }
 
 // Kinds lists the known injector kinds.

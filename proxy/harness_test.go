@@ -109,7 +109,7 @@ func newEnv(t testing.TB) *env {
 
 // upstreamNames are the names simulated upstreams' certificates cover;
 // configs pin *.authproxy.test to 127.0.0.1 with upstream.resolve.
-var upstreamNames = []string{"api.authproxy.test", "grpc.authproxy.test", "other.authproxy.test", "upgrade.authproxy.test", "auth.authproxy.test", "odil.authproxy.test", "localhost", "127.0.0.1"}
+var upstreamNames = []string{"api.authproxy.test", "grpc.authproxy.test", "other.authproxy.test", "upgrade.authproxy.test", "auth.authproxy.test", "odil.authproxy.test", "viss.authproxy.test", "localhost", "127.0.0.1"}
 
 // httpsUpstream starts a TLS (h2 + http/1.1) upstream.
 func (e *env) httpsUpstream(h http.Handler) *httptest.Server {
