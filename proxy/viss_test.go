@@ -47,6 +47,12 @@ injectors:
     proof: {value: ABC}
     purpose: fuel-status
     long_term: {key_file: %[2]q}
+  wrong-proof:
+    kind: viss
+    agts_url: "https://viss.authproxy.test:%[1]s/agts"
+    vin: GEO001
+    context: Dealer+OEM+Vehicle
+    proof: {value: not-the-proof}
   agt-only:
     kind: viss
     agts_url: "https://viss.authproxy.test:%[1]s/agts"
@@ -57,6 +63,7 @@ routes:
   - {name: short, match: {host: viss.authproxy.test, path: "/short/{vin}/*"}, injector: short}
   - {name: long, match: {host: viss.authproxy.test, path: "/long/*"}, injector: long}
   - {name: agt-only, match: {host: viss.authproxy.test, path: "/agt/*"}, injector: agt-only}
+  - {name: wrong-proof, match: {host: viss.authproxy.test, path: "/wrong/*"}, injector: wrong-proof}
 `, vport, filepath.Join(e.dir, "viss-key.pem")), nil, nil)
 
 	clients := map[string]struct {
@@ -97,6 +104,23 @@ routes:
 	if a, x := viss.AGTRequests(), viss.ATSRequests(); a != 4 || x != 3 {
 		t.Errorf("%d AGT and %d ATS requests, want 4 and 3", a, x)
 	}
+	// The AGTS refuses the proof with HTTP 201 and an error body: the client
+	// gets a clear error, not a request without its token.
+	resp, err := h1Client().Get("http://" + p.addr("app") + "/wrong/Vehicle/Speed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), `credential rejected by its issuer (route "wrong-proof")`) {
+		t.Errorf("wrong proof: %d %q", resp.StatusCode, b)
+	}
+	if !strings.Contains(p.logs.String(), "201 Created with error: Client authentication failed") {
+		t.Errorf("the log does not say why")
+	}
+	if a, x := viss.AGTRequests(), viss.ATSRequests(); a != 5 || x != 3 {
+		t.Errorf("%d AGT and %d ATS requests, want 5 and 3 (one refused)", a, x)
+	}
 
 	// 50 minutes on, the access tokens (1 h) are refreshed in the
 	// background while requests keep flowing; the AGTs (4 h, 4 days) are
@@ -108,8 +132,8 @@ routes:
 	for viss.ATSRequests() < 5 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if a, x := viss.AGTRequests(), viss.ATSRequests(); a != 4 || x != 5 {
-		t.Errorf("after the refresh point: %d AGT and %d ATS requests, want 4 and 5", a, x)
+	if a, x := viss.AGTRequests(), viss.ATSRequests(); a != 5 || x != 5 {
+		t.Errorf("after the refresh point: %d AGT and %d ATS requests, want 5 and 5", a, x)
 	}
 	clock.Advance(15 * time.Minute) // past the old tokens' expiry
 	get(t, "sidecar", "/short/VIN-A/Vehicle/Speed", "")
