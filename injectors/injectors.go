@@ -29,6 +29,16 @@ type Request struct {
 	Route string
 	// Params are the values captured by the route's path template.
 	Params route.Params
+	// ClientHost is the Host (:authority) the client sent, before the
+	// proxy pointed the request at its upstream.
+	ClientHost string
+	// Stripped holds the credential headers the client sent, removed
+	// before Inject (nil when there were none): an injector may recognise
+	// a token it handed out.
+	Stripped http.Header
+	// Sidecar is set on sidecar listeners, whose address is ListenerAddr.
+	Sidecar      bool
+	ListenerAddr string
 }
 
 // Injector adds a credential to outbound requests. Implementations are
@@ -47,7 +57,8 @@ type Injector interface {
 // ResponseObserver is implemented by injectors that learn from responses,
 // such as a session header renewed on every response. ObserveResponse runs
 // before the response reaches the client; it may read a bounded prefix of
-// resp.Body only if it puts back an equivalent body (see peekBody). It
+// resp.Body only if it puts back an equivalent body (see peekBody), or wrap
+// resp.Body in a reader that streams it through (see package grpcframe). It
 // returns true when the response shows that the credential was stale and
 // has been dropped (an upstream 401 or gRPC UNAUTHENTICATED): the proxy then
 // sends the request once more, with a fresh credential, if it can replay
@@ -80,6 +91,10 @@ var (
 	// ErrBadRequest: the request lacks what the credential needs (a value
 	// a scope template reads). HTTP 400, gRPC INVALID_ARGUMENT.
 	ErrBadRequest = errors.New("request cannot be given a credential")
+	// ErrFailedPrecondition: the request cannot be matched to the state
+	// its credential belongs to (which session?). HTTP 412, gRPC
+	// FAILED_PRECONDITION; the message after the sentinel reaches the client.
+	ErrFailedPrecondition = errors.New("request does not fit the credential's state")
 )
 
 // Env is what builders get besides their config block. Zero fields take
@@ -89,6 +104,9 @@ type Env struct {
 	Cache *tokencache.Cache
 	// HTTPClient sends token requests (never through an environment proxy).
 	HTTPClient *http.Client
+	// Transport dials upstreams for injectors with connections of their
+	// own (gRPC token streams).
+	Transport *transport.Set
 	// LookupEnv reads environment variables for secrets (os.LookupEnv).
 	LookupEnv func(string) (string, bool)
 	// Now is the clock (time.Now).
@@ -104,10 +122,11 @@ type builder struct {
 // kinds maps a config `kind` to its builder. Each builder decodes its block
 // with config.DecodeNode (errors relative to the block) and calls New….
 var kinds = map[string]func(n *yaml.Node, b builder) (Injector, error){
-	"static": buildStatic,
-	"oauth2": buildOAuth2,
-	"odil":   buildODIL,
-	"viss":   buildVISS,
+	"static":  buildStatic,
+	"oauth2":  buildOAuth2,
+	"odil":    buildODIL,
+	"openobd": buildOpenOBD,
+	"viss":    buildVISS,
 }
 
 // Kinds lists the known injector kinds.
@@ -132,13 +151,16 @@ func BuildAll(cfg *config.Config, env Env) (map[string]Injector, error) {
 		})
 	}
 	var errs []error
-	if env.HTTPClient == nil {
+	if env.Transport == nil {
 		set, err := transport.New(cfg.Upstream)
 		if err != nil {
 			errs = append(errs, err) // reported with the rest; build on with the defaults
 			set, _ = transport.New(config.Upstream{})
 		}
-		env.HTTPClient = set.Client(0) // each fetch is bounded by the cache's fetch timeout
+		env.Transport = set
+	}
+	if env.HTTPClient == nil {
+		env.HTTPClient = env.Transport.Client(0) // each fetch is bounded by the cache's fetch timeout
 	}
 	if env.LookupEnv == nil {
 		env.LookupEnv = os.LookupEnv

@@ -67,6 +67,11 @@ type exchange struct {
 	target *url.URL // scheme and host to send to (sidecar: also base path)
 	join   bool     // join target's path with the request path (sidecar)
 	h2c    bool
+
+	clientHost   string // the Host the client sent
+	sidecar      bool
+	listenerAddr string
+	inBody       io.Closer // the client's request body (ReverseProxy hands the transport a copy that does not close it)
 }
 
 type exchangeKey struct{}
@@ -95,6 +100,9 @@ func newCore(up *transport.Set, logger *slog.Logger) *core {
 
 // serve forwards r as described by x, through httputil.ReverseProxy.
 func (c *core) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
+	if r.Body != nil && r.Body != http.NoBody {
+		x.inBody = r.Body
+	}
 	c.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
 }
 
@@ -121,10 +129,18 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 		if out.URL.Scheme != "https" && !rt.allowPlaintext {
 			return nil, &routeError{route: rt.name, err: ErrPlaintext}
 		}
+		var stripped http.Header
 		for _, h := range rt.strip {
-			delete(out.Header, h)
+			if v, ok := out.Header[h]; ok {
+				if stripped == nil {
+					stripped = http.Header{}
+				}
+				stripped[h] = v
+				delete(out.Header, h)
+			}
 		}
-		ireq = &injectors.Request{Request: out, Route: rt.name, Params: x.params}
+		ireq = &injectors.Request{Request: out, Route: rt.name, Params: x.params, Stripped: stripped,
+			ClientHost: x.clientHost, Sidecar: x.sidecar, ListenerAddr: x.listenerAddr}
 		if err := rt.injector.Inject(ireq); err != nil {
 			return nil, &routeError{route: rt.name, err: err}
 		}
@@ -140,7 +156,11 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 			return nil, &routeError{route: rt.name, err: err}
 		}
 	}
-	resp, err := c.roundTripOnce(tr, out, rt)
+	inBody := x.inBody
+	if inBody == nil && out.Body != nil && out.Body != http.NoBody {
+		inBody = out.Body // goproxy hands over the client's request itself
+	}
+	resp, err := c.roundTripOnce(tr, out, rt, inBody)
 	if err != nil || rt == nil || rt.observer == nil || !rt.observer.ObserveResponse(ireq, resp) {
 		return resp, err
 	}
@@ -159,10 +179,10 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 		return nil, &routeError{route: rt.name, err: err}
 	}
 	c.log.Debug("retrying with a fresh credential", "route", rt.name, "method", out.Method, "host", out.Host, "path", out.URL.Path)
-	return c.roundTripOnce(tr, out, rt)
+	return c.roundTripOnce(tr, out, rt, inBody)
 }
 
-func (c *core) roundTripOnce(tr http.RoundTripper, out *http.Request, rt *routeRT) (*http.Response, error) {
+func (c *core) roundTripOnce(tr http.RoundTripper, out *http.Request, rt *routeRT, inBody io.Closer) (*http.Response, error) {
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
 		err = &upstreamError{err: err}
@@ -171,7 +191,36 @@ func (c *core) roundTripOnce(tr http.RoundTripper, out *http.Request, rt *routeR
 		}
 		return nil, err
 	}
+	if inBody != nil {
+		resp.Body = &endsRequest{ReadCloser: resp.Body, req: inBody}
+	}
 	return resp, nil
+}
+
+// endsRequest closes the request body once the response body has ended.
+// When an HTTP/2 upstream finishes its response while the client is still
+// sending (a gRPC server ending a bidirectional stream), closing the
+// response body would otherwise block on the transport's goroutine that
+// reads the request body (golang/go#80085), and the status would never
+// reach the client. Once the response is complete the request body has no
+// reader left anyway.
+type endsRequest struct {
+	io.ReadCloser
+	req  io.Closer
+	once sync.Once
+}
+
+func (b *endsRequest) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.once.Do(func() { _ = b.req.Close() })
+	}
+	return n, err
+}
+
+func (b *endsRequest) Close() error {
+	b.once.Do(func() { _ = b.req.Close() })
+	return b.ReadCloser.Close()
 }
 
 func (c *core) errorHandler(w http.ResponseWriter, r *http.Request, err error) {

@@ -61,7 +61,9 @@ func classify(err error) (status int, code codes.Code, msg string) {
 	case errors.Is(err, ErrPlaintext):
 		return http.StatusForbidden, codes.PermissionDenied, "authproxy: refusing to send a credential over plaintext" + where
 	case errors.Is(err, injectors.ErrBadRequest):
-		return http.StatusBadRequest, codes.InvalidArgument, "authproxy: " + clientDetail(err) + where
+		return http.StatusBadRequest, codes.InvalidArgument, "authproxy: " + clientDetail(err, injectors.ErrBadRequest) + where
+	case errors.Is(err, injectors.ErrFailedPrecondition):
+		return http.StatusPreconditionFailed, codes.FailedPrecondition, "authproxy: " + clientDetail(err, injectors.ErrFailedPrecondition) + where
 	case errors.Is(err, injectors.ErrCredentialRejected):
 		return http.StatusBadGateway, codes.Unauthenticated, "authproxy: credential rejected by its issuer" + where
 	case errors.Is(err, injectors.ErrCredentialUnavailable):
@@ -73,14 +75,15 @@ func classify(err error) (status int, code codes.Code, msg string) {
 	}
 }
 
-// clientDetail is the part of a bad-request error the client may see: the
-// injector's own sentence (which names what is missing, never a value).
-func clientDetail(err error) string {
+// clientDetail is the part of an error the client may see: the injector's
+// own sentence after the sentinel (which names what is missing, never a
+// value or a credential).
+func clientDetail(err, sentinel error) string {
 	msg := err.Error()
-	if i := strings.LastIndex(msg, injectors.ErrBadRequest.Error()+": "); i >= 0 {
-		return msg[i+len(injectors.ErrBadRequest.Error())+2:]
+	if i := strings.LastIndex(msg, sentinel.Error()+": "); i >= 0 {
+		return msg[i+len(sentinel.Error())+2:]
 	}
-	return injectors.ErrBadRequest.Error()
+	return sentinel.Error()
 }
 
 func isGRPC(r *http.Request) bool {

@@ -85,7 +85,7 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 	}
 	hostname, port := splitHost(r.URL.Host, defaultPort(scheme))
 	target := &url.URL{Scheme: scheme, Host: r.URL.Host}
-	x := &exchange{target: target}
+	x := &exchange{target: target, clientHost: r.Host}
 	if e, params, ok := f.table.Match(hostname, port, r.Method, r.URL.EscapedPath()); ok {
 		x.route, x.params = e.Value, params
 		if scheme == "http" && e.Value.tlsUpgrade {
@@ -166,7 +166,7 @@ func (f *forward) interceptedResponse(req *http.Request, it *interception) *http
 			return errorResponse(req, ErrMisdirected)
 		}
 	}
-	x := &exchange{}
+	x := &exchange{clientHost: it.target}
 	if e, params, ok := f.table.Match(it.hostname, it.port, req.Method, req.URL.EscapedPath()); ok {
 		x.route, x.params = e.Value, params
 	} else if !f.tunnel {

@@ -206,6 +206,35 @@ func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho) {
 		}
 	})
 
+	t.Run("server ends a bidi stream while the client still sends", func(t *testing.T) {
+		stream, err := client.FullDuplexCall(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("a")}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		// The client keeps its side open; the server ends the call.
+		if err := stream.Send(&testpb.StreamingOutputCallRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.Aborted), Message: "server done"}}); err != nil {
+			t.Fatal(err)
+		}
+		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+		defer scancel()
+		got := make(chan error, 1)
+		go func() { _, err := stream.Recv(); got <- err }()
+		select {
+		case err := <-got:
+			if st := status.Convert(err); st.Code() != codes.Aborted || st.Message() != "server done" {
+				t.Errorf("got %v, want the server's ABORTED", err)
+			}
+		case <-sctx.Done():
+			t.Fatal("the server's status never reached the client")
+		}
+	})
+
 	t.Run("cancel mid-stream leaves no goroutine behind", func(t *testing.T) {
 		// Warm up the connection, then take the baseline.
 		if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}); err != nil {

@@ -216,6 +216,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Lock()
 	for _, l := range s.listeners {
 		s.addrs[l.name] = l.ln.Addr()
+		if sc, ok := l.srv.Handler.(*sidecar); ok {
+			sc.addr = l.ln.Addr().String()
+		}
 		if l.fwd != nil {
 			l.ln = &trackingListener{Listener: l.ln, set: &l.fwd.conns}
 		}

@@ -12,6 +12,7 @@ import (
 // (as grpc-go's insecure credentials do) and sends their requests to the
 // matched route's upstream over TLS.
 type sidecar struct {
+	addr    string // the listener's bound address
 	core    *core
 	table   *route.Table[*routeRT]
 	host    string   // matching host override ("" = the request's Host)
@@ -32,9 +33,10 @@ func (s *sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, r, fmt.Errorf("sidecar: %w", ErrNoRoute))
 			return
 		}
-		s.core.serve(w, r, &exchange{target: s.pass, join: true, h2c: s.passH2C})
+		s.core.serve(w, r, &exchange{target: s.pass, join: true, h2c: s.passH2C, clientHost: r.Host, sidecar: true, listenerAddr: s.addr})
 		return
 	}
 	rt := e.Value
-	s.core.serve(w, r, &exchange{route: rt, params: params, target: rt.upstream, join: true, h2c: rt.h2c})
+	s.core.serve(w, r, &exchange{route: rt, params: params, target: rt.upstream, join: true, h2c: rt.h2c,
+		clientHost: r.Host, sidecar: true, listenerAddr: s.addr})
 }

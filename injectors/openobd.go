@@ -1,0 +1,623 @@
+package injectors
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"gopkg.in/yaml.v3"
+
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/openobd/grpcframe"
+	"github.com/authproxy/authproxy/openobd/pb"
+	"github.com/authproxy/authproxy/tokencache"
+	"github.com/authproxy/authproxy/transport"
+)
+
+// OpenOBDConfig is the `kind: openobd` block. One injector serves every
+// openOBD call: the session controller's (controller token) and the
+// sessions' (the latest session token, kept fresh over the session token
+// stream the proxy holds open itself).
+type OpenOBDConfig struct {
+	Kind string `yaml:"kind"`
+	// Endpoint is the session controller, host:port (grpc.openobd.com:443).
+	Endpoint     string              `yaml:"endpoint"`
+	ClientID     config.SecretSource `yaml:"client_id"`
+	ClientSecret config.SecretSource `yaml:"client_secret"`
+	ClusterID    string              `yaml:"cluster_id"` // 001 Europe, 002 USA
+	// ControllerTokenLifetime: openOBD sends no expiry (default 5400 s).
+	ControllerTokenLifetime config.Duration `yaml:"controller_token_lifetime"`
+	// RewriteSessionEndpoint, on sidecar listeners, replaces grpc_endpoint
+	// in SessionInfo responses by the sidecar's own address.
+	RewriteSessionEndpoint bool `yaml:"rewrite_session_endpoint"`
+	// MaxSessions bounds the sessions tracked (default 256); an evicted
+	// session's token stream is closed.
+	MaxSessions int `yaml:"max_sessions"`
+}
+
+const (
+	obdController   = "/openOBD.v1.sessionController/"
+	obdSessionSvc   = "/openOBD.v1.session/"
+	obdSessionIDHdr = "X-Openobd-Session-Id"
+)
+
+// OpenOBD is the openOBD injector. It is safe for concurrent use.
+type OpenOBD struct {
+	name     string
+	cache    *tokencache.Cache
+	tr       *transport.Set
+	endpoint string
+	id       config.Secret
+	secret   config.Secret
+	cluster  string
+	ctlLife  time.Duration
+	rewrite  bool
+	ctlKey   string
+
+	sessions *lru.Cache[string, *obdSession]
+
+	mu    sync.Mutex
+	conns map[string]*obdConn // session endpoint -> shared connection
+
+	base context.Context // parent of token streams; ends with Run
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+type obdConn struct {
+	cc   *grpc.ClientConn
+	refs int
+}
+
+// obdSession is what the proxy knows of one session.
+type obdSession struct {
+	id       string
+	endpoint string // grpc_endpoint, host:port
+
+	mu         sync.Mutex
+	clientAddr string // the address clients were told (rewritten), if any
+	state      string
+	authToken  string // unspent one-time authentication token
+	token      string // latest session token
+	seen       map[string]bool
+	streaming  bool
+	ended      string // why it ended; "" while live
+	cancel     context.CancelFunc
+	authing    chan struct{} // closed when a proxy-side authenticate finishes
+}
+
+var (
+	_ Injector         = (*OpenOBD)(nil)
+	_ ResponseObserver = (*OpenOBD)(nil)
+	_ Runner           = (*OpenOBD)(nil)
+)
+
+func buildOpenOBD(n *yaml.Node, b builder) (Injector, error) {
+	var cfg OpenOBDConfig
+	if err := config.DecodeNode(n, "", &cfg); err != nil {
+		return nil, err
+	}
+	return NewOpenOBD(b.name, cfg, b.env)
+}
+
+// NewOpenOBD validates cfg and reads its secrets. No network I/O.
+func NewOpenOBD(name string, cfg OpenOBDConfig, env Env) (*OpenOBD, error) {
+	var errs []error
+	add := func(path, format string, args ...any) { errs = append(errs, config.Errorf(path, format, args...)) }
+	o := &OpenOBD{name: name, cache: env.Cache, tr: env.Transport, endpoint: cfg.Endpoint, cluster: cfg.ClusterID,
+		ctlLife: cfg.ControllerTokenLifetime.D(5400 * time.Second), rewrite: cfg.RewriteSessionEndpoint, conns: map[string]*obdConn{}}
+	if _, port, err := net.SplitHostPort(cfg.Endpoint); err != nil || port == "" {
+		add("endpoint", "required as host:port (grpc.openobd.com:443)")
+	}
+	var err error
+	if o.id, err = cfg.ClientID.Resolve(env.LookupEnv); err != nil {
+		add("client_id", "%v", err)
+	}
+	if o.secret, err = cfg.ClientSecret.Resolve(env.LookupEnv); err != nil {
+		add("client_secret", "%v", err)
+	}
+	if cfg.ClusterID == "" {
+		add("cluster_id", "required (001 Europe, 002 USA)")
+	}
+	size := cfg.MaxSessions
+	if size < 0 {
+		add("max_sessions", "must not be negative")
+	}
+	if size <= 0 {
+		size = 256
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if o.cache == nil || o.tr == nil {
+		return nil, errors.New("openobd: built without a token cache or transport")
+	}
+	o.sessions, _ = lru.NewWithEvict(size, func(_ string, s *obdSession) { s.end("evicted from the session table") })
+	o.base, o.stop = context.WithCancel(context.Background())
+	o.ctlKey = name + "\x00controller"
+	return o, nil
+}
+
+// Headers implements Injector: the session-id header is read (before it is
+// stripped) to choose a session, never forwarded.
+func (o *OpenOBD) Headers() []string { return []string{"Authorization", obdSessionIDHdr} }
+
+// Run implements Runner: the token cache's refresh and the session token
+// streams, all stopped when ctx ends.
+func (o *OpenOBD) Run(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { _ = o.cache.Run(ctx); close(done) }()
+	<-ctx.Done()
+	o.stop()
+	o.wg.Wait()
+	<-done
+	o.mu.Lock()
+	for ep, c := range o.conns {
+		c.cc.Close()
+		delete(o.conns, ep)
+	}
+	o.mu.Unlock()
+	return ctx.Err()
+}
+
+// Inject implements Injector.
+func (o *OpenOBD) Inject(req *Request) error {
+	path := req.URL.Path
+	switch {
+	case path == obdController+"getSessionControllerToken":
+		return nil // the application's own credentials call: nothing to add
+	case strings.HasPrefix(path, obdController):
+		tok, err := o.cache.Get(req.Context(), o.ctlKey, o.fetchController)
+		if err != nil {
+			return o.tokenErr(req, err)
+		}
+		req.Header["Authorization"] = []string{"Bearer " + tok.Value.Reveal()}
+		return nil
+	}
+	s, err := o.pick(req)
+	if err != nil {
+		return err
+	}
+	var bearer string
+	if path == obdSessionSvc+"authenticate" {
+		s.mu.Lock()
+		bearer = s.authToken
+		s.mu.Unlock()
+		if bearer == "" {
+			return fmt.Errorf("%w: openOBD session %s has already spent its authentication token; the proxy holds its session token", ErrFailedPrecondition, s.id)
+		}
+	} else if bearer, err = o.ensureToken(req.Context(), s); err != nil {
+		return err
+	}
+	req.Header["Authorization"] = []string{"Bearer " + bearer}
+	if req.Sidecar { // the application cannot reach grpc_endpoint itself
+		req.URL.Scheme, req.URL.Host, req.Host = "https", s.endpoint, s.endpoint
+	}
+	return nil
+}
+
+func (o *OpenOBD) tokenErr(req *Request, err error) error {
+	if req.Context().Err() != nil || errors.Is(err, ErrCredentialRejected) || errors.Is(err, ErrCredentialUnavailable) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrCredentialUnavailable, err)
+}
+
+// ObserveResponse implements ResponseObserver. It learns sessions from the
+// session controller's answers (rewriting grpc_endpoint when configured),
+// records the token session/authenticate returns, notices a finished
+// session, and drops a controller token the controller refused.
+func (o *OpenOBD) ObserveResponse(req *Request, resp *http.Response) bool {
+	path := req.URL.Path
+	switch {
+	case strings.HasPrefix(path, obdController):
+		if resp.Header.Get("Grpc-Status") == "16" && path != obdController+"getSessionControllerToken" {
+			return o.cache.Invalidate(o.ctlKey, strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer "))
+		}
+		switch strings.TrimPrefix(path, obdController) {
+		case "startSessionOnTicket", "startSessionOnConnector", "getSession", "interruptSession":
+			resp.Body = grpcframe.NewReader(resp.Body, 0, func(compressed bool, msg []byte) []byte {
+				return o.watch(req, compressed, msg, false)
+			})
+		case "getSessionList":
+			resp.Body = grpcframe.NewReader(resp.Body, 0, func(compressed bool, msg []byte) []byte {
+				return o.watch(req, compressed, msg, true)
+			})
+		}
+	case path == obdSessionSvc+"authenticate":
+		auth := strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer ")
+		resp.Body = grpcframe.NewReader(resp.Body, 0, func(compressed bool, msg []byte) []byte {
+			var tok pb.SessionToken
+			if !compressed && proto.Unmarshal(msg, &tok) == nil && tok.Value != "" {
+				if s := o.byToken(auth); s != nil {
+					o.setToken(s, tok.Value)
+				}
+			}
+			return msg
+		})
+	case path == obdSessionSvc+"finish":
+		sent := strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer ")
+		resp.Body = &atEOF{ReadCloser: resp.Body, fn: func() {
+			if resp.Trailer.Get("Grpc-Status") == "0" {
+				if s := o.byToken(sent); s != nil {
+					s.end("finished")
+				}
+			}
+		}}
+	}
+	return false
+}
+
+// watch learns from one SessionInfo (or SessionInfoList) message and
+// returns it, rewritten when configured.
+func (o *OpenOBD) watch(req *Request, compressed bool, msg []byte, list bool) []byte {
+	if compressed {
+		return msg // grpc-encoding other than identity: passed on unread
+	}
+	rewrite := o.rewrite && req.Sidecar && req.ListenerAddr != ""
+	if list {
+		var l pb.SessionInfoList
+		if proto.Unmarshal(msg, &l) != nil {
+			return msg
+		}
+		for _, info := range l.Sessions {
+			o.learn(info, rewrite, req.ListenerAddr)
+		}
+		if rewrite {
+			if out, err := proto.Marshal(&l); err == nil {
+				return out
+			}
+		}
+		return msg
+	}
+	var info pb.SessionInfo
+	if proto.Unmarshal(msg, &info) != nil || info.Id == "" {
+		return msg
+	}
+	o.learn(&info, rewrite, req.ListenerAddr)
+	if rewrite {
+		if out, err := proto.Marshal(&info); err == nil {
+			return out
+		}
+	}
+	return msg
+}
+
+// learn records a session (creating it if new), and rewrites the message's
+// endpoint to addr when asked.
+func (o *OpenOBD) learn(info *pb.SessionInfo, rewrite bool, addr string) {
+	s, ok := o.sessions.Get(info.Id)
+	if !ok {
+		s = &obdSession{id: info.Id, endpoint: normalizeHostPort(info.GrpcEndpoint), seen: map[string]bool{}}
+		if prev, found, _ := o.sessions.PeekOrAdd(info.Id, s); found {
+			s = prev
+		}
+	}
+	s.mu.Lock()
+	s.state = info.State
+	if info.AuthenticationToken != "" && !s.seen[info.AuthenticationToken] {
+		s.authToken = info.AuthenticationToken
+		s.seen[info.AuthenticationToken] = true
+	}
+	if rewrite {
+		s.clientAddr = normalizeHostPort(addr)
+	}
+	s.mu.Unlock()
+	switch info.State {
+	case "available", "active", "":
+	default:
+		s.end("state " + info.State)
+	}
+	if rewrite {
+		info.GrpcEndpoint = addr
+	}
+}
+
+// pick finds the session a call belongs to: by destination host when
+// exactly one live session uses it; else by the x-openobd-session-id
+// header; else by a token the proxy has seen for a session. Never a guess.
+func (o *OpenOBD) pick(req *Request) (*obdSession, error) {
+	host := normalizeHostPort(req.ClientHost)
+	var live, ended []*obdSession
+	for _, id := range o.sessions.Keys() {
+		s, ok := o.sessions.Peek(id)
+		if !ok {
+			continue
+		}
+		s.mu.Lock()
+		match := s.endpoint == host || s.clientAddr != "" && s.clientAddr == host
+		done := s.ended != ""
+		s.mu.Unlock()
+		switch {
+		case match && !done:
+			live = append(live, s)
+		case match:
+			ended = append(ended, s)
+		}
+	}
+	if len(live) == 1 {
+		return live[0], nil
+	}
+	if id := req.Stripped.Get(obdSessionIDHdr); id != "" {
+		s, ok := o.sessions.Get(id)
+		if !ok {
+			return nil, fmt.Errorf("%w: x-openobd-session-id names session %q, which the proxy has not seen started or listed", ErrFailedPrecondition, id)
+		}
+		return s, s.liveErr()
+	}
+	if tok := strings.TrimPrefix(req.Stripped.Get("Authorization"), "Bearer "); tok != "" {
+		if s := o.byToken(tok); s != nil {
+			return s, s.liveErr()
+		}
+	}
+	switch {
+	case len(live) == 0 && len(ended) == 1:
+		return nil, ended[0].liveErr()
+	case len(live) == 0 && len(ended) > 1:
+		return nil, fmt.Errorf("%w: the %d openOBD sessions that used %s have all ended; start a new session", ErrFailedPrecondition, len(ended), host)
+	}
+	return nil, fmt.Errorf("%w: cannot tell which openOBD session this call belongs to (%d live sessions use %s): "+
+		"send it to the session's grpc_endpoint, or set the x-openobd-session-id header", ErrFailedPrecondition, len(live), host)
+}
+
+func (s *obdSession) liveErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended != "" {
+		return fmt.Errorf("%w: openOBD session %s has ended (%s)", ErrFailedPrecondition, s.id, s.ended)
+	}
+	return nil
+}
+
+func (o *OpenOBD) byToken(tok string) *obdSession {
+	if tok == "" {
+		return nil
+	}
+	for _, id := range o.sessions.Keys() {
+		if s, ok := o.sessions.Peek(id); ok {
+			s.mu.Lock()
+			seen := s.seen[tok]
+			s.mu.Unlock()
+			if seen {
+				return s
+			}
+		}
+	}
+	return nil
+}
+
+// setToken records a session token (from authenticate or the stream) and
+// makes sure the token stream runs.
+func (o *OpenOBD) setToken(s *obdSession, tok string) {
+	s.mu.Lock()
+	s.token = tok
+	s.seen[tok] = true
+	s.authToken = "" // spent
+	start := !s.streaming && s.ended == ""
+	if start {
+		s.streaming = true
+		var ctx context.Context
+		ctx, s.cancel = context.WithCancel(o.base)
+		o.wg.Add(1)
+		go o.stream(ctx, s)
+	}
+	s.mu.Unlock()
+}
+
+// ensureToken returns the session's latest token, authenticating the
+// session first (once, for all callers) if the application never did.
+func (o *OpenOBD) ensureToken(ctx context.Context, s *obdSession) (string, error) {
+	for {
+		s.mu.Lock()
+		tok, auth, ended, wait := s.token, s.authToken, s.ended, s.authing
+		if tok != "" || ended != "" {
+			s.mu.Unlock()
+			if ended != "" {
+				return "", s.liveErr()
+			}
+			return tok, nil
+		}
+		if auth == "" {
+			s.mu.Unlock()
+			return "", fmt.Errorf("%w: openOBD session %s has no session token and its authentication token is spent", ErrFailedPrecondition, s.id)
+		}
+		if wait == nil {
+			done := make(chan struct{})
+			s.authing = done
+			s.mu.Unlock()
+			err := o.authenticate(s, auth)
+			s.mu.Lock()
+			s.authing = nil
+			s.mu.Unlock()
+			close(done)
+			if err != nil {
+				return "", err
+			}
+			continue
+		}
+		s.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+}
+
+func (o *OpenOBD) authenticate(s *obdSession, auth string) error {
+	ctx, cancel := context.WithTimeout(o.base, 15*time.Second)
+	defer cancel()
+	cc, release, err := o.conn(s.endpoint)
+	if err != nil {
+		return fmt.Errorf("%w: injector %q: session %s: %v", ErrCredentialUnavailable, o.name, s.id, err)
+	}
+	defer release()
+	tok, err := pb.NewSessionClient(cc).Authenticate(withBearer(ctx, auth), &pb.EmptyMessage{})
+	if err != nil {
+		kind := ErrCredentialUnavailable
+		if c := status.Code(err); c == codes.Unauthenticated || c == codes.FailedPrecondition || c == codes.PermissionDenied {
+			kind = ErrCredentialRejected
+		}
+		return fmt.Errorf("%w: injector %q: authenticating session %s at %s: %s", kind, o.name, s.id, s.endpoint, status.Convert(err).Message())
+	}
+	o.setToken(s, tok.Value)
+	return nil
+}
+
+// stream keeps the session's token stream open for the session's life:
+// every token received becomes the one injected; transient failures
+// reconnect with backoff; a terminal status ends the session.
+func (o *OpenOBD) stream(ctx context.Context, s *obdSession) {
+	defer o.wg.Done()
+	cc, release, err := o.conn(s.endpoint)
+	if err != nil {
+		s.end("cannot connect to " + s.endpoint + ": " + err.Error())
+		return
+	}
+	defer release()
+	backoff := 100 * time.Millisecond
+	for {
+		s.mu.Lock()
+		tok := s.token
+		s.mu.Unlock()
+		st, err := pb.NewSessionClient(cc).OpenSessionTokenStream(withBearer(ctx, tok), &pb.EmptyMessage{})
+		for err == nil {
+			var m *pb.SessionToken
+			if m, err = st.Recv(); err == nil && m.Value != "" {
+				s.mu.Lock()
+				s.token = m.Value
+				s.seen[m.Value] = true
+				s.mu.Unlock()
+				backoff = 100 * time.Millisecond
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if code := status.Code(err); code != codes.Unavailable && code != codes.Internal && code != codes.Unknown {
+			s.end(fmt.Sprintf("token stream: %s: %s", code, status.Convert(err).Message()))
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (s *obdSession) end(reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended != "" {
+		return
+	}
+	s.ended = reason
+	if s.cancel != nil {
+		s.cancel()
+	}
+}
+
+// conn returns a shared connection to a session endpoint and its release.
+func (o *OpenOBD) conn(endpoint string) (*grpc.ClientConn, func(), error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	c := o.conns[endpoint]
+	if c == nil {
+		cc, err := o.dial(endpoint)
+		if err != nil {
+			return nil, nil, err
+		}
+		c = &obdConn{cc: cc}
+		o.conns[endpoint] = c
+	}
+	c.refs++
+	var once sync.Once
+	return c.cc, func() {
+		once.Do(func() {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			if c.refs--; c.refs == 0 && o.conns[endpoint] == c {
+				delete(o.conns, endpoint)
+				c.cc.Close()
+			}
+		})
+	}, nil
+}
+
+// dial connects like the proxy's upstream transport: the configured
+// roots and resolve pins, never an environment proxy.
+func (o *OpenOBD) dial(endpoint string) (*grpc.ClientConn, error) {
+	var roots = o.tr.TLS.TLSClientConfig.RootCAs
+	return grpc.NewClient("passthrough:///"+endpoint,
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return o.tr.Dial(ctx, "tcp", addr) }),
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})),
+		grpc.WithNoProxy())
+}
+
+// fetchController gets a session controller token.
+func (o *OpenOBD) fetchController(ctx context.Context) (tokencache.Token, error) {
+	cc, err := o.dial(o.endpoint)
+	if err != nil {
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: %v", ErrCredentialUnavailable, o.name, err)
+	}
+	defer cc.Close()
+	tok, err := pb.NewSessionControllerClient(cc).GetSessionControllerToken(ctx, &pb.Authenticate{
+		ClientId: o.id.Reveal(), ClientSecret: o.secret.Reveal(), ClusterId: o.cluster})
+	if err != nil {
+		kind := ErrCredentialUnavailable
+		if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied || c == codes.InvalidArgument {
+			kind = ErrCredentialRejected
+		}
+		msg := strings.ReplaceAll(status.Convert(err).Message(), o.secret.Reveal(), config.Redacted)
+		return tokencache.Token{}, fmt.Errorf("%w: injector %q: getSessionControllerToken at %s: %s: %s", kind, o.name, o.endpoint, status.Code(err), msg)
+	}
+	return tokencache.Token{Value: config.NewSecret(tok.Value), Expiry: time.Now().Add(o.ctlLife)}, nil
+}
+
+func withBearer(ctx context.Context, tok string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+}
+
+// normalizeHostPort lower-cases a host:port and adds :443 when no port is
+// given.
+func normalizeHostPort(s string) string {
+	s = strings.ToLower(strings.TrimSpace(s))
+	if s == "" {
+		return ""
+	}
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		s = net.JoinHostPort(strings.Trim(s, "[]"), "443")
+	}
+	return s
+}
+
+// atEOF calls fn once when the body reaches its end (trailers are then in).
+type atEOF struct {
+	io.ReadCloser
+	fn   func()
+	once sync.Once
+}
+
+func (b *atEOF) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.once.Do(b.fn)
+	}
+	return n, err
+}
