@@ -37,7 +37,7 @@ func FuzzParse(f *testing.F) {
 
 // TestExampleConfigs checks that the shipped examples are valid.
 func TestExampleConfigs(t *testing.T) {
-	for _, v := range []string{"EXAMPLE_API_TOKEN", "OBH_CLIENT_ID", "OBH_CLIENT_SECRET", "OBELISK_CLIENT_ID", "ODIL_USER", "ODIL_PASSWORD", "ODIL_SAS_KEY"} {
+	for _, v := range []string{"EXAMPLE_API_TOKEN", "OBH_CLIENT_ID", "OBH_CLIENT_SECRET", "OBELISK_CLIENT_ID", "ODIL_USER", "ODIL_PASSWORD", "ODIL_SAS_KEY", "OPENOBD_CLIENT_ID", "OPENOBD_CLIENT_SECRET"} {
 		t.Setenv(v, "value-for-the-example")
 	}
 	dir := t.TempDir()

@@ -35,7 +35,7 @@ type obdWorld struct {
 	p        *running
 }
 
-func newOBDWorld(t *testing.T, rewrite bool, endpoints int) *obdWorld {
+func newOBDWorld(t *testing.T, rewrite bool, endpoints int, extra ...string) *obdWorld {
 	e := newEnv(t)
 	w := &obdWorld{e: e, sessions: map[string]string{}, servers: map[string]*grpc.Server{},
 		sim: &sim.OpenOBD{ClientID: "garage-app", ClientSecret: secretToken, ClusterID: "001",
@@ -66,9 +66,10 @@ injectors:
     client_secret: {value: %[2]q}
     cluster_id: "001"
     rewrite_session_endpoint: %[3]v
+%[4]s
 routes:
   - {name: openobd, match: {host: "*.openobd.test", path: /*}, injector: obd}
-`, w.ctlPort, secretToken, rewrite), nil, nil)
+`, w.ctlPort, secretToken, rewrite, strings.Join(extra, "\n")), nil, nil)
 	return w
 }
 
@@ -324,5 +325,55 @@ func TestOpenOBDControllerTokenExpiryAndEndpointRestart(t *testing.T) {
 	waitFor(t, "two rotations after the restart", func() bool { return w.sim.Rotations() >= before+2 })
 	if n := pingPong(t, ctx, pb.NewCanClient(session), 100*time.Millisecond); n == 0 {
 		t.Error("no round trips after the restart")
+	}
+}
+
+func TestOpenOBDFinishTokenRuleAndEviction(t *testing.T) {
+	w := newOBDWorld(t, false, 1, "    max_sessions: 1")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	app := dialPlain(t, w.p.addr("obd"))
+	ctl := pb.NewSessionControllerClient(app)
+	a, err := ctl.StartSessionOnTicket(ctx, &pb.TicketId{Value: "A"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sent to the sidecar without the endpoint as :authority or the header,
+	// the call is matched by the token the application holds: the one-time
+	// authentication token the proxy saw in SessionInfo.
+	bearer := func(tok string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
+	sess := pb.NewSessionClient(app)
+	st, err := sess.Authenticate(bearer(a.AuthenticationToken), &pb.EmptyMessage{})
+	if err != nil || st.Value == "" {
+		t.Fatalf("authenticate by token: %v", err)
+	}
+	if n := pingPong(t, bearer(st.Value), pb.NewCanClient(app), 50*time.Millisecond); n == 0 {
+		t.Error("no round trips with the session token as the key")
+	}
+	// finish ends the session: the proxy closes its token stream.
+	if _, err := sess.Finish(bearer(st.Value), &pb.EmptyMessage{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the token stream to close after finish", func() bool { return w.sim.OpenTokenStreams() == 0 })
+	s, err := pb.NewCanClient(app).OpenIsotpStream(bearer(st.Value))
+	if err == nil {
+		_, err = s.Recv()
+	}
+	if st := status.Convert(err); st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "has ended (") {
+		t.Errorf("after finish: %v", err)
+	}
+	// With max_sessions 1, starting and using a second session evicts the
+	// first from the table, closing its token stream.
+	b, _ := ctl.StartSessionOnTicket(ctx, &pb.TicketId{Value: "B"})
+	hb := metadata.AppendToOutgoingContext(ctx, "x-openobd-session-id", b.Id)
+	pingPong(t, hb, pb.NewCanClient(app), 30*time.Millisecond)
+	waitFor(t, "B's token stream", func() bool { return w.sim.OpenTokenStreams() == 1 })
+	c, _ := ctl.StartSessionOnTicket(ctx, &pb.TicketId{Value: "C"})
+	waitFor(t, "B's token stream to close on eviction", func() bool { return w.sim.OpenTokenStreams() == 0 })
+	hc := metadata.AppendToOutgoingContext(ctx, "x-openobd-session-id", c.Id)
+	if n := pingPong(t, hc, pb.NewCanClient(app), 30*time.Millisecond); n == 0 {
+		t.Error("the newest session does not work")
 	}
 }
