@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"fmt"
 	"io"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
@@ -65,4 +66,39 @@ routes:
 	b.ReportMetric(ms(lat[len(lat)*99/100]), "p99-ms")
 	b.ReportMetric(ms(lat[len(lat)-1]), "max-ms")
 	b.ReportMetric(float64(ts.Calls()-1), "token-refreshes")
+}
+
+// BenchmarkSidecarStaticH1 sends keep-alive HTTP/1.1 requests through a
+// sidecar with a static bearer to a TLS/HTTP/2 upstream, in parallel: the
+// hot path, for profiling (-cpuprofile, -memprofile).
+func BenchmarkSidecarStaticH1(b *testing.B) {
+	e := newEnv(b)
+	up := e.httpsUpstream(&sim.Echo{RequireHeader: "Authorization", RequireValue: "Bearer " + secretToken})
+	p := e.start(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://127.0.0.1:%s"}
+upstream: {ca_file: "{{UPSTREAM_CA}}"}
+injectors:
+  tok: {kind: static, headers: {Authorization: {value: %q, prefix: "Bearer "}}}
+routes:
+  - {name: api, match: {path: /*}, injector: tok}
+`, port(b, up.URL), secretToken), nil, nil)
+	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}
+	c := &http.Client{Transport: tr}
+	url := "http://" + p.addr("app") + "/x?size=64"
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := c.Get(url)
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Fatalf("status %d", resp.StatusCode)
+			}
+		}
+	})
 }

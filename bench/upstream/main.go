@@ -1,0 +1,68 @@
+// Command upstream is the benchmark harness's upstream: a small fixed
+// response over plain HTTP/1.1 (-plain), over TLS with HTTP/2 and HTTP/1.1
+// (-tls), and an OAuth2 token endpoint at /token on the TLS port. It writes
+// its CA certificate to -ca so proxies can trust it. It requires the
+// Authorization header the proxies add (401 otherwise), so a contender that
+// forgets to add it cannot look fast.
+package main
+
+import (
+	"flag"
+	"log"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/authproxy/authproxy/sim"
+)
+
+func main() {
+	plain := flag.String("plain", "127.0.0.1:18080", "plain HTTP/1.1 address")
+	tlsAddr := flag.String("tls", "127.0.0.1:18443", "TLS (h2, http/1.1) address")
+	caOut := flag.String("ca", "upstream-ca.pem", "where to write the CA certificate")
+	want := flag.String("want", "Bearer bench-token", "the Authorization value required")
+	flag.Parse()
+
+	dir, err := os.MkdirTemp("", "bench-upstream")
+	if err != nil {
+		log.Fatal(err)
+	}
+	pki, err := sim.NewPKI(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := os.WriteFile(*caOut, pki.CAPEM, 0o644); err != nil {
+		log.Fatal(err)
+	}
+	tlsCfg, err := pki.ServerTLS("upstream.bench.test", "127.0.0.1", "localhost")
+	if err != nil {
+		log.Fatal(err)
+	}
+	body := []byte("ok: 64 bytes of response body for the benchmark upstream......\n")
+	token := &sim.TokenServer{ClientID: "bench", ClientSecret: "bench-secret", ExpiresIn: 3600}
+	mux := http.NewServeMux()
+	mux.Handle("/token", token)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		tok, isBearer := cutBearer(auth)
+		if auth != *want && !(isBearer && token.Valid(tok)) {
+			http.Error(w, "missing credential", http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write(body)
+	})
+	p := &http.Server{Addr: *plain, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s := &http.Server{Addr: *tlsAddr, Handler: mux, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
+	go func() { log.Fatal(p.ListenAndServe()) }()
+	log.Printf("upstream: plain %s, tls %s", *plain, *tlsAddr)
+	log.Fatal(s.ListenAndServeTLS("", ""))
+}
+
+func cutBearer(s string) (string, bool) {
+	const p = "Bearer "
+	if len(s) > len(p) && s[:len(p)] == p {
+		return s[len(p):], true
+	}
+	return "", false
+}
