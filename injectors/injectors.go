@@ -6,6 +6,7 @@ package injectors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"sort"
@@ -206,4 +207,14 @@ func build(n *yaml.Node, bld builder) (Injector, error) {
 		return nil, config.Errorf("kind", "unknown injector kind %q (known: %s)", kind, strings.Join(Kinds(), ", "))
 	}
 	return b(n, bld)
+}
+
+// tokenErr is what a token-based injector returns when it has no token:
+// the caller's own cancellation as it is, an issuer's refusal as it is, and
+// anything else as ErrCredentialUnavailable.
+func tokenErr(req *Request, err error) error {
+	if req.Context().Err() != nil || errors.Is(err, ErrCredentialRejected) || errors.Is(err, ErrCredentialUnavailable) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrCredentialUnavailable, err)
 }

@@ -311,13 +311,7 @@ func (o *OAuth2) Inject(req *Request) error {
 	}
 	tok, err := o.cache.Get(req.Context(), key, fetch)
 	if err != nil {
-		if req.Context().Err() != nil {
-			return err
-		}
-		if !errors.Is(err, ErrCredentialRejected) && !errors.Is(err, ErrCredentialUnavailable) {
-			err = fmt.Errorf("%w: %w", ErrCredentialUnavailable, err)
-		}
-		return err
+		return tokenErr(req, err)
 	}
 	req.Header[o.header] = []string{tok.Value.Reveal()}
 	return nil

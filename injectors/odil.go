@@ -191,13 +191,7 @@ func (o *ODIL) Run(ctx context.Context) error { return o.cache.Run(ctx) }
 func (o *ODIL) Inject(req *Request) error {
 	tok, err := o.cache.Get(req.Context(), o.key, o.fetchFn)
 	if err != nil {
-		if req.Context().Err() != nil {
-			return err
-		}
-		if !errors.Is(err, ErrCredentialRejected) && !errors.Is(err, ErrCredentialUnavailable) {
-			err = fmt.Errorf("%w: %w", ErrCredentialUnavailable, err)
-		}
-		return err
+		return tokenErr(req, err)
 	}
 	req.Header[o.header] = []string{tok.Value.Reveal()}
 	for _, h := range o.entity {

@@ -183,7 +183,7 @@ func (o *OpenOBD) Inject(req *Request) error {
 	case strings.HasPrefix(path, obdController):
 		tok, err := o.cache.Get(req.Context(), o.ctlKey, o.fetchController)
 		if err != nil {
-			return o.tokenErr(req, err)
+			return tokenErr(req, err)
 		}
 		req.Header["Authorization"] = []string{"Bearer " + tok.Value.Reveal()}
 		return nil
@@ -208,13 +208,6 @@ func (o *OpenOBD) Inject(req *Request) error {
 		req.URL.Scheme, req.URL.Host, req.Host = "https", s.endpoint, s.endpoint
 	}
 	return nil
-}
-
-func (o *OpenOBD) tokenErr(req *Request, err error) error {
-	if req.Context().Err() != nil || errors.Is(err, ErrCredentialRejected) || errors.Is(err, ErrCredentialUnavailable) {
-		return err
-	}
-	return fmt.Errorf("%w: %w", ErrCredentialUnavailable, err)
 }
 
 // ObserveResponse implements ResponseObserver. It learns sessions from the

@@ -212,13 +212,7 @@ func (v *VISS) Inject(req *Request) error {
 	}
 	tok, err := v.cache.Get(req.Context(), key, fetch)
 	if err != nil {
-		if req.Context().Err() != nil {
-			return err
-		}
-		if !errors.Is(err, ErrCredentialRejected) && !errors.Is(err, ErrCredentialUnavailable) {
-			err = fmt.Errorf("%w: %w", ErrCredentialUnavailable, err)
-		}
-		return err
+		return tokenErr(req, err)
 	}
 	req.Header[v.header] = []string{v.prefix + tok.Value.Reveal()}
 	return nil
