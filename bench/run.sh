@@ -13,4 +13,6 @@ done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+export PATH="$PATH:$(go env GOPATH)/bin"
+command -v ghz >/dev/null 2>&1 || go install github.com/bojand/ghz/cmd/ghz@v0.120.0
 exec go run ./bench/harness "$@"

@@ -5,10 +5,13 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +37,7 @@ type contender struct {
 	procs string // GOMAXPROCS or nginx workers; "" for direct
 	h1    string // URL for wrk
 	h2    string // URL for h2load ("" = not in that scenario)
+	grpc  string // host:port for ghz ("" = not in that scenario)
 	pids  func() []int
 	extra []string // request headers the client must send (direct only)
 }
@@ -49,12 +53,12 @@ func main() {
 	if dir == "" {
 		var err error
 		if dir, err = os.MkdirTemp("", "authproxy-bench"); err != nil {
-			log.Fatal(err)
+			die("%v", err)
 		}
 	}
-	for _, tool := range []string{"wrk", "h2load", "nginx"} {
+	for _, tool := range []string{"wrk", "h2load", "nginx", "ghz"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			log.Fatalf("%s is not installed: run bench/run.sh, which installs it", tool)
+			die("%s is not installed: run bench/run.sh, which installs it", tool)
 		}
 	}
 	bin := func(name, pkg string) string {
@@ -65,17 +69,17 @@ func main() {
 	authproxy := bin("authproxy", "./cmd/authproxy")
 	upstreamBin := bin("upstream", "./bench/upstream")
 	caFile := filepath.Join(dir, "upstream-ca.pem")
-	for _, port := range []int{18080, 18443, 18100, 18101, 18102, 18210, 18211, 18220, 18221} {
+	for _, port := range []int{18080, 18443, 18444, 18150, 18151, 18100, 18101, 18102, 18210, 18211, 18220, 18221} {
 		if listening(fmt.Sprintf("127.0.0.1:%d", port)) {
-			log.Fatalf("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443, 18100-18102, 18210-18221", port)
+			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443, 18100-18102, 18210-18221", port)
 		}
 	}
-	up := start(dir, "upstream", nil, upstreamBin, "-plain", "127.0.0.1:18080", "-tls", "127.0.0.1:18443", "-ca", caFile)
-	defer stop(up)
+	up := start(dir, "upstream", nil, upstreamBin, "-plain", "127.0.0.1:18080", "-tls", "127.0.0.1:18443", "-grpc", "127.0.0.1:18444", "-ca", caFile)
+	atExit(func() { stop(up) })
 	waitPort("127.0.0.1:18443")
 
 	var contenders []contender
-	contenders = append(contenders, contender{name: "direct (TLS)", h1: "https://127.0.0.1:18443/", h2: "https://127.0.0.1:18443/",
+	contenders = append(contenders, contender{name: "direct (TLS)", h1: "https://127.0.0.1:18443/", h2: "https://127.0.0.1:18443/", grpc: "127.0.0.1:18444",
 		pids: func() []int { return nil }, extra: []string{"Authorization: Bearer bench-token"}})
 	port := 18100
 	for _, kind := range []string{"static", "oauth2"} {
@@ -86,12 +90,16 @@ func main() {
 			cfg := filepath.Join(dir, fmt.Sprintf("authproxy-%s-%s.yaml", kind, procs))
 			writeConfig(cfg, kind, port, caFile)
 			p := start(dir, "authproxy-"+kind+"-"+procs, []string{"GOMAXPROCS=" + procs}, authproxy, "run", "-config", cfg)
-			defer stop(p)
+			atExit(func() { stop(p) })
 			addr := fmt.Sprintf("127.0.0.1:%d", port)
 			waitPort(addr)
 			pid := p.Process.Pid
-			contenders = append(contenders, contender{name: "authproxy sidecar, " + kind, procs: procs,
-				h1: "http://" + addr + "/", h2: "http://" + addr + "/", pids: func() []int { return []int{pid} }})
+			c := contender{name: "authproxy sidecar, " + kind, procs: procs,
+				h1: "http://" + addr + "/", h2: "http://" + addr + "/", pids: func() []int { return []int{pid} }}
+			if kind == "static" {
+				c.grpc = fmt.Sprintf("127.0.0.1:%d", port+50)
+			}
+			contenders = append(contenders, c)
 			port++
 		}
 	}
@@ -99,7 +107,7 @@ func main() {
 		h1, h2 := 18200+mustAtoi(workers)*10, 18201+mustAtoi(workers)*10
 		conf := writeNginx(dir, workers, h1, h2, caFile)
 		p := start(dir, "nginx-"+workers, nil, "nginx", "-c", conf, "-g", "daemon off;")
-		defer stop(p) // SIGTERM: nginx's master then stops its workers
+		atExit(func() { stop(p) }) // SIGTERM: nginx's master then stops its workers
 		waitPort(fmt.Sprintf("127.0.0.1:%d", h1))
 		master := p.Process.Pid
 		contenders = append(contenders, contender{name: "nginx", procs: workers,
@@ -108,13 +116,15 @@ func main() {
 	}
 
 	type scenario struct {
-		title string
-		run   func(c contender) result
+		title  string
+		run    func(c contender) result
+		grpcOK bool // only contenders with a gRPC target
 	}
 	scenarios := []scenario{
-		{"HTTP/1.1 keep-alive, 1 connection (wrk)", func(c contender) result { return wrk(c, 1) }},
-		{"HTTP/1.1 keep-alive, 64 connections (wrk)", func(c contender) result { return wrk(c, 64) }},
-		{"HTTP/2, 4 connections × 16 streams (h2load; sidecar and nginx take h2c)", func(c contender) result { return h2load(c, dir) }},
+		{"HTTP/1.1 keep-alive, 1 connection (wrk)", func(c contender) result { return wrk(c, 1) }, false},
+		{"HTTP/1.1 keep-alive, 64 connections (wrk)", func(c contender) result { return wrk(c, 64) }, false},
+		{"HTTP/2, 4 connections × 16 streams (h2load; sidecar and nginx take h2c)", func(c contender) result { return h2load(c, dir) }, false},
+		{"gRPC unary, 2 connections × 16 concurrent calls (ghz; the sidecar takes h2c)", func(c contender) result { return ghz(c, caFile) }, true},
 	}
 	results := map[string]map[string][]result{}
 	for r := 0; r < *rounds; r++ {
@@ -124,6 +134,9 @@ func main() {
 				slices.Reverse(order) // alternate the order between rounds
 			}
 			for _, c := range order {
+				if s.grpcOK && c.grpc == "" {
+					continue
+				}
 				key := c.name + "|" + c.procs
 				if results[s.title] == nil {
 					results[s.title] = map[string][]result{}
@@ -142,6 +155,9 @@ func main() {
 		fmt.Fprintf(&b, "### %s\n\n| contender | procs | req/s | p50 ms | p99 ms | proxy CPU µs/req | req/s vs direct |\n|---|---|---|---|---|---|---|\n", s.title)
 		direct := median(results[s.title]["direct (TLS)|"], func(r result) float64 { return r.rps })
 		for _, c := range contenders {
+			if s.grpcOK && c.grpc == "" {
+				continue
+			}
 			rs := results[s.title][c.name+"|"+c.procs]
 			rps := median(rs, func(r result) float64 { return r.rps })
 			cpu := "—"
@@ -153,12 +169,33 @@ func main() {
 		}
 		b.WriteString("\n")
 	}
+	b.WriteString(memory(contenders))
 	fmt.Print(b.String())
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(b.String()), 0o644); err != nil {
-			log.Fatal(err)
+			die("%v", err)
 		}
 	}
+	runExits()
+}
+
+var exits []func()
+
+// atExit registers a cleanup; they run last-in first-out, on success and
+// on die alike, so no contender outlives the harness.
+func atExit(f func()) { exits = append(exits, f) }
+
+func runExits() {
+	for i := len(exits) - 1; i >= 0; i-- {
+		exits[i]()
+	}
+	exits = nil
+}
+
+// die stops everything the harness started, then exits with the message.
+func die(format string, args ...any) {
+	runExits()
+	log.Fatalf(format, args...)
 }
 
 // measure runs one load and the proxy's CPU time during it.
@@ -184,7 +221,7 @@ func wrk(c contender, conns int) result {
 	}
 	text := output("wrk", append(args, c.h1)...)
 	if strings.Contains(text, "Non-2xx") {
-		log.Fatalf("%s answered errors:\n%s", c.name, text)
+		die("%s answered errors:\n%s", c.name, text)
 	}
 	var r result
 	if m := wrkRPS.FindStringSubmatch(text); m != nil {
@@ -214,7 +251,7 @@ func h2load(c contender, dir string) result {
 	}
 	text := output("h2load", append(args, c.h2)...)
 	if m := h2OK.FindStringSubmatch(text); m == nil || m[3] != "0" || m[4] != "0" {
-		log.Fatalf("%s answered errors:\n%s", c.name, text)
+		die("%s answered errors:\n%s", c.name, text)
 	}
 	var r result
 	if m := h2RPS.FindStringSubmatch(text); m != nil {
@@ -238,6 +275,105 @@ func h2load(c contender, dir string) result {
 		r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
 	}
 	return r
+}
+
+func ghz(c contender, caFile string) result {
+	args := []string{"--call", "grpc.testing.TestService/UnaryCall", "-d", `{"payload":{"body":"aGVsbG8="}}`,
+		"-z", duration.String(), "-c", "16", "--connections", "2", "--format", "json"}
+	if c.procs == "" {
+		args = append(args, "--cacert", caFile, "--cname", "upstream.bench.test", "-m", `{"authorization":"Bearer bench-token"}`)
+	} else {
+		args = append(args, "--insecure")
+	}
+	text := output("ghz", append(args, c.grpc)...)
+	var rep struct {
+		Count   int64
+		Rps     float64
+		Latency []struct {
+			Percentage int
+			Latency    float64 // ns
+		} `json:"latencyDistribution"`
+		Status map[string]int64 `json:"statusCodeDistribution"`
+	}
+	if err := json.Unmarshal([]byte(text), &rep); err != nil {
+		die("ghz output: %v\n%s", err, text)
+	}
+	// The calls in flight when -z ends (at most the 16 concurrent ones) can
+	// come back UNAVAILABLE or CANCELED; more than that is a real error.
+	var failed int64
+	for code, n := range rep.Status {
+		if code != "OK" {
+			failed += n
+		}
+	}
+	if rep.Status["OK"] == 0 || failed > 16 {
+		die("%s answered gRPC errors: %v", c.name, rep.Status)
+	}
+	if failed > 0 {
+		log.Printf("%s: %d of %d calls cut off at the end of the load: %v", c.name, failed, failed+rep.Status["OK"], rep.Status)
+	}
+	r := result{rps: rep.Rps}
+	for _, l := range rep.Latency {
+		switch l.Percentage {
+		case 50:
+			r.p50 = l.Latency / 1e6
+		case 99:
+			r.p99 = l.Latency / 1e6
+		}
+	}
+	return r
+}
+
+// memory reports each proxy's resident memory after the load, and with
+// 1,000 idle HTTP/2 (h2c) client connections open.
+func memory(contenders []contender) string {
+	var b strings.Builder
+	b.WriteString("### Memory\n\n| contender | procs | RSS after the load, MiB | RSS with 1,000 idle h2c connections, MiB | per idle connection, KiB |\n|---|---|---|---|---|\n")
+	for _, c := range contenders {
+		if c.procs == "" {
+			continue
+		}
+		runtime.GC()
+		before := rss(c.pids())
+		var trs []*http.Transport
+		for i := 0; i < 1000; i++ {
+			tr := &http.Transport{Proxy: nil, Protocols: new(http.Protocols)}
+			tr.Protocols.SetUnencryptedHTTP2(true)
+			resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(c.h2)
+			if err != nil {
+				die("%s: idle connection %d: %v", c.name, i, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			trs = append(trs, tr)
+		}
+		time.Sleep(time.Second)
+		with := rss(c.pids())
+		for _, tr := range trs {
+			tr.CloseIdleConnections()
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f |\n", c.name, c.procs, float64(before)/1024, float64(with)/1024, float64(with-before)/1000)
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+// rss sums VmRSS (KiB) of the processes.
+func rss(pids []int) int64 {
+	var total int64
+	for _, pid := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+				n, _ := strconv.ParseInt(f[1], 10, 64)
+				total += n
+			}
+		}
+	}
+	return total
 }
 
 const clkTck = 100 // USER_HZ on Linux
@@ -280,14 +416,15 @@ func writeConfig(path, kind string, port int, caFile string) {
 	cfg := fmt.Sprintf(`log: {level: warn}
 listeners:
   - {name: app, kind: sidecar, address: "127.0.0.1:%d", upstream: "https://127.0.0.1:18443"}
+  - {name: grpc, kind: sidecar, address: "127.0.0.1:%d", upstream: "https://127.0.0.1:18444"}
 upstream: {ca_file: %q}
 injectors:
   %s
 routes:
-  - {name: all, match: {path: /*}, injector: tok}
-`, port, caFile, injector)
+  - {name: all, listeners: [app, grpc], match: {path: /*}, injector: tok}
+`, port, port+50, caFile, injector)
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		log.Fatal(err)
+		die("%v", err)
 	}
 }
 
@@ -321,7 +458,7 @@ http {
 }
 `, workers, dir, h1, h2, caFile)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
-		log.Fatal(err)
+		die("%v", err)
 	}
 	return conf
 }
@@ -331,11 +468,11 @@ func start(dir, name string, env []string, prog string, args ...string) *exec.Cm
 	cmd.Env = append(os.Environ(), env...)
 	f, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
-		log.Fatal(err)
+		die("%v", err)
 	}
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
-		log.Fatalf("starting %s: %v", name, err)
+		die("starting %s: %v", name, err)
 	}
 	return cmd
 }
@@ -355,7 +492,7 @@ func waitPort(addr string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	log.Fatalf("nothing listens on %s", addr)
+	die("nothing listens on %s", addr)
 }
 
 // stop ends a process with SIGTERM, then SIGKILL after 5 s.
@@ -374,14 +511,14 @@ func run(prog string, args ...string) {
 	cmd := exec.Command(prog, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
-		log.Fatalf("%s %v: %v", prog, args, err)
+		die("%s %v: %v", prog, args, err)
 	}
 }
 
 func output(prog string, args ...string) string {
 	b, err := exec.Command(prog, args...).CombinedOutput()
 	if err != nil {
-		log.Fatalf("%s %v: %v\n%s", prog, args, err, b)
+		die("%s %v: %v\n%s", prog, args, err, b)
 	}
 	return string(b)
 }

@@ -1,6 +1,7 @@
 // Command upstream is the benchmark harness's upstream: a small fixed
 // response over plain HTTP/1.1 (-plain), over TLS with HTTP/2 and HTTP/1.1
-// (-tls), and an OAuth2 token endpoint at /token on the TLS port. It writes
+// (-tls), an OAuth2 token endpoint at /token on the TLS port, and a TLS
+// gRPC echo service with reflection (-grpc). It writes
 // its CA certificate to -ca so proxies can trust it. It requires the
 // Authorization header the proxies add (401 otherwise), so a contender that
 // forgets to add it cannot look fast.
@@ -9,9 +10,12 @@ package main
 import (
 	"flag"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"time"
+
+	"google.golang.org/grpc/reflection"
 
 	"github.com/authproxy/authproxy/sim"
 )
@@ -21,6 +25,7 @@ func main() {
 	tlsAddr := flag.String("tls", "127.0.0.1:18443", "TLS (h2, http/1.1) address")
 	caOut := flag.String("ca", "upstream-ca.pem", "where to write the CA certificate")
 	want := flag.String("want", "Bearer bench-token", "the Authorization value required")
+	grpcAddr := flag.String("grpc", "127.0.0.1:18444", "TLS gRPC address (grpc.testing.TestService, with reflection)")
 	flag.Parse()
 
 	dir, err := os.MkdirTemp("", "bench-upstream")
@@ -55,6 +60,13 @@ func main() {
 	p := &http.Server{Addr: *plain, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	s := &http.Server{Addr: *tlsAddr, Handler: mux, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
 	go func() { log.Fatal(p.ListenAndServe()) }()
+	gs := (&sim.GRPCEcho{Authorization: *want}).NewServer(tlsCfg)
+	reflection.Register(gs)
+	gl, err := net.Listen("tcp", *grpcAddr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	go func() { log.Fatal(gs.Serve(gl)) }()
 	log.Printf("upstream: plain %s, tls %s", *plain, *tlsAddr)
 	log.Fatal(s.ListenAndServeTLS("", ""))
 }
