@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"slices"
 	"testing"
@@ -101,4 +102,62 @@ routes:
 			}
 		}
 	})
+}
+
+// BenchmarkOAuth2ManyScopes spreads requests over 1,000 mounts (one OAuth2
+// scope each) with a token cache of 256 keys, and reports the cache's hit
+// rate and token requests per proxied request.
+//
+//	go test -run '^$' -bench OAuth2ManyScopes -benchtime 20000x ./proxy/
+func BenchmarkOAuth2ManyScopes(b *testing.B) {
+	for _, dist := range []string{"uniform", "zipf"} {
+		b.Run(dist, func(b *testing.B) {
+			e := newEnv(b)
+			ts := &sim.TokenServer{ClientID: "c", ClientSecret: secretToken}
+			auth := e.httpsUpstream(ts)
+			api := e.httpsUpstream(ts.RequireToken(&sim.Echo{}))
+			e.injEnv = injectors.Env{Cache: tokencache.New(tokencache.Options{Size: 256})}
+			p := e.start(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://api.authproxy.test:%s"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, auth.authproxy.test: 127.0.0.1}}
+injectors:
+  tok:
+    kind: oauth2
+    token_url: "https://auth.authproxy.test:%s/token"
+    client_id: {value: c}
+    client_secret: {value: %q}
+    scopes: ["mount:{mount}"]
+routes:
+  - {name: mounts, match: {path: "/mounts/{mount}/*"}, injector: tok}
+`, port(b, api.URL), port(b, auth.URL), secretToken), nil, nil)
+			c := h1Client()
+			rng := rand.New(rand.NewPCG(1, 2))
+			zipf := rand.NewZipf(rng, 1.1, 1, 999)
+			pick := func() uint64 {
+				if dist == "zipf" {
+					return zipf.Uint64()
+				}
+				return rng.Uint64N(1000)
+			}
+			base := "http://" + p.addr("app") + "/mounts/"
+			b.ResetTimer()
+			for b.Loop() {
+				resp, err := c.Get(fmt.Sprintf("%sm%03d/state", base, pick()))
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					b.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+			b.StopTimer()
+			calls := float64(ts.Calls())
+			b.ReportMetric(calls/float64(b.N), "token-requests/op")
+			b.ReportMetric(100*(1-calls/float64(b.N)), "hit-%")
+			b.ReportMetric(float64(len(ts.Scopes())), "distinct-scopes")
+		})
+	}
 }
