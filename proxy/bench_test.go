@@ -172,24 +172,29 @@ routes:
 }
 
 // BenchmarkGRPCBidiRoundTrip measures per-message round trips on one
-// long-lived bidirectional stream, direct to the TLS upstream and through
-// the sidecar (h2c in, TLS out), and reports p50 and p99 in µs.
+// long-lived bidirectional stream: direct to the TLS upstream, through the
+// sidecar (h2c in, TLS out), and through the forward proxy (HTTPS_PROXY,
+// intercepted); it reports p50 and p99 in µs.
 //
 //	go test -run '^$' -bench GRPCBidiRoundTrip -benchtime 20000x ./proxy/
 func BenchmarkGRPCBidiRoundTrip(b *testing.B) {
 	e := newEnv(b)
 	_, grpcPort := e.grpcUpstream()
 	p := e.start(grpcConfig(grpcPort), nil, nil)
-	for _, mode := range []string{"direct", "sidecar"} {
+	for _, mode := range []string{"direct", "sidecar", "forward"} {
 		b.Run(mode, func(b *testing.B) {
 			var conn *grpc.ClientConn
 			var err error
 			ctx := context.Background()
-			if mode == "direct" {
+			switch mode {
+			case "direct":
 				conn, err = grpc.NewClient("127.0.0.1:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.pki.Pool})))
 				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secretToken)
-			} else {
+			case "sidecar":
 				conn, err = grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			case "forward": // HTTPS_PROXY and interception, only the proxy's CA trusted
+				useEnvProxy(b, p.addr("fwd"))
+				conn, err = grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
 			}
 			if err != nil {
 				b.Fatal(err)

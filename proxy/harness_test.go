@@ -74,7 +74,7 @@ func relay(ln net.Listener) {
 }
 
 // useEnvProxy points HTTPS_PROXY (through the relay) at addr for this test.
-func useEnvProxy(t *testing.T, addr string) {
+func useEnvProxy(t testing.TB, addr string) {
 	envProxyTarget.Store(addr)
 	t.Cleanup(func() { envProxyTarget.Store("") })
 }
