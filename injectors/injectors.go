@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -217,4 +218,33 @@ func tokenErr(req *Request, err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %w", ErrCredentialUnavailable, err)
+}
+
+// issuerErr describes a request to a credential issuer that got no answer,
+// as ErrCredentialUnavailable naming the injector and the request ("token
+// request to https://…"): "timed out" for a deadline, else the transport's
+// error without url.Error's copy of the URL. scrub, when set, cleans the
+// message of the request's own secrets.
+func issuerErr(injector, request string, err error, scrub func(string) string) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: injector %q: %s timed out", ErrCredentialUnavailable, injector, request)
+	}
+	msg := err.Error()
+	if scrub != nil {
+		msg = scrub(msg)
+	}
+	return fmt.Errorf("%w: injector %q: %s: %s", ErrCredentialUnavailable, injector, request, msg)
+}
+
+// endpointOf is a URL without its query or fragment, for messages.
+func endpointOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	return u.Scheme + "://" + u.Host + u.Path
 }

@@ -170,7 +170,7 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 		add("token_url", "must be https: the client secret would travel in plaintext")
 	default:
 		o.tokenURL = cfg.TokenURL
-		o.endpoint = u.Scheme + "://" + u.Host + u.Path
+		o.endpoint = endpointOf(cfg.TokenURL)
 	}
 
 	var err error
@@ -429,14 +429,8 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 	start := o.now()
 	resp, err := o.client.Do(req)
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return tokencache.Token{}, fmt.Errorf("%w: injector %q: token request to %s timed out", ErrCredentialUnavailable, o.name, o.endpoint)
-		}
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // its message repeats the URL
-		}
-		return tokencache.Token{}, fmt.Errorf("%w: injector %q: token request to %s: %s", ErrCredentialUnavailable, o.name, o.endpoint, o.scrub(err.Error(), assertion))
+		return tokencache.Token{}, issuerErr(o.name, "token request to "+o.endpoint, err,
+			func(msg string) string { return o.scrub(msg, assertion) })
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse))

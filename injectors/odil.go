@@ -126,7 +126,7 @@ func NewODIL(name string, cfg ODILConfig, env Env) (*ODIL, error) {
 	case u.Scheme != "https":
 		add("base_url", "must be https: the SAS token and password would travel in plaintext")
 	default:
-		o.endpoint = u.Scheme + "://" + u.Host + u.Path
+		o.endpoint = endpointOf(o.sessionURL)
 	}
 	var err error
 	if o.username, err = cfg.Username.Resolve(env.LookupEnv); err != nil {
@@ -247,14 +247,7 @@ func (o *ODIL) createSession(ctx context.Context) (tokencache.Token, error) {
 	req.Header.Set("Accept", "application/json")
 	resp, err := o.client.Do(req)
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return tokencache.Token{}, fmt.Errorf("%w: injector %q: session/create at %s timed out", ErrCredentialUnavailable, o.name, o.endpoint)
-		}
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return tokencache.Token{}, fmt.Errorf("%w: injector %q: session/create at %s: %v", ErrCredentialUnavailable, o.name, o.endpoint, err)
+		return tokencache.Token{}, issuerErr(o.name, "session/create at "+o.endpoint, err, nil)
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse))

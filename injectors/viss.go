@@ -307,20 +307,10 @@ func (v *VISS) post(ctx context.Context, what, target string, header http.Header
 		req.Header[k] = vs
 	}
 	req.Header.Set("Content-Type", "application/json")
-	endpoint := target
-	if u, err := url.Parse(target); err == nil {
-		endpoint = u.Scheme + "://" + u.Host + u.Path
-	}
+	endpoint := endpointOf(target)
 	resp, err := v.client.Do(req)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("%w: injector %q: %s request to %s timed out", ErrCredentialUnavailable, v.name, what, endpoint)
-		}
-		return fmt.Errorf("%w: injector %q: %s request to %s: %v", ErrCredentialUnavailable, v.name, what, endpoint, err)
+		return issuerErr(v.name, what+" request to "+endpoint, err, nil)
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse))
