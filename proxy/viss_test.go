@@ -128,8 +128,10 @@ routes:
 	clock.Advance(50 * time.Minute)
 	get(t, "sidecar", "/short/VIN-A/Vehicle/Speed", "")
 	get(t, "sidecar", "/long/Vehicle/Speed", "VIN-C")
+	// Wait for the exchanges to finish, not merely arrive: the clock jumps
+	// next, and a proof of possession checked after the jump would be stale.
 	deadline := time.Now().Add(10 * time.Second)
-	for viss.ATSRequests() < 5 && time.Now().Before(deadline) {
+	for viss.AccessTokensIssued() < 5 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if a, x := viss.AGTRequests(), viss.ATSRequests(); a != 5 || x != 5 {

@@ -45,6 +45,7 @@ type VISS struct {
 	agtCalls  atomic.Int64
 	atsCalls  atomic.Int64
 	dataCalls atomic.Int64
+	atIssued  atomic.Int64
 }
 
 // NewVISS returns a simulator with the reference lifetimes (AGT 4 h,
@@ -61,6 +62,10 @@ func NewVISS() *VISS {
 // AGTRequests and ATSRequests count requests to each server.
 func (s *VISS) AGTRequests() int64 { return s.agtCalls.Load() }
 func (s *VISS) ATSRequests() int64 { return s.atsCalls.Load() }
+
+// AccessTokensIssued counts ATS requests that ended with an access token
+// (ATSRequests counts them as they arrive, before validation).
+func (s *VISS) AccessTokensIssued() int64 { return s.atIssued.Load() }
 
 // DataRequests counts data requests that carried a live access token.
 func (s *VISS) DataRequests() int64 { return s.dataCalls.Load() }
@@ -163,6 +168,7 @@ func (s *VISS) atsHandler(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.ats[at] = now.Add(s.ATLife)
 	s.mu.Unlock()
+	s.atIssued.Add(1)
 	vissAnswer(w, "at-request", map[string]string{"token": at})
 }
 
