@@ -136,7 +136,19 @@ type Route struct {
 	// StripHeaders are more client headers to drop, besides Authorization,
 	// Proxy-Authorization and every header the injector sets.
 	StripHeaders []string `yaml:"strip_headers"`
+	// UpstreamProtocol chooses the protocol to TLS upstreams: "auto"
+	// (default: HTTP/2 for gRPC, a keep-alive pool of HTTP/1.1 connections
+	// for everything else), "http1" or "http2" (by ALPN, HTTP/1.1 when the
+	// server lacks h2).
+	UpstreamProtocol string `yaml:"upstream_protocol"`
 }
+
+// Upstream protocols of a route.
+const (
+	ProtocolAuto  = "auto"
+	ProtocolHTTP1 = "http1"
+	ProtocolHTTP2 = "http2"
+)
 
 // Match is a route's request pattern.
 type Match struct {
@@ -369,6 +381,11 @@ func (c *Config) validate() []error {
 		}
 		if routeUpstream != nil && routeUpstream.Scheme != "https" && !r.AllowPlaintext {
 			add(Join(p, "upstream"), "%s sends the credential in plaintext; use https or set allow_plaintext: true", r.Upstream)
+		}
+		switch r.UpstreamProtocol {
+		case "", ProtocolAuto, ProtocolHTTP1, ProtocolHTTP2:
+		default:
+			add(Join(p, "upstream_protocol"), "unknown protocol %q (known: auto, http1, http2)", r.UpstreamProtocol)
 		}
 		for j, h := range r.StripHeaders {
 			if h == "" || strings.ContainsAny(h, " :\t") {

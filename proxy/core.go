@@ -26,6 +26,7 @@ type routeRT struct {
 	observer       injectors.ResponseObserver // nil unless the injector observes responses
 	upstream       *url.URL                   // sidecar target (scheme http for h2c); nil on forward listeners
 	h2c            bool
+	protocol       string // config.Protocol*: upstream protocol over TLS and plain HTTP
 	allowPlaintext bool
 	tlsUpgrade     bool
 	strip          []string // canonical names of client headers to remove
@@ -38,6 +39,7 @@ func newRouteRT(ref config.RouteRef, inj injectors.Injector) *routeRT {
 		injector:       inj,
 		allowPlaintext: r.AllowPlaintext,
 		tlsUpgrade:     r.TLSUpgrade,
+		protocol:       r.UpstreamProtocol,
 	}
 	rt.observer, _ = inj.(injectors.ResponseObserver)
 	if ref.Upstream != nil {
@@ -145,10 +147,7 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 			return nil, &routeError{route: rt.name, err: err}
 		}
 	}
-	tr := c.up.TLS
-	if x.h2c {
-		tr = c.up.H2C
-	}
+	tr := c.transport(out, x)
 	var rec replayer
 	if rt != nil && rt.observer != nil && out.Body != nil && out.Body != http.NoBody {
 		var err error
@@ -180,6 +179,31 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 	}
 	c.log.Debug("retrying with a fresh credential", "route", rt.name, "method", out.Method, "host", out.Host, "path", out.URL.Path)
 	return c.roundTripOnce(tr, out, rt, inBody)
+}
+
+// transport picks the upstream transport: h2c where the route says so;
+// otherwise HTTP/2 for gRPC (which needs it) and HTTP/1.1 for the rest,
+// unless the route chose. A dedicated keep-alive HTTP/1.1 connection per
+// request in flight costs the proxy less CPU than multiplexing on one
+// HTTP/2 connection (docs/benchmarks.md).
+func (c *core) transport(out *http.Request, x *exchange) http.RoundTripper {
+	if x.h2c {
+		return c.up.H2C
+	}
+	proto := config.ProtocolAuto
+	if x.route != nil && x.route.protocol != "" {
+		proto = x.route.protocol
+	}
+	switch proto {
+	case config.ProtocolHTTP2:
+		return c.up.TLS
+	case config.ProtocolHTTP1:
+		return c.up.H1
+	}
+	if isGRPC(out) {
+		return c.up.TLS
+	}
+	return c.up.H1
 }
 
 func (c *core) roundTripOnce(tr http.RoundTripper, out *http.Request, rt *routeRT, inBody io.Closer) (*http.Response, error) {

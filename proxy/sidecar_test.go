@@ -41,6 +41,11 @@ routes:
     match: {path: /v1/*}
     injector: bearer
     strip_headers: [X-Client-Secret]
+  - name: api-h2
+    match: {path: /v2/*}
+    injector: bearer
+    strip_headers: [X-Client-Secret]
+    upstream_protocol: http2
 `, upstreamPort, unmatched, secretToken)
 }
 
@@ -57,42 +62,47 @@ func TestSidecarInjectsAndStripsOverHTTP1AndH2C(t *testing.T) {
 		{"http1", h1Client(), "HTTP/1.1"},
 		{"h2c", h2cClient(), "HTTP/2.0"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequest("GET", "http://"+p.addr("app")+"/v1/things?q=1", nil)
-			req.Header.Set("Authorization", "Bearer spoofed-by-client")
-			req.Header.Set("X-Api-Key", "spoofed-key")
-			req.Header.Set("X-Client-Secret", "should-not-leave")
-			req.Header.Set("X-Request-Id", "abc")
-			resp, err := tc.client.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if resp.Proto != tc.wantProto {
-				t.Errorf("client spoke %s, want %s", resp.Proto, tc.wantProto)
-			}
-			seen := decodeSeen(t, resp)
-			if got := seen.Header.Values("Authorization"); len(got) != 1 || got[0] != "Bearer "+secretToken {
-				t.Errorf("upstream got Authorization %q, want only the injected one", got)
-			}
-			if got := seen.Header.Values("X-Api-Key"); len(got) != 1 || got[0] != "key-1" {
-				t.Errorf("upstream got X-Api-Key %q", got)
-			}
-			if got := seen.Header.Get("X-Client-Secret"); got != "" {
-				t.Errorf("strip_headers header reached upstream: %q", got)
-			}
-			if seen.Header.Get("X-Request-Id") != "abc" {
-				t.Errorf("ordinary header lost: %v", seen.Header)
-			}
-			if seen.Header.Get("X-Forwarded-For") != "" {
-				t.Errorf("proxy added X-Forwarded-For: %v", seen.Header)
-			}
-			if seen.Proto != "HTTP/2.0" || !seen.TLS {
-				t.Errorf("upstream saw %s tls=%v, want HTTP/2 over TLS", seen.Proto, seen.TLS)
-			}
-			if seen.Host != "api.authproxy.test:"+port(t, up.URL) || seen.Path != "/v1/things" || seen.RawQuery != "q=1" {
-				t.Errorf("upstream saw host %q path %q query %q", seen.Host, seen.Path, seen.RawQuery)
-			}
-		})
+		for _, route := range []struct{ path, upstreamProto string }{
+			{"/v1/things", "HTTP/1.1"}, // upstream_protocol: auto, not gRPC
+			{"/v2/things", "HTTP/2.0"}, // upstream_protocol: http2
+		} {
+			t.Run(tc.name+route.path, func(t *testing.T) {
+				req, _ := http.NewRequest("GET", "http://"+p.addr("app")+route.path+"?q=1", nil)
+				req.Header.Set("Authorization", "Bearer spoofed-by-client")
+				req.Header.Set("X-Api-Key", "spoofed-key")
+				req.Header.Set("X-Client-Secret", "should-not-leave")
+				req.Header.Set("X-Request-Id", "abc")
+				resp, err := tc.client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.Proto != tc.wantProto {
+					t.Errorf("client spoke %s, want %s", resp.Proto, tc.wantProto)
+				}
+				seen := decodeSeen(t, resp)
+				if got := seen.Header.Values("Authorization"); len(got) != 1 || got[0] != "Bearer "+secretToken {
+					t.Errorf("upstream got Authorization %q, want only the injected one", got)
+				}
+				if got := seen.Header.Values("X-Api-Key"); len(got) != 1 || got[0] != "key-1" {
+					t.Errorf("upstream got X-Api-Key %q", got)
+				}
+				if got := seen.Header.Get("X-Client-Secret"); got != "" {
+					t.Errorf("strip_headers header reached upstream: %q", got)
+				}
+				if seen.Header.Get("X-Request-Id") != "abc" {
+					t.Errorf("ordinary header lost: %v", seen.Header)
+				}
+				if seen.Header.Get("X-Forwarded-For") != "" {
+					t.Errorf("proxy added X-Forwarded-For: %v", seen.Header)
+				}
+				if seen.Proto != route.upstreamProto || !seen.TLS {
+					t.Errorf("upstream saw %s tls=%v, want %s over TLS", seen.Proto, seen.TLS, route.upstreamProto)
+				}
+				if seen.Host != "api.authproxy.test:"+port(t, up.URL) || seen.Path != route.path || seen.RawQuery != "q=1" {
+					t.Errorf("upstream saw host %q path %q query %q", seen.Host, seen.Path, seen.RawQuery)
+				}
+			})
+		}
 	}
 }
 

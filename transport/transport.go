@@ -22,6 +22,10 @@ import (
 type Set struct {
 	// TLS carries https (HTTP/2 by ALPN, else HTTP/1.1) and plain HTTP/1.1.
 	TLS *http.Transport
+	// H1 carries https and plain HTTP over HTTP/1.1 only: a keep-alive pool
+	// of up to max_idle_conns_per_host connections per upstream, one request
+	// per connection at a time.
+	H1 *http.Transport
 	// H2C carries cleartext HTTP/2 with prior knowledge.
 	H2C *http.Transport
 	// Dial dials with the configured timeout and resolve pins.
@@ -72,9 +76,10 @@ func New(cfg config.Upstream) (*Set, error) {
 			Protocols:          new(http.Protocols),
 		}
 	}
-	u := &Set{TLS: base(), H2C: base(), Dial: dial}
+	u := &Set{TLS: base(), H1: base(), H2C: base(), Dial: dial}
 	u.TLS.Protocols.SetHTTP1(true)
 	u.TLS.Protocols.SetHTTP2(true)
+	u.H1.Protocols.SetHTTP1(true)
 	u.H2C.Protocols.SetUnencryptedHTTP2(true)
 	return u, nil
 }
@@ -95,5 +100,6 @@ func (u *Set) Client(timeout time.Duration) *http.Client {
 // CloseIdleConnections closes idle connections of every transport.
 func (u *Set) CloseIdleConnections() {
 	u.TLS.CloseIdleConnections()
+	u.H1.CloseIdleConnections()
 	u.H2C.CloseIdleConnections()
 }
