@@ -29,7 +29,15 @@ var (
 	rounds   = flag.Int("rounds", 3, "rounds; each contender runs once per round, the median is reported")
 	out      = flag.String("out", "", "also write the report to this markdown file")
 	work     = flag.String("work", "", "working directory (default: a temporary one)")
+	only     = flag.String("scenarios", "", "comma-separated scenario keys to run (default: all): "+strings.Join(scenarioKeys, ", "))
 )
+
+var scenarioKeys = []string{"h1-1", "h1-64", "h2", "grpc", "grpc-go", "fwd-h1", "fwd-h2", "memory"}
+
+// want reports whether the scenario with this key is to run.
+func want(key string) bool {
+	return *only == "" || slices.Contains(strings.Split(*only, ","), key)
+}
 
 // contender is one way of reaching the upstream.
 type contender struct {
@@ -40,6 +48,13 @@ type contender struct {
 	grpc  string // host:port for ghz ("" = not in that scenario)
 	pids  func() []int
 	extra []string // request headers the client must send (direct only)
+
+	// For bench/load: a forward proxy (CONNECT) and the CA its
+	// interception certificates come from; a gRPC target and how to reach it.
+	proxyURL, proxyCA string
+	grpcGo            string   // host:port for bench/load -mode grpc ("" = not in that scenario)
+	grpcGoArgs        []string // extra bench/load flags
+	grpcGoEnv         []string // extra environment (HTTPS_PROXY)
 }
 
 type result struct {
@@ -68,10 +83,11 @@ func main() {
 	}
 	authproxy := bin("authproxy", "./cmd/authproxy")
 	upstreamBin := bin("upstream", "./bench/upstream")
+	loadBin = bin("load", "./bench/load")
 	caFile := filepath.Join(dir, "upstream-ca.pem")
-	for _, port := range []int{18080, 18443, 18444, 18150, 18151, 18100, 18101, 18102, 18210, 18211, 18220, 18221} {
+	for _, port := range []int{18080, 18443, 18444, 18150, 18151, 18100, 18101, 18102, 18120, 18121, 18210, 18211, 18220, 18221, 18300} {
 		if listening(fmt.Sprintf("127.0.0.1:%d", port)) {
-			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443, 18100-18102, 18210-18221", port)
+			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18444, 18100-18102, 18120-18121, 18150-18151, 18210-18221, 18300", port)
 		}
 	}
 	up := start(dir, "upstream", nil, upstreamBin, "-plain", "127.0.0.1:18080", "-tls", "127.0.0.1:18443", "-grpc", "127.0.0.1:18444", "-ca", caFile)
@@ -80,7 +96,9 @@ func main() {
 
 	var contenders []contender
 	contenders = append(contenders, contender{name: "direct (TLS)", h1: "https://127.0.0.1:18443/", h2: "https://127.0.0.1:18443/", grpc: "127.0.0.1:18444",
-		pids: func() []int { return nil }, extra: []string{"Authorization: Bearer bench-token"}})
+		pids: func() []int { return nil }, extra: []string{"Authorization: Bearer bench-token"},
+		grpcGo: "127.0.0.1:18444", grpcGoArgs: []string{"-ca", caFile, "-authorization", "Bearer bench-token"}})
+	var forwards []contender
 	port := 18100
 	for _, kind := range []string{"static", "oauth2"} {
 		for _, procs := range []string{"1", "2"} {
@@ -88,7 +106,8 @@ func main() {
 				continue
 			}
 			cfg := filepath.Join(dir, fmt.Sprintf("authproxy-%s-%s.yaml", kind, procs))
-			writeConfig(cfg, kind, port, caFile)
+			proxyCA := filepath.Join(dir, fmt.Sprintf("authproxy-ca-%s-%s.pem", kind, procs))
+			writeConfig(cfg, kind, port, caFile, proxyCA)
 			p := start(dir, "authproxy-"+kind+"-"+procs, []string{"GOMAXPROCS=" + procs}, authproxy, "run", "-config", cfg)
 			atExit(func() { stop(p) })
 			addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -98,6 +117,15 @@ func main() {
 				h1: "http://" + addr + "/", h2: "http://" + addr + "/", pids: func() []int { return []int{pid} }}
 			if kind == "static" {
 				c.grpc = fmt.Sprintf("127.0.0.1:%d", port+50)
+				c.grpcGo, c.grpcGoArgs = c.grpc, []string{"-insecure"}
+				// The same process serves a forward listener too; only one
+				// load runs at a time, so its CPU counts for one contender.
+				fwd := fmt.Sprintf("http://127.0.0.1:%d", port+20)
+				waitPort(fmt.Sprintf("127.0.0.1:%d", port+20))
+				forwards = append(forwards, contender{name: "authproxy forward, static", procs: procs, pids: c.pids,
+					proxyURL: fwd, proxyCA: proxyCA,
+					grpcGo: "upstream.bench.test:18444", grpcGoArgs: []string{"-ca", caFile + "," + proxyCA},
+					grpcGoEnv: []string{"HTTPS_PROXY=" + fwd}})
 			}
 			contenders = append(contenders, c)
 			port++
@@ -114,17 +142,45 @@ func main() {
 			h1: fmt.Sprintf("http://127.0.0.1:%d/", h1), h2: fmt.Sprintf("http://127.0.0.1:%d/", h2),
 			pids: func() []int { return append([]int{master}, children(master)...) }})
 	}
+	contenders = append(contenders, forwards...)
+	contenders = append(contenders, startMitmproxy(dir, caFile))
 
 	type scenario struct {
-		title  string
-		run    func(c contender) result
-		grpcOK bool // only contenders with a gRPC target
+		key     string
+		title   string
+		run     func(c contender) result
+		applies func(c contender) bool
 	}
-	scenarios := []scenario{
-		{"HTTP/1.1 keep-alive, 1 connection (wrk)", func(c contender) result { return wrk(c, 1) }, false},
-		{"HTTP/1.1 keep-alive, 64 connections (wrk)", func(c contender) result { return wrk(c, 64) }, false},
-		{"HTTP/2, 4 connections × 16 streams (h2load; sidecar and nginx take h2c)", func(c contender) result { return h2load(c, dir) }, false},
-		{"gRPC unary, 2 connections × 16 concurrent calls (ghz; the sidecar takes h2c)", func(c contender) result { return ghz(c, caFile) }, true},
+	isDirect := func(c contender) bool { return c.procs == "" }
+	hasH1 := func(c contender) bool { return c.h1 != "" }
+	hasH2 := func(c contender) bool { return c.h2 != "" }
+	hasGRPC := func(c contender) bool { return c.grpc != "" }
+	hasGRPCGo := func(c contender) bool { return c.grpcGo != "" }
+	forwarding := func(c contender) bool { return c.proxyURL != "" || isDirect(c) }
+	var scenarios []scenario
+	for _, s := range []scenario{
+		{"h1-1", "HTTP/1.1 keep-alive, 1 connection (wrk)", func(c contender) result { return wrk(c, 1) }, hasH1},
+		{"h1-64", "HTTP/1.1 keep-alive, 64 connections (wrk)", func(c contender) result { return wrk(c, 64) }, hasH1},
+		{"h2", "HTTP/2, 4 connections × 16 streams (h2load; sidecar and nginx take h2c)", func(c contender) result { return h2load(c, dir) }, hasH2},
+		{"grpc", "gRPC unary, 2 connections × 16 concurrent calls (ghz; the sidecar takes h2c)", func(c contender) result { return ghz(c, caFile) }, hasGRPC},
+		{"grpc-go", "gRPC unary, 2 connections × 16 concurrent calls (bench/load with grpc-go; sidecar: h2c; forward: HTTPS_PROXY and interception)",
+			func(c contender) result { return grpcGo(c) }, hasGRPCGo},
+		{"fwd-h1", "HTTPS through a forward proxy, 8 CONNECT tunnels × HTTP/1.1 keep-alive (bench/load; the proxy intercepts and sets Authorization)",
+			func(c contender) result { return forwardLoad(c, caFile, false) }, forwarding},
+		{"fwd-h2", "HTTPS through a forward proxy, 2 CONNECT tunnels × 16 HTTP/2 streams (bench/load)",
+			func(c contender) result { return forwardLoad(c, caFile, true) }, forwarding},
+	} {
+		if want(s.key) {
+			scenarios = append(scenarios, s)
+		}
+	}
+	// Resident memory of each proxy after start-up, before any load.
+	idleRSS := map[string]int64{}
+	time.Sleep(time.Second)
+	for _, c := range contenders {
+		if c.procs != "" {
+			idleRSS[c.name+"|"+c.procs] = rss(c.pids())
+		}
 	}
 	results := map[string]map[string][]result{}
 	for r := 0; r < *rounds; r++ {
@@ -134,7 +190,7 @@ func main() {
 				slices.Reverse(order) // alternate the order between rounds
 			}
 			for _, c := range order {
-				if s.grpcOK && c.grpc == "" {
+				if !s.applies(c) {
 					continue
 				}
 				key := c.name + "|" + c.procs
@@ -155,7 +211,7 @@ func main() {
 		fmt.Fprintf(&b, "### %s\n\n| contender | procs | req/s | p50 ms | p99 ms | proxy CPU µs/req | req/s vs direct |\n|---|---|---|---|---|---|---|\n", s.title)
 		direct := median(results[s.title]["direct (TLS)|"], func(r result) float64 { return r.rps })
 		for _, c := range contenders {
-			if s.grpcOK && c.grpc == "" {
+			if !s.applies(c) {
 				continue
 			}
 			rs := results[s.title][c.name+"|"+c.procs]
@@ -169,7 +225,9 @@ func main() {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString(memory(contenders))
+	if want("memory") {
+		b.WriteString(memory(contenders, idleRSS))
+	}
 	fmt.Print(b.String())
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(b.String()), 0o644); err != nil {
@@ -326,12 +384,12 @@ func ghz(c contender, caFile string) result {
 
 // memory reports each proxy's resident memory after the load, and with
 // 1,000 idle HTTP/2 (h2c) client connections open.
-func memory(contenders []contender) string {
+func memory(contenders []contender, idleRSS map[string]int64) string {
 	var b strings.Builder
-	b.WriteString("### Memory\n\n| contender | procs | RSS after the load, MiB | RSS with 1,000 idle h2c connections, MiB | per idle connection, KiB |\n|---|---|---|---|---|\n")
+	b.WriteString("### Memory\n\n| contender | procs | RSS idle before the loads, MiB | RSS after the loads, MiB | RSS with 1,000 idle h2c connections, MiB | per idle connection, KiB |\n|---|---|---|---|---|---|\n")
 	for _, c := range contenders {
-		if c.procs == "" {
-			continue
+		if c.procs == "" || c.h2 == "" {
+			continue // direct; the forward listeners share the sidecars' processes
 		}
 		runtime.GC()
 		before := rss(c.pids())
@@ -352,7 +410,8 @@ func memory(contenders []contender) string {
 		for _, tr := range trs {
 			tr.CloseIdleConnections()
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f |\n", c.name, c.procs, float64(before)/1024, float64(with)/1024, float64(with-before)/1000)
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f |\n", c.name, c.procs, float64(idleRSS[c.name+"|"+c.procs])/1024,
+			float64(before)/1024, float64(with)/1024, float64(with-before)/1000)
 	}
 	b.WriteString("\n")
 	return b.String()
@@ -408,25 +467,88 @@ func children(pid int) []int {
 	return out
 }
 
-func writeConfig(path, kind string, port int, caFile string) {
+func writeConfig(path, kind string, port int, caFile, proxyCA string) {
 	injector := `tok: {kind: static, headers: {Authorization: {value: "Bearer bench-token"}}}`
 	if kind == "oauth2" {
 		injector = `tok: {kind: oauth2, token_url: "https://127.0.0.1:18443/token", client_id: {value: bench}, client_secret: {value: bench-secret}}`
 	}
 	cfg := fmt.Sprintf(`log: {level: warn}
 listeners:
-  - {name: app, kind: sidecar, address: "127.0.0.1:%d", upstream: "https://127.0.0.1:18443"}
-  - {name: grpc, kind: sidecar, address: "127.0.0.1:%d", upstream: "https://127.0.0.1:18444"}
-upstream: {ca_file: %q}
+  - {name: app, kind: sidecar, address: "127.0.0.1:%[1]d", upstream: "https://127.0.0.1:18443"}
+  - {name: grpc, kind: sidecar, address: "127.0.0.1:%[2]d", upstream: "https://127.0.0.1:18444"}
+  - {name: fwd, kind: forward, address: "127.0.0.1:%[3]d"}
+ca: {cert_file: %[5]q, key_file: %[6]q, generate: true}
+upstream: {ca_file: %[4]q, resolve: {upstream.bench.test: 127.0.0.1}}
 injectors:
-  %s
+  %[7]s
 routes:
   - {name: all, listeners: [app, grpc], match: {path: /*}, injector: tok}
-`, port, port+50, caFile, injector)
+  - {name: fwd-https, listeners: [fwd], match: {host: "127.0.0.1:18443"}, injector: tok}
+  - {name: fwd-grpc, listeners: [fwd], match: {host: "upstream.bench.test:18444"}, injector: tok}
+`, port, port+50, port+20, caFile, proxyCA, proxyCA+".key", injector)
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		die("%v", err)
 	}
 }
+
+// startMitmproxy runs mitmdump as a forward proxy that intercepts every
+// CONNECT, verifies the upstream against its CA and sets Authorization.
+func startMitmproxy(dir, caFile string) contender {
+	confdir := filepath.Join(dir, "mitmproxy")
+	p := start(dir, "mitmproxy", nil, "mitmdump", "-q", "--listen-host", "127.0.0.1", "--listen-port", "18300",
+		"--set", "confdir="+confdir, "--set", "ssl_verify_upstream_trusted_ca="+caFile,
+		"--modify-headers", "/~q/Authorization/Bearer bench-token")
+	atExit(func() { stop(p) })
+	waitPort("127.0.0.1:18300")
+	pid := p.Process.Pid
+	return contender{name: "mitmproxy (mitmdump)", procs: "1", pids: func() []int { return []int{pid} },
+		proxyURL: "http://127.0.0.1:18300", proxyCA: filepath.Join(confdir, "mitmproxy-ca-cert.pem")}
+}
+
+// runLoad runs bench/load and checks that every answer was right.
+func runLoad(c contender, env []string, args ...string) result {
+	cmd := exec.Command(loadBin, append([]string{"-duration", duration.String()}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	text, err := cmd.Output()
+	if err != nil {
+		die("%s: bench/load %v: %v\n%s", c.name, args, err, text)
+	}
+	var rep struct {
+		Requests, Errors int
+		RPS              float64
+		P50              float64 `json:"p50_ms"`
+		P99              float64 `json:"p99_ms"`
+		FirstError       string  `json:"first_error"`
+	}
+	if err := json.Unmarshal(text, &rep); err != nil {
+		die("%s: bench/load output: %v\n%s", c.name, err, text)
+	}
+	if rep.Errors > 0 || rep.Requests == 0 {
+		die("%s: %d of %d requests failed, the first: %s", c.name, rep.Errors, rep.Errors+rep.Requests, rep.FirstError)
+	}
+	return result{rps: rep.RPS, p50: rep.P50, p99: rep.P99}
+}
+
+func grpcGo(c contender) result {
+	return runLoad(c, c.grpcGoEnv, append([]string{"-mode", "grpc", "-target", c.grpcGo, "-conns", "2", "-c", "32"}, c.grpcGoArgs...)...)
+}
+
+// forwardLoad sends HTTPS requests through the contender's forward proxy
+// (direct: to the upstream itself, with the credential).
+func forwardLoad(c contender, caFile string, h2 bool) result {
+	args := []string{"-mode", "https", "-url", "https://127.0.0.1:18443/"}
+	if h2 {
+		args = append(args, "-h2", "-conns", "2", "-c", "32")
+	} else {
+		args = append(args, "-conns", "8")
+	}
+	if c.proxyURL == "" {
+		return runLoad(c, nil, append(args, "-ca", caFile, "-authorization", "Bearer bench-token")...)
+	}
+	return runLoad(c, nil, append(args, "-proxy", c.proxyURL, "-ca", c.proxyCA)...)
+}
+
+var loadBin string
 
 func writeNginx(dir, workers string, h1, h2 int, caFile string) string {
 	conf := filepath.Join(dir, "nginx-"+workers+".conf")

@@ -1,0 +1,223 @@
+// Command load is the benchmark harness's own load generator, for the loads
+// wrk, h2load and ghz cannot drive: HTTPS through a forward proxy with
+// CONNECT (many requests over a few tunnels), and gRPC unary calls through
+// HTTPS_PROXY. It runs for -duration, then prints one JSON line:
+//
+//	{"requests":…,"errors":…,"rps":…,"p50_ms":…,"p99_ms":…,"first_error":"…"}
+//
+// Every answer is checked (HTTP 200, or gRPC OK with the echoed payload).
+//
+//	load -mode https -url https://127.0.0.1:18443/ -proxy http://127.0.0.1:18120 -ca a.pem,b.pem -conns 8
+//	HTTPS_PROXY=http://127.0.0.1:18120 load -mode grpc -target upstream.bench.test:18444 -ca up.pem,proxy.pem
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	insecureCreds "google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+)
+
+type report struct {
+	Requests   int     `json:"requests"`
+	Errors     int     `json:"errors"`
+	RPS        float64 `json:"rps"`
+	P50        float64 `json:"p50_ms"`
+	P99        float64 `json:"p99_ms"`
+	FirstError string  `json:"first_error,omitempty"`
+}
+
+func main() {
+	mode := flag.String("mode", "https", "https (net/http, optionally through -proxy) or grpc (grpc-go, proxy from HTTPS_PROXY)")
+	target := flag.String("url", "", "https: the URL to GET")
+	grpcTarget := flag.String("target", "", "grpc: host:port of grpc.testing.TestService")
+	proxy := flag.String("proxy", "", "https: forward proxy URL (CONNECT); empty = direct")
+	cas := flag.String("ca", "", "comma-separated PEM files to trust")
+	conns := flag.Int("conns", 8, "connections (https: one request at a time on each; grpc: client connections)")
+	concurrency := flag.Int("c", 0, "requests in flight (default: -conns)")
+	h2 := flag.Bool("h2", false, "https: HTTP/2 (streams share the -conns connections)")
+	auth := flag.String("authorization", "", "Authorization to send (direct runs)")
+	insecure := flag.Bool("insecure", false, "grpc: cleartext HTTP/2 (h2c), as to a sidecar")
+	duration := flag.Duration("duration", 5*time.Second, "length of the load")
+	flag.Parse()
+	if *concurrency == 0 {
+		*concurrency = *conns
+	}
+	roots := x509.NewCertPool()
+	for _, f := range strings.Split(*cas, ",") {
+		if f == "" {
+			continue
+		}
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			log.Fatalf("%s: no PEM certificate", f)
+		}
+	}
+	tlsCfg := &tls.Config{RootCAs: roots}
+
+	var call func(ctx context.Context) error
+	switch *mode {
+	case "https":
+		call = httpsCaller(*target, *proxy, *auth, tlsCfg, *conns, *h2)
+	case "grpc":
+		creds := credentials.NewTLS(tlsCfg)
+		if *insecure {
+			creds = insecureCreds.NewCredentials()
+		}
+		call = grpcCaller(*grpcTarget, *auth, creds, *conns)
+	default:
+		log.Fatalf("unknown -mode %q", *mode)
+	}
+	if err := call(context.Background()); err != nil { // warm-up: connections, tokens
+		log.Fatalf("first request: %v", err)
+	}
+
+	// Workers start no call after the deadline; calls in flight then finish
+	// and count, so no call is cut off (a cut-off call would look like an
+	// error, and a deadline sent upstream would end calls early).
+	deadline := time.Now().Add(*duration)
+	var (
+		mu    sync.Mutex
+		lat   []time.Duration
+		rep   report
+		wg    sync.WaitGroup
+		start = time.Now()
+	)
+	for i := 0; i < *concurrency; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			errs, first := 0, ""
+			for time.Now().Before(deadline) {
+				t := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err := call(ctx)
+				cancel()
+				if err != nil {
+					if errs++; first == "" {
+						first = err.Error()
+					}
+					continue
+				}
+				mine = append(mine, time.Since(t))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			rep.Errors += errs
+			if rep.FirstError == "" {
+				rep.FirstError = first
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	rep.Requests = len(lat)
+	rep.RPS = float64(len(lat)) / elapsed.Seconds()
+	if len(lat) > 0 {
+		ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+		rep.P50, rep.P99 = ms(lat[len(lat)/2]), ms(lat[len(lat)*99/100])
+	}
+	_ = json.NewEncoder(os.Stdout).Encode(rep)
+}
+
+func httpsCaller(target, proxy, auth string, tlsCfg *tls.Config, conns int, h2 bool) func(context.Context) error {
+	tr := &http.Transport{
+		TLSClientConfig:     tlsCfg,
+		MaxConnsPerHost:     conns,
+		MaxIdleConnsPerHost: conns,
+		DisableCompression:  true,
+		Protocols:           new(http.Protocols),
+	}
+	if proxy != "" {
+		u, err := url.Parse(proxy)
+		if err != nil {
+			log.Fatal(err)
+		}
+		tr.Proxy = http.ProxyURL(u)
+	}
+	if h2 {
+		tr.Protocols.SetHTTP2(true)
+	} else {
+		tr.Protocols.SetHTTP1(true)
+	}
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+		if err != nil {
+			return err
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return err
+	}
+}
+
+func grpcCaller(target, auth string, creds credentials.TransportCredentials, conns int) func(context.Context) error {
+	clients := make([]testpb.TestServiceClient, conns)
+	for i := range clients {
+		// A dial option per connection keeps grpc-go from sharing one.
+		cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds),
+			grpc.WithUserAgent(fmt.Sprintf("bench-load/%d", i)))
+		if err != nil {
+			log.Fatal(err)
+		}
+		clients[i] = testpb.NewTestServiceClient(cc)
+	}
+	payload := []byte("hello")
+	var (
+		mu   sync.Mutex
+		next int
+	)
+	return func(ctx context.Context) error {
+		mu.Lock()
+		c := clients[next%len(clients)]
+		next++
+		mu.Unlock()
+		if auth != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth)
+		}
+		resp, err := c.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: payload}})
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(resp.GetPayload().GetBody(), payload) {
+			return fmt.Errorf("echoed payload %q, want %q", resp.GetPayload().GetBody(), payload)
+		}
+		return nil
+	}
+}
