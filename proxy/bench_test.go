@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -79,15 +80,19 @@ routes:
 }
 
 // BenchmarkSidecarStaticH1 sends keep-alive HTTP/1.1 requests through a
-// sidecar with a static bearer to a TLS/HTTP/2 upstream, in parallel: the
-// hot path, for profiling (-cpuprofile, -memprofile).
+// sidecar with a static bearer to a TLS upstream (HTTP/1.1 upstream, by
+// upstream_protocol: auto), in parallel: the hot path, for profiling
+// (-cpuprofile, -memprofile). After the load it closes the client's
+// connections and reports how many goroutines are left over the count
+// before the load once the upstream connections have idled out; it fails
+// if they do not return to it.
 func BenchmarkSidecarStaticH1(b *testing.B) {
 	e := newEnv(b)
 	up := e.httpsUpstream(&sim.Echo{RequireHeader: "Authorization", RequireValue: "Bearer " + secretToken})
 	p := e.start(fmt.Sprintf(`
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://127.0.0.1:%s"}
-upstream: {ca_file: "{{UPSTREAM_CA}}"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", idle_conn_timeout: 500ms}
 injectors:
   tok: {kind: static, headers: {Authorization: {value: %q, prefix: "Bearer "}}}
 routes:
@@ -96,6 +101,7 @@ routes:
 	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}
 	c := &http.Client{Transport: tr}
 	url := "http://" + p.addr("app") + "/x?size=64"
+	baseline := runtime.NumGoroutine()
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -111,6 +117,19 @@ routes:
 			}
 		}
 	})
+	b.StopTimer()
+	during := runtime.NumGoroutine()
+	tr.CloseIdleConnections()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > baseline && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	left := runtime.NumGoroutine() - baseline
+	if left > 0 {
+		b.Fatalf("%d goroutines over the %d before the load remain 5 s after it", left, baseline)
+	}
+	b.ReportMetric(float64(during-baseline), "goroutines-at-end-of-load")
+	b.ReportMetric(float64(max(left, 0)), "goroutines-left")
 }
 
 // BenchmarkOAuth2ManyScopes spreads requests over 1,000 mounts (one OAuth2

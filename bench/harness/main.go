@@ -47,6 +47,7 @@ type contender struct {
 	h2    string // URL for h2load ("" = not in that scenario)
 	grpc  string // host:port for ghz ("" = not in that scenario)
 	pids  func() []int
+	proc  string // the process measured (contenders may share one); "" = name|procs
 	extra []string // request headers the client must send (direct only)
 
 	// For bench/load: a forward proxy (CONNECT) and the CA its
@@ -57,8 +58,16 @@ type contender struct {
 	grpcGoEnv         []string // extra environment (HTTPS_PROXY)
 }
 
+func (c contender) process() string {
+	if c.proc != "" {
+		return c.proc
+	}
+	return c.name + "|" + c.procs
+}
+
 type result struct {
 	rps, p50, p99, cpuUS float64 // cpuUS < 0: not measured
+	peakRSS              int64   // KiB, the largest of the samples taken during the load
 }
 
 func main() {
@@ -113,7 +122,7 @@ func main() {
 			addr := fmt.Sprintf("127.0.0.1:%d", port)
 			waitPort(addr)
 			pid := p.Process.Pid
-			c := contender{name: "authproxy sidecar, " + kind, procs: procs,
+			c := contender{name: "authproxy sidecar, " + kind, procs: procs, proc: "authproxy-" + kind + "-" + procs,
 				h1: "http://" + addr + "/", h2: "http://" + addr + "/", pids: func() []int { return []int{pid} }}
 			if kind == "static" {
 				c.grpc = fmt.Sprintf("127.0.0.1:%d", port+50)
@@ -122,7 +131,7 @@ func main() {
 				// load runs at a time, so its CPU counts for one contender.
 				fwd := fmt.Sprintf("http://127.0.0.1:%d", port+20)
 				waitPort(fmt.Sprintf("127.0.0.1:%d", port+20))
-				forwards = append(forwards, contender{name: "authproxy forward, static", procs: procs, pids: c.pids,
+				forwards = append(forwards, contender{name: "authproxy forward, static", procs: procs, pids: c.pids, proc: c.proc,
 					proxyURL: fwd, proxyCA: proxyCA,
 					grpcGo: "upstream.bench.test:18444", grpcGoArgs: []string{"-ca", caFile + "," + proxyCA},
 					grpcGoEnv: []string{"HTTPS_PROXY=" + fwd}})
@@ -179,7 +188,7 @@ func main() {
 	time.Sleep(time.Second)
 	for _, c := range contenders {
 		if c.procs != "" {
-			idleRSS[c.name+"|"+c.procs] = rss(c.pids())
+			idleRSS[c.process()] = rss(c.pids())
 		}
 	}
 	results := map[string]map[string][]result{}
@@ -226,7 +235,15 @@ func main() {
 		b.WriteString("\n")
 	}
 	if want("memory") {
-		b.WriteString(memory(contenders, idleRSS))
+		peaks := map[string]int64{} // by process
+		for _, byKey := range results {
+			for _, c := range contenders {
+				for _, r := range byKey[c.name+"|"+c.procs] {
+					peaks[c.process()] = max(peaks[c.process()], r.peakRSS)
+				}
+			}
+		}
+		b.WriteString(memory(contenders, idleRSS, peaks))
 	}
 	fmt.Print(b.String())
 	if *out != "" {
@@ -259,8 +276,27 @@ func die(format string, args ...any) {
 // measure runs one load and the proxy's CPU time during it.
 func measure(c contender, load func(contender) result) result {
 	before := cpuTicks(c.pids())
+	stop, peak := make(chan struct{}), make(chan int64)
+	go func() { // RSS every 250 ms while the load runs
+		var max int64
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				if r := rss(c.pids()); r > max {
+					max = r
+				}
+			case <-stop:
+				peak <- max
+				return
+			}
+		}
+	}()
 	res := load(c)
 	after := cpuTicks(c.pids())
+	close(stop)
+	res.peakRSS = <-peak
 	res.cpuUS = -1
 	if c.procs != "" && res.rps > 0 {
 		requests := res.rps * duration.Seconds()
@@ -384,9 +420,9 @@ func ghz(c contender, caFile string) result {
 
 // memory reports each proxy's resident memory after the load, and with
 // 1,000 idle HTTP/2 (h2c) client connections open.
-func memory(contenders []contender, idleRSS map[string]int64) string {
+func memory(contenders []contender, idleRSS, peakRSS map[string]int64) string {
 	var b strings.Builder
-	b.WriteString("### Memory\n\n| contender | procs | RSS idle before the loads, MiB | RSS after the loads, MiB | RSS with 1,000 idle h2c connections, MiB | per idle connection, KiB |\n|---|---|---|---|---|---|\n")
+	b.WriteString("### Memory\n\n| contender | procs | RSS idle before the loads, MiB | peak RSS during the loads, MiB | RSS after the loads, MiB | RSS with 1,000 idle h2c connections, MiB | per idle connection, KiB |\n|---|---|---|---|---|---|---|\n")
 	for _, c := range contenders {
 		if c.procs == "" || c.h2 == "" {
 			continue // direct; the forward listeners share the sidecars' processes
@@ -410,8 +446,9 @@ func memory(contenders []contender, idleRSS map[string]int64) string {
 		for _, tr := range trs {
 			tr.CloseIdleConnections()
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f |\n", c.name, c.procs, float64(idleRSS[c.name+"|"+c.procs])/1024,
-			float64(before)/1024, float64(with)/1024, float64(with-before)/1000)
+		key := c.process()
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f |\n", c.name, c.procs, float64(idleRSS[key])/1024,
+			float64(peakRSS[key])/1024, float64(before)/1024, float64(with)/1024, float64(with-before)/1000)
 	}
 	b.WriteString("\n")
 	return b.String()
