@@ -47,7 +47,7 @@ type contender struct {
 	h2    string // URL for h2load ("" = not in that scenario)
 	grpc  string // host:port for ghz ("" = not in that scenario)
 	pids  func() []int
-	proc  string // the process measured (contenders may share one); "" = name|procs
+	proc  string   // the process measured (contenders may share one); "" = name|procs
 	extra []string // request headers the client must send (direct only)
 
 	// For bench/load: a forward proxy (CONNECT) and the CA its
