@@ -80,7 +80,7 @@ func main() {
 			die("%v", err)
 		}
 	}
-	for _, tool := range []string{"wrk", "h2load", "nginx", "ghz"} {
+	for _, tool := range []string{"wrk", "h2load", "nginx", "mitmdump", "ghz"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			die("%s is not installed: run bench/run.sh, which installs it", tool)
 		}
