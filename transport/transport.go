@@ -25,7 +25,11 @@ type Set struct {
 	// H1 carries https and plain HTTP over HTTP/1.1 only: a keep-alive pool
 	// of up to max_idle_conns_per_host connections per upstream, one request
 	// per connection at a time.
-	H1 *http.Transport
+	H1 interface {
+		http.RoundTripper
+		CloseIdleConnections()
+	}
+	h1 *http.Transport
 	// H2C carries cleartext HTTP/2 with prior knowledge.
 	H2C *http.Transport
 	// Dial dials with the configured timeout and resolve pins.
@@ -76,10 +80,13 @@ func New(cfg config.Upstream) (*Set, error) {
 			Protocols:          new(http.Protocols),
 		}
 	}
-	u := &Set{TLS: base(), H1: base(), H2C: base(), Dial: dial}
+	h1 := base()
+	h1.Protocols.SetHTTP1(true)
+	u := &Set{TLS: base(), H2C: base(), Dial: dial, h1: h1}
 	u.TLS.Protocols.SetHTTP1(true)
 	u.TLS.Protocols.SetHTTP2(true)
-	u.H1.Protocols.SetHTTP1(true)
+	u.H1 = &h1Fast{fallback: h1, dial: dial, tlsConfig: h1.TLSClientConfig, maxIdle: perHost,
+		idleTimeout: h1.IdleConnTimeout, respTimeout: h1.ResponseHeaderTimeout, hsTimeout: h1.TLSHandshakeTimeout}
 	u.H2C.Protocols.SetUnencryptedHTTP2(true)
 	return u, nil
 }
