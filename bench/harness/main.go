@@ -32,7 +32,7 @@ var (
 	only     = flag.String("scenarios", "", "comma-separated scenario keys to run (default: all): "+strings.Join(scenarioKeys, ", "))
 )
 
-var scenarioKeys = []string{"h1-1", "h1-64", "h2", "grpc", "grpc-go", "fwd-h1", "fwd-h2", "memory"}
+var scenarioKeys = []string{"h1-1", "h1-64", "h2", "grpc", "grpc-go", "grpc-bidi", "fwd-h1", "fwd-h2", "memory"}
 
 // want reports whether the scenario with this key is to run.
 func want(key string) bool {
@@ -174,6 +174,8 @@ func main() {
 		{"grpc", "gRPC unary, 2 connections × 16 concurrent calls (ghz; the sidecar takes h2c)", func(c contender) result { return ghz(c, caFile) }, hasGRPC},
 		{"grpc-go", "gRPC unary, 2 connections × 16 concurrent calls (bench/load with grpc-go; sidecar: h2c; forward: HTTPS_PROXY and interception)",
 			func(c contender) result { return grpcGo(c) }, hasGRPCGo},
+		{"grpc-bidi", "gRPC bidi streaming, round trips of 64-byte messages on 1 long-lived stream (bench/load with grpc-go; sidecar: h2c; forward: HTTPS_PROXY and interception)",
+			func(c contender) result { return grpcBidi(c) }, hasGRPCGo},
 		{"fwd-h1", "HTTPS through a forward proxy, 8 CONNECT tunnels × HTTP/1.1 keep-alive (bench/load; the proxy intercepts and sets Authorization)",
 			func(c contender) result { return forwardLoad(c, caFile, false) }, forwarding},
 		{"fwd-h2", "HTTPS through a forward proxy, 2 CONNECT tunnels × 16 HTTP/2 streams (bench/load)",
@@ -568,6 +570,10 @@ func runLoad(c contender, env []string, args ...string) result {
 
 func grpcGo(c contender) result {
 	return runLoad(c, c.grpcGoEnv, append([]string{"-mode", "grpc", "-target", c.grpcGo, "-conns", "2", "-c", "32"}, c.grpcGoArgs...)...)
+}
+
+func grpcBidi(c contender) result {
+	return runLoad(c, c.grpcGoEnv, append([]string{"-mode", "grpc-bidi", "-target", c.grpcGo, "-conns", "1", "-c", "1"}, c.grpcGoArgs...)...)
 }
 
 // forwardLoad sends HTTPS requests through the contender's forward proxy

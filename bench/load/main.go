@@ -47,7 +47,7 @@ type report struct {
 }
 
 func main() {
-	mode := flag.String("mode", "https", "https (net/http, optionally through -proxy) or grpc (grpc-go, proxy from HTTPS_PROXY)")
+	mode := flag.String("mode", "https", "https (net/http, optionally through -proxy), grpc (unary calls) or grpc-bidi (round trips on one long-lived bidi stream per worker); grpc-go takes its proxy from HTTPS_PROXY")
 	target := flag.String("url", "", "https: the URL to GET")
 	grpcTarget := flag.String("target", "", "grpc: host:port of grpc.testing.TestService")
 	proxy := flag.String("proxy", "", "https: forward proxy URL (CONNECT); empty = direct")
@@ -81,12 +81,16 @@ func main() {
 	switch *mode {
 	case "https":
 		call = httpsCaller(*target, *proxy, *auth, tlsCfg, *conns, *h2)
-	case "grpc":
+	case "grpc", "grpc-bidi":
 		creds := credentials.NewTLS(tlsCfg)
 		if *insecure {
 			creds = insecureCreds.NewCredentials()
 		}
-		call = grpcCaller(*grpcTarget, *auth, creds, *conns)
+		if *mode == "grpc" {
+			call = grpcCaller(*grpcTarget, *auth, creds, *conns)
+		} else {
+			call = bidiCaller(*grpcTarget, *auth, creds, *concurrency)
+		}
 	default:
 		log.Fatalf("unknown -mode %q", *mode)
 	}
@@ -217,6 +221,43 @@ func grpcCaller(target, auth string, creds credentials.TransportCredentials, con
 		}
 		if !bytes.Equal(resp.GetPayload().GetBody(), payload) {
 			return fmt.Errorf("echoed payload %q, want %q", resp.GetPayload().GetBody(), payload)
+		}
+		return nil
+	}
+}
+
+// bidiCaller opens one FullDuplexCall stream per worker; each call is one
+// round trip on the worker's stream: a 64-byte message out, its echo back.
+func bidiCaller(target, auth string, creds credentials.TransportCredentials, streams int) func(context.Context) error {
+	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	if auth != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth)
+	}
+	free := make(chan testpb.TestService_FullDuplexCallClient, streams+1)
+	for i := 0; i < streams+1; i++ { // +1: the warm-up call runs alone
+		s, err := testpb.NewTestServiceClient(cc).FullDuplexCall(ctx)
+		if err != nil {
+			log.Fatal(err)
+		}
+		free <- s
+	}
+	msg := &testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: make([]byte, 64)}}
+	return func(context.Context) error {
+		s := <-free
+		defer func() { free <- s }()
+		if err := s.Send(msg); err != nil {
+			return err
+		}
+		resp, err := s.Recv()
+		if err != nil {
+			return err
+		}
+		if len(resp.GetPayload().GetBody()) != 64 {
+			return fmt.Errorf("echo of %d bytes, want 64", len(resp.GetPayload().GetBody()))
 		}
 		return nil
 	}
