@@ -20,15 +20,10 @@ import (
 // connection to the pool at its end. http.Transport instead runs two
 // goroutines per connection and passes every request between three; on
 // this path that costs more than the proxy's own work. Any other request
-// goes to the fallback transport.
+// goes to the fallback transport, whose settings (dialer, TLS config,
+// timeouts, idle bound) the fast path shares.
 type h1Fast struct {
-	fallback    *http.Transport
-	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
-	tlsConfig   *tls.Config
-	maxIdle     int
-	idleTimeout time.Duration
-	respTimeout time.Duration
-	hsTimeout   time.Duration
+	fallback *http.Transport
 
 	mu    sync.Mutex
 	idle  map[string][]*fastConn // by scheme://host:port; most recently used last
@@ -48,12 +43,13 @@ func (t *h1Fast) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !fastEligible(req) {
 		return t.fallback.RoundTrip(req)
 	}
-	key := req.URL.Scheme + "://" + canonicalAddr(req.URL)
+	addr := canonicalAddr(req.URL)
+	key := req.URL.Scheme + "://" + addr
 	for attempt := 0; ; attempt++ {
 		fc, reused := t.get(key)
 		if fc == nil {
 			var err error
-			if fc, err = t.dialConn(req.Context(), req.URL, key); err != nil {
+			if fc, err = t.dialConn(req.Context(), req.URL, addr, key); err != nil {
 				return nil, err
 			}
 		}
@@ -117,8 +113,8 @@ func (t *h1Fast) send(fc *fastConn, req *http.Request) (*http.Response, error) {
 		stop()
 		return nil, err
 	}
-	if t.respTimeout > 0 {
-		fc.conn.SetReadDeadline(time.Now().Add(t.respTimeout))
+	if d := t.fallback.ResponseHeaderTimeout; d > 0 {
+		fc.conn.SetReadDeadline(time.Now().Add(d))
 	}
 	var resp *http.Response
 	for {
@@ -137,7 +133,7 @@ func (t *h1Fast) send(fc *fastConn, req *http.Request) (*http.Response, error) {
 		// 1xx informational answers are skipped, as http.Transport does
 		// for 100 Continue; the final answer follows on the connection.
 	}
-	if t.respTimeout > 0 {
+	if t.fallback.ResponseHeaderTimeout > 0 {
 		fc.conn.SetReadDeadline(time.Time{})
 	}
 	reusable := !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols
@@ -195,7 +191,7 @@ func (t *h1Fast) get(key string) (*fastConn, bool) {
 	for len(conns) > 0 {
 		fc := conns[len(conns)-1]
 		conns = conns[:len(conns)-1]
-		if time.Since(fc.idleAt) > t.idleTimeout {
+		if time.Since(fc.idleAt) > t.fallback.IdleConnTimeout {
 			fc.conn.Close()
 			continue
 		}
@@ -213,13 +209,13 @@ func (t *h1Fast) put(fc *fastConn) {
 	if t.idle == nil {
 		t.idle = map[string][]*fastConn{}
 	}
-	if len(t.idle[fc.key]) >= t.maxIdle {
+	if len(t.idle[fc.key]) >= t.fallback.MaxIdleConnsPerHost {
 		fc.conn.Close()
 		return
 	}
 	t.idle[fc.key] = append(t.idle[fc.key], fc)
 	if t.sweep == nil {
-		t.sweep = time.AfterFunc(t.idleTimeout, t.closeExpired)
+		t.sweep = time.AfterFunc(t.fallback.IdleConnTimeout, t.closeExpired)
 	}
 }
 
@@ -233,7 +229,7 @@ func (t *h1Fast) closeExpired() {
 	for key, conns := range t.idle {
 		kept := conns[:0]
 		for _, fc := range conns {
-			if time.Since(fc.idleAt) >= t.idleTimeout {
+			if time.Since(fc.idleAt) >= t.fallback.IdleConnTimeout {
 				fc.conn.Close()
 				continue
 			}
@@ -249,7 +245,7 @@ func (t *h1Fast) closeExpired() {
 		}
 	}
 	if !oldest.IsZero() {
-		t.sweep = time.AfterFunc(time.Until(oldest.Add(t.idleTimeout)), t.closeExpired)
+		t.sweep = time.AfterFunc(time.Until(oldest.Add(t.fallback.IdleConnTimeout)), t.closeExpired)
 	}
 }
 
@@ -271,22 +267,17 @@ func (t *h1Fast) CloseIdleConnections() {
 	t.fallback.CloseIdleConnections()
 }
 
-func (t *h1Fast) dialConn(ctx context.Context, u *url.URL, key string) (*fastConn, error) {
-	addr := key[len("https://"):]
-	scheme := "https"
-	if key[:5] == "http:" {
-		addr, scheme = key[len("http://"):], "http"
-	}
-	conn, err := t.dial(ctx, "tcp", addr)
+func (t *h1Fast) dialConn(ctx context.Context, u *url.URL, addr, key string) (*fastConn, error) {
+	conn, err := t.fallback.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	if scheme == "https" {
-		cfg := t.tlsConfig.Clone()
+	if u.Scheme == "https" {
+		cfg := t.fallback.TLSClientConfig.Clone()
 		cfg.ServerName = u.Hostname()
 		cfg.NextProtos = []string{"http/1.1"}
 		tc := tls.Client(conn, cfg)
-		hctx, cancel := context.WithTimeout(ctx, t.hsTimeout)
+		hctx, cancel := context.WithTimeout(ctx, t.fallback.TLSHandshakeTimeout)
 		err := tc.HandshakeContext(hctx)
 		cancel()
 		if err != nil {

@@ -29,7 +29,6 @@ type Set struct {
 		http.RoundTripper
 		CloseIdleConnections()
 	}
-	h1 *http.Transport
 	// H2C carries cleartext HTTP/2 with prior knowledge.
 	H2C *http.Transport
 	// Dial dials with the configured timeout and resolve pins.
@@ -82,11 +81,9 @@ func New(cfg config.Upstream) (*Set, error) {
 	}
 	h1 := base()
 	h1.Protocols.SetHTTP1(true)
-	u := &Set{TLS: base(), H2C: base(), Dial: dial, h1: h1}
+	u := &Set{TLS: base(), H1: &h1Fast{fallback: h1}, H2C: base(), Dial: dial}
 	u.TLS.Protocols.SetHTTP1(true)
 	u.TLS.Protocols.SetHTTP2(true)
-	u.H1 = &h1Fast{fallback: h1, dial: dial, tlsConfig: h1.TLSClientConfig, maxIdle: perHost,
-		idleTimeout: h1.IdleConnTimeout, respTimeout: h1.ResponseHeaderTimeout, hsTimeout: h1.TLSHandshakeTimeout}
 	u.H2C.Protocols.SetUnencryptedHTTP2(true)
 	return u, nil
 }
