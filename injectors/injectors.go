@@ -125,10 +125,26 @@ type builder struct {
 // with config.DecodeNode (errors relative to the block) and calls New….
 var kinds = map[string]func(n *yaml.Node, b builder) (Injector, error){
 	"static":  buildStatic,
-	"oauth2":  buildOAuth2,
-	"odil":    buildODIL,
-	"openobd": buildOpenOBD,
-	"viss":    buildVISS,
+	"oauth2":  decodeThen(NewOAuth2),
+	"odil":    decodeThen(NewODIL),
+	"openobd": decodeThen(NewOpenOBD),
+	"viss":    decodeThen(NewVISS),
+}
+
+// decodeThen is the builder of a kind whose block decodes into C and whose
+// constructor is newFn.
+func decodeThen[C any, I Injector](newFn func(name string, cfg C, env Env) (I, error)) func(*yaml.Node, builder) (Injector, error) {
+	return func(n *yaml.Node, b builder) (Injector, error) {
+		var cfg C
+		if err := config.DecodeNode(n, "", &cfg); err != nil {
+			return nil, err
+		}
+		inj, err := newFn(b.name, cfg, b.env)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return inj, nil
+	}
 }
 
 // Kinds lists the known injector kinds.

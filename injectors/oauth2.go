@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
-	"gopkg.in/yaml.v3"
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/tokencache"
@@ -105,14 +104,6 @@ var (
 	_ Runner           = (*OAuth2)(nil)
 	_ PathParamUser    = (*OAuth2)(nil)
 )
-
-func buildOAuth2(n *yaml.Node, b builder) (Injector, error) {
-	var cfg OAuth2Config
-	if err := config.DecodeNode(n, "", &cfg); err != nil {
-		return nil, err
-	}
-	return NewOAuth2(b.name, cfg, b.env)
-}
 
 // NewOAuth2 validates cfg, reads its secrets, and applies its preset. It
 // does no network I/O. Errors are relative to the injector's block.

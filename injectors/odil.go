@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
-	"gopkg.in/yaml.v3"
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/tokencache"
@@ -84,14 +83,6 @@ var (
 	_ ResponseObserver = (*ODIL)(nil)
 	_ Runner           = (*ODIL)(nil)
 )
-
-func buildODIL(n *yaml.Node, b builder) (Injector, error) {
-	var cfg ODILConfig
-	if err := config.DecodeNode(n, "", &cfg); err != nil {
-		return nil, err
-	}
-	return NewODIL(b.name, cfg, b.env)
-}
 
 // NewODIL validates cfg and reads its secrets. It does no network I/O.
 func NewODIL(name string, cfg ODILConfig, env Env) (*ODIL, error) {

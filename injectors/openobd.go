@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"gopkg.in/yaml.v3"
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/openobd/grpcframe"
@@ -105,14 +104,6 @@ var (
 	_ ResponseObserver = (*OpenOBD)(nil)
 	_ Runner           = (*OpenOBD)(nil)
 )
-
-func buildOpenOBD(n *yaml.Node, b builder) (Injector, error) {
-	var cfg OpenOBDConfig
-	if err := config.DecodeNode(n, "", &cfg); err != nil {
-		return nil, err
-	}
-	return NewOpenOBD(b.name, cfg, b.env)
-}
 
 // NewOpenOBD validates cfg and reads its secrets. No network I/O.
 func NewOpenOBD(name string, cfg OpenOBDConfig, env Env) (*OpenOBD, error) {

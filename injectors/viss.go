@@ -24,7 +24,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
-	"gopkg.in/yaml.v3"
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/tokencache"
@@ -90,14 +89,6 @@ var (
 	_ Runner           = (*VISS)(nil)
 	_ PathParamUser    = (*VISS)(nil)
 )
-
-func buildVISS(n *yaml.Node, b builder) (Injector, error) {
-	var cfg VISSConfig
-	if err := config.DecodeNode(n, "", &cfg); err != nil {
-		return nil, err
-	}
-	return NewVISS(b.name, cfg, b.env)
-}
 
 // VISS roles, as the reference AGTS accepts them.
 var (
