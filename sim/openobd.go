@@ -211,20 +211,16 @@ func publicInfo(s *obdSession) *pb.SessionInfo {
 }
 
 func (c obdController) GetSession(ctx context.Context, id *pb.SessionId) (*pb.SessionInfo, error) {
-	o := c.o
-	if err := o.checkController(ctx); err != nil {
-		return nil, err
-	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	s, ok := o.sessions[id.GetValue()]
-	if !ok {
-		return nil, status.Error(codes.NotFound, "no such session")
-	}
-	return publicInfo(s), nil
+	return c.withSession(ctx, id, func(*obdSession) {})
 }
 
 func (c obdController) InterruptSession(ctx context.Context, id *pb.SessionId) (*pb.SessionInfo, error) {
+	return c.withSession(ctx, id, func(s *obdSession) { c.o.endLocked(s, "interrupted") })
+}
+
+// withSession checks the controller token, runs fn on the session under the
+// lock, and answers with the session's public info (NOT_FOUND if unknown).
+func (c obdController) withSession(ctx context.Context, id *pb.SessionId, fn func(*obdSession)) (*pb.SessionInfo, error) {
 	o := c.o
 	if err := o.checkController(ctx); err != nil {
 		return nil, err
@@ -235,7 +231,7 @@ func (c obdController) InterruptSession(ctx context.Context, id *pb.SessionId) (
 	if !ok {
 		return nil, status.Error(codes.NotFound, "no such session")
 	}
-	o.endLocked(s, "interrupted")
+	fn(s)
 	return publicInfo(s), nil
 }
 
