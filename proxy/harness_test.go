@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -248,6 +249,21 @@ func decodeSeen(t *testing.T, resp *http.Response) sim.Seen {
 		t.Fatalf("decoding echo: %v: %s", err, body)
 	}
 	return seen
+}
+
+// getOK GETs url and reads the answer to its end; anything but a 200 is an
+// error.
+func getOK(c *http.Client, url string) error {
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: status %d", url, resp.StatusCode)
+	}
+	return err
 }
 
 // waitGoroutines waits (up to 10s) for the goroutine count to return to
