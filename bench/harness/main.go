@@ -172,14 +172,14 @@ func main() {
 		{"h1-64", "HTTP/1.1 keep-alive, 64 connections (wrk)", func(c contender) result { return wrk(c, 64) }, hasH1},
 		{"h2", "HTTP/2, 4 connections × 16 streams (h2load; sidecar and nginx take h2c)", func(c contender) result { return h2load(c, dir) }, hasH2},
 		{"grpc", "gRPC unary, 2 connections × 16 concurrent calls (ghz; the sidecar takes h2c)", func(c contender) result { return ghz(c, caFile) }, hasGRPC},
-		{"grpc-go", "gRPC unary, 2 connections × 16 concurrent calls (bench/load with grpc-go; sidecar: h2c; forward: HTTPS_PROXY and interception)",
-			func(c contender) result { return grpcGo(c) }, hasGRPCGo},
+		{"grpc-go", "gRPC unary, 2 connections × 32 calls in flight (bench/load with grpc-go; sidecar: h2c; forward: HTTPS_PROXY and interception)",
+			func(c contender) result { return grpcLoad(c, "grpc", "-conns", "2", "-c", "32") }, hasGRPCGo},
 		{"grpc-bidi", "gRPC bidi streaming, round trips of 64-byte messages on 1 long-lived stream (bench/load with grpc-go; sidecar: h2c; forward: HTTPS_PROXY and interception)",
-			func(c contender) result { return grpcBidi(c) }, hasGRPCGo},
+			func(c contender) result { return grpcLoad(c, "grpc-bidi", "-conns", "1", "-c", "1") }, hasGRPCGo},
 		{"fwd-h1", "HTTPS through a forward proxy, 8 CONNECT tunnels × HTTP/1.1 keep-alive (bench/load; the proxy intercepts and sets Authorization)",
-			func(c contender) result { return forwardLoad(c, caFile, false) }, forwarding},
-		{"fwd-h2", "HTTPS through a forward proxy, 2 CONNECT tunnels × 16 HTTP/2 streams (bench/load)",
-			func(c contender) result { return forwardLoad(c, caFile, true) }, forwarding},
+			func(c contender) result { return forwardLoad(c, caFile, "-conns", "8") }, forwarding},
+		{"fwd-h2", "HTTPS through a forward proxy, 2 CONNECT tunnels × 32 HTTP/2 streams in flight (bench/load)",
+			func(c contender) result { return forwardLoad(c, caFile, "-h2", "-conns", "2", "-c", "32") }, forwarding},
 	} {
 		if want(s.key) {
 			scenarios = append(scenarios, s)
@@ -568,23 +568,16 @@ func runLoad(c contender, env []string, args ...string) result {
 	return result{rps: rep.RPS, p50: rep.P50, p99: rep.P99}
 }
 
-func grpcGo(c contender) result {
-	return runLoad(c, c.grpcGoEnv, append([]string{"-mode", "grpc", "-target", c.grpcGo, "-conns", "2", "-c", "32"}, c.grpcGoArgs...)...)
-}
-
-func grpcBidi(c contender) result {
-	return runLoad(c, c.grpcGoEnv, append([]string{"-mode", "grpc-bidi", "-target", c.grpcGo, "-conns", "1", "-c", "1"}, c.grpcGoArgs...)...)
+// grpcLoad runs bench/load's gRPC mode against the contender's gRPC target.
+func grpcLoad(c contender, mode string, shape ...string) result {
+	args := append([]string{"-mode", mode, "-target", c.grpcGo}, shape...)
+	return runLoad(c, c.grpcGoEnv, append(args, c.grpcGoArgs...)...)
 }
 
 // forwardLoad sends HTTPS requests through the contender's forward proxy
 // (direct: to the upstream itself, with the credential).
-func forwardLoad(c contender, caFile string, h2 bool) result {
-	args := []string{"-mode", "https", "-url", "https://127.0.0.1:18443/"}
-	if h2 {
-		args = append(args, "-h2", "-conns", "2", "-c", "32")
-	} else {
-		args = append(args, "-conns", "8")
-	}
+func forwardLoad(c contender, caFile string, shape ...string) result {
+	args := append([]string{"-mode", "https", "-url", "https://127.0.0.1:18443/"}, shape...)
 	if c.proxyURL == "" {
 		return runLoad(c, nil, append(args, "-ca", caFile, "-authorization", "Bearer bench-token")...)
 	}
