@@ -266,6 +266,29 @@ func getOK(c *http.Client, url string) error {
 	return err
 }
 
+// burst makes n calls of send at once, reads each answer to its end, and
+// counts the answers by status; a failed call counts under status 0.
+func burst(n int, send func() (*http.Response, error)) map[int]int {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	for i := 0; i < n; i++ {
+		wg.Go(func() {
+			status := 0
+			if resp, err := send(); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				status = resp.StatusCode
+			}
+			mu.Lock()
+			statuses[status]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return statuses
+}
+
 // waitGoroutines waits (up to 10s) for the goroutine count to return to
 // within slack of baseline, and fails with a dump otherwise.
 func waitGoroutines(t *testing.T, baseline, slack int) {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -84,24 +83,7 @@ func (w *oauthWorld) get(t *testing.T, c *http.Client, path string) (int, string
 func TestOAuth2ColdBurstCostsOneTokenRequest(t *testing.T) {
 	w := newOAuthWorld(t, nil, 0)
 	c := h2cClient()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	statuses := map[int]int{}
-	for i := 0; i < 500; i++ {
-		wg.Go(func() {
-			resp, err := c.Get("http://" + w.p.addr("app") + "/fleet/bikes")
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			mu.Lock()
-			statuses[resp.StatusCode]++
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	statuses := burst(500, func() (*http.Response, error) { return c.Get("http://" + w.p.addr("app") + "/fleet/bikes") })
 	if statuses[200] != 500 {
 		t.Errorf("statuses %v, want 500 × 200", statuses)
 	}

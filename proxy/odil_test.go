@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -122,20 +121,7 @@ func TestODILRollingSessionAndTransparentRecreation(t *testing.T) {
 			// Sessions expire; 50 concurrent callers hit the error at once.
 			w.odil.ExpireAll()
 			creates := w.odil.Creates()
-			var wg sync.WaitGroup
-			var mu sync.Mutex
-			codes := map[int]int{}
-			for i := 0; i < 50; i++ {
-				wg.Go(func() {
-					resp := do("GET", "/api/od/parts", nil)
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					mu.Lock()
-					codes[resp.StatusCode]++
-					mu.Unlock()
-				})
-			}
-			wg.Wait()
+			codes := burst(50, func() (*http.Response, error) { return do("GET", "/api/od/parts", nil), nil })
 			if codes[200] != 50 {
 				t.Errorf("after expiry: %v, want 50 × 200", codes)
 			}
