@@ -194,9 +194,8 @@ func httpsCaller(target, proxy, auth string, tlsCfg *tls.Config, conns int, h2 b
 func grpcCaller(target, auth string, creds credentials.TransportCredentials, conns int) func(context.Context) error {
 	clients := make([]testpb.TestServiceClient, conns)
 	for i := range clients {
-		// A dial option per connection keeps grpc-go from sharing one.
-		cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds),
-			grpc.WithUserAgent(fmt.Sprintf("bench-load/%d", i)))
+		// Each ClientConn has a connection of its own.
+		cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
 		if err != nil {
 			log.Fatal(err)
 		}
