@@ -181,26 +181,24 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 	return c.roundTripOnce(tr, out, rt, inBody)
 }
 
-// transport picks the upstream transport: h2c where the route says so;
-// otherwise HTTP/2 for gRPC (which needs it) and HTTP/1.1 for the rest,
-// unless the route chose. A dedicated keep-alive HTTP/1.1 connection per
-// request in flight costs the proxy less CPU than multiplexing on one
-// HTTP/2 connection (docs/benchmarks.md).
+// transport picks the upstream transport. With upstream_protocol auto
+// (the default), gRPC goes over grpc-go client connections and the rest
+// over a keep-alive pool of HTTP/1.1 connections (h2c routes: cleartext
+// HTTP/2): a dedicated keep-alive connection per request in flight, and
+// grpc-go's batched frame writes, cost the proxy less CPU than net/http's
+// HTTP/2 client (docs/benchmarks.md). http1 and http2 force net/http.
 func (c *core) transport(out *http.Request, x *exchange) http.RoundTripper {
-	if x.h2c {
-		return c.up.H2C
-	}
 	proto := config.ProtocolAuto
 	if x.route != nil && x.route.protocol != "" {
 		proto = x.route.protocol
 	}
-	switch proto {
-	case config.ProtocolHTTP2:
-		return c.up.TLS
-	case config.ProtocolHTTP1:
-		return c.up.H1
+	if proto == config.ProtocolAuto && isGRPC(out) {
+		return c.up.GRPC
 	}
-	if isGRPC(out) {
+	if x.h2c {
+		return c.up.H2C
+	}
+	if proto == config.ProtocolHTTP2 {
 		return c.up.TLS
 	}
 	return c.up.H1

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/transport"
 )
 
 // Sentinel errors of the proxy itself. Injectors add their own
@@ -100,7 +101,7 @@ func errorReply(r *http.Request, err error) (status int, header http.Header, bod
 		return http.StatusOK, http.Header{
 			"Content-Type": {"application/grpc"},
 			"Grpc-Status":  {strconv.Itoa(int(code))},
-			"Grpc-Message": {encodeGRPCMessage(msg)},
+			"Grpc-Message": {transport.EncodeGRPCMessage(msg)},
 		}, ""
 	}
 	body = msg + "\n"
@@ -131,19 +132,4 @@ func errorResponse(r *http.Request, err error) *http.Response {
 		ContentLength: int64(len(body)),
 		Request:       r,
 	}
-}
-
-// encodeGRPCMessage percent-encodes as the gRPC HTTP/2 spec requires for
-// grpc-message: bytes outside printable ASCII, and '%'.
-func encodeGRPCMessage(msg string) string {
-	var b strings.Builder
-	for i := 0; i < len(msg); i++ {
-		c := msg[i]
-		if c >= ' ' && c <= '~' && c != '%' {
-			b.WriteByte(c)
-		} else {
-			fmt.Fprintf(&b, "%%%02X", c)
-		}
-	}
-	return b.String()
 }

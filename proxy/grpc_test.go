@@ -46,14 +46,20 @@ func (e *env) grpcUpstream() (*sim.GRPCEcho, string) {
 }
 
 // grpcConfig serves the gRPC upstream through a sidecar listener and a
-// forward listener.
-func grpcConfig(grpcPort string) string {
+// forward listener, with the default modes.
+func grpcConfig(grpcPort string) string { return grpcConfigWith(grpcPort, "http", "auto") }
+
+// grpcConfigWith is grpcConfig with the sidecar's h2c mode (http: net/http,
+// grpc: grpc-go) and the route's upstream_protocol (auto: grpc-go, http2:
+// net/http's HTTP/2 client).
+func grpcConfigWith(grpcPort, h2c, protocol string) string {
 	return fmt.Sprintf(`
 listeners:
   - name: grpc
     kind: sidecar
     address: 127.0.0.1:0
     host: grpc.authproxy.test
+    h2c: %[3]s
     upstream: https://grpc.authproxy.test:%[1]s
   - name: fwd
     kind: forward
@@ -72,38 +78,58 @@ routes:
   - name: grpc
     match: {host: grpc.authproxy.test, path: /grpc.testing.TestService/*}
     injector: bearer
-`, grpcPort, secretToken)
+    upstream_protocol: %[4]s
+`, grpcPort, secretToken, h2c, protocol)
+}
+
+// grpcModes are the ways a sidecar carries gRPC: each leg by grpc-go or by
+// net/http.
+var grpcModes = []struct{ name, h2c, protocol string }{
+	{"net/http in, grpc-go out", "http", "auto"},
+	{"net/http in, net/http out", "http", "http2"},
+	{"grpc-go in, grpc-go out", "grpc", "auto"},
+	{"grpc-go in, net/http out", "grpc", "http2"},
 }
 
 func TestGRPCThroughSidecar(t *testing.T) {
-	e := newEnv(t)
-	echo, grpcPort := e.grpcUpstream()
-	p := e.start(grpcConfig(grpcPort), nil, nil)
-	conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	for _, m := range grpcModes {
+		t.Run(m.name, func(t *testing.T) {
+			e := newEnv(t)
+			echo, grpcPort := e.grpcUpstream()
+			p := e.start(grpcConfigWith(grpcPort, m.h2c, m.protocol), nil, nil)
+			conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			exerciseGRPC(t, conn, echo, true)
+		})
 	}
-	defer conn.Close()
-	exerciseGRPC(t, conn, echo)
 }
 
 func TestGRPCThroughForwardProxyWithHTTPSProxyEnv(t *testing.T) {
-	e := newEnv(t)
-	echo, grpcPort := e.grpcUpstream()
-	p := e.start(grpcConfig(grpcPort), nil, nil)
-	useEnvProxy(t, p.addr("fwd"))
-	// Only the proxy's CA is trusted: every call must be intercepted.
-	creds := credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})
-	conn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		t.Fatal(err)
+	for _, protocol := range []string{"auto", "http2"} {
+		t.Run("upstream_protocol "+protocol, func(t *testing.T) {
+			e := newEnv(t)
+			echo, grpcPort := e.grpcUpstream()
+			p := e.start(grpcConfigWith(grpcPort, "http", protocol), nil, nil)
+			useEnvProxy(t, p.addr("fwd"))
+			// Only the proxy's CA is trusted: every call must be intercepted.
+			creds := credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})
+			conn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(creds))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			exerciseGRPC(t, conn, echo, false)
+		})
 	}
-	defer conn.Close()
-	exerciseGRPC(t, conn, echo)
 }
 
-// exerciseGRPC makes every kind of call the proxy must carry.
-func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho) {
+// exerciseGRPC makes every kind of call the proxy must carry. headersFirst
+// checks that a stream's headers reach the client before any message (not
+// through the forward proxy: goproxy writes them with the first message).
+func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho, headersFirst bool) {
 	client := testpb.NewTestServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -117,6 +143,77 @@ func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho) {
 		if resp.GetUsername() != "Bearer "+secretToken || string(resp.GetPayload().GetBody()) != "ping" {
 			t.Errorf("upstream saw authorization %q, payload %q", resp.GetUsername(), resp.GetPayload().GetBody())
 		}
+	})
+
+	t.Run("metadata both ways and the deadline", func(t *testing.T) {
+		binValue := "\x00\xffbinary\r\n"
+		type seen struct {
+			md       metadata.MD
+			deadline time.Duration
+		}
+		calls := make(chan seen, 2)
+		echo.OnCall = func(ctx context.Context) {
+			md, _ := metadata.FromIncomingContext(ctx)
+			dl, _ := ctx.Deadline()
+			calls <- seen{md, time.Until(dl)}
+		}
+		defer func() { echo.OnCall = nil }()
+		dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+		defer dcancel()
+		octx := metadata.AppendToOutgoingContext(dctx, "x-grpc-test-echo-initial", "hello",
+			"x-grpc-test-echo-trailing-bin", binValue, "x-app-bin", binValue, "x-app", "a", "x-app", "b")
+		check := func(call string, header, trailer metadata.MD) {
+			t.Helper()
+			got := <-calls
+			if v := got.md.Get("x-app-bin"); len(v) != 1 || v[0] != binValue {
+				t.Errorf("%s: upstream got x-app-bin %q", call, v)
+			}
+			if v := got.md.Get("x-app"); len(v) != 2 || v[0] != "a" || v[1] != "b" {
+				t.Errorf("%s: upstream got x-app %q", call, v)
+			}
+			if got.deadline <= 10*time.Second || got.deadline > 20*time.Second {
+				t.Errorf("%s: upstream deadline in %v, want the client's 20s less the trip", call, got.deadline)
+			}
+			if v := header.Get("x-grpc-test-echo-initial"); len(v) != 1 || v[0] != "hello" {
+				t.Errorf("%s: client got initial metadata %v", call, header)
+			}
+			if v := trailer.Get("x-grpc-test-echo-trailing-bin"); len(v) != 1 || v[0] != binValue {
+				t.Errorf("%s: client got trailing metadata %v", call, trailer)
+			}
+		}
+		var header, trailer metadata.MD
+		if _, err := client.UnaryCall(octx, &testpb.SimpleRequest{}, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
+			t.Fatal(err)
+		}
+		check("unary", header, trailer)
+
+		stream, err := client.FullDuplexCall(octx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if headersFirst {
+			// The client waits for the headers before it sends: the proxy
+			// must pass them on before any message.
+			if header, err = stream.Header(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("x")}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		if !headersFirst {
+			if header, err = stream.Header(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = stream.CloseSend()
+		if _, err := stream.Recv(); err != io.EOF {
+			t.Fatalf("end of stream: %v", err)
+		}
+		check("bidi", header, stream.Trailer())
 	})
 
 	t.Run("server streaming delivers each message as sent", func(t *testing.T) {
@@ -279,68 +376,75 @@ func TestInjectorFailureNeverForwards(t *testing.T) {
 		{"unavailable", fmt.Errorf("%w: token endpoint down", injectors.ErrCredentialUnavailable), codes.Unavailable, http.StatusServiceUnavailable},
 		{"rejected", fmt.Errorf("%w: invalid_client", injectors.ErrCredentialRejected), codes.Unauthenticated, http.StatusBadGateway},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t)
-			echo, grpcPort := e.grpcUpstream()
-			p := e.start(grpcConfig(grpcPort), map[string]injectors.Injector{"bearer": failingInjector{tc.err}}, nil)
+		for _, h2c := range []string{"http", "grpc"} {
+			t.Run(tc.name+" h2c "+h2c, func(t *testing.T) { injectorFailure(t, h2c, tc.err, tc.wantCode, tc.wantStatus) })
+		}
+	}
+}
 
-			conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_, err = testpb.NewTestServiceClient(conn).UnaryCall(ctx, &testpb.SimpleRequest{})
-			st := status.Convert(err)
-			if st.Code() != tc.wantCode || !strings.Contains(st.Message(), `route "grpc"`) {
-				t.Errorf("gRPC client got %v, want %v naming the route", err, tc.wantCode)
-			}
+// injectorFailure checks that a call whose injector fails never reaches the
+// upstream and gets the right status, on an h2c sidecar of the given mode,
+// over HTTP/1.1, and through the forward proxy.
+func injectorFailure(t *testing.T, h2c string, injErr error, wantCode codes.Code, wantStatus int) {
+	e := newEnv(t)
+	echo, grpcPort := e.grpcUpstream()
+	p := e.start(grpcConfigWith(grpcPort, h2c, "auto"), map[string]injectors.Injector{"bearer": failingInjector{injErr}}, nil)
 
-			// The same failure, seen raw: a Trailers-Only response (status in
-			// the HEADERS frame, no body, no trailers).
-			req, _ := http.NewRequest("POST", "http://"+p.addr("grpc")+"/grpc.testing.TestService/UnaryCall", strings.NewReader("\x00\x00\x00\x00\x00"))
-			req.Header.Set("Content-Type", "application/grpc")
-			req.Header.Set("Te", "trailers")
-			resp, err := h2cClient().Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != fmt.Sprint(int(tc.wantCode)) || len(body) != 0 || len(resp.Trailer) != 0 {
-				t.Errorf("raw response: %d grpc-status %q body %q trailers %v", resp.StatusCode, resp.Header.Get("Grpc-Status"), body, resp.Trailer)
-			}
+	conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = testpb.NewTestServiceClient(conn).UnaryCall(ctx, &testpb.SimpleRequest{})
+	st := status.Convert(err)
+	if st.Code() != wantCode || !strings.Contains(st.Message(), `route "grpc"`) {
+		t.Errorf("gRPC client got %v, want %v naming the route", err, wantCode)
+	}
 
-			// Plain HTTP clients get the HTTP status and a short text.
-			resp, err = h1Client().Get("http://" + p.addr("grpc") + "/grpc.testing.TestService/UnaryCall")
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, _ = io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != tc.wantStatus || !strings.HasPrefix(string(body), "authproxy: ") {
-				t.Errorf("HTTP client got %d %q, want %d", resp.StatusCode, body, tc.wantStatus)
-			}
+	// The same failure, seen raw: a Trailers-Only response (status in
+	// the HEADERS frame, no body, no trailers).
+	req, _ := http.NewRequest("POST", "http://"+p.addr("grpc")+"/grpc.testing.TestService/UnaryCall", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Te", "trailers")
+	resp, err := h2cClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != fmt.Sprint(int(wantCode)) || len(body) != 0 || len(resp.Trailer) != 0 {
+		t.Errorf("raw response: %d grpc-status %q body %q trailers %v", resp.StatusCode, resp.Header.Get("Grpc-Status"), body, resp.Trailer)
+	}
 
-			// Forward-proxy (intercepted) path: the same status.
-			useEnvProxy(t, p.addr("fwd"))
-			fconn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer fconn.Close()
-			_, err = testpb.NewTestServiceClient(fconn).UnaryCall(ctx, &testpb.SimpleRequest{})
-			if st := status.Convert(err); st.Code() != tc.wantCode {
-				t.Errorf("intercepted gRPC client got %v, want %v", err, tc.wantCode)
-			}
+	// Plain HTTP clients get the HTTP status and a short text.
+	resp, err = h1Client().Get("http://" + p.addr("grpc") + "/grpc.testing.TestService/UnaryCall")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != wantStatus || !strings.HasPrefix(string(body), "authproxy: ") {
+		t.Errorf("HTTP client got %d %q, want %d", resp.StatusCode, body, wantStatus)
+	}
 
-			if n := echo.Calls(); n != 0 {
-				t.Errorf("%d calls reached the upstream without their credential", n)
-			}
-			if !strings.Contains(p.logs.String(), tc.err.Error()) {
-				t.Errorf("the log lacks the injector's detail %q:\n%s", tc.err, p.logs.String())
-			}
-		})
+	// Forward-proxy (intercepted) path: the same status.
+	useEnvProxy(t, p.addr("fwd"))
+	fconn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fconn.Close()
+	_, err = testpb.NewTestServiceClient(fconn).UnaryCall(ctx, &testpb.SimpleRequest{})
+	if st := status.Convert(err); st.Code() != wantCode {
+		t.Errorf("intercepted gRPC client got %v, want %v", err, wantCode)
+	}
+
+	if n := echo.Calls(); n != 0 {
+		t.Errorf("%d calls reached the upstream without their credential", n)
+	}
+	if !strings.Contains(p.logs.String(), injErr.Error()) {
+		t.Errorf("the log lacks the injector's detail %q:\n%s", injErr, p.logs.String())
 	}
 }

@@ -18,7 +18,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc"
 
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
@@ -52,7 +55,8 @@ type Server struct {
 type listener struct {
 	name, kind, address string
 	srv                 *http.Server
-	fwd                 *forward // forward listeners only
+	fwd                 *forward     // forward listeners only
+	grpc                *grpc.Server // h2c: grpc sidecars only: serves their HTTP/2 connections
 	ln                  net.Listener
 }
 
@@ -125,7 +129,12 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 				sc.pass = u
 			}
 			handler = sc
-			protocols.SetUnencryptedHTTP2(true)
+			if l.H2C == config.H2CGRPC {
+				ln.grpc = grpc.NewServer(grpcServerOptions(sc, up.GRPC.MaxMessage,
+					t.ReadHeader.D(10*time.Second), t.Idle.D(120*time.Second))...)
+			} else {
+				protocols.SetUnencryptedHTTP2(true)
+			}
 		case config.KindForward:
 			if authority == nil {
 				return nil, config.Errorf("ca", "a forward listener needs a CA")
@@ -237,10 +246,22 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 	}
 	var serving sync.WaitGroup
+	var stopping atomic.Bool
 	for _, l := range s.listeners {
 		s.log.Info("listening", "listener", l.name, "kind", l.kind, "address", l.ln.Addr().String())
+		httpLn := l.ln
+		if l.grpc != nil {
+			split := newSplitter(l.ln, l.srv.ReadHeaderTimeout)
+			httpLn = split.h1
+			serving.Go(split.run)
+			serving.Go(func() {
+				if err := l.grpc.Serve(split.h2); err != nil && !stopping.Load() {
+					errc <- fmt.Errorf("listener %q: %w", l.name, err)
+				}
+			})
+		}
 		serving.Go(func() {
-			if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := l.srv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("listener %q: %w", l.name, err)
 			}
 		})
@@ -251,6 +272,7 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
+	stopping.Store(true)
 	s.log.Info("shutting down", "drain_bound", s.shutdown.String())
 	sctx, cancel := context.WithTimeout(context.Background(), s.shutdown)
 	defer cancel()
@@ -259,6 +281,9 @@ func (s *Server) Run(ctx context.Context) error {
 		drain.Go(func() {
 			if l.fwd != nil {
 				l.fwd.draining.Store(true)
+			}
+			if l.grpc != nil {
+				drain.Go(func() { s.drainGRPC(sctx, l) })
 			}
 			if err := l.srv.Shutdown(sctx); err != nil {
 				s.log.Warn("requests still in flight at the drain bound; closing them", "listener", l.name)
@@ -276,6 +301,20 @@ func (s *Server) Run(ctx context.Context) error {
 	s.up.CloseIdleConnections()
 	s.log.Info("stopped")
 	return runErr
+}
+
+// drainGRPC stops an h2c: grpc sidecar's grpc-go server: calls in flight
+// may finish until ctx ends, then they are cut.
+func (s *Server) drainGRPC(ctx context.Context, l *listener) {
+	done := make(chan struct{})
+	go func() { l.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn("gRPC calls still in flight at the drain bound; closing them", "listener", l.name)
+		l.grpc.Stop()
+		<-done
+	}
 }
 
 func (s *Server) closeListeners() {

@@ -22,6 +22,17 @@ type sidecar struct {
 }
 
 func (s *sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	x, err := s.exchangeFor(r)
+	if err != nil {
+		s.core.logFailure(r, err)
+		writeError(w, r, err)
+		return
+	}
+	s.core.serve(w, r, x)
+}
+
+// exchangeFor matches r to a route, or to the pass-through upstream.
+func (s *sidecar) exchangeFor(r *http.Request) (*exchange, error) {
 	hostname, port := s.host, s.port
 	if hostname == "" {
 		hostname, port = splitHost(r.Host, "")
@@ -29,14 +40,11 @@ func (s *sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e, params, ok := s.table.Match(hostname, port, r.Method, r.URL.EscapedPath())
 	if !ok {
 		if s.pass == nil {
-			s.core.logFailure(r, ErrNoRoute)
-			writeError(w, r, fmt.Errorf("sidecar: %w", ErrNoRoute))
-			return
+			return nil, fmt.Errorf("sidecar: %w", ErrNoRoute)
 		}
-		s.core.serve(w, r, &exchange{target: s.pass, join: true, h2c: s.passH2C, clientHost: r.Host, sidecar: true, listenerAddr: s.addr})
-		return
+		return &exchange{target: s.pass, join: true, h2c: s.passH2C, clientHost: r.Host, sidecar: true, listenerAddr: s.addr}, nil
 	}
 	rt := e.Value
-	s.core.serve(w, r, &exchange{route: rt, params: params, target: rt.upstream, join: true, h2c: rt.h2c,
-		clientHost: r.Host, sidecar: true, listenerAddr: s.addr})
+	return &exchange{route: rt, params: params, target: rt.upstream, join: true, h2c: rt.h2c,
+		clientHost: r.Host, sidecar: true, listenerAddr: s.addr}, nil
 }

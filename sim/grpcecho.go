@@ -20,12 +20,21 @@ import (
 // server-streaming and bidirectional calls that echo their payloads. Every
 // call must carry `authorization: <Authorization>` or it fails with
 // UNAUTHENTICATED, so a call that reaches it without the injected
-// credential is visible. It is safe for concurrent use.
+// credential is visible. As the gRPC interop server does, it sends the
+// value of x-grpc-test-echo-initial back as initial metadata and that of
+// x-grpc-test-echo-trailing-bin as trailing metadata. It is safe for
+// concurrent use.
 type GRPCEcho struct {
 	testpb.UnimplementedTestServiceServer
 
 	// Authorization is the required authorization metadata ("" = none).
 	Authorization string
+	// Authorize, when set, decides instead whether a call's authorization
+	// metadata value is good (an OAuth2 token still valid, say).
+	Authorize func(authorization string) bool
+	// OnCall, when set, sees the context of every test-service call that
+	// passed the check (its metadata and deadline).
+	OnCall func(ctx context.Context)
 	// StreamGate, when set, is called after each message of a
 	// server-streaming call but the last; the call waits for it, so a test
 	// can prove a message arrived before the next one was sent.
@@ -44,12 +53,22 @@ func (e *GRPCEcho) NewServer(tlsCfg *tls.Config) *grpc.Server {
 			if err := e.check(ctx, info.FullMethod); err != nil {
 				return nil, err
 			}
+			hdr, trl := echoMetadata(ctx)
+			if err := grpc.SetHeader(ctx, hdr); err != nil {
+				return nil, err
+			}
+			_ = grpc.SetTrailer(ctx, trl)
 			return h(ctx, req)
 		}),
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			if err := e.check(ss.Context(), info.FullMethod); err != nil {
 				return err
 			}
+			hdr, trl := echoMetadata(ss.Context())
+			if err := ss.SendHeader(hdr); err != nil { // at once: a client may wait for it before sending
+				return err
+			}
+			ss.SetTrailer(trl)
 			return h(srv, ss)
 		}),
 	}
@@ -67,14 +86,36 @@ func (e *GRPCEcho) check(ctx context.Context, method string) error {
 	if !strings.HasPrefix(method, "/grpc.testing.TestService/") {
 		return nil
 	}
-	if e.Authorization != "" {
-		md, _ := metadata.FromIncomingContext(ctx)
-		if got := md.Get("authorization"); len(got) != 1 || got[0] != e.Authorization {
+	md, _ := metadata.FromIncomingContext(ctx)
+	got := md.Get("authorization")
+	switch {
+	case e.Authorize != nil:
+		if len(got) != 1 || !e.Authorize(got[0]) {
+			return status.Error(codes.Unauthenticated, "sim: missing or wrong authorization")
+		}
+	case e.Authorization != "":
+		if len(got) != 1 || got[0] != e.Authorization {
 			return status.Error(codes.Unauthenticated, "sim: missing or wrong authorization")
 		}
 	}
 	e.calls.Add(1)
+	if e.OnCall != nil {
+		e.OnCall(ctx)
+	}
 	return nil
+}
+
+// echoMetadata is the metadata the interop server echoes.
+func echoMetadata(ctx context.Context) (header, trailer metadata.MD) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	header, trailer = metadata.MD{}, metadata.MD{}
+	if v := md.Get("x-grpc-test-echo-initial"); len(v) > 0 {
+		header.Set("x-grpc-test-echo-initial", v...)
+	}
+	if v := md.Get("x-grpc-test-echo-trailing-bin"); len(v) > 0 {
+		trailer.Set("x-grpc-test-echo-trailing-bin", v...)
+	}
+	return header, trailer
 }
 
 func echoStatus(s *testpb.EchoStatus) error {

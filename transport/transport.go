@@ -31,6 +31,9 @@ type Set struct {
 	}
 	// H2C carries cleartext HTTP/2 with prior knowledge.
 	H2C *http.Transport
+	// GRPC carries gRPC over grpc-go connections (https and h2c), falling
+	// back to TLS for what it cannot carry as it is.
+	GRPC *GRPC
 	// Dial dials with the configured timeout and resolve pins.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
@@ -85,6 +88,12 @@ func New(cfg config.Upstream) (*Set, error) {
 	u.TLS.Protocols.SetHTTP1(true)
 	u.TLS.Protocols.SetHTTP2(true)
 	u.H2C.Protocols.SetUnencryptedHTTP2(true)
+	maxMsg := cfg.GRPCMaxMessageBytes
+	if maxMsg == 0 {
+		maxMsg = DefaultGRPCMaxMessage
+	}
+	u.GRPC = &GRPC{Fallback: u.TLS, FallbackH2C: u.H2C, MaxMessage: maxMsg, dial: dial,
+		tls: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
 	return u, nil
 }
 
@@ -101,8 +110,10 @@ func (u *Set) Client(timeout time.Duration) *http.Client {
 	return &http.Client{Transport: u.TLS, Timeout: timeout}
 }
 
-// CloseIdleConnections closes idle connections of every transport.
+// CloseIdleConnections closes idle connections of every transport, and the
+// gRPC client connections (which grpc-go would reopen on the next call).
 func (u *Set) CloseIdleConnections() {
+	u.GRPC.Close()
 	u.TLS.CloseIdleConnections()
 	u.H1.CloseIdleConnections()
 	u.H2C.CloseIdleConnections()

@@ -5,6 +5,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -22,6 +23,11 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	testpb "google.golang.org/grpc/interop/grpc_testing"
 )
 
 var (
@@ -56,6 +62,7 @@ type contender struct {
 	grpcGo            string   // host:port for bench/load -mode grpc ("" = not in that scenario)
 	grpcGoArgs        []string // extra bench/load flags
 	grpcGoEnv         []string // extra environment (HTTPS_PROXY)
+	grpcNative        bool     // an h2c: grpc listener (memory: idle gRPC connections)
 }
 
 func (c contender) process() string {
@@ -94,9 +101,9 @@ func main() {
 	upstreamBin := bin("upstream", "./bench/upstream")
 	loadBin = bin("load", "./bench/load")
 	caFile := filepath.Join(dir, "upstream-ca.pem")
-	for _, port := range []int{18080, 18443, 18444, 18150, 18151, 18100, 18101, 18102, 18120, 18121, 18210, 18211, 18220, 18221, 18300} {
+	for _, port := range []int{18080, 18443, 18444, 18150, 18151, 18152, 18160, 18161, 18162, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18300} {
 		if listening(fmt.Sprintf("127.0.0.1:%d", port)) {
-			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18444, 18100-18102, 18120-18121, 18150-18151, 18210-18221, 18300", port)
+			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18444, 18100-18102, 18120-18122, 18150-18152, 18160-18162, 18210-18221, 18300", port)
 		}
 	}
 	up := start(dir, "upstream", nil, upstreamBin, "-plain", "127.0.0.1:18080", "-tls", "127.0.0.1:18443", "-grpc", "127.0.0.1:18444", "-ca", caFile)
@@ -137,6 +144,13 @@ func main() {
 					grpcGoEnv: []string{"HTTPS_PROXY=" + fwd}})
 			}
 			contenders = append(contenders, c)
+			if kind == "static" {
+				// The same process's h2c: grpc listener, for the gRPC loads.
+				native := fmt.Sprintf("127.0.0.1:%d", port+60)
+				waitPort(native)
+				contenders = append(contenders, contender{name: "authproxy sidecar (h2c: grpc), static", procs: procs, pids: c.pids, proc: c.proc,
+					grpc: native, grpcGo: native, grpcGoArgs: []string{"-insecure"}, grpcNative: true})
+			}
 			port++
 		}
 	}
@@ -424,29 +438,25 @@ func ghz(c contender, caFile string) result {
 // 1,000 idle HTTP/2 (h2c) client connections open.
 func memory(contenders []contender, idleRSS, peakRSS map[string]int64) string {
 	var b strings.Builder
-	b.WriteString("### Memory\n\n| contender | procs | RSS idle before the loads, MiB | peak RSS during the loads, MiB | RSS after the loads, MiB | RSS with 1,000 idle h2c connections, MiB | per idle connection, KiB |\n|---|---|---|---|---|---|---|\n")
+	b.WriteString("### Memory\n\n| contender | procs | RSS idle before the loads, MiB | peak RSS during the loads, MiB | RSS after the loads, MiB | RSS with 1,000 idle HTTP/2 connections (h2c; gRPC for h2c: grpc), MiB | per idle connection, KiB |\n|---|---|---|---|---|---|---|\n")
 	for _, c := range contenders {
-		if c.procs == "" || c.h2 == "" {
+		if c.procs == "" || (c.h2 == "" && !c.grpcNative) {
 			continue // direct; the forward listeners share the sidecars' processes
 		}
 		runtime.GC()
 		before := rss(c.pids())
-		var trs []*http.Transport
+		var closers []func()
 		for i := 0; i < 1000; i++ {
-			tr := &http.Transport{Proxy: nil, Protocols: new(http.Protocols)}
-			tr.Protocols.SetUnencryptedHTTP2(true)
-			resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(c.h2)
+			closeConn, err := idleConn(c)
 			if err != nil {
 				die("%s: idle connection %d: %v", c.name, i, err)
 			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			trs = append(trs, tr)
+			closers = append(closers, closeConn)
 		}
 		time.Sleep(time.Second)
 		with := rss(c.pids())
-		for _, tr := range trs {
-			tr.CloseIdleConnections()
+		for _, closeConn := range closers {
+			closeConn()
 		}
 		key := c.process()
 		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f |\n", c.name, c.procs, float64(idleRSS[key])/1024,
@@ -454,6 +464,34 @@ func memory(contenders []contender, idleRSS, peakRSS map[string]int64) string {
 	}
 	b.WriteString("\n")
 	return b.String()
+}
+
+// idleConn opens one client connection to the contender and leaves it idle
+// after one request: h2c with net/http, or grpc-go to an h2c: grpc
+// listener. It returns what closes it.
+func idleConn(c contender) (func(), error) {
+	if c.grpcNative {
+		conn, err := grpc.NewClient(c.grpcGo, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := testpb.NewTestServiceClient(conn).UnaryCall(ctx, &testpb.SimpleRequest{}); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return func() { conn.Close() }, nil
+	}
+	tr := &http.Transport{Proxy: nil, Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(c.h2)
+	if err != nil {
+		return nil, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return tr.CloseIdleConnections, nil
 }
 
 // rss sums VmRSS (KiB) of the processes.
@@ -515,16 +553,17 @@ func writeConfig(path, kind string, port int, caFile, proxyCA string) {
 listeners:
   - {name: app, kind: sidecar, address: "127.0.0.1:%[1]d", upstream: "https://127.0.0.1:18443"}
   - {name: grpc, kind: sidecar, address: "127.0.0.1:%[2]d", upstream: "https://127.0.0.1:18444"}
+  - {name: grpcn, kind: sidecar, address: "127.0.0.1:%[8]d", upstream: "https://127.0.0.1:18444", h2c: grpc}
   - {name: fwd, kind: forward, address: "127.0.0.1:%[3]d"}
 ca: {cert_file: %[5]q, key_file: %[6]q, generate: true}
 upstream: {ca_file: %[4]q, resolve: {upstream.bench.test: 127.0.0.1}}
 injectors:
   %[7]s
 routes:
-  - {name: all, listeners: [app, grpc], match: {path: /*}, injector: tok}
+  - {name: all, listeners: [app, grpc, grpcn], match: {path: /*}, injector: tok}
   - {name: fwd-https, listeners: [fwd], match: {host: "127.0.0.1:18443"}, injector: tok}
   - {name: fwd-grpc, listeners: [fwd], match: {host: "upstream.bench.test:18444"}, injector: tok}
-`, port, port+50, port+20, caFile, proxyCA, proxyCA+".key", injector)
+`, port, port+50, port+20, caFile, proxyCA, proxyCA+".key", injector, port+60)
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		die("%v", err)
 	}

@@ -136,3 +136,53 @@ func Split(b []byte) ([][]byte, error) {
 	}
 	return out, nil
 }
+
+// MessageReader is implemented by bodies that hold whole gRPC messages (a
+// stream of grpc-go's), so a reader may take each message as it is
+// instead of framing and parsing it again.
+type MessageReader interface {
+	// ReadMessage returns the next message, or io.EOF after the last.
+	ReadMessage() ([]byte, error)
+}
+
+// ErrTooLarge is returned by ReadMessage for a frame longer than its limit.
+var ErrTooLarge = errors.New("grpcframe: message larger than the limit")
+
+// ErrCompressed is returned by ReadMessage for a frame whose flag says it
+// is compressed.
+var ErrCompressed = errors.New("grpcframe: compressed message")
+
+// ReadMessage reads one whole uncompressed frame from r and returns its
+// message; io.EOF when r ends between frames. It allocates the message
+// only after checking its length against max.
+func ReadMessage(r io.Reader, max int) ([]byte, error) {
+	if mr, ok := r.(MessageReader); ok {
+		msg, err := mr.ReadMessage()
+		if err == nil && len(msg) > max {
+			return nil, fmt.Errorf("%w (%d > %d bytes)", ErrTooLarge, len(msg), max)
+		}
+		return msg, err
+	}
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			err = ErrTruncated
+		}
+		return nil, err
+	}
+	if hdr[0]&1 == 1 {
+		return nil, ErrCompressed
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if uint64(n) > uint64(max) {
+		return nil, fmt.Errorf("%w (%d > %d bytes)", ErrTooLarge, n, max)
+	}
+	msg := make([]byte, n)
+	if _, err := io.ReadFull(r, msg); err != nil {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			err = ErrTruncated
+		}
+		return nil, err
+	}
+	return msg, nil
+}

@@ -1,0 +1,323 @@
+package proxy
+
+import (
+	"encoding/base64"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	_ "google.golang.org/grpc/encoding/gzip" // clients may compress their messages
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+
+	"github.com/authproxy/authproxy/openobd/grpcframe"
+	"github.com/authproxy/authproxy/transport"
+)
+
+// grpcServerOptions are those of an h2c: grpc sidecar's grpc-go server:
+// every method goes to the sidecar's handler, messages stay bytes, and the
+// listener's timeouts apply (handshake, idle connections).
+func grpcServerOptions(s *sidecar, maxMsg int, readHeader, idle time.Duration) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.UnknownServiceHandler(s.serveGRPC),
+		grpc.ForceServerCodec(transport.RawCodec),
+		grpc.MaxRecvMsgSize(maxMsg),
+		grpc.MaxSendMsgSize(maxMsg),
+		grpc.ConnectionTimeout(readHeader),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: idle}),
+		// Clients' keepalive pings are welcome, as net/http takes them.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.SharedWriteBuffer(true),
+	}
+}
+
+// serveGRPC is the handler of every call on an h2c: grpc sidecar. It turns
+// the call into the request the rest of the proxy knows (gRPC over HTTP:
+// headers from the metadata, the messages as a framed body), sends it with
+// core.send like any other, and relays the answer as grpc-go messages and
+// status.
+func (s *sidecar) serveGRPC(_ any, ss grpc.ServerStream) error {
+	ctx := ss.Context()
+	method, _ := grpc.MethodFromServerStream(ss)
+	md, _ := metadata.FromIncomingContext(ctx)
+	r := &http.Request{
+		Method: http.MethodPost, URL: &url.URL{Path: method}, RequestURI: method,
+		Proto: "HTTP/2.0", ProtoMajor: 2,
+		Header: headerOf(md), Host: first(md, ":authority"),
+		Body: &streamBody{ss: ss}, ContentLength: -1,
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		r.RemoteAddr = p.Addr.String()
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		// For the net/http path upstream; grpc-go takes it from ctx.
+		r.Header.Set("Grpc-Timeout", strconv.FormatInt(max(time.Until(dl).Milliseconds(), 1), 10)+"m")
+	}
+	r = r.WithContext(ctx)
+	x, err := s.exchangeFor(r)
+	if err != nil {
+		s.core.logFailure(r, err)
+		return grpcError(err)
+	}
+	out := r.Clone(ctx)
+	out.RequestURI = ""
+	u := *x.target
+	u.Path = strings.TrimSuffix(u.Path, "/") + method
+	u.RawPath = ""
+	out.URL, out.Host = &u, ""
+	resp, err := s.core.send(out, x)
+	if err != nil {
+		if ctx.Err() != nil {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		s.core.logFailure(r, err)
+		return grpcError(err)
+	}
+	defer closeLater(resp.Body)
+	return s.relay(ss, resp)
+}
+
+// closeLater closes a response body. net/http's HTTP/2 client waits in
+// Close for its goroutine that copies the request body (golang/go#80085),
+// which may sit in RecvMsg until the handler returns: such a body is closed
+// once the handler has returned. grpc-go's bodies close at once.
+func closeLater(body io.ReadCloser) {
+	if e, ok := body.(*endsRequest); ok {
+		if _, ok := e.ReadCloser.(grpcframe.MessageReader); ok {
+			_ = body.Close()
+			return
+		}
+	}
+	go func() { _ = body.Close() }()
+}
+
+// relay sends an upstream's answer to the client: its headers, each
+// message, then its trailers and status.
+func (s *sidecar) relay(ss grpc.ServerStream, resp *http.Response) error {
+	if resp.StatusCode != http.StatusOK {
+		return status.Errorf(httpToGRPC(resp.StatusCode), "authproxy: upstream answered HTTP %d", resp.StatusCode)
+	}
+	if resp.Header.Get("Grpc-Status") != "" { // Trailers-Only
+		ss.SetTrailer(mdOf(resp.Header))
+		return statusOf(resp.Header)
+	}
+	if err := ss.SendHeader(mdOf(resp.Header)); err != nil {
+		return err
+	}
+	next := messagesOf(resp.Body, s.core.up.GRPC.MaxMessage)
+	for {
+		msg, err := next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			if ss.Context().Err() != nil {
+				return status.FromContextError(ss.Context().Err()).Err()
+			}
+			s.core.log.Warn("upstream answer failed", "path", resp.Request.URL.Path, "err", err)
+			if errors.Is(err, grpcframe.ErrTooLarge) {
+				return status.Error(codes.ResourceExhausted, "authproxy: response message larger than upstream.grpc_max_message_bytes")
+			}
+			return status.Error(codes.Unavailable, "authproxy: upstream answer failed")
+		}
+		if err := ss.SendMsg(&msg); err != nil {
+			return err
+		}
+	}
+	ss.SetTrailer(mdOf(resp.Trailer))
+	if resp.Trailer.Get("Grpc-Status") == "" {
+		return status.Error(codes.Internal, "authproxy: upstream ended the call without a status")
+	}
+	return statusOf(resp.Trailer)
+}
+
+// messagesOf reads a response body message by message: straight from the
+// upstream's grpc-go stream when nothing wraps it but endsRequest, by
+// parsing its frames otherwise (an observer reads or rewrites them).
+func messagesOf(body io.ReadCloser, maxMsg int) func() ([]byte, error) {
+	if e, ok := body.(*endsRequest); ok {
+		if mr, ok := e.ReadCloser.(grpcframe.MessageReader); ok {
+			return func() ([]byte, error) {
+				msg, err := mr.ReadMessage()
+				if err == io.EOF {
+					e.once.Do(func() { _ = e.req.Close() })
+				}
+				return msg, err
+			}
+		}
+	}
+	return func() ([]byte, error) { return grpcframe.ReadMessage(body, maxMsg) }
+}
+
+// grpcError is the status for a request the proxy did not forward.
+func grpcError(err error) error {
+	_, code, msg := classify(err)
+	return status.Error(code, msg)
+}
+
+// streamBody is a call's request messages as a request body: whole
+// messages for grpcframe.MessageReader, framed bytes for io.Reader.
+type streamBody struct {
+	ss     grpc.ServerStream
+	out    []byte
+	closed atomic.Bool
+}
+
+func (b *streamBody) ReadMessage() ([]byte, error) {
+	if b.closed.Load() {
+		return nil, errors.New("request body closed")
+	}
+	var msg []byte
+	if err := b.ss.RecvMsg(&msg); err != nil {
+		return nil, err
+	}
+	return msg, nil
+}
+
+func (b *streamBody) Read(p []byte) (int, error) {
+	for len(b.out) == 0 {
+		msg, err := b.ReadMessage()
+		if err != nil {
+			return 0, err
+		}
+		b.out = grpcframe.Append(b.out[:0], 0, msg)
+	}
+	n := copy(p, b.out)
+	b.out = b.out[n:]
+	return n, nil
+}
+
+// Close stops further reads; a read in progress ends with the call.
+func (b *streamBody) Close() error {
+	b.closed.Store(true)
+	return nil
+}
+
+// headerOf turns a call's metadata into request headers, as they travel on
+// the wire (-bin values base64). Pseudo-headers, and the compression
+// headers of the client's leg, which grpc-go has already undone, are left
+// out.
+func headerOf(md metadata.MD) http.Header {
+	h := make(http.Header, len(md)+2)
+	for k, vs := range md {
+		switch {
+		case k == "" || k[0] == ':', k == "grpc-encoding", k == "grpc-accept-encoding":
+			continue
+		case strings.HasSuffix(k, "-bin"):
+			enc := make([]string, len(vs))
+			for i, v := range vs {
+				enc[i] = base64.RawStdEncoding.EncodeToString([]byte(v))
+			}
+			vs = enc
+		}
+		h[http.CanonicalHeaderKey(k)] = vs
+	}
+	if h.Get("Content-Type") == "" {
+		h.Set("Content-Type", "application/grpc")
+	}
+	h.Set("Te", "trailers")
+	return h
+}
+
+// mdOf turns response headers or trailers into metadata for grpc-go,
+// leaving out what grpc-go writes itself (content type, status) and
+// decoding -bin values.
+func mdOf(h http.Header) metadata.MD {
+	md := metadata.MD{}
+	for k, vs := range h {
+		lk := strings.ToLower(k)
+		switch lk {
+		case "content-type", "grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-encoding",
+			"grpc-accept-encoding", "content-length", "trailer", "date":
+			continue
+		}
+		if strings.HasSuffix(lk, "-bin") {
+			dec := make([]string, 0, len(vs))
+			for _, v := range vs {
+				if b, err := transport.DecodeBin(v); err == nil {
+					dec = append(dec, string(b))
+				}
+			}
+			vs = dec
+		}
+		md[lk] = vs
+	}
+	return md
+}
+
+// statusOf reads grpc-status, grpc-message and grpc-status-details-bin.
+func statusOf(h http.Header) error {
+	code, err := strconv.Atoi(h.Get("Grpc-Status"))
+	if err != nil {
+		return status.Error(codes.Unknown, "authproxy: upstream sent an invalid grpc-status")
+	}
+	if code == 0 {
+		return nil
+	}
+	if d := h.Get("Grpc-Status-Details-Bin"); d != "" {
+		if b, err := transport.DecodeBin(d); err == nil {
+			var p spb.Status
+			if proto.Unmarshal(b, &p) == nil && p.GetCode() == int32(code) {
+				return status.FromProto(&p).Err()
+			}
+		}
+	}
+	return status.Error(codes.Code(code), decodeGRPCMessage(h.Get("Grpc-Message")))
+}
+
+// decodeGRPCMessage undoes grpc-message's percent-encoding; a malformed
+// escape is kept as it is.
+func decodeGRPCMessage(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// httpToGRPC maps an HTTP status that is not 200 to a gRPC code, as the
+// gRPC spec's http-grpc-status-mapping does.
+func httpToGRPC(s int) codes.Code {
+	switch s {
+	case http.StatusBadRequest:
+		return codes.Internal
+	case http.StatusUnauthorized:
+		return codes.Unauthenticated
+	case http.StatusForbidden:
+		return codes.PermissionDenied
+	case http.StatusNotFound:
+		return codes.Unimplemented
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return codes.Unavailable
+	}
+	return codes.Unknown
+}
+
+func first(md metadata.MD, k string) string {
+	if v := md.Get(k); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
