@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -203,28 +204,10 @@ routes:
 //
 //	go test -run '^$' -bench GRPCBidiRoundTrip -benchtime 20000x ./proxy/
 func BenchmarkGRPCBidiRoundTrip(b *testing.B) {
-	e := newEnv(b)
-	_, grpcPort := e.grpcUpstream()
-	p := e.start(grpcConfig(grpcPort), nil, nil)
-	for _, mode := range []string{"direct", "sidecar", "forward"} {
+	clients := grpcBenchClients(b)
+	for _, mode := range grpcBenchModes {
 		b.Run(mode, func(b *testing.B) {
-			var conn *grpc.ClientConn
-			var err error
-			ctx := context.Background()
-			switch mode {
-			case "direct":
-				conn, err = grpc.NewClient("127.0.0.1:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.pki.Pool})))
-				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secretToken)
-			case "sidecar":
-				conn, err = grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			case "forward": // HTTPS_PROXY and interception, only the proxy's CA trusted
-				useEnvProxy(b, p.addr("fwd"))
-				conn, err = grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
-			}
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer conn.Close()
+			conn, ctx := clients(b, mode)
 			stream, err := testpb.NewTestServiceClient(conn).FullDuplexCall(ctx)
 			if err != nil {
 				b.Fatal(err)
@@ -252,5 +235,77 @@ func BenchmarkGRPCBidiRoundTrip(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 		})
+	}
+}
+
+// BenchmarkGRPCUnary makes unary calls from 32 goroutines over one client
+// connection: time and allocations per call, for the client, the proxy and
+// the upstream together.
+func BenchmarkGRPCUnary(b *testing.B) {
+	clients := grpcBenchClients(b)
+	for _, mode := range grpcBenchModes {
+		b.Run(mode, func(b *testing.B) {
+			conn, ctx := clients(b, mode)
+			client := testpb.NewTestServiceClient(conn)
+			req := &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 64)}}
+			if _, err := client.UnaryCall(ctx, req); err != nil { // connect
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.SetParallelism(16) // 32 goroutines on 2 cores
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := client.UnaryCall(ctx, req); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// grpcBenchModes are the ways the gRPC benchmarks reach the upstream.
+var grpcBenchModes = []string{"direct", "sidecar", "sidecar-h2c-grpc", "forward"}
+
+// grpcBenchClients starts the upstream and a proxy with both kinds of
+// sidecar listener and a forward listener, and returns what opens a client
+// connection in a mode (closed at the end of the benchmark), with the
+// context its calls use.
+func grpcBenchClients(b *testing.B) func(b *testing.B, mode string) (*grpc.ClientConn, context.Context) {
+	e := newEnv(b)
+	_, grpcPort := e.grpcUpstream()
+	cfg := strings.Replace(grpcConfig(grpcPort), "\n  - name: fwd\n", `
+  - name: grpcn
+    kind: sidecar
+    address: 127.0.0.1:0
+    host: grpc.authproxy.test
+    h2c: grpc
+    upstream: https://grpc.authproxy.test:`+grpcPort+`
+  - name: fwd
+`, 1)
+	p := e.start(cfg, nil, nil)
+	return func(b *testing.B, mode string) (*grpc.ClientConn, context.Context) {
+		var conn *grpc.ClientConn
+		var err error
+		ctx := context.Background()
+		switch mode {
+		case "direct":
+			conn, err = grpc.NewClient("127.0.0.1:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.pki.Pool})))
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secretToken)
+		case "sidecar":
+			conn, err = grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		case "sidecar-h2c-grpc":
+			conn, err = grpc.NewClient(p.addr("grpcn"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		case "forward": // HTTPS_PROXY and interception, only the proxy's CA trusted
+			useEnvProxy(b, p.addr("fwd"))
+			conn, err = grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { conn.Close() })
+		return conn, ctx
 	}
 }

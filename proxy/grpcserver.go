@@ -39,6 +39,7 @@ func grpcServerOptions(s *sidecar, maxMsg int, readHeader, idle time.Duration) [
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: idle}),
 		// Clients' keepalive pings are welcome, as net/http takes them.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// Idle client connections give their write buffers back.
 		grpc.SharedWriteBuffer(true),
 	}
 }
@@ -65,13 +66,14 @@ func (s *sidecar) serveGRPC(_ any, ss grpc.ServerStream) error {
 		// For the net/http path upstream; grpc-go takes it from ctx.
 		r.Header.Set("Grpc-Timeout", strconv.FormatInt(max(time.Until(dl).Milliseconds(), 1), 10)+"m")
 	}
-	r = r.WithContext(ctx)
 	x, err := s.exchangeFor(r)
 	if err != nil {
 		s.core.logFailure(r, err)
 		return grpcError(err)
 	}
-	out := r.Clone(ctx)
+	// r is the proxy's own: the request sent upstream is a shallow copy
+	// with its own URL (r keeps the client's Host and path, for the log).
+	out := r.WithContext(ctx)
 	out.RequestURI = ""
 	u := *x.target
 	u.Path = strings.TrimSuffix(u.Path, "/") + method
@@ -116,7 +118,7 @@ func (s *sidecar) relay(ss grpc.ServerStream, resp *http.Response) error {
 	if err := ss.SendHeader(mdOf(resp.Header)); err != nil {
 		return err
 	}
-	next := messagesOf(resp.Body, s.core.up.GRPC.MaxMessage)
+	next, ended := messagesOf(resp.Body, s.core.up.GRPC.MaxMessage)
 	for {
 		msg, err := next()
 		if err == io.EOF {
@@ -136,6 +138,11 @@ func (s *sidecar) relay(ss grpc.ServerStream, resp *http.Response) error {
 			return err
 		}
 	}
+	if ended != nil { // grpc-go upstream: its status and trailers as they are
+		st, md := ended.Ended()
+		ss.SetTrailer(md)
+		return st.Err()
+	}
 	ss.SetTrailer(mdOf(resp.Trailer))
 	if resp.Trailer.Get("Grpc-Status") == "" {
 		return status.Error(codes.Internal, "authproxy: upstream ended the call without a status")
@@ -144,21 +151,25 @@ func (s *sidecar) relay(ss grpc.ServerStream, resp *http.Response) error {
 }
 
 // messagesOf reads a response body message by message: straight from the
-// upstream's grpc-go stream when nothing wraps it but endsRequest, by
-// parsing its frames otherwise (an observer reads or rewrites them).
-func messagesOf(body io.ReadCloser, maxMsg int) func() ([]byte, error) {
+// upstream's grpc-go stream when nothing wraps it but endsRequest (then
+// ended gives the call's status at the end), by parsing its frames
+// otherwise (an observer reads or rewrites them; ended is nil).
+func messagesOf(body io.ReadCloser, maxMsg int) (next func() ([]byte, error), ended transport.CallEnd) {
 	if e, ok := body.(*endsRequest); ok {
-		if mr, ok := e.ReadCloser.(grpcframe.MessageReader); ok {
+		if call, ok := e.ReadCloser.(interface {
+			grpcframe.MessageReader
+			transport.CallEnd
+		}); ok {
 			return func() ([]byte, error) {
-				msg, err := mr.ReadMessage()
+				msg, err := call.ReadMessage()
 				if err == io.EOF {
 					e.once.Do(func() { _ = e.req.Close() })
 				}
 				return msg, err
-			}
+			}, call
 		}
 	}
-	return func() ([]byte, error) { return grpcframe.ReadMessage(body, maxMsg) }
+	return func() ([]byte, error) { return grpcframe.ReadMessage(body, maxMsg) }, nil
 }
 
 // grpcError is the status for a request the proxy did not forward.

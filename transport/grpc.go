@@ -175,8 +175,7 @@ func (g *GRPC) conn(scheme, host string) (*grpc.ClientConn, error) {
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return g.dial(ctx, "tcp", addr) }),
 		grpc.WithTransportCredentials(creds),
 		grpc.WithNoProxy(),
-		grpc.WithUserAgent("authproxy"),
-		grpc.WithSharedWriteBuffer(true))
+		grpc.WithUserAgent("authproxy"))
 	if err != nil {
 		return nil, fmt.Errorf("grpc client for %s: %w", host, err)
 	}
@@ -207,6 +206,7 @@ type grpcBody struct {
 
 	out    []byte
 	ended  bool
+	st     *status.Status // how the call ended, once ReadMessage returned io.EOF
 	errMu  sync.Mutex
 	sendEr error // why send stopped the call (a message over the limit)
 }
@@ -271,9 +271,21 @@ func (b *grpcBody) ReadMessage() ([]byte, error) {
 	}
 	b.ended = true
 	b.finish()
-	setStatus(b.trailer, b.status(err), b.cs.Trailer())
+	b.st = b.status(err)
+	setStatus(b.trailer, b.st, b.cs.Trailer())
 	return nil, io.EOF
 }
+
+// CallEnd is implemented by the response bodies of GRPC: once their last
+// message has been read, the call's status and trailing metadata as
+// grpc-go gave them (the same as the response's Trailer holds).
+type CallEnd interface {
+	Ended() (*status.Status, metadata.MD)
+}
+
+// Ended returns how the call ended; call it after ReadMessage returned
+// io.EOF.
+func (b *grpcBody) Ended() (*status.Status, metadata.MD) { return b.st, b.cs.Trailer() }
 
 func (b *grpcBody) Read(p []byte) (int, error) {
 	for len(b.out) == 0 {
