@@ -390,14 +390,9 @@ func injectorFailure(t *testing.T, h2c string, injErr error, wantCode codes.Code
 	echo, grpcPort := e.grpcUpstream()
 	p := e.start(grpcConfigWith(grpcPort, h2c, "auto"), map[string]injectors.Injector{"bearer": failingInjector{injErr}}, nil)
 
-	conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = testpb.NewTestServiceClient(conn).UnaryCall(ctx, &testpb.SimpleRequest{})
+	_, err := grpcClient(t, p.addr("grpc")).UnaryCall(ctx, &testpb.SimpleRequest{})
 	st := status.Convert(err)
 	if st.Code() != wantCode || !strings.Contains(st.Message(), `route "grpc"`) {
 		t.Errorf("gRPC client got %v, want %v naming the route", err, wantCode)

@@ -152,19 +152,14 @@ func TestGRPCMessageLimit(t *testing.T) {
 			_, grpcPort := e.grpcUpstream()
 			cfg := strings.Replace(grpcConfigWith(grpcPort, m.h2c, m.protocol), "upstream:\n", "upstream:\n  grpc_max_message_bytes: 4096\n", 1)
 			p := e.start(cfg, nil, nil)
-			conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			client := testpb.NewTestServiceClient(conn)
+			client := grpcClient(t, p.addr("grpc"))
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 
 			if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 3000)}}); err != nil {
 				t.Errorf("a message under the limit: %v", err)
 			}
-			_, err = client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 8000)}})
+			_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 8000)}})
 			if status.Code(err) != codes.ResourceExhausted {
 				t.Errorf("a request over the limit: %v, want RESOURCE_EXHAUSTED", err)
 			}
@@ -207,16 +202,12 @@ func TestGRPCListenerShutdown(t *testing.T) {
 			}
 			cfg := strings.Replace(grpcConfigWith(grpcPort, "grpc", "auto"), "timeouts: {shutdown: 5s}", "timeouts: {shutdown: "+tc.bound+"}", 1)
 			p := e.start(cfg, nil, nil)
-			conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
+			client := grpcClient(t, p.addr("grpc"))
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			done := make(chan error, 1)
 			go func() {
-				stream, err := testpb.NewTestServiceClient(conn).StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
+				stream, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
 					ResponseParameters: []*testpb.ResponseParameters{{Size: 1}, {Size: 1}},
 				})
 				for i := 0; err == nil; i++ {
@@ -253,6 +244,18 @@ func TestGRPCListenerShutdown(t *testing.T) {
 			}
 		})
 	}
+}
+
+// grpcClient dials a sidecar with insecure credentials, as applications
+// do; the connection is closed when the test ends.
+func grpcClient(t testing.TB, addr string) testpb.TestServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return testpb.NewTestServiceClient(conn)
 }
 
 // waitRefused waits until addr refuses new connections.
@@ -293,12 +296,7 @@ func TestGRPCRetriesWithFreshToken(t *testing.T) {
 			// A token younger than min_backoff is never dropped (a storm guard).
 			cfg = strings.Replace(cfg, "timeouts: {shutdown: 5s}", "timeouts: {shutdown: 5s}\ntoken_cache: {min_backoff: 10ms}", 1)
 			p := e.start(cfg, nil, nil)
-			conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			client := testpb.NewTestServiceClient(conn)
+			client := grpcClient(t, p.addr("grpc"))
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			call := func(body string) {

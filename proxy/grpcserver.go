@@ -182,7 +182,7 @@ func grpcError(err error) error {
 // messages for grpcframe.MessageReader, framed bytes for io.Reader.
 type streamBody struct {
 	ss     grpc.ServerStream
-	out    []byte
+	framed grpcframe.Framed
 	closed atomic.Bool
 }
 
@@ -197,18 +197,7 @@ func (b *streamBody) ReadMessage() ([]byte, error) {
 	return msg, nil
 }
 
-func (b *streamBody) Read(p []byte) (int, error) {
-	for len(b.out) == 0 {
-		msg, err := b.ReadMessage()
-		if err != nil {
-			return 0, err
-		}
-		b.out = grpcframe.Append(b.out[:0], 0, msg)
-	}
-	n := copy(p, b.out)
-	b.out = b.out[n:]
-	return n, nil
-}
+func (b *streamBody) Read(p []byte) (int, error) { return b.framed.Read(p, b) }
 
 // Close stops further reads; a read in progress ends with the call.
 func (b *streamBody) Close() error {

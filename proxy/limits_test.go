@@ -160,18 +160,7 @@ func TestGracefulShutdownDrainsInFlightRequests(t *testing.T) {
 			stopped := make(chan error, 1)
 			go func() { stopped <- p.stop() }()
 			// New connections are refused once shutdown has begun.
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				conn, err := net.Dial("tcp", p.addr("app"))
-				if err != nil {
-					break
-				}
-				conn.Close()
-				if time.Now().After(deadline) {
-					t.Fatal("the sidecar still accepts connections during shutdown")
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			waitRefused(t, p.addr("app"))
 			select {
 			case err := <-stopped:
 				t.Fatalf("Run returned (%v) while a request was in flight", err)

@@ -204,7 +204,7 @@ type grpcBody struct {
 	cancel  context.CancelCauseFunc
 	trailer http.Header
 
-	out    []byte
+	framed grpcframe.Framed
 	ended  bool
 	st     *status.Status // how the call ended, once ReadMessage returned io.EOF
 	errMu  sync.Mutex
@@ -287,18 +287,7 @@ type CallEnd interface {
 // io.EOF.
 func (b *grpcBody) Ended() (*status.Status, metadata.MD) { return b.st, b.cs.Trailer() }
 
-func (b *grpcBody) Read(p []byte) (int, error) {
-	for len(b.out) == 0 {
-		msg, err := b.ReadMessage()
-		if err != nil {
-			return 0, err
-		}
-		b.out = grpcframe.Append(b.out[:0], 0, msg)
-	}
-	n := copy(p, b.out)
-	b.out = b.out[n:]
-	return n, nil
-}
+func (b *grpcBody) Read(p []byte) (int, error) { return b.framed.Read(p, b) }
 
 // Close ends the call (cancelling it if it is still going).
 func (b *grpcBody) Close() error {

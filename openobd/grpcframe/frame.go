@@ -186,3 +186,22 @@ func ReadMessage(r io.Reader, max int) ([]byte, error) {
 	}
 	return msg, nil
 }
+
+// Framed serves an io.Reader's Read from whole messages: each message from
+// src is framed (uncompressed) and handed out over as many reads as it
+// takes. The zero value is ready to use.
+type Framed struct{ out []byte }
+
+// Read fills p, taking the next message from src when the last is spent.
+func (f *Framed) Read(p []byte, src MessageReader) (int, error) {
+	for len(f.out) == 0 {
+		msg, err := src.ReadMessage()
+		if err != nil {
+			return 0, err
+		}
+		f.out = Append(f.out[:0], 0, msg)
+	}
+	n := copy(p, f.out)
+	f.out = f.out[n:]
+	return n, nil
+}
