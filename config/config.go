@@ -61,8 +61,8 @@ type Listener struct {
 	Unmatched string `yaml:"unmatched"`
 	// H2C, on a sidecar, says what its cleartext HTTP/2 connections carry:
 	// "http" (default: any HTTP/2, gRPC included, served by net/http) or
-	// "grpc" (gRPC only, served by grpc-go, which costs about half the CPU
-	// per call; HTTP/1.1 connections are still served by net/http).
+	// "grpc" (gRPC only, served by grpc-go, which costs less CPU per call;
+	// HTTP/1.1 connections are still served by net/http).
 	H2C string `yaml:"h2c"`
 	// AllowRemoteClients permits a non-loopback address. A listener that
 	// injects credentials must not be reachable by others by accident.

@@ -34,8 +34,9 @@ const DefaultGRPCMaxMessage = 16 << 20
 // takes and returns gRPC over HTTP as net/http has it (a framed message
 // stream as the body, grpc-status in the trailers, or in the headers of a
 // Trailers-Only answer), so the proxy's stripping, injection, observers and
-// retry work unchanged; grpc-go batches frame writes and costs the proxy
-// about half the CPU per call. Requests it cannot carry as they are go to
+// retry work unchanged. Behind the proxy's own grpc-go server (h2c: grpc
+// sidecars), messages pass through without being framed again. Requests it
+// cannot carry as they are go to
 // Fallback: compressed messages (grpc-go would recompress them) and paths
 // that are not a plain /service/method.
 //
