@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -214,6 +215,17 @@ func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho, heade
 			t.Fatalf("end of stream: %v", err)
 		}
 		check("bidi", header, stream.Trailer())
+	})
+
+	t.Run("compressed messages", func(t *testing.T) {
+		body := bytes.Repeat([]byte("compressible "), 1000)
+		resp, err := client.UnaryCall(ctx, &testpb.SimpleRequest{FillUsername: true, Payload: &testpb.Payload{Body: body}}, grpc.UseCompressor(gzip.Name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(resp.GetPayload().GetBody(), body) || resp.GetUsername() != "Bearer "+secretToken {
+			t.Errorf("echoed %d bytes, upstream saw %q", len(resp.GetPayload().GetBody()), resp.GetUsername())
+		}
 	})
 
 	t.Run("server streaming delivers each message as sent", func(t *testing.T) {

@@ -246,6 +246,32 @@ func TestGRPCListenerShutdown(t *testing.T) {
 	}
 }
 
+// An upstream that cannot be reached gives the client UNAVAILABLE with the
+// proxy's short message, whichever way each leg goes; the detail is logged.
+func TestGRPCUpstreamUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := port(t, ln.Addr().String())
+	ln.Close()
+	for _, m := range grpcModes {
+		t.Run(m.name, func(t *testing.T) {
+			e := newEnv(t)
+			p := e.start(grpcConfigWith(closedPort, m.h2c, m.protocol), nil, nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := grpcClient(t, p.addr("grpc")).UnaryCall(ctx, &testpb.SimpleRequest{})
+			if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != `authproxy: upstream unavailable (route "grpc")` {
+				t.Errorf("got %v, want UNAVAILABLE from the proxy", err)
+			}
+			if logs := p.logs.String(); !strings.Contains(logs, "connection refused") {
+				t.Errorf("the log lacks the cause:\n%s", logs)
+			}
+		})
+	}
+}
+
 // grpcClient dials a sidecar with insecure credentials, as applications
 // do; the connection is closed when the test ends.
 func grpcClient(t testing.TB, addr string) testpb.TestServiceClient {

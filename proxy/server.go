@@ -298,7 +298,7 @@ func (s *Server) Run(ctx context.Context) error {
 	serving.Wait()
 	stopRunners()
 	wg.Wait()
-	s.up.CloseIdleConnections()
+	s.up.Close()
 	s.log.Info("stopped")
 	return runErr
 }

@@ -86,7 +86,7 @@ func newSet(t *testing.T, s *connServer, cfg config.Upstream) *Set {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(u.CloseIdleConnections)
+	t.Cleanup(u.Close)
 	return u
 }
 

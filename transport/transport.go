@@ -110,9 +110,10 @@ func (u *Set) Client(timeout time.Duration) *http.Client {
 	return &http.Client{Transport: u.TLS, Timeout: timeout}
 }
 
-// CloseIdleConnections closes idle connections of every transport, and the
-// gRPC client connections (which grpc-go would reopen on the next call).
-func (u *Set) CloseIdleConnections() {
+// Close is for shutdown, once no request is in flight: it closes the idle
+// connections of every HTTP transport and every gRPC client connection,
+// idle or not (a later call would open a new one).
+func (u *Set) Close() {
 	u.GRPC.Close()
 	u.TLS.CloseIdleConnections()
 	u.H1.CloseIdleConnections()
