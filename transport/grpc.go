@@ -253,6 +253,8 @@ func (b *grpcBody) status(err error) *status.Status {
 		return status.New(codes.ResourceExhausted, "authproxy: request message larger than upstream.grpc_max_message_bytes")
 	case errors.Is(sendErr, grpcframe.ErrCompressed):
 		return status.New(codes.Internal, "authproxy: compressed message without grpc-encoding")
+	case errors.Is(sendErr, grpcframe.ErrBadFlag), errors.Is(sendErr, grpcframe.ErrTruncated):
+		return status.New(codes.Internal, "authproxy: malformed gRPC frame in the request")
 	case sendErr != nil:
 		return status.New(codes.Canceled, "authproxy: the client's request ended early")
 	}

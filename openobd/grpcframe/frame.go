@@ -152,8 +152,12 @@ var ErrTooLarge = errors.New("grpcframe: message larger than the limit")
 // is compressed.
 var ErrCompressed = errors.New("grpcframe: compressed message")
 
+// ErrBadFlag is returned by ReadMessage for a flag byte other than 0 and 1.
+var ErrBadFlag = errors.New("grpcframe: invalid frame flag")
+
 // ReadMessage reads one whole uncompressed frame from r and returns its
-// message; io.EOF when r ends between frames. It allocates the message
+// message; io.EOF when r ends between frames. A compressed frame, or a flag
+// byte other than 0 and 1, is an error. It allocates the message
 // only after checking its length against max.
 func ReadMessage(r io.Reader, max int) ([]byte, error) {
 	if mr, ok := r.(MessageReader); ok {
@@ -170,8 +174,12 @@ func ReadMessage(r io.Reader, max int) ([]byte, error) {
 		}
 		return nil, err
 	}
-	if hdr[0]&1 == 1 {
+	switch hdr[0] {
+	case 0:
+	case 1:
 		return nil, ErrCompressed
+	default:
+		return nil, fmt.Errorf("%w: flag byte %#x", ErrBadFlag, hdr[0])
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
 	if uint64(n) > uint64(max) {

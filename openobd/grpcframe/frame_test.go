@@ -95,3 +95,78 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReadMessage reads frames one message at a time and frames them again
+// through Framed: well-formed uncompressed input within the limit comes back
+// byte for byte; anything else ends in an error, never a panic or a message
+// past the limit.
+func FuzzReadMessage(f *testing.F) {
+	f.Add(frames("a", "bc"), 4)
+	f.Add([]byte{0, 0, 0, 0, 200, 1, 2}, 1)
+	f.Add([]byte{0, 0xff, 0xff, 0xff, 0xff}, 16)
+	f.Add(append(Append(nil, 1, []byte("zz")), 0, 0), 16)
+	f.Fuzz(func(t *testing.T, in []byte, max int) {
+		if max < 0 || max > 1<<20 {
+			max = 1 << 20
+		}
+		src := bytes.NewReader(in)
+		msgs := &sliceMessages{}
+		var err error
+		for {
+			var m []byte
+			if m, err = ReadMessage(src, max); err != nil {
+				break
+			}
+			if len(m) > max {
+				t.Fatalf("a message of %d bytes passed the limit of %d", len(m), max)
+			}
+			msgs.msgs = append(msgs.msgs, m)
+		}
+		var framed Framed
+		out, rerr := io.ReadAll(readerFunc(func(p []byte) (int, error) { return framed.Read(p, msgs) }))
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		if err == io.EOF {
+			if !bytes.Equal(out, in) {
+				t.Fatal("well-formed input changed")
+			}
+			return
+		}
+		if wellFormedWithin(in, max) {
+			t.Fatalf("well-formed input failed: %v", err)
+		}
+	})
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// sliceMessages serves messages from a slice, then io.EOF.
+type sliceMessages struct{ msgs [][]byte }
+
+func (s *sliceMessages) ReadMessage() ([]byte, error) {
+	if len(s.msgs) == 0 {
+		return nil, io.EOF
+	}
+	m := s.msgs[0]
+	s.msgs = s.msgs[1:]
+	return m, nil
+}
+
+// wellFormedWithin reports whether b is whole uncompressed frames, each
+// message at most max bytes.
+func wellFormedWithin(b []byte, max int) bool {
+	for len(b) > 0 {
+		if len(b) < 5 || b[0] != 0 {
+			return false
+		}
+		n := uint64(b[1])<<24 | uint64(b[2])<<16 | uint64(b[3])<<8 | uint64(b[4])
+		if n > uint64(max) || uint64(len(b)-5) < n {
+			return false
+		}
+		b = b[5+n:]
+	}
+	return true
+}
