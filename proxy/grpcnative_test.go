@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -269,6 +270,30 @@ func TestGRPCUpstreamUnreachable(t *testing.T) {
 				t.Errorf("the log lacks the cause:\n%s", logs)
 			}
 		})
+	}
+}
+
+// With unmatched: pass, a call no route matches goes to the listener's
+// upstream untouched: the client's own credential, nothing added.
+func TestGRPCListenerUnmatchedPass(t *testing.T) {
+	e := newEnv(t)
+	echo, grpcPort := e.grpcUpstream()
+	cfg := strings.Replace(grpcConfigWith(grpcPort, "grpc", "auto"), "    h2c: grpc\n", "    h2c: grpc\n    unmatched: pass\n", 1)
+	cfg = strings.Replace(cfg, "path: /grpc.testing.TestService/*", "path: /other.Service/*", 1)
+	p := e.start(cfg, nil, nil)
+	client := grpcClient(t, p.addr("grpc"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("without a credential of its own: %v, want the upstream's UNAUTHENTICATED", err)
+	}
+	own := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secretToken)
+	resp, err := client.UnaryCall(own, &testpb.SimpleRequest{FillUsername: true})
+	if err != nil || resp.GetUsername() != "Bearer "+secretToken {
+		t.Errorf("with its own credential: %v, upstream saw %q", err, resp.GetUsername())
+	}
+	if n := echo.Calls(); n != 1 {
+		t.Errorf("%d calls accepted upstream, want 1", n)
 	}
 }
 
