@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,8 @@ import (
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
+	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/sim"
 )
 
@@ -294,6 +297,61 @@ func TestGRPCListenerUnmatchedPass(t *testing.T) {
 	}
 	if n := echo.Calls(); n != 1 {
 		t.Errorf("%d calls accepted upstream, want 1", n)
+	}
+}
+
+// failingListener accepts nothing and fails once fail is closed, as a
+// listener whose socket broke does.
+type failingListener struct {
+	net.Listener
+	fail chan struct{}
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	<-l.fail
+	return nil, errors.New("accept: injected failure")
+}
+
+// When the socket of an h2c: grpc listener fails, both of its servers stop
+// with the error; Run must return it rather than hang.
+func TestGRPCListenerFailureEndsRun(t *testing.T) {
+	e := newEnv(t)
+	cfg, err := parseConfig(e, `
+listeners:
+  - {name: grpc, kind: sidecar, address: 127.0.0.1:0, h2c: grpc, upstream: "https://127.0.0.1:1"}
+injectors:
+  bearer: {kind: static, headers: {Authorization: {value: x}}}
+routes:
+  - {name: all, match: {path: /*}, injector: bearer}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &failingListener{Listener: base, fail: make(chan struct{})}
+	defer ln.Close()
+	injs, err := injectors.BuildAll(cfg, injectors.Env{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := proxy.New(cfg, injs, proxy.Options{Listeners: map[string]net.Listener{"grpc": ln}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(context.Background()) }()
+	<-srv.Ready()
+	close(ln.fail)
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "injected failure") {
+			t.Errorf("Run returned %v, want the listener's failure", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its listener failed")
 	}
 }
 

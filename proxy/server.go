@@ -18,7 +18,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -237,7 +236,15 @@ func (s *Server) Run(ctx context.Context) error {
 
 	runCtx, stopRunners := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	errc := make(chan error, len(s.listeners)+len(s.runners))
+	// One slot per server that may report a failure, so none blocks: an
+	// h2c: grpc sidecar has two (net/http and grpc-go on one socket).
+	servers := len(s.listeners)
+	for _, l := range s.listeners {
+		if l.grpc != nil {
+			servers++
+		}
+	}
+	errc := make(chan error, servers)
 	for _, r := range s.runners {
 		wg.Go(func() {
 			if err := r.Run(runCtx); err != nil && !errors.Is(err, context.Canceled) {
@@ -246,7 +253,6 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 	}
 	var serving sync.WaitGroup
-	var stopping atomic.Bool
 	for _, l := range s.listeners {
 		s.log.Info("listening", "listener", l.name, "kind", l.kind, "address", l.ln.Addr().String())
 		httpLn := l.ln
@@ -255,7 +261,7 @@ func (s *Server) Run(ctx context.Context) error {
 			httpLn = split.h1
 			serving.Go(split.run)
 			serving.Go(func() {
-				if err := l.grpc.Serve(split.h2); err != nil && !stopping.Load() {
+				if err := l.grpc.Serve(split.h2); err != nil { // after shutdown, read by no one
 					errc <- fmt.Errorf("listener %q: %w", l.name, err)
 				}
 			})
@@ -272,7 +278,6 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
-	stopping.Store(true)
 	s.log.Info("shutting down", "drain_bound", s.shutdown.String())
 	sctx, cancel := context.WithTimeout(context.Background(), s.shutdown)
 	defer cancel()
