@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"encoding/base64"
 	"errors"
 	"io"
 	"net/http"
@@ -211,19 +210,9 @@ func (b *streamBody) Close() error {
 // out.
 func headerOf(md metadata.MD) http.Header {
 	h := make(http.Header, len(md)+2)
-	for k, vs := range md {
-		switch {
-		case k == "" || k[0] == ':', k == "grpc-encoding", k == "grpc-accept-encoding":
-			continue
-		case strings.HasSuffix(k, "-bin"):
-			enc := make([]string, len(vs))
-			for i, v := range vs {
-				enc[i] = base64.RawStdEncoding.EncodeToString([]byte(v))
-			}
-			vs = enc
-		}
-		h[http.CanonicalHeaderKey(k)] = vs
-	}
+	transport.CopyMD(h, md)
+	h.Del("Grpc-Encoding")
+	h.Del("Grpc-Accept-Encoding")
 	if h.Get("Content-Type") == "" {
 		h.Set("Content-Type", "application/grpc")
 	}
@@ -233,27 +222,16 @@ func headerOf(md metadata.MD) http.Header {
 
 // mdOf turns response headers or trailers into metadata for grpc-go,
 // leaving out what grpc-go writes itself (content type, status) and
-// decoding -bin values.
+// decoding -bin values; one that does not decode is dropped.
 func mdOf(h http.Header) metadata.MD {
-	md := metadata.MD{}
-	for k, vs := range h {
-		lk := strings.ToLower(k)
+	md, _ := transport.MDOf(h, func(lk string) bool {
 		switch lk {
 		case "content-type", "grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-encoding",
 			"grpc-accept-encoding", "content-length", "trailer", "date":
-			continue
+			return true
 		}
-		if strings.HasSuffix(lk, "-bin") {
-			dec := make([]string, 0, len(vs))
-			for _, v := range vs {
-				if b, err := transport.DecodeBin(v); err == nil {
-					dec = append(dec, string(b))
-				}
-			}
-			vs = dec
-		}
-		md[lk] = vs
-	}
+		return false
+	})
 	return md
 }
 

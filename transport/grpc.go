@@ -137,7 +137,7 @@ func (g *GRPC) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body, resp.ContentLength = http.NoBody, 0 // so the answer stays Trailers-Only
 		return resp, nil
 	}
-	copyMD(resp.Header, hmd)
+	CopyMD(resp.Header, hmd)
 	if resp.Header.Get("Content-Type") == "" {
 		resp.Header.Set("Content-Type", "application/grpc")
 	}
@@ -304,7 +304,7 @@ func (b *grpcBody) finish() { b.cancel(context.Canceled) }
 
 // setStatus writes a call's status and trailing metadata into h.
 func setStatus(h http.Header, st *status.Status, md metadata.MD) {
-	copyMD(h, md)
+	CopyMD(h, md)
 	h.Set("Grpc-Status", strconv.Itoa(int(st.Code())))
 	if msg := st.Message(); msg != "" {
 		h.Set("Grpc-Message", EncodeGRPCMessage(msg))
@@ -319,11 +319,18 @@ func setStatus(h http.Header, st *status.Status, md metadata.MD) {
 // outgoingMD turns a request's headers into grpc-go metadata: the headers
 // grpc-go sets itself and connection-level ones are left out, and -bin
 // values are decoded (grpc-go encodes them again).
-func outgoingMD(h http.Header) (metadata.MD, error) {
+func outgoingMD(h http.Header) (metadata.MD, error) { return MDOf(h, skipHeader) }
+
+// MDOf turns headers into grpc-go metadata, leaving out those skip names
+// (it gets the lower-case name) and decoding -bin values from base64. A
+// -bin value that does not decode is left out, and the first such is
+// returned as the error.
+func MDOf(h http.Header, skip func(lowerName string) bool) (metadata.MD, error) {
 	md := make(metadata.MD, len(h))
+	var bad error
 	for k, vs := range h {
 		lk := strings.ToLower(k)
-		if skipHeader(lk) {
+		if skip(lk) {
 			continue
 		}
 		if strings.HasSuffix(lk, "-bin") {
@@ -331,7 +338,10 @@ func outgoingMD(h http.Header) (metadata.MD, error) {
 			for _, v := range vs {
 				b, err := DecodeBin(v)
 				if err != nil {
-					return nil, fmt.Errorf("header %s: %w", k, err)
+					if bad == nil {
+						bad = fmt.Errorf("header %s: %w", k, err)
+					}
+					continue
 				}
 				dec = append(dec, string(b))
 			}
@@ -339,7 +349,7 @@ func outgoingMD(h http.Header) (metadata.MD, error) {
 		}
 		md[lk] = vs
 	}
-	return md, nil
+	return md, bad
 }
 
 // skipHeader reports the headers grpc-go writes itself or that do not
@@ -354,9 +364,9 @@ func skipHeader(lk string) bool {
 	return lk == "" || lk[0] == ':'
 }
 
-// copyMD adds grpc-go metadata to an http.Header, encoding -bin values as
+// CopyMD adds grpc-go metadata to an http.Header, encoding -bin values as
 // they travel on the wire and leaving out pseudo-headers.
-func copyMD(h http.Header, md metadata.MD) {
+func CopyMD(h http.Header, md metadata.MD) {
 	for k, vs := range md {
 		if k == "" || k[0] == ':' {
 			continue

@@ -70,7 +70,7 @@ func TestOutgoingMD(t *testing.T) {
 
 func TestCopyMDEncodesBin(t *testing.T) {
 	h := http.Header{}
-	copyMD(h, metadata.MD{"x-trace-bin": {"\x00\x01\x02\xff"}, "x-plain": {"v"}, ":status": {"200"}})
+	CopyMD(h, metadata.MD{"x-trace-bin": {"\x00\x01\x02\xff"}, "x-plain": {"v"}, ":status": {"200"}})
 	want := http.Header{"X-Trace-Bin": {"AAEC/w"}, "X-Plain": {"v"}}
 	if diff := cmp.Diff(want, h); diff != "" {
 		t.Errorf("headers (-want +got):\n%s", diff)
