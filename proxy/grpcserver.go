@@ -95,13 +95,28 @@ func (s *sidecar) serveGRPC(_ any, ss grpc.ServerStream) error {
 // which may sit in RecvMsg until the handler returns: such a body is closed
 // once the handler has returned. grpc-go's bodies close at once.
 func closeLater(body io.ReadCloser) {
-	if e, ok := body.(*endsRequest); ok {
-		if _, ok := e.ReadCloser.(grpcframe.MessageReader); ok {
-			_ = body.Close()
-			return
-		}
+	if _, call := upstreamCall(body); call != nil {
+		_ = body.Close()
+		return
 	}
 	go func() { _ = body.Close() }()
+}
+
+// callBody is a response body of transport.GRPC.
+type callBody interface {
+	grpcframe.MessageReader
+	transport.CallEnd
+}
+
+// upstreamCall finds the grpc-go call under a response body that nothing
+// wraps but endsRequest; nil for net/http's bodies and observers' wrappers.
+func upstreamCall(body io.ReadCloser) (*endsRequest, callBody) {
+	if e, ok := body.(*endsRequest); ok {
+		if call, ok := e.ReadCloser.(callBody); ok {
+			return e, call
+		}
+	}
+	return nil, nil
 }
 
 // relay sends an upstream's answer to the client: its headers, each
@@ -154,19 +169,14 @@ func (s *sidecar) relay(ss grpc.ServerStream, resp *http.Response) error {
 // ended gives the call's status at the end), by parsing its frames
 // otherwise (an observer reads or rewrites them; ended is nil).
 func messagesOf(body io.ReadCloser, maxMsg int) (next func() ([]byte, error), ended transport.CallEnd) {
-	if e, ok := body.(*endsRequest); ok {
-		if call, ok := e.ReadCloser.(interface {
-			grpcframe.MessageReader
-			transport.CallEnd
-		}); ok {
-			return func() ([]byte, error) {
-				msg, err := call.ReadMessage()
-				if err == io.EOF {
-					e.once.Do(func() { _ = e.req.Close() })
-				}
-				return msg, err
-			}, call
-		}
+	if e, call := upstreamCall(body); call != nil {
+		return func() ([]byte, error) {
+			msg, err := call.ReadMessage()
+			if err == io.EOF {
+				e.once.Do(func() { _ = e.req.Close() })
+			}
+			return msg, err
+		}, call
 	}
 	return func() ([]byte, error) { return grpcframe.ReadMessage(body, maxMsg) }, nil
 }
