@@ -62,8 +62,10 @@ func (s *sidecar) serveGRPC(_ any, ss grpc.ServerStream) error {
 		r.RemoteAddr = p.Addr.String()
 	}
 	if dl, ok := ctx.Deadline(); ok {
-		// For the net/http path upstream; grpc-go takes it from ctx.
-		r.Header.Set("Grpc-Timeout", strconv.FormatInt(max(time.Until(dl).Milliseconds(), 1), 10)+"m")
+		// For the net/http path upstream; grpc-go takes it from ctx. Rounded
+		// up, as grpc-go does, so it never ends before ctx.
+		ms := (time.Until(dl) + time.Millisecond - 1) / time.Millisecond
+		r.Header.Set("Grpc-Timeout", strconv.FormatInt(int64(max(ms, 1)), 10)+"m")
 	}
 	x, err := s.exchangeFor(r)
 	if err != nil {

@@ -106,7 +106,7 @@ func (g *GRPC) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancelCause(req.Context())
-	if d, ok := grpcTimeout(req.Header.Get("Grpc-Timeout")); ok {
+	if d, ok := grpcTimeout(req.Header.Get("Grpc-Timeout")); ok && earlier(ctx, d) {
 		var stop context.CancelFunc
 		ctx, stop = context.WithTimeout(ctx, d)
 		inner := cancel
@@ -145,6 +145,13 @@ func (g *GRPC) RoundTrip(req *http.Request) (*http.Response, error) {
 	body.trailer = resp.Trailer
 	resp.Body = body
 	return resp, nil
+}
+
+// earlier reports whether a timeout of d from now ends before ctx's own
+// deadline (the proxy's gRPC server gives the call's deadline both ways).
+func earlier(ctx context.Context, d time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	return !ok || time.Now().Add(d).Before(dl)
 }
 
 // carries reports whether req can go over grpc-go as it is.

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -74,5 +75,19 @@ func TestCopyMDEncodesBin(t *testing.T) {
 	want := http.Header{"X-Trace-Bin": {"AAEC/w"}, "X-Plain": {"v"}}
 	if diff := cmp.Diff(want, h); diff != "" {
 		t.Errorf("headers (-want +got):\n%s", diff)
+	}
+}
+
+func TestEarlier(t *testing.T) {
+	if !earlier(context.Background(), time.Hour) {
+		t.Error("a timeout with no deadline in ctx must apply")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if earlier(ctx, 2*time.Second) {
+		t.Error("a timeout after ctx's deadline must not add a timer")
+	}
+	if !earlier(ctx, 100*time.Millisecond) {
+		t.Error("a timeout before ctx's deadline must apply")
 	}
 }
