@@ -119,7 +119,7 @@ func (g *GRPC) RoundTrip(req *http.Request) (*http.Response, error) {
 		cancel(nil)
 		return nil, err
 	}
-	body := &grpcBody{cs: cs, cancel: cancel}
+	body := &grpcBody{cs: cs, ctx: ctx, cancel: cancel}
 	go body.send(req.Body, g.MaxMessage)
 
 	resp := &http.Response{
@@ -209,15 +209,21 @@ func (g *GRPC) Close() {
 // proxy's own gRPC server takes the messages without framing them.
 type grpcBody struct {
 	cs      grpc.ClientStream
+	ctx     context.Context // the call's; its cause says why send stopped it
 	cancel  context.CancelCauseFunc
 	trailer http.Header
 
 	framed grpcframe.Framed
 	ended  bool
 	st     *status.Status // how the call ended, once ReadMessage returned io.EOF
-	errMu  sync.Mutex
-	sendEr error // why send stopped the call (a message over the limit)
 }
+
+// sendFailure is the cause of a call that send cancelled: the request body
+// failed (the client went away, a message over the limit).
+type sendFailure struct{ err error }
+
+func (f *sendFailure) Error() string { return f.err.Error() }
+func (f *sendFailure) Unwrap() error { return f.err }
 
 // send copies the request body's messages upstream, then half-closes. A
 // body that fails (the client went away, a message over the limit) cancels
@@ -234,10 +240,7 @@ func (b *grpcBody) send(src io.ReadCloser, max int) {
 			return
 		}
 		if err != nil {
-			b.errMu.Lock()
-			b.sendEr = err
-			b.errMu.Unlock()
-			b.cancel(err)
+			b.cancel(&sendFailure{err})
 			return
 		}
 		if err := b.cs.SendMsg(&msg); err != nil {
@@ -252,20 +255,19 @@ func (b *grpcBody) status(err error) *status.Status {
 	if err == io.EOF {
 		return status.New(codes.OK, "")
 	}
-	b.errMu.Lock()
-	sendErr := b.sendEr
-	b.errMu.Unlock()
-	switch {
-	case errors.Is(sendErr, grpcframe.ErrTooLarge):
-		return status.New(codes.ResourceExhausted, "authproxy: request message larger than upstream.grpc_max_message_bytes")
-	case errors.Is(sendErr, grpcframe.ErrCompressed):
-		return status.New(codes.Internal, "authproxy: compressed message without grpc-encoding")
-	case errors.Is(sendErr, grpcframe.ErrBadFlag), errors.Is(sendErr, grpcframe.ErrTruncated):
-		return status.New(codes.Internal, "authproxy: malformed gRPC frame in the request")
-	case sendErr != nil:
-		return status.New(codes.Canceled, "authproxy: the client's request ended early")
+	var sf *sendFailure
+	if !errors.As(context.Cause(b.ctx), &sf) {
+		return status.Convert(err)
 	}
-	return status.Convert(err)
+	switch {
+	case errors.Is(sf.err, grpcframe.ErrTooLarge):
+		return status.New(codes.ResourceExhausted, "authproxy: request message larger than upstream.grpc_max_message_bytes")
+	case errors.Is(sf.err, grpcframe.ErrCompressed):
+		return status.New(codes.Internal, "authproxy: compressed message without grpc-encoding")
+	case errors.Is(sf.err, grpcframe.ErrBadFlag), errors.Is(sf.err, grpcframe.ErrTruncated):
+		return status.New(codes.Internal, "authproxy: malformed gRPC frame in the request")
+	}
+	return status.New(codes.Canceled, "authproxy: the client's request ended early")
 }
 
 // ReadMessage returns the upstream's next message; at the end of the call
