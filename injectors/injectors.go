@@ -69,6 +69,15 @@ type ResponseObserver interface {
 	ObserveResponse(req *Request, resp *http.Response) (retry bool)
 }
 
+// HeadObserver is implemented by ResponseObservers that read nothing of a
+// response but its status and headers, and leave its body alone. The frame
+// relay of h2c: relay listeners decodes no body, so it serves only routes
+// whose injector observes nothing or is a HeadObserver.
+type HeadObserver interface {
+	ResponseObserver
+	ObservesHeadOnly()
+}
+
 // PathParamUser is implemented by injectors whose templates read path
 // values; the proxy checks that every route using the injector captures
 // them.

@@ -322,6 +322,9 @@ func (o *OAuth2) ObserveResponse(req *Request, resp *http.Response) bool {
 	return o.cache.Invalidate(key, req.Header.Get(o.header))
 }
 
+// ObservesHeadOnly implements HeadObserver.
+func (o *OAuth2) ObservesHeadOnly() {}
+
 func (o *OAuth2) lookup(req *Request) (string, tokencache.FetchFunc, error) {
 	if o.static {
 		return o.staticKey, o.staticFetch, nil

@@ -225,6 +225,9 @@ func (v *VISS) ObserveResponse(req *Request, resp *http.Response) bool {
 	return v.cache.Invalidate(key, strings.TrimPrefix(req.Header.Get(v.header), v.prefix))
 }
 
+// ObservesHeadOnly implements HeadObserver.
+func (v *VISS) ObservesHeadOnly() {}
+
 func (v *VISS) agtEntry(vin string) (string, tokencache.FetchFunc) {
 	return v.name + "\x00agt\x00" + vin + "\x00" + v.context, func(ctx context.Context) (tokencache.Token, error) {
 		return v.fetchAGT(ctx, vin)

@@ -126,31 +126,13 @@ func (c *core) roundTrip(out *http.Request) (*http.Response, error) {
 // sends a request whose injector failed.
 func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 	rt := x.route
-	var ireq *injectors.Request
-	if rt != nil {
-		if out.URL.Scheme != "https" && !rt.allowPlaintext {
-			return nil, &routeError{route: rt.name, err: ErrPlaintext}
-		}
-		var stripped http.Header
-		for _, h := range rt.strip {
-			if v, ok := out.Header[h]; ok {
-				if stripped == nil {
-					stripped = http.Header{}
-				}
-				stripped[h] = v
-				delete(out.Header, h)
-			}
-		}
-		ireq = &injectors.Request{Request: out, Route: rt.name, Params: x.params, Stripped: stripped,
-			ClientHost: x.clientHost, Sidecar: x.sidecar, ListenerAddr: x.listenerAddr}
-		if err := rt.injector.Inject(ireq); err != nil {
-			return nil, &routeError{route: rt.name, err: err}
-		}
+	ireq, err := prepare(out, x)
+	if err != nil {
+		return nil, err
 	}
 	tr := c.transport(out, x)
 	var rec replayer
 	if rt != nil && rt.observer != nil && out.Body != nil && out.Body != http.NoBody {
-		var err error
 		if rec, err = replayable(out, c.maxReplay); err != nil {
 			return nil, &routeError{route: rt.name, err: err}
 		}
@@ -179,6 +161,35 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 	}
 	c.log.Debug("retrying with a fresh credential", "route", rt.name, "method", out.Method, "host", out.Host, "path", out.URL.Path)
 	return c.roundTripOnce(tr, out, rt, inBody)
+}
+
+// prepare strips the client's credentials from out, which the caller owns,
+// and has the route's injector add its own; nil and no error for a request
+// that matched no route. An error means out must not be sent.
+func prepare(out *http.Request, x *exchange) (*injectors.Request, error) {
+	rt := x.route
+	if rt == nil {
+		return nil, nil
+	}
+	if out.URL.Scheme != "https" && !rt.allowPlaintext {
+		return nil, &routeError{route: rt.name, err: ErrPlaintext}
+	}
+	var stripped http.Header
+	for _, h := range rt.strip {
+		if v, ok := out.Header[h]; ok {
+			if stripped == nil {
+				stripped = http.Header{}
+			}
+			stripped[h] = v
+			delete(out.Header, h)
+		}
+	}
+	ireq := &injectors.Request{Request: out, Route: rt.name, Params: x.params, Stripped: stripped,
+		ClientHost: x.clientHost, Sidecar: x.sidecar, ListenerAddr: x.listenerAddr}
+	if err := rt.injector.Inject(ireq); err != nil {
+		return nil, &routeError{route: rt.name, err: err}
+	}
+	return ireq, nil
 }
 
 // transport picks the upstream transport. With upstream_protocol auto

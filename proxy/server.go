@@ -24,6 +24,7 @@ import (
 
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/h2relay"
 	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/proxy/route"
 	"github.com/authproxy/authproxy/transport"
@@ -54,8 +55,9 @@ type Server struct {
 type listener struct {
 	name, kind, address string
 	srv                 *http.Server
-	fwd                 *forward     // forward listeners only
-	grpc                *grpc.Server // h2c: grpc sidecars only: serves their HTTP/2 connections
+	fwd                 *forward       // forward listeners only
+	grpc                *grpc.Server   // h2c: grpc sidecars only: serves their HTTP/2 connections
+	relay               *h2relay.Relay // h2c: relay sidecars only: relays their HTTP/2 connections
 	ln                  net.Listener
 }
 
@@ -96,6 +98,9 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	if err := checkPathParams(cfg, injs); err != nil {
 		return nil, err
 	}
+	if err := checkRelay(cfg, injs); err != nil {
+		return nil, err
+	}
 	for _, l := range cfg.Listeners {
 		var entries []route.Entry[*routeRT]
 		for _, ref := range cfg.RoutesByListener[l.Name] {
@@ -128,10 +133,21 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 				sc.pass = u
 			}
 			handler = sc
-			if l.H2C == config.H2CGRPC {
+			switch l.H2C {
+			case config.H2CGRPC:
 				ln.grpc = grpc.NewServer(grpcServerOptions(sc, up.GRPC.MaxMessage,
 					t.ReadHeader.D(10*time.Second), t.Idle.D(120*time.Second))...)
-			} else {
+			case config.H2CRelay:
+				ln.relay = &h2relay.Relay{
+					Handler:             relayHandler{sc},
+					Dial:                up.DialH2,
+					MaxReplayBytes:      int(c.maxReplay),
+					PrefaceTimeout:      t.ReadHeader.D(10 * time.Second),
+					IdleTimeout:         t.Idle.D(120 * time.Second),
+					UpstreamIdleTimeout: cfg.Upstream.IdleConnTimeout.D(90 * time.Second),
+					Log:                 logger.With("listener", l.Name),
+				}
+			default:
 				protocols.SetUnencryptedHTTP2(true)
 			}
 		case config.KindForward:
@@ -237,10 +253,11 @@ func (s *Server) Run(ctx context.Context) error {
 	runCtx, stopRunners := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	// One slot per server that may report a failure, so none blocks: an
-	// h2c: grpc sidecar has two (net/http and grpc-go on one socket).
+	// h2c: grpc or relay sidecar has two (net/http, and grpc-go or the
+	// relay, on one socket).
 	servers := len(s.listeners)
 	for _, l := range s.listeners {
-		if l.grpc != nil {
+		if l.grpc != nil || l.relay != nil {
 			servers++
 		}
 	}
@@ -263,6 +280,23 @@ func (s *Server) Run(ctx context.Context) error {
 			serving.Go(func() {
 				if err := l.grpc.Serve(split.h2); err != nil { // after shutdown, read by no one
 					errc <- fmt.Errorf("listener %q: %w", l.name, err)
+				}
+			})
+		}
+		if l.relay != nil {
+			split := newSplitter(l.ln, l.srv.ReadHeaderTimeout)
+			httpLn = split.h1
+			serving.Go(split.run)
+			serving.Go(func() {
+				for {
+					c, err := split.h2.Accept()
+					if err != nil {
+						if !errors.Is(err, net.ErrClosed) {
+							errc <- fmt.Errorf("listener %q: %w", l.name, err)
+						}
+						return
+					}
+					go l.relay.ServeConn(c)
 				}
 			})
 		}
@@ -289,6 +323,13 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 			if l.grpc != nil {
 				drain.Go(func() { s.drainGRPC(sctx, l) })
+			}
+			if l.relay != nil {
+				drain.Go(func() {
+					if l.relay.Shutdown(sctx) != nil {
+						s.log.Warn("HTTP/2 streams still in flight at the drain bound; closing them", "listener", l.name)
+					}
+				})
 			}
 			if err := l.srv.Shutdown(sctx); err != nil {
 				s.log.Warn("requests still in flight at the drain bound; closing them", "listener", l.name)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -36,6 +37,9 @@ type Set struct {
 	GRPC *GRPC
 	// Dial dials with the configured timeout and resolve pins.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	roots     *x509.CertPool
+	handshake time.Duration
 }
 
 // New builds a Set from the upstream config. It reads ca_file.
@@ -84,7 +88,8 @@ func New(cfg config.Upstream) (*Set, error) {
 	}
 	h1 := base()
 	h1.Protocols.SetHTTP1(true)
-	u := &Set{TLS: base(), H1: &h1Fast{fallback: h1}, H2C: base(), Dial: dial}
+	u := &Set{TLS: base(), H1: &h1Fast{fallback: h1}, H2C: base(), Dial: dial,
+		roots: roots, handshake: cfg.TLSHandshakeTimeout.D(10 * time.Second)}
 	u.TLS.Protocols.SetHTTP1(true)
 	u.TLS.Protocols.SetHTTP2(true)
 	u.H2C.Protocols.SetUnencryptedHTTP2(true)
@@ -95,6 +100,30 @@ func New(cfg config.Upstream) (*Set, error) {
 	u.GRPC = &GRPC{Fallback: u.TLS, FallbackH2C: u.H2C, MaxMessage: maxMsg, dial: dial,
 		tls: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
 	return u, nil
+}
+
+// DialH2 opens a connection for HTTP/2 to addr (host:port): for https a
+// TLS connection that negotiated h2 by ALPN, verified against the roots;
+// for http a plain one (h2c with prior knowledge).
+func (u *Set) DialH2(ctx context.Context, scheme, addr string) (net.Conn, error) {
+	nc, err := u.Dial(ctx, "tcp", addr)
+	if err != nil || scheme == "http" {
+		return nc, err
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	tc := tls.Client(nc, &tls.Config{RootCAs: u.roots, MinVersion: tls.VersionTLS12,
+		ServerName: trimBrackets(host), NextProtos: []string{"h2"}})
+	hctx, cancel := context.WithTimeout(ctx, u.handshake)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+		_ = tc.Close()
+		return nil, fmt.Errorf("%s did not negotiate HTTP/2 (ALPN %q)", addr, p)
+	}
+	return tc, nil
 }
 
 func trimBrackets(s string) string {

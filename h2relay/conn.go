@@ -1,0 +1,439 @@
+package h2relay
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// conn is one HTTP/2 connection: a client's (server is true: the relay
+// serves it) or an upstream's. Its goroutine reads frames and acts on them;
+// any goroutine may write, holding mu (the state) and then wmu (the
+// encoder and the buffered writer), never another conn's mu.
+type conn struct {
+	r      *Relay
+	nc     net.Conn
+	server bool
+	pool   *pool // upstream connections only
+	br     *bufio.Reader
+	fr     *http2.Framer
+
+	wmu  sync.Mutex
+	bw   *bufio.Writer
+	enc  *hpack.Encoder
+	hbuf bytes.Buffer
+
+	mu         sync.Mutex
+	streams    map[uint32]*half
+	sendWin    int64  // connection-level send window
+	initWin    int64  // the peer's initial stream window
+	maxFrame   uint32 // the peer's largest frame
+	maxStreams uint32 // the peer's concurrency limit (upstream)
+	recvWin    int64  // what the peer may still send us
+	unacked    int64  // received and passed on, not yet granted back
+	nextID     uint32 // upstream: the next stream ID
+	reserved   int    // upstream: streams being opened
+	lastID     uint32 // client: the highest stream ID seen
+	goingAway  bool   // no new streams
+	goAwayID   uint32 // upstream: the last stream its GOAWAY kept
+	closed     bool
+	closeErr   error
+	blocked    map[*half]struct{} // halves with data waiting for window
+	idle       *time.Timer
+	done       chan struct{}
+}
+
+// half is one stream's leg on one connection.
+type half struct {
+	c  *conn
+	id uint32 // 0 until HEADERS are sent (upstream)
+	s  *stream
+
+	// Sending on c, under c.mu.
+	started bool                // HEADERS sent
+	sendWin int64               // stream-level send window
+	queue   []byte              // data waiting to be sent (an owned copy)
+	src     *half               // the leg the queued data came from, credited as it leaves; nil for a replay
+	endQ    bool                // END_STREAM once the queue is sent
+	trailer []hpack.HeaderField // sent with END_STREAM after the queue
+	sentEnd bool
+
+	// Receiving on c, under c.mu.
+	recvWin int64
+	unacked int64
+	recvEnd bool
+	reset   bool
+}
+
+func newConn(r *Relay, nc net.Conn, server bool) *conn {
+	c := &conn{
+		r: r, nc: nc, server: server,
+		br:       bufio.NewReaderSize(nc, 8<<10),
+		bw:       bufio.NewWriterSize(nc, 8<<10),
+		streams:  map[uint32]*half{},
+		sendWin:  65535,
+		initWin:  65535,
+		maxFrame: 16384,
+		recvWin:  65535,
+		nextID:   1,
+		blocked:  map[*half]struct{}{},
+		done:     make(chan struct{}),
+	}
+	c.maxStreams = 100 // until the upstream's SETTINGS say
+	c.fr = http2.NewFramer(c.bw, c.br)
+	c.fr.SetMaxReadFrameSize(frameSize)
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.fr.MaxHeaderListSize = r.maxHeaderBytes()
+	c.enc = hpack.NewEncoder(&c.hbuf)
+	return c
+}
+
+func (r *Relay) maxHeaderBytes() uint32 {
+	if r.MaxHeaderBytes == 0 {
+		return 1 << 20
+	}
+	return r.MaxHeaderBytes
+}
+
+// settings are what the relay says on both sides.
+func (c *conn) settings() []http2.Setting {
+	s := []http2.Setting{
+		{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+		{ID: http2.SettingMaxHeaderListSize, Val: c.r.maxHeaderBytes()},
+	}
+	if c.server {
+		n := c.r.MaxConcurrentStreams
+		if n == 0 {
+			n = 250
+		}
+		s = append(s, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: n})
+	} else {
+		s = append(s, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+	}
+	return s
+}
+
+// serverHandshake reads a client's preface and first SETTINGS, within the
+// preface timeout, and sends the relay's.
+func (c *conn) serverHandshake() error {
+	if t := c.r.PrefaceTimeout; t > 0 {
+		_ = c.nc.SetReadDeadline(time.Now().Add(t))
+	}
+	var pre [len(http2.ClientPreface)]byte
+	if _, err := io.ReadFull(c.br, pre[:]); err != nil || string(pre[:]) != http2.ClientPreface {
+		return errors.New("no HTTP/2 preface")
+	}
+	f, err := c.fr.ReadFrame()
+	if err != nil {
+		return err
+	}
+	sf, ok := f.(*http2.SettingsFrame)
+	if !ok || sf.IsAck() {
+		return errors.New("the preface is not followed by SETTINGS")
+	}
+	_ = c.nc.SetReadDeadline(time.Time{})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.fr.WriteSettings(c.settings()...); err != nil {
+		return err
+	}
+	if err := c.applySettings(sf); err != nil {
+		return err
+	}
+	if err := c.fr.WriteWindowUpdate(0, connWindow-65535); err != nil {
+		return err
+	}
+	c.recvWin = connWindow
+	c.armIdle()
+	return c.bw.Flush()
+}
+
+// clientHandshake sends the preface and the relay's SETTINGS upstream.
+func (c *conn) clientHandshake() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if _, err := c.bw.WriteString(http2.ClientPreface); err != nil {
+		return err
+	}
+	if err := c.fr.WriteSettings(c.settings()...); err != nil {
+		return err
+	}
+	if err := c.fr.WriteWindowUpdate(0, connWindow-65535); err != nil {
+		return err
+	}
+	c.recvWin = connWindow
+	return c.bw.Flush()
+}
+
+// applySettings takes the peer's SETTINGS and acknowledges them; c.mu and
+// c.wmu are held.
+func (c *conn) applySettings(f *http2.SettingsFrame) error {
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		switch s.ID {
+		case http2.SettingInitialWindowSize:
+			delta := int64(s.Val) - c.initWin
+			c.initWin = int64(s.Val)
+			for _, h := range c.streams {
+				h.sendWin += delta
+				if h.sendWin > 1<<31-1 {
+					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				}
+			}
+		case http2.SettingMaxFrameSize:
+			c.maxFrame = s.Val
+		case http2.SettingHeaderTableSize:
+			c.enc.SetMaxDynamicTableSizeLimit(s.Val)
+		case http2.SettingMaxConcurrentStreams:
+			c.maxStreams = s.Val
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return c.fr.WriteSettingsAck()
+}
+
+// flusher collects the connections a reading goroutine wrote to, so that
+// a batch of frames read together leaves in one write each.
+type flusher struct{ conns []*conn }
+
+func (fl *flusher) mark(c *conn) {
+	for _, x := range fl.conns {
+		if x == c {
+			return
+		}
+	}
+	fl.conns = append(fl.conns, c)
+}
+
+func (fl *flusher) flush() {
+	for _, c := range fl.conns {
+		c.flush()
+	}
+	fl.conns = fl.conns[:0]
+}
+
+// wrote is called after frames were written to c: it flushes them now, or
+// leaves them to fl.
+func (c *conn) wrote(fl *flusher) {
+	if fl != nil {
+		fl.mark(c)
+		return
+	}
+	c.flush()
+}
+
+func (c *conn) flush() {
+	c.wmu.Lock()
+	err := c.bw.Flush()
+	c.wmu.Unlock()
+	if err != nil {
+		c.close(err)
+	}
+}
+
+// writeErr handles an error of a write made under wmu: the connection is
+// broken, and its reader will end.
+func (c *conn) writeErr(err error) {
+	if err != nil {
+		_ = c.nc.Close()
+	}
+}
+
+// readLoop reads and acts on frames until the connection ends.
+func (c *conn) readLoop() {
+	fl := &flusher{}
+	defer func() { fl.flush() }()
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.resetStream(se.StreamID, se.Code, fl)
+				continue
+			}
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				c.sendGoAway(http2.ErrCode(ce))
+			}
+			c.close(err)
+			return
+		}
+		if err := c.handle(f, fl); err != nil {
+			code := http2.ErrCodeProtocol
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				code = http2.ErrCode(ce)
+			}
+			c.sendGoAway(code)
+			c.close(err)
+			return
+		}
+		if c.br.Buffered() == 0 {
+			fl.flush()
+		}
+	}
+}
+
+func (c *conn) handle(f http2.Frame, fl *flusher) error {
+	switch f := f.(type) {
+	case *http2.DataFrame:
+		return c.onData(f, fl)
+	case *http2.MetaHeadersFrame:
+		if c.server {
+			return c.onRequestHeaders(f, fl)
+		}
+		return c.onResponseHeaders(f, fl)
+	case *http2.WindowUpdateFrame:
+		return c.onWindowUpdate(f, fl)
+	case *http2.SettingsFrame:
+		if f.IsAck() {
+			return nil
+		}
+		c.mu.Lock()
+		c.wmu.Lock()
+		err := c.applySettings(f)
+		c.wmu.Unlock()
+		after := c.drainAll(fl)
+		c.mu.Unlock()
+		c.wrote(fl)
+		after()
+		return err
+	case *http2.PingFrame:
+		if f.IsAck() {
+			return nil
+		}
+		c.wmu.Lock()
+		c.writeErr(c.fr.WritePing(true, f.Data))
+		c.wmu.Unlock()
+		c.wrote(fl)
+	case *http2.RSTStreamFrame:
+		c.onReset(f.StreamID, f.ErrCode, fl)
+	case *http2.GoAwayFrame:
+		c.onGoAway(f.LastStreamID, fl)
+	case *http2.PushPromiseFrame:
+		return http2.ConnectionError(http2.ErrCodeProtocol) // push is off
+	}
+	return nil
+}
+
+// sendGoAway tells the peer the connection is ending.
+func (c *conn) sendGoAway(code http2.ErrCode) {
+	c.mu.Lock()
+	last := c.lastID
+	c.goingAway = true
+	c.mu.Unlock()
+	c.wmu.Lock()
+	_ = c.fr.WriteGoAway(last, code, nil)
+	_ = c.bw.Flush()
+	c.wmu.Unlock()
+}
+
+// goAway stops a client connection from opening streams; it closes once
+// those it has end.
+func (c *conn) goAway() {
+	c.sendGoAway(http2.ErrCodeNo)
+	c.mu.Lock()
+	empty := len(c.streams) == 0
+	c.mu.Unlock()
+	if empty {
+		c.close(errors.New("shut down"))
+	}
+}
+
+// close ends the connection and every stream on it.
+func (c *conn) close(err error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	c.closeErr = err
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+	halves := make([]*half, 0, len(c.streams))
+	for _, h := range c.streams {
+		halves = append(halves, h)
+	}
+	c.mu.Unlock()
+	_ = c.nc.Close()
+	close(c.done)
+	if c.pool != nil {
+		c.pool.remove(c)
+	}
+	for _, h := range halves {
+		h.s.legFailed(h, &upstreamErr{fmt.Errorf("connection closed: %v", err)})
+	}
+}
+
+// armIdle (c.mu held) closes a client connection that has had no stream
+// for the idle timeout, and an upstream one for the upstream idle timeout.
+func (c *conn) armIdle() {
+	d := c.r.IdleTimeout
+	if !c.server {
+		d = c.r.UpstreamIdleTimeout
+	}
+	if d <= 0 || len(c.streams) > 0 || c.closed {
+		return
+	}
+	if c.idle == nil {
+		c.idle = time.AfterFunc(d, func() {
+			c.mu.Lock()
+			busy := len(c.streams) > 0
+			c.mu.Unlock()
+			if !busy {
+				if c.server {
+					c.sendGoAway(http2.ErrCodeNo)
+				}
+				c.close(errors.New("idle"))
+			}
+		})
+		return
+	}
+	c.idle.Reset(d)
+}
+
+// writeHeaders encodes fields and writes them as HEADERS and
+// CONTINUATION frames no larger than the peer takes; c.mu and c.wmu are
+// held.
+func (c *conn) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) error {
+	c.hbuf.Reset()
+	for _, f := range fields {
+		if err := c.enc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	block := c.hbuf.Bytes()
+	first := true
+	for {
+		n := min(len(block), int(c.maxFrame))
+		frag, rest := block[:n], block[n:]
+		var err error
+		if first {
+			err = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: len(rest) == 0})
+			first = false
+		} else {
+			err = c.fr.WriteContinuation(id, len(rest) == 0, frag)
+		}
+		if err != nil || len(rest) == 0 {
+			return err
+		}
+		block = rest
+	}
+}

@@ -1,0 +1,190 @@
+// Package h2relay relays HTTP/2 streams frame by frame between client
+// connections (cleartext HTTP/2 with prior knowledge, as a sidecar's
+// applications speak it) and upstream HTTP/2 connections. Only HEADERS are
+// decoded and encoded again; DATA frames pass from one connection to the
+// other on the goroutine that read them, with flow control on each hop.
+// There is no goroutine per stream except while a Handler decides where a
+// new stream goes, so a relayed call costs a fraction of what an HTTP/2
+// server and client stacked back to back cost (docs/benchmarks.md).
+//
+// A Handler sees each request head and returns the upstream and the header
+// fields to send, or an error that the relay answers locally without
+// sending anything upstream. It may also observe the response head and ask
+// for the request to be sent once more (a fresh credential); the relay
+// keeps a bounded copy of the request body for that.
+package h2relay
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Request is the head of a client's stream, as a Handler sees it.
+type Request struct {
+	Method, Scheme, Authority, Path string
+	// Header holds the regular fields, with canonical keys.
+	Header     http.Header
+	RemoteAddr string
+	// Context ends when the stream does (reset, finished, or its
+	// connection closed).
+	Context context.Context
+}
+
+// Target is where a stream goes and what it sends.
+type Target struct {
+	// Scheme is https (TLS, HTTP/2 by ALPN) or http (cleartext HTTP/2
+	// with prior knowledge); Addr is the host:port to dial.
+	Scheme, Addr string
+	// The request head sent upstream.
+	Method, Authority, Path string
+	Header                  http.Header
+	// Observe, when set, sees the final response head before the client
+	// does. Returning true asks for the request to be sent once more, to
+	// Retry's target; the relay does so if it holds the whole request
+	// body, and otherwise passes the response on.
+	Observe func(status int, header http.Header) bool
+	Retry   func() (*Target, error)
+	// Data is the Handler's own, handed back to Reply.
+	Data any
+}
+
+// Reply is a response the relay writes itself.
+type Reply struct {
+	Status int
+	Header http.Header
+	Body   string
+}
+
+// Handler decides on each new stream.
+type Handler interface {
+	// Open runs on a goroutine of its own for each new stream; it may
+	// block (a credential being fetched). An error is answered with
+	// Reply, and nothing is sent upstream.
+	Open(req *Request) (*Target, error)
+	// Reply turns a failure into the client's answer: Open's error (t is
+	// nil then), or an upstream failure (an error wrapping ErrUpstream).
+	Reply(req *Request, t *Target, err error) Reply
+}
+
+// ErrUpstream wraps every failure to reach an upstream or to complete a
+// stream on it before its response started.
+var ErrUpstream = errors.New("h2relay: upstream failed")
+
+type upstreamErr struct{ err error }
+
+func (e *upstreamErr) Error() string   { return e.err.Error() }
+func (e *upstreamErr) Unwrap() []error { return []error{ErrUpstream, e.err} }
+
+// Relay serves client connections. Set its fields before the first
+// ServeConn; they are not changed afterwards.
+type Relay struct {
+	Handler Handler
+	// Dial opens an upstream connection: for https a TLS connection that
+	// negotiated h2, for http a plain one.
+	Dial func(ctx context.Context, scheme, addr string) (net.Conn, error)
+	// MaxConcurrentStreams per client connection (default 250).
+	MaxConcurrentStreams uint32
+	// MaxHeaderBytes bounds a request's header block (default 1 MiB).
+	MaxHeaderBytes uint32
+	// MaxReplayBytes bounds the copy of a request body kept for a retry
+	// (default 1 MiB).
+	MaxReplayBytes int
+	// PrefaceTimeout bounds a new connection's preface and SETTINGS;
+	// IdleTimeout closes a client connection without streams;
+	// UpstreamIdleTimeout closes an upstream connection without streams.
+	PrefaceTimeout, IdleTimeout, UpstreamIdleTimeout time.Duration
+	Log                                              *slog.Logger
+
+	mu          sync.Mutex
+	clients     map[*conn]struct{}
+	pools       map[string]*pool
+	shutdown    bool
+	poolsClosed bool
+	idle        chan struct{} // closed when the last client connection goes, after Shutdown
+}
+
+// Our receive windows, on both sides: what a peer may send before the data
+// has been passed on. They bound the memory a connection can hold.
+const (
+	streamWindow = 256 << 10
+	connWindow   = 1 << 20
+	frameSize    = 16 << 10 // the largest frame we accept (the default)
+)
+
+func (r *Relay) log() *slog.Logger {
+	if r.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return r.Log
+}
+
+// ServeConn serves one client connection until it closes. The connection
+// starts with the HTTP/2 client preface.
+func (r *Relay) ServeConn(nc net.Conn) {
+	c := newConn(r, nc, true)
+	r.mu.Lock()
+	if r.shutdown {
+		r.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	if r.clients == nil {
+		r.clients = map[*conn]struct{}{}
+	}
+	r.clients[c] = struct{}{}
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.clients, c)
+		if r.shutdown && len(r.clients) == 0 && r.idle != nil {
+			close(r.idle)
+			r.idle = nil
+		}
+		r.mu.Unlock()
+	}()
+	if err := c.serverHandshake(); err != nil {
+		_ = nc.Close()
+		return
+	}
+	c.readLoop()
+}
+
+// Shutdown sends GOAWAY on every client connection, lets their streams
+// finish until ctx ends, then closes what remains, and the upstream
+// connections. Connections served after Shutdown are closed at once.
+func (r *Relay) Shutdown(ctx context.Context) error {
+	r.mu.Lock()
+	r.shutdown = true
+	clients := make([]*conn, 0, len(r.clients))
+	for c := range r.clients {
+		clients = append(clients, c)
+	}
+	var idle chan struct{}
+	if len(r.clients) > 0 {
+		idle = make(chan struct{})
+		r.idle = idle
+	}
+	r.mu.Unlock()
+	for _, c := range clients {
+		c.goAway()
+	}
+	var err error
+	if idle != nil {
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			err = ctx.Err()
+			for _, c := range clients {
+				c.close(errors.New("shutting down"))
+			}
+			<-idle
+		}
+	}
+	r.closePools()
+	return err
+}

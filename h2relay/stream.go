@@ -1,0 +1,695 @@
+package h2relay
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// stream is one client stream and its current upstream leg.
+type stream struct {
+	r      *Relay
+	req    *Request
+	cancel context.CancelFunc
+	client *half
+
+	mu          sync.Mutex
+	up          *half // the current upstream leg; nil while it opens
+	target      *Target
+	answered    bool // a final response head (or a local reply) went to the client
+	finished    bool // the client's leg is over
+	retried     bool
+	reqEnded    bool
+	pre         []byte // request data that came before the upstream leg
+	preEnd      bool
+	preTrailer  []hpack.HeaderField
+	keep        bool   // keep the request body for a retry
+	replay      []byte // the request body so far, while keep
+	replayEnded bool
+}
+
+// onRequestHeaders opens a stream, or takes a client's trailers.
+func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
+	id := f.StreamID
+	c.mu.Lock()
+	if h := c.streams[id]; h != nil {
+		if h.recvEnd || !f.StreamEnded() {
+			c.mu.Unlock()
+			c.resetStream(id, http2.ErrCodeProtocol, fl)
+			return nil
+		}
+		h.recvEnd = true
+		c.mu.Unlock()
+		h.s.requestTrailers(f.RegularFields(), fl)
+		c.settle(h)
+		return nil
+	}
+	if id%2 == 0 || id <= c.lastID {
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	c.lastID = id
+	limit := c.r.MaxConcurrentStreams
+	if limit == 0 {
+		limit = 250
+	}
+	if c.goingAway || c.closed || uint32(len(c.streams)) >= limit {
+		c.mu.Unlock()
+		c.writeReset(id, http2.ErrCodeRefusedStream, fl)
+		return nil
+	}
+	req, err := requestOf(f)
+	if err != nil {
+		c.mu.Unlock()
+		c.writeReset(id, http2.ErrCodeProtocol, fl)
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	req.Context, req.RemoteAddr = ctx, c.nc.RemoteAddr().String()
+	s := &stream{r: c.r, req: req, cancel: cancel, reqEnded: f.StreamEnded(), preEnd: f.StreamEnded()}
+	a := &half{c: c, id: id, s: s, sendWin: c.initWin, recvWin: streamWindow, recvEnd: f.StreamEnded()}
+	s.client = a
+	c.streams[id] = a
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+	c.mu.Unlock()
+	if f.Truncated {
+		go s.replyLocal(nil, errHeaderTooLarge)
+		return nil
+	}
+	go s.open()
+	return nil
+}
+
+var errHeaderTooLarge = errors.New("request header block too large")
+
+// ErrHeaderTooLarge is the error Reply gets for a header block over
+// MaxHeaderBytes.
+var ErrHeaderTooLarge = errHeaderTooLarge
+
+// requestOf reads a request head, refusing what HTTP/2 forbids in one.
+func requestOf(f *http2.MetaHeadersFrame) (*Request, error) {
+	req := &Request{
+		Method:    f.PseudoValue("method"),
+		Scheme:    f.PseudoValue("scheme"),
+		Authority: f.PseudoValue("authority"),
+		Path:      f.PseudoValue("path"),
+	}
+	if req.Method == "" || req.Method == http.MethodConnect || req.Path == "" || req.Scheme == "" ||
+		f.PseudoValue("protocol") != "" {
+		return nil, errors.New("bad pseudo-header fields")
+	}
+	fields := f.RegularFields()
+	req.Header = make(http.Header, len(fields))
+	for _, hf := range fields {
+		switch hf.Name {
+		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+			return nil, errors.New("connection-specific header field")
+		case "te":
+			if hf.Value != "trailers" {
+				return nil, errors.New("te other than trailers")
+			}
+		case "host":
+			if req.Authority == "" {
+				req.Authority = hf.Value
+			}
+			continue
+		}
+		k := http.CanonicalHeaderKey(hf.Name)
+		req.Header[k] = append(req.Header[k], hf.Value)
+	}
+	return req, nil
+}
+
+// hopByHop are header fields that never travel on HTTP/2.
+func hopByHop(name string) bool {
+	switch name {
+	case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade", "host":
+		return true
+	}
+	return false
+}
+
+// fieldsOf is a Target's request head as HPACK fields. Credentials are
+// marked never-indexed, so they stay out of both sides' tables.
+func fieldsOf(t *Target) []hpack.HeaderField {
+	scheme := "https"
+	if t.Scheme == "http" {
+		scheme = "http"
+	}
+	out := make([]hpack.HeaderField, 0, 4+len(t.Header))
+	out = append(out,
+		hpack.HeaderField{Name: ":method", Value: t.Method},
+		hpack.HeaderField{Name: ":scheme", Value: scheme},
+		hpack.HeaderField{Name: ":authority", Value: t.Authority},
+		hpack.HeaderField{Name: ":path", Value: t.Path})
+	for k, vs := range t.Header {
+		lk := strings.ToLower(k)
+		if hopByHop(lk) || (lk == "te" && !(len(vs) == 1 && vs[0] == "trailers")) {
+			continue
+		}
+		sensitive := lk == "authorization" || lk == "proxy-authorization" || lk == "cookie" || lk == "session"
+		for _, v := range vs {
+			out = append(out, hpack.HeaderField{Name: lk, Value: v, Sensitive: sensitive})
+		}
+	}
+	return out
+}
+
+// open asks the Handler where the stream goes and starts its upstream leg.
+func (s *stream) open() {
+	t, err := s.r.Handler.Open(s.req)
+	if err != nil {
+		s.replyLocal(nil, err)
+		return
+	}
+	s.startLeg(t, false)
+}
+
+// startLeg opens an upstream stream to t and sends what the client has
+// sent so far (replay: the whole kept body, for a retry).
+func (s *stream) startLeg(t *Target, replay bool) {
+	uc, err := s.r.upstream(s.req.Context, t.Scheme, t.Addr)
+	if err != nil {
+		s.replyLocal(t, &upstreamErr{err})
+		return
+	}
+	b := &half{c: uc, s: s, recvWin: streamWindow}
+	s.mu.Lock()
+	if s.finished || s.answered {
+		s.mu.Unlock()
+		uc.release()
+		return
+	}
+	s.target = t
+	if replay {
+		b.queue, b.endQ = s.replay, s.replayEnded
+		s.replay = nil
+	} else {
+		b.src = s.client
+		b.queue, b.endQ, b.trailer = s.pre, s.preEnd, s.preTrailer
+		s.pre, s.preTrailer = nil, nil
+		if t.Observe != nil && t.Retry != nil && len(b.queue) <= s.r.maxReplay() {
+			s.keep = true
+			s.replay = append([]byte(nil), b.queue...)
+			s.replayEnded = b.endQ
+		}
+	}
+	s.up = b
+	s.mu.Unlock()
+	a := s.client
+	a.c.mu.Lock()
+	a.src = b // response data is credited to this leg as it leaves
+	a.c.mu.Unlock()
+	sent, err := uc.startStream(b, fieldsOf(t))
+	if err != nil {
+		s.legFailed(b, &upstreamErr{err})
+		return
+	}
+	if b.src != nil && sent > 0 {
+		b.src.c.credit(b.src, sent, nil)
+	}
+}
+
+func (r *Relay) maxReplay() int {
+	if r.MaxReplayBytes == 0 {
+		return 1 << 20
+	}
+	return r.MaxReplayBytes
+}
+
+// startStream gives b a stream ID and sends its HEADERS and whatever it
+// has queued. It returns how many queued bytes left.
+func (c *conn) startStream(b *half, fields []hpack.HeaderField) (int, error) {
+	c.mu.Lock()
+	c.reserved--
+	if c.closed || c.goingAway {
+		c.mu.Unlock()
+		return 0, errors.New("upstream connection is going away")
+	}
+	if b.reset { // the client went away meanwhile
+		c.mu.Unlock()
+		return 0, nil
+	}
+	b.id = c.nextID
+	c.nextID += 2
+	b.sendWin = c.initWin
+	b.started = true
+	c.streams[b.id] = b
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+	endNow := len(b.queue) == 0 && b.endQ && b.trailer == nil
+	c.wmu.Lock()
+	err := c.writeHeaders(b.id, fields, endNow)
+	c.wmu.Unlock()
+	if err != nil {
+		c.mu.Unlock()
+		_ = c.nc.Close()
+		return 0, err
+	}
+	sent := 0
+	if endNow {
+		b.sentEnd = true
+		b.endQ = false
+	} else {
+		sent = c.drainLocked(b)
+	}
+	c.mu.Unlock()
+	c.flush()
+	return sent, nil
+}
+
+// release gives back a stream slot reserved by Relay.upstream.
+func (c *conn) release() {
+	c.mu.Lock()
+	c.reserved--
+	c.mu.Unlock()
+}
+
+// onData passes a DATA frame on to the other leg.
+func (c *conn) onData(f *http2.DataFrame, fl *flusher) error {
+	id := f.StreamID
+	n := int64(f.Length)
+	data := f.Data()
+	c.mu.Lock()
+	if n > c.recvWin {
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	c.recvWin -= n
+	h := c.streams[id]
+	if h == nil || h.recvEnd || h.reset {
+		c.mu.Unlock()
+		c.creditConn(n, fl) // a stream that is over: only the connection's window
+		if h == nil && ((c.server && id > c.lastID) || (!c.server && id >= c.nextID)) {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		if h != nil && h.recvEnd {
+			c.resetStream(id, http2.ErrCodeStreamClosed, fl)
+		}
+		return nil
+	}
+	if n > h.recvWin {
+		c.mu.Unlock()
+		c.creditConn(n, fl)
+		c.resetStream(id, http2.ErrCodeFlowControl, fl)
+		return nil
+	}
+	h.recvWin -= n
+	end := f.StreamEnded()
+	if end {
+		h.recvEnd = true
+	}
+	c.mu.Unlock()
+	if pad := n - int64(len(data)); pad > 0 {
+		c.credit(h, int(pad), fl)
+	}
+	if h == h.s.client {
+		h.s.requestData(data, end, fl)
+	} else {
+		h.s.responseData(h, data, end, fl)
+	}
+	if end {
+		c.settle(h)
+	}
+	return nil
+}
+
+// requestData sends request data on the upstream leg, or keeps it until
+// the leg opens.
+func (s *stream) requestData(data []byte, end bool, fl *flusher) {
+	s.mu.Lock()
+	if end {
+		s.reqEnded = true
+	}
+	if s.keep {
+		if len(s.replay)+len(data) > s.r.maxReplay() {
+			s.keep, s.replay = false, nil
+		} else {
+			s.replay = append(s.replay, data...)
+			s.replayEnded = end
+		}
+	}
+	b := s.up
+	if b == nil {
+		if s.answered || s.finished {
+			s.mu.Unlock()
+			s.client.c.creditConn(int64(len(data)), fl)
+			return
+		}
+		s.pre = append(s.pre, data...)
+		s.preEnd = end
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	b.c.send(b, data, end, fl)
+}
+
+// requestTrailers sends a client's trailers after its data.
+func (s *stream) requestTrailers(fields []hpack.HeaderField, fl *flusher) {
+	s.mu.Lock()
+	s.reqEnded = true
+	s.keep, s.replay = false, nil // trailers are not replayed
+	b := s.up
+	if b == nil {
+		s.preTrailer, s.preEnd = fields, true
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	b.c.sendTrailers(b, fields, fl)
+}
+
+// responseData passes the current leg's response data to the client.
+func (s *stream) responseData(b *half, data []byte, end bool, fl *flusher) {
+	s.mu.Lock()
+	current := b == s.up && s.answered
+	s.mu.Unlock()
+	if !current {
+		b.c.creditConn(int64(len(data)), fl)
+		return
+	}
+	a := s.client
+	a.c.send(a, data, end, fl)
+}
+
+// onResponseHeaders takes an upstream's response head or trailers.
+func (c *conn) onResponseHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
+	c.mu.Lock()
+	b := c.streams[f.StreamID]
+	if b == nil || b.recvEnd || b.reset {
+		c.mu.Unlock()
+		return nil // a stream the relay has reset
+	}
+	end := f.StreamEnded()
+	if end {
+		b.recvEnd = true
+	}
+	c.mu.Unlock()
+	b.s.responseHead(b, f, end, fl)
+	if end {
+		c.settle(b)
+	}
+	return nil
+}
+
+func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *flusher) {
+	a := s.client
+	s.mu.Lock()
+	if b != s.up {
+		s.mu.Unlock()
+		return
+	}
+	if s.answered { // trailers
+		s.mu.Unlock()
+		a.c.sendTrailers(a, f.RegularFields(), fl)
+		return
+	}
+	status := f.PseudoValue("status")
+	code, err := strconv.Atoi(status)
+	if err != nil || code < 100 || code > 999 {
+		s.mu.Unlock()
+		b.c.resetHalf(b, http2.ErrCodeProtocol, fl)
+		s.replyLocal(s.target, &upstreamErr{errors.New("upstream sent an invalid :status")})
+		return
+	}
+	fields := responseFields(status, f.RegularFields())
+	if code < 200 { // informational: passed on, the final head follows
+		s.mu.Unlock()
+		a.c.sendHead(a, fields, false, fl)
+		return
+	}
+	t := s.target
+	if t.Observe != nil {
+		s.mu.Unlock()
+		retry := t.Observe(code, headerOf(f.RegularFields()))
+		s.mu.Lock()
+		if retry && !s.retried && s.keep && s.reqEnded && s.replayEnded && !s.finished {
+			s.retried, s.up = true, nil
+			s.mu.Unlock()
+			if !end {
+				b.c.resetHalf(b, http2.ErrCodeCancel, fl)
+			}
+			go s.retryLeg(t)
+			return
+		}
+	}
+	s.answered = true
+	s.keep, s.replay = false, nil
+	s.mu.Unlock()
+	a.c.sendHead(a, fields, end, fl)
+}
+
+// retryLeg sends the request once more, with what Retry gives.
+func (s *stream) retryLeg(t *Target) {
+	t2, err := t.Retry()
+	if err != nil {
+		s.replyLocal(t, err)
+		return
+	}
+	s.startLeg(t2, true)
+}
+
+func responseFields(status string, regular []hpack.HeaderField) []hpack.HeaderField {
+	out := make([]hpack.HeaderField, 0, 1+len(regular))
+	out = append(out, hpack.HeaderField{Name: ":status", Value: status})
+	for _, hf := range regular {
+		if !hopByHop(hf.Name) {
+			out = append(out, hf)
+		}
+	}
+	return out
+}
+
+func headerOf(fields []hpack.HeaderField) http.Header {
+	h := make(http.Header, len(fields))
+	for _, hf := range fields {
+		k := http.CanonicalHeaderKey(hf.Name)
+		h[k] = append(h[k], hf.Value)
+	}
+	return h
+}
+
+// replyLocal answers the client with the Handler's Reply for err, unless
+// a response has already started (then the stream is reset).
+func (s *stream) replyLocal(t *Target, err error) {
+	a := s.client
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return
+	}
+	if s.answered {
+		s.mu.Unlock()
+		a.c.resetHalf(a, http2.ErrCodeInternal, nil)
+		return
+	}
+	s.answered = true
+	s.up = nil
+	s.keep, s.replay, s.pre = false, nil, nil
+	s.mu.Unlock()
+	rep := s.r.Handler.Reply(s.req, t, err)
+	fields := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(rep.Status)}}
+	for k, vs := range rep.Header {
+		for _, v := range vs {
+			fields = append(fields, hpack.HeaderField{Name: strings.ToLower(k), Value: v})
+		}
+	}
+	a.c.sendHead(a, fields, rep.Body == "", nil)
+	if rep.Body != "" {
+		a.c.send(a, []byte(rep.Body), true, nil)
+	}
+	// Whatever else the client sends is not wanted (RFC 9113, 8.1).
+	a.c.mu.Lock()
+	stop := !a.recvEnd && a.sentEnd && len(a.queue) == 0
+	a.c.mu.Unlock()
+	if stop {
+		a.c.resetHalf(a, http2.ErrCodeNo, nil)
+	}
+	a.c.settle(a)
+}
+
+// legFailed handles a leg whose connection ended, or whose stream could
+// not be opened.
+func (s *stream) legFailed(h *half, err error) {
+	if h == s.client {
+		s.end()
+		return
+	}
+	s.mu.Lock()
+	current, answered := h == s.up, s.answered
+	s.mu.Unlock()
+	if !current {
+		return
+	}
+	if answered {
+		s.client.c.resetHalf(s.client, http2.ErrCodeInternal, nil)
+		s.end()
+		return
+	}
+	s.replyLocal(s.target, err)
+}
+
+// end finishes a stream whose client leg is over: its context ends and
+// its upstream leg is reset if it is still open.
+func (s *stream) end() {
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return
+	}
+	s.finished = true
+	b := s.up
+	s.pre, s.replay = nil, nil
+	s.mu.Unlock()
+	s.cancel()
+	if b != nil {
+		b.c.resetHalf(b, http2.ErrCodeCancel, nil)
+	}
+}
+
+// onReset takes a peer's RST_STREAM.
+func (c *conn) onReset(id uint32, code http2.ErrCode, fl *flusher) {
+	c.mu.Lock()
+	h := c.streams[id]
+	if h == nil {
+		c.mu.Unlock()
+		return
+	}
+	h.reset = true
+	dropped := c.dropQueue(h)
+	c.mu.Unlock()
+	if dropped > 0 && h.src != nil {
+		h.src.c.creditConn(dropped, fl)
+	}
+	c.settle(h)
+	s := h.s
+	if h == s.client {
+		s.end()
+		return
+	}
+	s.mu.Lock()
+	current, answered := h == s.up, s.answered
+	s.mu.Unlock()
+	switch {
+	case !current:
+	case answered || code == http2.ErrCodeRefusedStream:
+		// Refused: the upstream did nothing with it, so the client may
+		// send it again.
+		s.client.c.resetHalf(s.client, code, fl)
+		s.end()
+	default:
+		s.replyLocal(s.target, &upstreamErr{http2.StreamError{StreamID: id, Code: code}})
+	}
+}
+
+// resetStream resets a stream after a stream error on c, and its other
+// leg.
+func (c *conn) resetStream(id uint32, code http2.ErrCode, fl *flusher) {
+	c.mu.Lock()
+	h := c.streams[id]
+	c.mu.Unlock()
+	if h == nil {
+		c.writeReset(id, code, fl)
+		return
+	}
+	c.resetHalf(h, code, fl)
+	c.onReset(id, code, fl) // the other leg, as if the peer had reset it
+}
+
+func (c *conn) writeReset(id uint32, code http2.ErrCode, fl *flusher) {
+	c.wmu.Lock()
+	c.writeErr(c.fr.WriteRSTStream(id, code))
+	c.wmu.Unlock()
+	c.wrote(fl)
+}
+
+// resetHalf sends RST_STREAM for h (once) and drops what it had queued.
+func (c *conn) resetHalf(h *half, code http2.ErrCode, fl *flusher) {
+	c.mu.Lock()
+	if h.reset || (h.sentEnd && h.recvEnd) || c.closed {
+		c.mu.Unlock()
+		return
+	}
+	h.reset = true
+	dropped := c.dropQueue(h)
+	if h.started || c.server {
+		c.wmu.Lock()
+		c.writeErr(c.fr.WriteRSTStream(h.id, code))
+		c.wmu.Unlock()
+	}
+	c.mu.Unlock()
+	c.wrote(fl)
+	if dropped > 0 && h.src != nil {
+		h.src.c.creditConn(dropped, fl)
+	}
+	c.settle(h)
+}
+
+// dropQueue empties h's queue (c.mu held) and returns its size.
+func (c *conn) dropQueue(h *half) int64 {
+	n := int64(len(h.queue))
+	h.queue, h.trailer, h.endQ = nil, nil, false
+	delete(c.blocked, h)
+	return n
+}
+
+// settle forgets h once both of its directions are over; a client
+// connection that is going away closes with its last stream.
+func (c *conn) settle(h *half) {
+	c.mu.Lock()
+	if !(h.reset || (h.sentEnd && h.recvEnd)) || c.streams[h.id] != h {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.streams, h.id)
+	delete(c.blocked, h)
+	empty := len(c.streams) == 0
+	if empty {
+		c.armIdle()
+	}
+	closeNow := empty && c.goingAway
+	c.mu.Unlock()
+	if h == h.s.client {
+		h.s.end()
+	}
+	if closeNow {
+		c.close(errors.New("going away"))
+	}
+}
+
+// onGoAway takes a peer's GOAWAY: no new streams; on an upstream, the
+// streams after its last one were not processed, so the client may send
+// them again.
+func (c *conn) onGoAway(last uint32, fl *flusher) {
+	c.mu.Lock()
+	c.goingAway = true
+	var refused []*half
+	if !c.server {
+		for id, h := range c.streams {
+			if id > last {
+				refused = append(refused, h)
+			}
+		}
+	}
+	empty := len(c.streams) == 0
+	c.mu.Unlock()
+	if c.pool != nil {
+		c.pool.remove(c)
+	}
+	for _, b := range refused {
+		b.c.onReset(b.id, http2.ErrCodeRefusedStream, fl)
+	}
+	if empty {
+		c.close(errors.New("peer sent GOAWAY"))
+	}
+}
