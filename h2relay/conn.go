@@ -351,8 +351,26 @@ func (c *conn) goAway() {
 	empty := len(c.streams) == 0
 	c.mu.Unlock()
 	if empty {
-		c.close(errors.New("shut down"))
+		c.finish()
 	}
+}
+
+// finish ends a connection that has no stream left after GOAWAY: what is
+// buffered is written, the write side closed, and the reader ends at the
+// peer's close (or after a second), so the last frames are not lost to a
+// reset.
+func (c *conn) finish() {
+	c.wmu.Lock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	err := c.bw.Flush()
+	c.wmu.Unlock()
+	type closeWriter interface{ CloseWrite() error }
+	if cw, ok := c.nc.(closeWriter); ok && err == nil {
+		_ = cw.CloseWrite()
+		_ = c.nc.SetReadDeadline(time.Now().Add(time.Second))
+		return
+	}
+	c.close(errors.New("going away"))
 }
 
 // close ends the connection and every stream on it.

@@ -663,7 +663,7 @@ func (c *conn) settle(h *half) {
 		h.s.end()
 	}
 	if closeNow {
-		c.close(errors.New("going away"))
+		c.finish()
 	}
 }
 
@@ -690,6 +690,6 @@ func (c *conn) onGoAway(last uint32, fl *flusher) {
 		b.c.onReset(b.id, http2.ErrCodeRefusedStream, fl)
 	}
 	if empty {
-		c.close(errors.New("peer sent GOAWAY"))
+		c.finish()
 	}
 }

@@ -84,12 +84,13 @@ routes:
 }
 
 // grpcModes are the ways a sidecar carries gRPC: each leg by grpc-go or by
-// net/http.
+// net/http, or both by the frame relay.
 var grpcModes = []struct{ name, h2c, protocol string }{
 	{"net/http in, grpc-go out", "http", "auto"},
 	{"net/http in, net/http out", "http", "http2"},
 	{"grpc-go in, grpc-go out", "grpc", "auto"},
 	{"grpc-go in, net/http out", "grpc", "http2"},
+	{"frame relay", "relay", "auto"},
 }
 
 func TestGRPCThroughSidecar(t *testing.T) {
@@ -388,7 +389,7 @@ func TestInjectorFailureNeverForwards(t *testing.T) {
 		{"unavailable", fmt.Errorf("%w: token endpoint down", injectors.ErrCredentialUnavailable), codes.Unavailable, http.StatusServiceUnavailable},
 		{"rejected", fmt.Errorf("%w: invalid_client", injectors.ErrCredentialRejected), codes.Unauthenticated, http.StatusBadGateway},
 	} {
-		for _, h2c := range []string{"http", "grpc"} {
+		for _, h2c := range []string{"http", "grpc", "relay"} {
 			t.Run(tc.name+" h2c "+h2c, func(t *testing.T) { injectorFailure(t, h2c, tc.err, tc.wantCode, tc.wantStatus) })
 		}
 	}

@@ -148,8 +148,8 @@ func TestGRPCListenerSplitsConnections(t *testing.T) {
 
 func TestGRPCMessageLimit(t *testing.T) {
 	for _, m := range grpcModes {
-		if m.h2c == "http" && m.protocol == "http2" {
-			continue // net/http both ways streams frames and has no limit of its own
+		if (m.h2c == "http" && m.protocol == "http2") || m.h2c == "relay" {
+			continue // net/http both ways, and the relay, pass frames on and have no limit of their own
 		}
 		t.Run(m.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -185,11 +185,13 @@ func TestGRPCMessageLimit(t *testing.T) {
 
 func TestGRPCListenerShutdown(t *testing.T) {
 	for _, tc := range []struct {
-		name, bound string
-		release     bool
+		name, bound, h2c string
+		release          bool
 	}{
-		{"calls in flight finish", "10s", true},
-		{"calls past the bound are cut", "300ms", false},
+		{"calls in flight finish", "10s", "grpc", true},
+		{"calls past the bound are cut", "300ms", "grpc", false},
+		{"relay: calls in flight finish", "10s", "relay", true},
+		{"relay: calls past the bound are cut", "300ms", "relay", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -204,7 +206,7 @@ func TestGRPCListenerShutdown(t *testing.T) {
 					return ctx.Err()
 				}
 			}
-			cfg := strings.Replace(grpcConfigWith(grpcPort, "grpc", "auto"), "timeouts: {shutdown: 5s}", "timeouts: {shutdown: "+tc.bound+"}", 1)
+			cfg := strings.Replace(grpcConfigWith(grpcPort, tc.h2c, "auto"), "timeouts: {shutdown: 5s}", "timeouts: {shutdown: "+tc.bound+"}", 1)
 			p := e.start(cfg, nil, nil)
 			client := grpcClient(t, p.addr("grpc"))
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
