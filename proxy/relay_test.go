@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -130,27 +131,63 @@ func TestRelayStreamsLargeBodies(t *testing.T) {
 	wg.Wait()
 }
 
-// A client that reads slowly holds the upstream back (flow control), and
-// a client that goes away mid-response ends the upstream stream.
+// A client that reads slowly holds the upstream back (flow control on each
+// hop, no unbounded queue in between), and a client that goes away
+// mid-response ends the upstream's stream.
 func TestRelayBackpressureAndCancel(t *testing.T) {
 	e := newEnv(t)
-	up := e.httpsUpstream(&sim.Echo{})
+	var written atomic.Int64
+	upstreamDone := make(chan struct{})
+	up := e.httpsUpstream(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/download" {
+			return // 200, empty
+		}
+		defer close(upstreamDone)
+		chunk := make([]byte, 32<<10)
+		for written.Load() < 256<<20 {
+			n, err := w.Write(chunk)
+			written.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}))
 	p := e.start(relayConfig(port(t, up.URL), "deny"), nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s/v1/download?size=%d", p.addr("app"), 256<<20), nil)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+p.addr("app")+"/v1/download", nil)
 	resp, err := h2cClient().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 32<<10)
-	if _, err := io.ReadFull(resp.Body, buf); err != nil {
+	if _, err := io.ReadFull(resp.Body, make([]byte, 32<<10)); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond) // the windows fill; nothing more moves
+	// The client stops reading; the windows on both hops and the socket
+	// buffers fill, then the upstream's writes block.
+	var last int64
+	for i := 0; ; i++ {
+		time.Sleep(100 * time.Millisecond)
+		n := written.Load()
+		if n == last {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("the upstream is still writing (%d MiB) to a client that stopped reading", n>>20)
+		}
+		last = n
+	}
+	if last > 32<<20 {
+		t.Errorf("the upstream wrote %d MiB to a client that read 32 KiB: something buffers without bound", last>>20)
+	}
+	t.Logf("the upstream stalled after %d KiB", last>>10)
 	cancel()
 	resp.Body.Close()
-	// The stream is gone from the relay: a new request on a new
-	// connection gets through at once.
+	select {
+	case <-upstreamDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream's handler still runs after the client went away")
+	}
 	if err := getOK(h2cClient(), "http://"+p.addr("app")+"/v1/after"); err != nil {
 		t.Errorf("after a cancelled stream: %v", err)
 	}

@@ -1,0 +1,196 @@
+package h2relay
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// stuck is a Handler whose streams never open (a credential that never
+// arrives), so a test controls every frame the relay sees.
+type stuck struct{ release chan struct{} }
+
+func (h stuck) Open(req *Request) (*Target, error) {
+	select {
+	case <-h.release:
+	case <-req.Context.Done():
+	}
+	return nil, errors.New("not opened")
+}
+
+func (stuck) Reply(*Request, *Target, error) Reply {
+	return Reply{Status: http.StatusServiceUnavailable}
+}
+
+// rawClient is an HTTP/2 client that writes frames by hand.
+type rawClient struct {
+	t   *testing.T
+	nc  net.Conn
+	fr  *http2.Framer
+	bw  *bufio.Writer
+	enc *hpack.Encoder
+	hb  bytes.Buffer
+}
+
+func dialRelay(t *testing.T, r *Relay) *rawClient {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go r.ServeConn(c)
+		}
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = r.Shutdown(ctx)
+	})
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	c := &rawClient{t: t, nc: nc, bw: bufio.NewWriter(nc)}
+	c.fr = http2.NewFramer(c.bw, nc)
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.enc = hpack.NewEncoder(&c.hb)
+	_, _ = c.bw.WriteString(http2.ClientPreface)
+	_ = c.fr.WriteSettings()
+	c.flush()
+	return c
+}
+
+func (c *rawClient) flush() {
+	if err := c.bw.Flush(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *rawClient) headers(id uint32, end bool) {
+	c.hb.Reset()
+	for _, f := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+		{Name: ":authority", Value: "a.test"}, {Name: ":path", Value: "/x"}} {
+		_ = c.enc.WriteField(f)
+	}
+	if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hb.Bytes(), EndHeaders: true, EndStream: end}); err != nil {
+		c.t.Fatal(err)
+	}
+	c.flush()
+}
+
+// next reads frames until one satisfies want, and returns it.
+func (c *rawClient) next(want func(http2.Frame) bool) http2.Frame {
+	c.t.Helper()
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			c.t.Fatalf("reading: %v", err)
+		}
+		if want(f) {
+			return f
+		}
+	}
+}
+
+func TestRelayRefusesStreamsOverTheLimit(t *testing.T) {
+	h := stuck{release: make(chan struct{})}
+	defer close(h.release)
+	c := dialRelay(t, &Relay{Handler: h, MaxConcurrentStreams: 2})
+	c.headers(1, true)
+	c.headers(3, true)
+	c.headers(5, true)
+	rst := c.next(func(f http2.Frame) bool { _, ok := f.(*http2.RSTStreamFrame); return ok }).(*http2.RSTStreamFrame)
+	if rst.StreamID != 5 || rst.ErrCode != http2.ErrCodeRefusedStream {
+		t.Errorf("got RST_STREAM %d %v, want stream 5 refused", rst.StreamID, rst.ErrCode)
+	}
+}
+
+func TestRelayEndsConnectionsThatBreakTheProtocol(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		send func(c *rawClient)
+		want http2.ErrCode
+	}{
+		{"an even stream ID", func(c *rawClient) { c.headers(2, true) }, http2.ErrCodeProtocol},
+		{"a stream ID going back", func(c *rawClient) { c.headers(5, true); c.headers(3, true) }, http2.ErrCodeProtocol},
+		{"more data than the window", func(c *rawClient) {
+			c.headers(1, false)
+			chunk := make([]byte, 16<<10)
+			for range streamWindow/len(chunk) + 2 { // past the stream's 256 KiB
+				_ = c.fr.WriteData(1, false, chunk)
+			}
+			c.flush()
+		}, http2.ErrCodeFlowControl},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := stuck{release: make(chan struct{})}
+			defer close(h.release)
+			c := dialRelay(t, &Relay{Handler: h})
+			tc.send(c)
+			f := c.next(func(f http2.Frame) bool {
+				switch f := f.(type) {
+				case *http2.GoAwayFrame:
+					return true
+				case *http2.RSTStreamFrame:
+					return f.ErrCode == tc.want
+				}
+				return false
+			})
+			switch f := f.(type) {
+			case *http2.GoAwayFrame:
+				if f.ErrCode != tc.want {
+					t.Errorf("GOAWAY %v, want %v", f.ErrCode, tc.want)
+				}
+			case *http2.RSTStreamFrame:
+				if tc.want != http2.ErrCodeFlowControl {
+					t.Errorf("RST_STREAM %v, want GOAWAY %v", f.ErrCode, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestRelayClosesSilentConnections(t *testing.T) {
+	r := &Relay{Handler: stuck{}, PrefaceTimeout: 200 * time.Millisecond}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			r.ServeConn(c)
+		}
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	if _, err := nc.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the relay wrote to a connection that never sent its preface")
+	}
+	if d := time.Since(start); d < 150*time.Millisecond || d > 5*time.Second {
+		t.Errorf("closed after %v, want about the preface timeout (200ms)", d)
+	}
+}
