@@ -37,13 +37,7 @@ func (r *Relay) upstream(ctx context.Context, scheme, addr string) (*conn, error
 	for {
 		p.mu.Lock()
 		for _, c := range p.conns {
-			c.mu.Lock()
-			ok := !c.closed && !c.goingAway && uint32(len(c.streams)+c.reserved) < c.maxStreams
-			if ok {
-				c.reserved++
-			}
-			c.mu.Unlock()
-			if ok {
+			if c.reserve() {
 				p.mu.Unlock()
 				return c, nil
 			}
@@ -81,6 +75,36 @@ func (r *Relay) upstream(ctx context.Context, scheme, addr string) (*conn, error
 		go c.readLoop()
 		return c, nil
 	}
+}
+
+// ready is upstream without a dial: a connection with room, a stream
+// reserved on it, or nil.
+func (r *Relay) ready(scheme, addr string) *conn {
+	r.mu.Lock()
+	p := r.pools[scheme+"://"+addr]
+	r.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		if c.reserve() {
+			return c
+		}
+	}
+	return nil
+}
+
+// reserve takes a stream slot on c if it has room.
+func (c *conn) reserve() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ok := !c.closed && !c.goingAway && uint32(len(c.streams)+c.reserved) < c.maxStreams
+	if ok {
+		c.reserved++
+	}
+	return ok
 }
 
 func (p *pool) dial(ctx context.Context, scheme, addr string) (*conn, error) {

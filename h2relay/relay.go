@@ -33,6 +33,10 @@ type Request struct {
 	// Context ends when the stream does (reset, finished, or its
 	// connection closed).
 	Context context.Context
+	// Inline is set when Open runs on the connection's reading goroutine,
+	// where it must not wait: it returns ErrWouldBlock instead, and is
+	// called again on a goroutine of its own.
+	Inline bool
 }
 
 // Target is where a stream goes and what it sends.
@@ -62,14 +66,20 @@ type Reply struct {
 
 // Handler decides on each new stream.
 type Handler interface {
-	// Open runs on a goroutine of its own for each new stream; it may
-	// block (a credential being fetched). An error is answered with
-	// Reply, and nothing is sent upstream.
+	// Open decides on a new stream: first on the connection's reading
+	// goroutine (req.Inline), then, if it returned ErrWouldBlock, on a
+	// goroutine of its own, where it may wait (a credential being
+	// fetched). Any other error is answered with Reply, and nothing is
+	// sent upstream.
 	Open(req *Request) (*Target, error)
 	// Reply turns a failure into the client's answer: Open's error (t is
 	// nil then), or an upstream failure (an error wrapping ErrUpstream).
 	Reply(req *Request, t *Target, err error) Reply
 }
+
+// ErrWouldBlock is what Open returns when it would have to wait on the
+// connection's reading goroutine.
+var ErrWouldBlock = errors.New("h2relay: deciding would block")
 
 // ErrUpstream wraps every failure to reach an upstream or to complete a
 // stream on it before its response started.

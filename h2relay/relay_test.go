@@ -19,6 +19,9 @@ import (
 type stuck struct{ release chan struct{} }
 
 func (h stuck) Open(req *Request) (*Target, error) {
+	if req.Inline {
+		return nil, ErrWouldBlock
+	}
 	select {
 	case <-h.release:
 	case <-req.Context.Done():

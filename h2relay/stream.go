@@ -84,7 +84,22 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		go s.replyLocal(nil, errHeaderTooLarge)
 		return nil
 	}
-	go s.open()
+	req.Inline = true
+	t, err := c.r.Handler.Open(req)
+	req.Inline = false
+	switch {
+	case errors.Is(err, ErrWouldBlock):
+		go s.open()
+	case err != nil:
+		go s.replyLocal(nil, err)
+	default:
+		// On this goroutine only if a connection is ready: a dial waits.
+		if uc := c.r.ready(t.Scheme, t.Addr); uc != nil {
+			s.startOn(uc, t, false, fl)
+		} else {
+			go s.startLeg(t, false)
+		}
+	}
 	return nil
 }
 
@@ -181,6 +196,12 @@ func (s *stream) startLeg(t *Target, replay bool) {
 		s.replyLocal(t, &upstreamErr{err})
 		return
 	}
+	s.startOn(uc, t, replay, nil)
+}
+
+// startOn is startLeg on uc, a connection with a stream reserved. With a
+// flusher (on a reading goroutine), the HEADERS leave with its batch.
+func (s *stream) startOn(uc *conn, t *Target, replay bool, fl *flusher) {
 	b := &half{c: uc, s: s, recvWin: streamWindow}
 	s.mu.Lock()
 	if s.finished || s.answered {
@@ -208,13 +229,13 @@ func (s *stream) startLeg(t *Target, replay bool) {
 	a.c.mu.Lock()
 	a.src = b // response data is credited to this leg as it leaves
 	a.c.mu.Unlock()
-	sent, err := uc.startStream(b, fieldsOf(t))
+	sent, err := uc.startStream(b, fieldsOf(t), fl)
 	if err != nil {
 		s.legFailed(b, &upstreamErr{err})
 		return
 	}
 	if b.src != nil && sent > 0 {
-		b.src.c.credit(b.src, sent, nil)
+		b.src.c.credit(b.src, sent, fl)
 	}
 }
 
@@ -227,7 +248,7 @@ func (r *Relay) maxReplay() int {
 
 // startStream gives b a stream ID and sends its HEADERS and whatever it
 // has queued. It returns how many queued bytes left.
-func (c *conn) startStream(b *half, fields []hpack.HeaderField) (int, error) {
+func (c *conn) startStream(b *half, fields []hpack.HeaderField, fl *flusher) (int, error) {
 	c.mu.Lock()
 	c.reserved--
 	if c.closed || c.goingAway {
@@ -263,7 +284,7 @@ func (c *conn) startStream(b *half, fields []hpack.HeaderField) (int, error) {
 		sent = c.drainLocked(b)
 	}
 	c.mu.Unlock()
-	c.flush()
+	c.wrote(fl)
 	return sent, nil
 }
 

@@ -78,6 +78,13 @@ type HeadObserver interface {
 	ObservesHeadOnly()
 }
 
+// Immediate is implemented by injectors whose Inject never waits (no
+// token to fetch, no I/O): the frame relay runs them on the connection's
+// reading goroutine instead of a goroutine of the stream's own.
+type Immediate interface {
+	InjectsWithoutWaiting()
+}
+
 // PathParamUser is implemented by injectors whose templates read path
 // values; the proxy checks that every route using the injector captures
 // them.

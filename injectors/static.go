@@ -96,6 +96,9 @@ func NewStatic(cfg StaticConfig, lookupEnv func(string) (string, bool)) (*Static
 // Headers implements Injector.
 func (s *Static) Headers() []string { return s.names }
 
+// InjectsWithoutWaiting implements Immediate.
+func (s *Static) InjectsWithoutWaiting() {}
+
 // Inject implements Injector.
 func (s *Static) Inject(req *Request) error {
 	for _, h := range s.headers {

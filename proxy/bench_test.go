@@ -267,7 +267,7 @@ func BenchmarkGRPCUnary(b *testing.B) {
 }
 
 // grpcBenchModes are the ways the gRPC benchmarks reach the upstream.
-var grpcBenchModes = []string{"direct", "sidecar", "sidecar-h2c-grpc", "forward"}
+var grpcBenchModes = []string{"direct", "sidecar", "sidecar-h2c-grpc", "sidecar-h2c-relay", "forward"}
 
 // grpcBenchClients starts the upstream and a proxy with both kinds of
 // sidecar listener and a forward listener, and returns what opens a client
@@ -282,6 +282,12 @@ func grpcBenchClients(b *testing.B) func(b *testing.B, mode string) (*grpc.Clien
     address: 127.0.0.1:0
     host: grpc.authproxy.test
     h2c: grpc
+    upstream: https://grpc.authproxy.test:`+grpcPort+`
+  - name: grpcr
+    kind: sidecar
+    address: 127.0.0.1:0
+    host: grpc.authproxy.test
+    h2c: relay
     upstream: https://grpc.authproxy.test:`+grpcPort+`
   - name: fwd
 `, 1)
@@ -298,6 +304,8 @@ func grpcBenchClients(b *testing.B) func(b *testing.B, mode string) (*grpc.Clien
 			conn, err = grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		case "sidecar-h2c-grpc":
 			conn, err = grpc.NewClient(p.addr("grpcn"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		case "sidecar-h2c-relay":
+			conn, err = grpc.NewClient(p.addr("grpcr"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		case "forward": // HTTPS_PROXY and interception, only the proxy's CA trusted
 			useEnvProxy(b, p.addr("fwd"))
 			conn, err = grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))

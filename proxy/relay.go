@@ -33,6 +33,11 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 	if err != nil {
 		return nil, err
 	}
+	if req.Inline && x.route != nil {
+		if _, ok := x.route.injector.(injectors.Immediate); !ok {
+			return nil, h2relay.ErrWouldBlock // it may fetch a credential
+		}
+	}
 	if x.target.Scheme == "http" && !x.h2c {
 		return nil, &upstreamError{fmt.Errorf("%s speaks HTTP/1.1; h2c: relay needs an HTTP/2 upstream", x.target.Host)}
 	}
