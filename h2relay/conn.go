@@ -27,6 +27,7 @@ type conn struct {
 	fr     *http2.Framer
 
 	wmu  sync.Mutex
+	lazy *time.Timer // flushSoon's
 	bw   *bufio.Writer
 	enc  *hpack.Encoder
 	hbuf bytes.Buffer
@@ -237,6 +238,21 @@ func (c *conn) wrote(fl *flusher) {
 	c.flush()
 }
 
+// flushSoon leaves what is buffered (a PING acknowledgement) to the next
+// write on c, or to a timer if none comes within a millisecond. gRPC peers
+// ping on every message they receive (bandwidth estimation); a write of
+// its own for each acknowledgement would double the system calls of a
+// stream of small messages.
+func (c *conn) flushSoon() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.lazy == nil {
+		c.lazy = time.AfterFunc(time.Millisecond, c.flush)
+		return
+	}
+	c.lazy.Reset(time.Millisecond)
+}
+
 func (c *conn) flush() {
 	c.wmu.Lock()
 	err := c.bw.Flush()
@@ -310,8 +326,10 @@ func (c *conn) handle(f http2.Frame, fl *flusher) error {
 		c.wmu.Unlock()
 		after := c.drainAll(fl)
 		c.mu.Unlock()
-		c.wrote(fl)
-		after()
+		c.wrote(fl) // the acknowledgement
+		if after != nil {
+			after()
+		}
 		return err
 	case *http2.PingFrame:
 		if f.IsAck() {
@@ -320,7 +338,7 @@ func (c *conn) handle(f http2.Frame, fl *flusher) error {
 		c.wmu.Lock()
 		c.writeErr(c.fr.WritePing(true, f.Data))
 		c.wmu.Unlock()
-		c.wrote(fl)
+		c.flushSoon()
 	case *http2.RSTStreamFrame:
 		c.onReset(f.StreamID, f.ErrCode, fl)
 	case *http2.GoAwayFrame:
@@ -390,6 +408,11 @@ func (c *conn) close(err error) {
 		halves = append(halves, h)
 	}
 	c.mu.Unlock()
+	c.wmu.Lock()
+	if c.lazy != nil {
+		c.lazy.Stop()
+	}
+	c.wmu.Unlock()
 	_ = c.nc.Close()
 	close(c.done)
 	if c.pool != nil {

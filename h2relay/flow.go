@@ -142,6 +142,9 @@ func (c *conn) drainAll(fl *flusher) (after func()) {
 		h *half
 		n int
 	}
+	if len(c.blocked) == 0 {
+		return nil
+	}
 	var credits []credit
 	var ended []*half
 	for h := range c.blocked {
@@ -194,8 +197,8 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame, fl *flusher) error {
 		}
 	}
 	c.mu.Unlock()
-	c.wrote(fl)
 	if after != nil {
+		c.wrote(fl)
 		after()
 	}
 	return nil
