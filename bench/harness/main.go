@@ -101,9 +101,9 @@ func main() {
 	upstreamBin := bin("upstream", "./bench/upstream")
 	loadBin = bin("load", "./bench/load")
 	caFile := filepath.Join(dir, "upstream-ca.pem")
-	for _, port := range []int{18080, 18443, 18444, 18150, 18151, 18152, 18160, 18161, 18162, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18300} {
+	for _, port := range []int{18080, 18443, 18444, 18150, 18151, 18152, 18160, 18161, 18162, 18170, 18171, 18172, 18180, 18181, 18182, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18300} {
 		if listening(fmt.Sprintf("127.0.0.1:%d", port)) {
-			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18444, 18100-18102, 18120-18122, 18150-18152, 18160-18162, 18210-18221, 18300", port)
+			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18444, 18100-18102, 18120-18122, 18150-18152, 18160-18162, 18170-18172, 18180-18182, 18210-18221, 18300", port)
 		}
 	}
 	up := start(dir, "upstream", nil, upstreamBin, "-plain", "127.0.0.1:18080", "-tls", "127.0.0.1:18443", "-grpc", "127.0.0.1:18444", "-ca", caFile)
@@ -150,6 +150,13 @@ func main() {
 				waitPort(native)
 				contenders = append(contenders, contender{name: "authproxy sidecar (h2c: grpc), static", procs: procs, pids: c.pids, proc: c.proc,
 					grpc: native, grpcGo: native, grpcGoArgs: []string{"-insecure"}, grpcNative: true})
+				// And its h2c: relay listeners: HTTP/2 to the HTTPS port,
+				// gRPC to the gRPC port.
+				relayH2, relayGRPC := fmt.Sprintf("127.0.0.1:%d", port+70), fmt.Sprintf("127.0.0.1:%d", port+80)
+				waitPort(relayH2)
+				waitPort(relayGRPC)
+				contenders = append(contenders, contender{name: "authproxy sidecar (h2c: relay), static", procs: procs, pids: c.pids, proc: c.proc,
+					h2: "http://" + relayH2 + "/", grpc: relayGRPC, grpcGo: relayGRPC, grpcGoArgs: []string{"-insecure"}})
 			}
 			port++
 		}
@@ -562,16 +569,18 @@ listeners:
   - {name: app, kind: sidecar, address: "127.0.0.1:%[1]d", upstream: "https://127.0.0.1:18443"}
   - {name: grpc, kind: sidecar, address: "127.0.0.1:%[2]d", upstream: "https://127.0.0.1:18444"}
   - {name: grpcn, kind: sidecar, address: "127.0.0.1:%[8]d", upstream: "https://127.0.0.1:18444", h2c: grpc}
+  - {name: apprelay, kind: sidecar, address: "127.0.0.1:%[9]d", upstream: "https://127.0.0.1:18443", h2c: relay}
+  - {name: grpcrelay, kind: sidecar, address: "127.0.0.1:%[10]d", upstream: "https://127.0.0.1:18444", h2c: relay}
   - {name: fwd, kind: forward, address: "127.0.0.1:%[3]d"}
 ca: {cert_file: %[5]q, key_file: %[6]q, generate: true}
 upstream: {ca_file: %[4]q, resolve: {upstream.bench.test: 127.0.0.1}}
 injectors:
   %[7]s
 routes:
-  - {name: all, listeners: [app, grpc, grpcn], match: {path: /*}, injector: tok}
+  - {name: all, listeners: [app, grpc, grpcn, apprelay, grpcrelay], match: {path: /*}, injector: tok}
   - {name: fwd-https, listeners: [fwd], match: {host: "127.0.0.1:18443"}, injector: tok}
   - {name: fwd-grpc, listeners: [fwd], match: {host: "upstream.bench.test:18444"}, injector: tok}
-`, port, port+50, port+20, caFile, proxyCA, proxyCA+".key", injector, port+60)
+`, port, port+50, port+20, caFile, proxyCA, proxyCA+".key", injector, port+60, port+70, port+80)
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		die("%v", err)
 	}
