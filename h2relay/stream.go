@@ -411,6 +411,12 @@ func (c *conn) onResponseHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		c.mu.Unlock()
 		return nil // a stream the relay has reset
 	}
+	if f.Truncated { // over the relay's header limit: not passed on in part
+		c.mu.Unlock()
+		c.resetHalf(b, http2.ErrCodeCancel, fl)
+		b.s.legFailed(b, &upstreamErr{errors.New("response header block too large")})
+		return nil
+	}
 	end := f.StreamEnded()
 	if end {
 		b.recvEnd = true
@@ -587,10 +593,10 @@ func (c *conn) onReset(id uint32, code http2.ErrCode, fl *flusher) {
 		return
 	}
 	h.reset = true
-	dropped := c.dropQueue(h)
+	dropped, src := c.dropQueue(h), h.src
 	c.mu.Unlock()
-	if dropped > 0 && h.src != nil {
-		h.src.c.creditConn(dropped, fl)
+	if dropped > 0 && src != nil {
+		src.c.creditConn(dropped, fl)
 	}
 	c.settle(h)
 	s := h.s
@@ -642,7 +648,7 @@ func (c *conn) resetHalf(h *half, code http2.ErrCode, fl *flusher) {
 		return
 	}
 	h.reset = true
-	dropped := c.dropQueue(h)
+	dropped, src := c.dropQueue(h), h.src
 	if h.started || c.server {
 		c.wmu.Lock()
 		c.writeErr(c.fr.WriteRSTStream(h.id, code))
@@ -650,8 +656,8 @@ func (c *conn) resetHalf(h *half, code http2.ErrCode, fl *flusher) {
 	}
 	c.mu.Unlock()
 	c.wrote(fl)
-	if dropped > 0 && h.src != nil {
-		h.src.c.creditConn(dropped, fl)
+	if dropped > 0 && src != nil {
+		src.c.creditConn(dropped, fl)
 	}
 	c.settle(h)
 }

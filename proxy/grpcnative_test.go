@@ -281,24 +281,28 @@ func TestGRPCUpstreamUnreachable(t *testing.T) {
 // With unmatched: pass, a call no route matches goes to the listener's
 // upstream untouched: the client's own credential, nothing added.
 func TestGRPCListenerUnmatchedPass(t *testing.T) {
-	e := newEnv(t)
-	echo, grpcPort := e.grpcUpstream()
-	cfg := strings.Replace(grpcConfigWith(grpcPort, "grpc", "auto"), "    h2c: grpc\n", "    h2c: grpc\n    unmatched: pass\n", 1)
-	cfg = strings.Replace(cfg, "path: /grpc.testing.TestService/*", "path: /other.Service/*", 1)
-	p := e.start(cfg, nil, nil)
-	client := grpcClient(t, p.addr("grpc"))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}); status.Code(err) != codes.Unauthenticated {
-		t.Errorf("without a credential of its own: %v, want the upstream's UNAUTHENTICATED", err)
-	}
-	own := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secretToken)
-	resp, err := client.UnaryCall(own, &testpb.SimpleRequest{FillUsername: true})
-	if err != nil || resp.GetUsername() != "Bearer "+secretToken {
-		t.Errorf("with its own credential: %v, upstream saw %q", err, resp.GetUsername())
-	}
-	if n := echo.Calls(); n != 1 {
-		t.Errorf("%d calls accepted upstream, want 1", n)
+	for _, h2c := range []string{"grpc", "relay"} {
+		t.Run("h2c "+h2c, func(t *testing.T) {
+			e := newEnv(t)
+			echo, grpcPort := e.grpcUpstream()
+			cfg := strings.Replace(grpcConfigWith(grpcPort, h2c, "auto"), "    h2c: "+h2c+"\n", "    h2c: "+h2c+"\n    unmatched: pass\n", 1)
+			cfg = strings.Replace(cfg, "path: /grpc.testing.TestService/*", "path: /other.Service/*", 1)
+			p := e.start(cfg, nil, nil)
+			client := grpcClient(t, p.addr("grpc"))
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}); status.Code(err) != codes.Unauthenticated {
+				t.Errorf("without a credential of its own: %v, want the upstream's UNAUTHENTICATED", err)
+			}
+			own := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secretToken)
+			resp, err := client.UnaryCall(own, &testpb.SimpleRequest{FillUsername: true})
+			if err != nil || resp.GetUsername() != "Bearer "+secretToken {
+				t.Errorf("with its own credential: %v, upstream saw %q", err, resp.GetUsername())
+			}
+			if n := echo.Calls(); n != 1 {
+				t.Errorf("%d calls accepted upstream, want 1", n)
+			}
+		})
 	}
 }
 

@@ -273,23 +273,23 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, l := range s.listeners {
 		s.log.Info("listening", "listener", l.name, "kind", l.kind, "address", l.ln.Addr().String())
 		httpLn := l.ln
-		if l.grpc != nil {
+		var h2Ln net.Listener // connections that open with the HTTP/2 preface
+		if l.grpc != nil || l.relay != nil {
 			split := newSplitter(l.ln, l.srv.ReadHeaderTimeout)
-			httpLn = split.h1
+			httpLn, h2Ln = split.h1, split.h2
 			serving.Go(split.run)
+		}
+		if l.grpc != nil {
 			serving.Go(func() {
-				if err := l.grpc.Serve(split.h2); err != nil { // after shutdown, read by no one
+				if err := l.grpc.Serve(h2Ln); err != nil { // after shutdown, read by no one
 					errc <- fmt.Errorf("listener %q: %w", l.name, err)
 				}
 			})
 		}
 		if l.relay != nil {
-			split := newSplitter(l.ln, l.srv.ReadHeaderTimeout)
-			httpLn = split.h1
-			serving.Go(split.run)
 			serving.Go(func() {
 				for {
-					c, err := split.h2.Accept()
+					c, err := h2Ln.Accept()
 					if err != nil {
 						if !errors.Is(err, net.ErrClosed) {
 							errc <- fmt.Errorf("listener %q: %w", l.name, err)
