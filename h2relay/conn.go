@@ -42,14 +42,13 @@ type conn struct {
 	unacked    int64  // received and passed on, not yet granted back
 	nextID     uint32 // upstream: the next stream ID
 	reserved   int    // upstream: streams being opened
-	lastID     uint32 // client: the highest stream ID seen
+	lastID     uint32 // client connections: the highest stream ID seen
 	goingAway  bool   // no new streams
 	goAwayID   uint32 // upstream: the last stream its GOAWAY kept
 	closed     bool
 	closeErr   error
 	blocked    map[*half]struct{} // halves with data waiting for window
 	idle       *time.Timer
-	done       chan struct{}
 }
 
 // half is one stream's leg on one connection.
@@ -86,7 +85,6 @@ func newConn(r *Relay, nc net.Conn, server bool) *conn {
 		recvWin:  65535,
 		nextID:   1,
 		blocked:  map[*half]struct{}{},
-		done:     make(chan struct{}),
 	}
 	c.maxStreams = 100 // until the upstream's SETTINGS say
 	c.fr = http2.NewFramer(c.bw, c.br)
@@ -414,7 +412,6 @@ func (c *conn) close(err error) {
 	}
 	c.wmu.Unlock()
 	_ = c.nc.Close()
-	close(c.done)
 	if c.pool != nil {
 		c.pool.remove(c)
 	}

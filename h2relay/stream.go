@@ -81,7 +81,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 	}
 	c.mu.Unlock()
 	if f.Truncated {
-		go s.replyLocal(nil, errHeaderTooLarge)
+		go s.replyLocal(nil, ErrHeaderTooLarge)
 		return nil
 	}
 	req.Inline = true
@@ -103,11 +103,9 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 	return nil
 }
 
-var errHeaderTooLarge = errors.New("request header block too large")
-
-// ErrHeaderTooLarge is the error Reply gets for a header block over
-// MaxHeaderBytes.
-var ErrHeaderTooLarge = errHeaderTooLarge
+// ErrHeaderTooLarge is the error Reply gets for a request header block
+// over MaxHeaderBytes.
+var ErrHeaderTooLarge = errors.New("h2relay: request header block too large")
 
 // requestOf reads a request head, refusing what HTTP/2 forbids in one.
 func requestOf(f *http2.MetaHeadersFrame) (*Request, error) {
@@ -552,18 +550,26 @@ func (s *stream) legFailed(h *half, err error) {
 		s.end()
 		return
 	}
+	s.upstreamEnded(h, http2.ErrCodeInternal, err, nil)
+}
+
+// upstreamEnded handles an upstream leg that ended before its response
+// did. If it is the current leg, the client gets err as the proxy's reply
+// when no answer has started; otherwise its stream is reset with code. A
+// refused stream is reset too: the upstream did nothing with it, so the
+// client may send it again.
+func (s *stream) upstreamEnded(h *half, code http2.ErrCode, err error, fl *flusher) {
 	s.mu.Lock()
 	current, answered := h == s.up, s.answered
 	s.mu.Unlock()
-	if !current {
-		return
-	}
-	if answered {
-		s.client.c.resetHalf(s.client, http2.ErrCodeInternal, nil)
+	switch {
+	case !current:
+	case answered || code == http2.ErrCodeRefusedStream:
+		s.client.c.resetHalf(s.client, code, fl)
 		s.end()
-		return
+	default:
+		s.replyLocal(s.target, err)
 	}
-	s.replyLocal(s.target, err)
 }
 
 // end finishes a stream whose client leg is over: its context ends and
@@ -604,19 +610,7 @@ func (c *conn) onReset(id uint32, code http2.ErrCode, fl *flusher) {
 		s.end()
 		return
 	}
-	s.mu.Lock()
-	current, answered := h == s.up, s.answered
-	s.mu.Unlock()
-	switch {
-	case !current:
-	case answered || code == http2.ErrCodeRefusedStream:
-		// Refused: the upstream did nothing with it, so the client may
-		// send it again.
-		s.client.c.resetHalf(s.client, code, fl)
-		s.end()
-	default:
-		s.replyLocal(s.target, &upstreamErr{http2.StreamError{StreamID: id, Code: code}})
-	}
+	s.upstreamEnded(h, code, &upstreamErr{http2.StreamError{StreamID: id, Code: code}}, fl)
 }
 
 // resetStream resets a stream after a stream error on c, and its other
