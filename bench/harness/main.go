@@ -63,6 +63,11 @@ type contender struct {
 	grpcGoArgs        []string // extra bench/load flags
 	grpcGoEnv         []string // extra environment (HTTPS_PROXY)
 	grpcNative        bool     // an h2c: grpc listener (memory: idle gRPC connections)
+	// fresh starts a new process with the same config and GOMAXPROCS on
+	// other ports and returns this contender pointed at it, and what stops
+	// it (memory: idle connections, measured where no other listener has
+	// left heap behind); nil for nginx, measured in its loaded process.
+	fresh func() (contender, func())
 }
 
 func (c contender) process() string {
@@ -101,9 +106,9 @@ func main() {
 	upstreamBin := bin("upstream", "./bench/upstream")
 	loadBin = bin("load", "./bench/load")
 	caFile := filepath.Join(dir, "upstream-ca.pem")
-	for _, port := range []int{18080, 18443, 18444, 18150, 18151, 18152, 18160, 18161, 18162, 18170, 18171, 18172, 18180, 18181, 18182, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18300} {
+	for _, port := range []int{18080, 18443, 18444, 18150, 18151, 18152, 18160, 18161, 18162, 18103, 18123, 18153, 18163, 18173, 18183, 18170, 18171, 18172, 18180, 18181, 18182, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18300} {
 		if listening(fmt.Sprintf("127.0.0.1:%d", port)) {
-			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18444, 18100-18102, 18120-18122, 18150-18152, 18160-18162, 18170-18172, 18180-18182, 18210-18221, 18300", port)
+			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18444, 18100-18103, 18120-18123, 18150-18153, 18160-18163, 18170-18173, 18180-18183, 18210-18221, 18300", port)
 		}
 	}
 	up := start(dir, "upstream", nil, upstreamBin, "-plain", "127.0.0.1:18080", "-tls", "127.0.0.1:18443", "-grpc", "127.0.0.1:18444", "-ca", caFile)
@@ -111,6 +116,7 @@ func main() {
 	waitPort("127.0.0.1:18443")
 
 	var contenders []contender
+	const freshBase = 18103 // the memory test's fresh processes
 	contenders = append(contenders, contender{name: "direct (TLS)", h1: "https://127.0.0.1:18443/", h2: "https://127.0.0.1:18443/", grpc: "127.0.0.1:18444",
 		pids: func() []int { return nil }, extra: []string{"Authorization: Bearer bench-token"},
 		grpcGo: "127.0.0.1:18444", grpcGoArgs: []string{"-ca", caFile, "-authorization", "Bearer bench-token"}})
@@ -129,8 +135,29 @@ func main() {
 			addr := fmt.Sprintf("127.0.0.1:%d", port)
 			waitPort(addr)
 			pid := p.Process.Pid
-			c := contender{name: "authproxy sidecar, " + kind, procs: procs, proc: "authproxy-" + kind + "-" + procs,
-				h1: "http://" + addr + "/", h2: "http://" + addr + "/", pids: func() []int { return []int{pid} }}
+			// freshAt gives a contender that, for the memory test, starts a
+			// process of its own with this config on the fresh ports.
+			freshAt := func(mk func(base int) contender) contender {
+				c := mk(port)
+				c.fresh = func() (contender, func()) {
+					fcfg := filepath.Join(dir, fmt.Sprintf("authproxy-%s-%s-fresh.yaml", kind, procs))
+					writeConfig(fcfg, kind, freshBase, caFile, proxyCA)
+					fp := start(dir, "authproxy-"+kind+"-"+procs+"-fresh", []string{"GOMAXPROCS=" + procs}, authproxy, "run", "-config", fcfg)
+					for _, off := range []int{0, 60, 70} {
+						waitPort(fmt.Sprintf("127.0.0.1:%d", freshBase+off))
+					}
+					fpid := fp.Process.Pid
+					fc := mk(freshBase)
+					fc.pids = func() []int { return []int{fpid} }
+					return fc, func() { stop(fp) }
+				}
+				return c
+			}
+			c := freshAt(func(base int) contender {
+				a := fmt.Sprintf("127.0.0.1:%d", base)
+				return contender{name: "authproxy sidecar, " + kind, procs: procs, proc: "authproxy-" + kind + "-" + procs,
+					h1: "http://" + a + "/", h2: "http://" + a + "/", pids: func() []int { return []int{pid} }}
+			})
 			if kind == "static" {
 				c.grpc = fmt.Sprintf("127.0.0.1:%d", port+50)
 				c.grpcGo, c.grpcGoArgs = c.grpc, []string{"-insecure"}
@@ -146,17 +173,21 @@ func main() {
 			contenders = append(contenders, c)
 			if kind == "static" {
 				// The same process's h2c: grpc listener, for the gRPC loads.
-				native := fmt.Sprintf("127.0.0.1:%d", port+60)
-				waitPort(native)
-				contenders = append(contenders, contender{name: "authproxy sidecar (h2c: grpc), static", procs: procs, pids: c.pids, proc: c.proc,
-					grpc: native, grpcGo: native, grpcGoArgs: []string{"-insecure"}, grpcNative: true})
+				waitPort(fmt.Sprintf("127.0.0.1:%d", port+60))
+				contenders = append(contenders, freshAt(func(base int) contender {
+					native := fmt.Sprintf("127.0.0.1:%d", base+60)
+					return contender{name: "authproxy sidecar (h2c: grpc), static", procs: procs, pids: c.pids, proc: c.proc,
+						grpc: native, grpcGo: native, grpcGoArgs: []string{"-insecure"}, grpcNative: true}
+				}))
 				// And its h2c: relay listeners: HTTP/2 to the HTTPS port,
 				// gRPC to the gRPC port.
-				relayH2, relayGRPC := fmt.Sprintf("127.0.0.1:%d", port+70), fmt.Sprintf("127.0.0.1:%d", port+80)
-				waitPort(relayH2)
-				waitPort(relayGRPC)
-				contenders = append(contenders, contender{name: "authproxy sidecar (h2c: relay), static", procs: procs, pids: c.pids, proc: c.proc,
-					h2: "http://" + relayH2 + "/", grpc: relayGRPC, grpcGo: relayGRPC, grpcGoArgs: []string{"-insecure"}})
+				waitPort(fmt.Sprintf("127.0.0.1:%d", port+70))
+				waitPort(fmt.Sprintf("127.0.0.1:%d", port+80))
+				contenders = append(contenders, freshAt(func(base int) contender {
+					relayH2, relayGRPC := fmt.Sprintf("127.0.0.1:%d", base+70), fmt.Sprintf("127.0.0.1:%d", base+80)
+					return contender{name: "authproxy sidecar (h2c: relay), static", procs: procs, pids: c.pids, proc: c.proc,
+						h2: "http://" + relayH2 + "/", grpc: relayGRPC, grpcGo: relayGRPC, grpcGoArgs: []string{"-insecure"}}
+				}))
 			}
 			port++
 		}
@@ -445,7 +476,7 @@ func ghz(c contender, caFile string) result {
 // 1,000 idle HTTP/2 (h2c) client connections open.
 func memory(contenders []contender, idleRSS, peakRSS map[string]int64) string {
 	var b strings.Builder
-	b.WriteString("### Memory\n\n| contender | procs | RSS idle before the loads, MiB | peak RSS during the loads, MiB | RSS after the loads, MiB | RSS with 1,000 idle HTTP/2 connections (h2c; gRPC for h2c: grpc), MiB | per idle connection, KiB |\n|---|---|---|---|---|---|---|\n")
+	b.WriteString("### Memory\n\n| contender | procs | RSS idle before the loads, MiB | peak RSS during the loads, MiB | RSS after the loads, MiB | RSS with 1,000 idle HTTP/2 connections (h2c; gRPC for h2c: grpc)¹, MiB | per idle connection, KiB |\n|---|---|---|---|---|---|---|\n")
 	afterLoads := map[string]int64{} // by process, before any idle connections of this test
 	for _, c := range contenders {
 		if c.procs != "" {
@@ -458,7 +489,12 @@ func memory(contenders []contender, idleRSS, peakRSS map[string]int64) string {
 		if c.procs == "" || (c.h2 == "" && !c.grpcNative) {
 			continue // direct; the forward listeners share the sidecars' processes
 		}
-		runtime.GC()
+		key := c.process()
+		stopFresh := func() {}
+		if c.fresh != nil {
+			c, stopFresh = c.fresh()
+			time.Sleep(time.Second)
+		}
 		before := rss(c.pids())
 		var closers []func()
 		for i := 0; i < 1000; i++ {
@@ -473,11 +509,11 @@ func memory(contenders []contender, idleRSS, peakRSS map[string]int64) string {
 		for _, closeConn := range closers {
 			closeConn()
 		}
-		key := c.process()
+		stopFresh()
 		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f |\n", c.name, c.procs, float64(idleRSS[key])/1024,
 			float64(peakRSS[key])/1024, float64(afterLoads[key])/1024, float64(with)/1024, float64(with-before)/1000)
 	}
-	b.WriteString("\n")
+	b.WriteString("\n¹ authproxy: in a fresh process with the same config and GOMAXPROCS, so that no other listener's connections have left heap behind; nginx: in its loaded process.\n\n")
 	return b.String()
 }
 
