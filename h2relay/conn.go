@@ -283,6 +283,7 @@ func (c *conn) readLoop() {
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
 				c.sendGoAway(http2.ErrCode(ce))
+				c.logEnd(err)
 			}
 			c.close(err)
 			return
@@ -294,6 +295,7 @@ func (c *conn) readLoop() {
 				code = http2.ErrCode(ce)
 			}
 			c.sendGoAway(code)
+			c.logEnd(err)
 			c.close(err)
 			return
 		}
@@ -301,6 +303,15 @@ func (c *conn) readLoop() {
 			fl.flush()
 		}
 	}
+}
+
+// logEnd logs a connection the relay ends for breaking the protocol.
+func (c *conn) logEnd(err error) {
+	side := "client"
+	if !c.server {
+		side = "upstream"
+	}
+	c.r.log().Info("HTTP/2 connection ended: protocol error", "side", side, "remote", c.nc.RemoteAddr().String(), "err", err)
 }
 
 func (c *conn) handle(f http2.Frame, fl *flusher) error {

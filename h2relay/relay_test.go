@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -145,7 +148,8 @@ func TestRelayEndsConnectionsThatBreakTheProtocol(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := stuck{release: make(chan struct{})}
 			defer close(h.release)
-			c := dialRelay(t, &Relay{Handler: h})
+			logs := &lockedBuffer{}
+			c := dialRelay(t, &Relay{Handler: h, Log: slog.New(slog.NewTextHandler(logs, nil))})
 			tc.send(c)
 			f := c.next(func(f http2.Frame) bool {
 				switch f := f.(type) {
@@ -161,12 +165,40 @@ func TestRelayEndsConnectionsThatBreakTheProtocol(t *testing.T) {
 				if f.ErrCode != tc.want {
 					t.Errorf("GOAWAY %v, want %v", f.ErrCode, tc.want)
 				}
+				waitFor(t, func() bool { return strings.Contains(logs.String(), "protocol error") }, "the log to say why the connection ended")
 			case *http2.RSTStreamFrame:
 				if tc.want != http2.ErrCodeFlowControl {
 					t.Errorf("RST_STREAM %v, want GOAWAY %v", f.ErrCode, tc.want)
 				}
 			}
 		})
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
