@@ -229,3 +229,18 @@ func TestRelayClosesSilentConnections(t *testing.T) {
 		t.Errorf("closed after %v, want about the preface timeout (200ms)", d)
 	}
 }
+
+func TestRelayClosesIdleConnections(t *testing.T) {
+	c := dialRelay(t, &Relay{Handler: stuck{}, IdleTimeout: 200 * time.Millisecond})
+	start := time.Now()
+	ga := c.next(func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok }).(*http2.GoAwayFrame)
+	if ga.ErrCode != http2.ErrCodeNo {
+		t.Errorf("GOAWAY %v, want NO_ERROR", ga.ErrCode)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Errorf("GOAWAY after %v, before the idle timeout (200ms)", d)
+	}
+	if _, err := c.fr.ReadFrame(); err == nil {
+		t.Error("the connection stays open after GOAWAY on an idle connection")
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -264,5 +265,35 @@ routes:
 	}
 	if _, err := proxy.New(cfg, injs, proxy.Options{}); err != nil {
 		t.Errorf("an OAuth2 route to an h2c upstream: %v", err)
+	}
+}
+
+// Upstream connections without a stream close after
+// upstream.idle_conn_timeout.
+func TestRelayClosesIdleUpstreamConnections(t *testing.T) {
+	e := newEnv(t)
+	closed := make(chan struct{}, 1)
+	up := e.httpsUpstream(&sim.Echo{})
+	up.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateClosed {
+			select {
+			case closed <- struct{}{}:
+			default:
+			}
+		}
+	}
+	cfg := strings.Replace(relayConfig(port(t, up.URL), "deny"), "upstream:\n", "upstream:\n  idle_conn_timeout: 300ms\n", 1)
+	p := e.start(cfg, nil, nil)
+	if err := getOK(h2cClient(), "http://"+p.addr("app")+"/v1/things"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	select {
+	case <-closed:
+		if d := time.Since(start); d < 200*time.Millisecond {
+			t.Errorf("the upstream connection closed after %v, before idle_conn_timeout (300ms)", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the idle upstream connection is still open")
 	}
 }
