@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -273,8 +274,13 @@ routes:
 func TestRelayClosesIdleUpstreamConnections(t *testing.T) {
 	e := newEnv(t)
 	closed := make(chan struct{}, 1)
-	up := e.httpsUpstream(&sim.Echo{})
-	up.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+	tlsCfg, err := e.pki.ServerTLS(upstreamNames...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewUnstartedServer(&sim.Echo{})
+	up.TLS, up.EnableHTTP2 = tlsCfg, true
+	up.Config.ConnState = func(_ net.Conn, st http.ConnState) { // set before it serves
 		if st == http.StateClosed {
 			select {
 			case closed <- struct{}{}:
@@ -282,6 +288,8 @@ func TestRelayClosesIdleUpstreamConnections(t *testing.T) {
 			}
 		}
 	}
+	up.StartTLS()
+	defer up.Close()
 	cfg := strings.Replace(relayConfig(port(t, up.URL), "deny"), "upstream:\n", "upstream:\n  idle_conn_timeout: 300ms\n", 1)
 	p := e.start(cfg, nil, nil)
 	if err := getOK(h2cClient(), "http://"+p.addr("app")+"/v1/things"); err != nil {
