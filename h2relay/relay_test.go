@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -242,5 +243,63 @@ func TestRelayClosesIdleConnections(t *testing.T) {
 	}
 	if _, err := c.fr.ReadFrame(); err == nil {
 		t.Error("the connection stays open after GOAWAY on an idle connection")
+	}
+}
+
+// to is a Handler that sends every stream to one upstream.
+type to struct{ addr string }
+
+func (h to) Open(*Request) (*Target, error) {
+	return &Target{Scheme: "http", Addr: h.addr, Method: "POST", Authority: "up.test", Path: "/x", Header: http.Header{}}, nil
+}
+
+func (to) Reply(*Request, *Target, error) Reply { return Reply{Status: http.StatusBadGateway} }
+
+// An upstream that overruns a stream's window has that stream reset, and
+// the client's stream, already answered, is reset too instead of waiting.
+func TestRelayResetsTheClientWhenTheUpstreamBreaksAStream(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // an upstream that ignores flow control
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		br := bufio.NewReader(nc)
+		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+			return
+		}
+		bw := bufio.NewWriter(nc)
+		fr := http2.NewFramer(bw, br)
+		_ = fr.WriteSettings()
+		_ = bw.Flush()
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if h, ok := f.(*http2.HeadersFrame); ok {
+				var hb bytes.Buffer
+				_ = hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
+				chunk := make([]byte, 16<<10)
+				for range streamWindow/len(chunk) + 2 {
+					_ = fr.WriteData(h.StreamID, false, chunk)
+				}
+				_ = bw.Flush()
+			}
+		}
+	}()
+	var d net.Dialer
+	c := dialRelay(t, &Relay{Handler: to{ln.Addr().String()},
+		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }})
+	c.headers(1, true)
+	rst := c.next(func(f http2.Frame) bool { _, ok := f.(*http2.RSTStreamFrame); return ok }).(*http2.RSTStreamFrame)
+	if rst.StreamID != 1 || rst.ErrCode != http2.ErrCodeInternal {
+		t.Errorf("got RST_STREAM %d %v, want stream 1 INTERNAL_ERROR", rst.StreamID, rst.ErrCode)
 	}
 }

@@ -229,7 +229,7 @@ func (s *stream) startOn(uc *conn, t *Target, replay bool, fl *flusher) {
 	a.c.mu.Unlock()
 	sent, err := uc.startStream(b, fieldsOf(t), fl)
 	if err != nil {
-		s.legFailed(b, &upstreamErr{err})
+		s.legFailed(b, http2.ErrCodeInternal, &upstreamErr{err}, nil)
 		return
 	}
 	if b.src != nil && sent > 0 {
@@ -411,8 +411,7 @@ func (c *conn) onResponseHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 	}
 	if f.Truncated { // over the relay's header limit: not passed on in part
 		c.mu.Unlock()
-		c.resetHalf(b, http2.ErrCodeCancel, fl)
-		b.s.legFailed(b, &upstreamErr{errors.New("response header block too large")})
+		c.failLeg(b, http2.ErrCodeCancel, &upstreamErr{errors.New("response header block too large")}, fl)
 		return nil
 	}
 	end := f.StreamEnded()
@@ -443,8 +442,7 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 	code, err := strconv.Atoi(status)
 	if err != nil || code < 100 || code > 999 {
 		s.mu.Unlock()
-		b.c.resetHalf(b, http2.ErrCodeProtocol, fl)
-		s.replyLocal(s.target, &upstreamErr{errors.New("upstream sent an invalid :status")})
+		b.c.failLeg(b, http2.ErrCodeProtocol, &upstreamErr{errors.New("upstream sent an invalid :status")}, fl)
 		return
 	}
 	fields := responseFields(status, f.RegularFields())
@@ -543,22 +541,17 @@ func (s *stream) replyLocal(t *Target, err error) {
 	a.c.settle(a)
 }
 
-// legFailed handles a leg whose connection ended, or whose stream could
-// not be opened.
-func (s *stream) legFailed(h *half, err error) {
+// legFailed handles a leg that ended before its stream did: reset (code,
+// by the peer or by the relay), its connection gone, or never opened. A
+// client's leg ends the stream. For the current upstream leg, the client
+// gets err as the proxy's reply when no answer has started; otherwise its
+// stream is reset with code. A refused stream is reset too: the upstream
+// did nothing with it, so the client may send it again.
+func (s *stream) legFailed(h *half, code http2.ErrCode, err error, fl *flusher) {
 	if h == s.client {
 		s.end()
 		return
 	}
-	s.upstreamEnded(h, http2.ErrCodeInternal, err, nil)
-}
-
-// upstreamEnded handles an upstream leg that ended before its response
-// did. If it is the current leg, the client gets err as the proxy's reply
-// when no answer has started; otherwise its stream is reset with code. A
-// refused stream is reset too: the upstream did nothing with it, so the
-// client may send it again.
-func (s *stream) upstreamEnded(h *half, code http2.ErrCode, err error, fl *flusher) {
 	s.mu.Lock()
 	current, answered := h == s.up, s.answered
 	s.mu.Unlock()
@@ -590,31 +583,18 @@ func (s *stream) end() {
 	}
 }
 
-// onReset takes a peer's RST_STREAM.
+// onReset takes a peer's RST_STREAM (or a GOAWAY's refusal) of stream id.
 func (c *conn) onReset(id uint32, code http2.ErrCode, fl *flusher) {
 	c.mu.Lock()
 	h := c.streams[id]
-	if h == nil {
-		c.mu.Unlock()
-		return
-	}
-	h.reset = true
-	dropped, src := c.dropQueue(h), h.src
 	c.mu.Unlock()
-	if dropped > 0 && src != nil {
-		src.c.creditConn(dropped, fl)
+	if h != nil && c.endHalf(h, code, false, fl) {
+		h.s.legFailed(h, code, &upstreamErr{http2.StreamError{StreamID: id, Code: code}}, fl)
 	}
-	c.settle(h)
-	s := h.s
-	if h == s.client {
-		s.end()
-		return
-	}
-	s.upstreamEnded(h, code, &upstreamErr{http2.StreamError{StreamID: id, Code: code}}, fl)
 }
 
-// resetStream resets a stream after a stream error on c, and its other
-// leg.
+// resetStream resets a stream after a stream error on c, and tells its
+// stream, which answers or resets the client.
 func (c *conn) resetStream(id uint32, code http2.ErrCode, fl *flusher) {
 	c.mu.Lock()
 	h := c.streams[id]
@@ -623,8 +603,14 @@ func (c *conn) resetStream(id uint32, code http2.ErrCode, fl *flusher) {
 		c.writeReset(id, code, fl)
 		return
 	}
-	c.resetHalf(h, code, fl)
-	c.onReset(id, code, fl) // the other leg, as if the peer had reset it
+	c.failLeg(h, code, &upstreamErr{http2.StreamError{StreamID: id, Code: code}}, fl)
+}
+
+// failLeg resets h, which the relay found broken, and tells its stream.
+func (c *conn) failLeg(h *half, code http2.ErrCode, err error, fl *flusher) {
+	if c.endHalf(h, code, true, fl) {
+		h.s.legFailed(h, http2.ErrCodeInternal, err, fl)
+	}
 }
 
 func (c *conn) writeReset(id uint32, code http2.ErrCode, fl *flusher) {
@@ -636,24 +622,36 @@ func (c *conn) writeReset(id uint32, code http2.ErrCode, fl *flusher) {
 
 // resetHalf sends RST_STREAM for h (once) and drops what it had queued.
 func (c *conn) resetHalf(h *half, code http2.ErrCode, fl *flusher) {
+	c.endHalf(h, code, true, fl)
+}
+
+// endHalf ends h once and reports whether it was still open: its queue is
+// dropped (the connection window it held goes back to the leg it came
+// from), RST_STREAM is sent if send is set (not when the peer reset it),
+// and h is forgotten.
+func (c *conn) endHalf(h *half, code http2.ErrCode, send bool, fl *flusher) bool {
 	c.mu.Lock()
 	if h.reset || (h.sentEnd && h.recvEnd) || c.closed {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	h.reset = true
 	dropped, src := c.dropQueue(h), h.src
-	if h.started || c.server {
+	send = send && (h.started || c.server)
+	if send {
 		c.wmu.Lock()
 		c.writeErr(c.fr.WriteRSTStream(h.id, code))
 		c.wmu.Unlock()
 	}
 	c.mu.Unlock()
-	c.wrote(fl)
+	if send {
+		c.wrote(fl)
+	}
 	if dropped > 0 && src != nil {
 		src.c.creditConn(dropped, fl)
 	}
 	c.settle(h)
+	return true
 }
 
 // dropQueue empties h's queue (c.mu held) and returns its size.
