@@ -44,9 +44,7 @@ type conn struct {
 	reserved   int    // upstream: streams being opened
 	lastID     uint32 // client connections: the highest stream ID seen
 	goingAway  bool   // no new streams
-	goAwayID   uint32 // upstream: the last stream its GOAWAY kept
 	closed     bool
-	closeErr   error
 	blocked    map[*half]struct{} // halves with data waiting for window
 	idle       *time.Timer
 }
@@ -95,6 +93,13 @@ func newConn(r *Relay, nc net.Conn, server bool) *conn {
 	return c
 }
 
+func (r *Relay) maxStreams() uint32 {
+	if r.MaxConcurrentStreams == 0 {
+		return 250
+	}
+	return r.MaxConcurrentStreams
+}
+
 func (r *Relay) maxHeaderBytes() uint32 {
 	if r.MaxHeaderBytes == 0 {
 		return 1 << 20
@@ -109,11 +114,7 @@ func (c *conn) settings() []http2.Setting {
 		{ID: http2.SettingMaxHeaderListSize, Val: c.r.maxHeaderBytes()},
 	}
 	if c.server {
-		n := c.r.MaxConcurrentStreams
-		if n == 0 {
-			n = 250
-		}
-		s = append(s, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: n})
+		s = append(s, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.r.maxStreams()})
 	} else {
 		s = append(s, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
 	}
@@ -408,7 +409,6 @@ func (c *conn) close(err error) {
 		return
 	}
 	c.closed = true
-	c.closeErr = err
 	if c.idle != nil {
 		c.idle.Stop()
 	}
@@ -438,13 +438,13 @@ func (c *conn) armIdle() {
 	if !c.server {
 		d = c.r.UpstreamIdleTimeout
 	}
-	if d <= 0 || len(c.streams) > 0 || c.closed {
+	if d <= 0 || c.busy() || c.closed {
 		return
 	}
 	if c.idle == nil {
 		c.idle = time.AfterFunc(d, func() {
 			c.mu.Lock()
-			busy := len(c.streams) > 0
+			busy := c.busy()
 			c.mu.Unlock()
 			if !busy {
 				if c.server {
@@ -457,6 +457,10 @@ func (c *conn) armIdle() {
 	}
 	c.idle.Reset(d)
 }
+
+// busy (c.mu held): a stream is open, or one is being opened on a slot
+// Relay.upstream reserved.
+func (c *conn) busy() bool { return len(c.streams)+c.reserved > 0 }
 
 // writeHeaders encodes fields and writes them as HEADERS and
 // CONTINUATION frames no larger than the peer takes; c.mu and c.wmu are

@@ -73,8 +73,9 @@ func (c *conn) sendTrailers(h *half, fields []hpack.HeaderField, fl *flusher) {
 	c.settle(h)
 }
 
-// sendHead writes a response head on a client's leg, then whatever was
-// queued behind it.
+// sendHead writes a response head (or an informational one) on a client's
+// leg. Nothing is queued on it before its head: response data follows the
+// head on the same reading goroutine.
 func (c *conn) sendHead(h *half, fields []hpack.HeaderField, end bool, fl *flusher) {
 	c.mu.Lock()
 	if c.closed || h.reset || h.sentEnd {

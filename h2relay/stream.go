@@ -55,11 +55,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	c.lastID = id
-	limit := c.r.MaxConcurrentStreams
-	if limit == 0 {
-		limit = 250
-	}
-	if c.goingAway || c.closed || uint32(len(c.streams)) >= limit {
+	if c.goingAway || c.closed || uint32(len(c.streams)) >= c.r.maxStreams() {
 		c.mu.Unlock()
 		c.writeReset(id, http2.ErrCodeRefusedStream, fl)
 		return nil
@@ -122,18 +118,16 @@ func requestOf(f *http2.MetaHeadersFrame) (*Request, error) {
 	fields := f.RegularFields()
 	req.Header = make(http.Header, len(fields))
 	for _, hf := range fields {
-		switch hf.Name {
-		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
-			return nil, errors.New("connection-specific header field")
-		case "te":
-			if hf.Value != "trailers" {
-				return nil, errors.New("te other than trailers")
-			}
-		case "host":
+		switch {
+		case hf.Name == "host":
 			if req.Authority == "" {
 				req.Authority = hf.Value
 			}
 			continue
+		case hopByHop(hf.Name):
+			return nil, errors.New("connection-specific header field")
+		case hf.Name == "te" && hf.Value != "trailers":
+			return nil, errors.New("te other than trailers")
 		}
 		k := http.CanonicalHeaderKey(hf.Name)
 		req.Header[k] = append(req.Header[k], hf.Value)
@@ -254,6 +248,7 @@ func (c *conn) startStream(b *half, fields []hpack.HeaderField, fl *flusher) (in
 		return 0, errors.New("upstream connection is going away")
 	}
 	if b.reset { // the client went away meanwhile
+		c.armIdle()
 		c.mu.Unlock()
 		return 0, nil
 	}
@@ -286,10 +281,12 @@ func (c *conn) startStream(b *half, fields []hpack.HeaderField, fl *flusher) (in
 	return sent, nil
 }
 
-// release gives back a stream slot reserved by Relay.upstream.
+// release gives back a stream slot reserved by Relay.upstream; a
+// connection left without streams starts its idle timer.
 func (c *conn) release() {
 	c.mu.Lock()
 	c.reserved--
+	c.armIdle()
 	c.mu.Unlock()
 }
 
