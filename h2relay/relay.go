@@ -37,6 +37,8 @@ type Request struct {
 	// where it must not wait: it returns ErrWouldBlock instead, and is
 	// called again on a goroutine of its own.
 	Inline bool
+	// Data is the Handler's own, kept from one call of Open to the next.
+	Data any
 }
 
 // Target is where a stream goes and what it sends.

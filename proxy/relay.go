@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -11,6 +10,7 @@ import (
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/h2relay"
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/transport"
 )
 
 // relayHandler decides each stream of an h2c: relay sidecar with the same
@@ -18,23 +18,36 @@ import (
 // then moves its frames.
 type relayHandler struct{ s *sidecar }
 
+// matched is a stream's request and route, kept in Request.Data when Open
+// returns ErrWouldBlock, so that its second call does not match again.
+type matched struct {
+	r *http.Request
+	x *exchange
+}
+
 func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
-	u, err := url.ParseRequestURI(req.Path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: the request's :path does not parse", injectors.ErrBadRequest)
+	m, ok := req.Data.(*matched)
+	if !ok {
+		u, err := url.ParseRequestURI(req.Path)
+		if err != nil {
+			return nil, fmt.Errorf("%w: the request's :path does not parse", injectors.ErrBadRequest)
+		}
+		r := (&http.Request{
+			Method: req.Method, URL: u, RequestURI: req.Path,
+			Proto: "HTTP/2.0", ProtoMajor: 2,
+			Header: req.Header, Host: req.Authority, RemoteAddr: req.RemoteAddr,
+			Body: http.NoBody,
+		}).WithContext(req.Context)
+		x, err := h.s.exchangeFor(r)
+		if err != nil {
+			return nil, err
+		}
+		m = &matched{r, x}
 	}
-	r := (&http.Request{
-		Method: req.Method, URL: u, RequestURI: req.Path,
-		Proto: "HTTP/2.0", ProtoMajor: 2,
-		Header: req.Header, Host: req.Authority, RemoteAddr: req.RemoteAddr,
-		Body: http.NoBody,
-	}).WithContext(req.Context)
-	x, err := h.s.exchangeFor(r)
-	if err != nil {
-		return nil, err
-	}
+	r, x := m.r, m.x
 	if req.Inline && x.route != nil {
 		if _, ok := x.route.injector.(injectors.Immediate); !ok {
+			req.Data = m
 			return nil, h2relay.ErrWouldBlock // it may fetch a credential
 		}
 	}
@@ -70,26 +83,11 @@ func relayTarget(out *http.Request, x *exchange) *h2relay.Target {
 	if authority == "" {
 		authority = out.URL.Host
 	}
-	addr := out.URL.Host
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		port := "443"
-		if out.URL.Scheme == "http" {
-			port = "80"
-		}
-		addr = net.JoinHostPort(trimBrackets(addr), port)
-	}
 	return &h2relay.Target{
-		Scheme: out.URL.Scheme, Addr: addr,
+		Scheme: out.URL.Scheme, Addr: transport.CanonicalAddr(out.URL),
 		Method: out.Method, Authority: authority, Path: out.URL.RequestURI(),
 		Header: out.Header, Data: x,
 	}
-}
-
-func trimBrackets(s string) string {
-	if len(s) > 1 && s[0] == '[' && s[len(s)-1] == ']' {
-		return s[1 : len(s)-1]
-	}
-	return s
 }
 
 // Reply answers a stream the relay does not forward, as writeError does,

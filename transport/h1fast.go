@@ -43,7 +43,7 @@ func (t *h1Fast) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !fastEligible(req) {
 		return t.fallback.RoundTrip(req)
 	}
-	addr := canonicalAddr(req.URL)
+	addr := CanonicalAddr(req.URL)
 	key := req.URL.Scheme + "://" + addr
 	for attempt := 0; ; attempt++ {
 		fc, reused := t.get(key)
@@ -290,7 +290,9 @@ func (t *h1Fast) dialConn(ctx context.Context, u *url.URL, addr, key string) (*f
 	return &fastConn{key: key, conn: conn, rc: rc, br: bufio.NewReaderSize(rc, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}, nil
 }
 
-func canonicalAddr(u *url.URL) string {
+// CanonicalAddr is u's host:port, with the scheme's default port when u
+// names none.
+func CanonicalAddr(u *url.URL) string {
 	port := u.Port()
 	if port == "" {
 		port = "443"

@@ -112,7 +112,7 @@ func (u *Set) DialH2(ctx context.Context, scheme, addr string) (net.Conn, error)
 	}
 	host, _, _ := net.SplitHostPort(addr)
 	tc := tls.Client(nc, &tls.Config{RootCAs: u.roots, MinVersion: tls.VersionTLS12,
-		ServerName: trimBrackets(host), NextProtos: []string{"h2"}})
+		ServerName: host, NextProtos: []string{"h2"}})
 	hctx, cancel := context.WithTimeout(ctx, u.handshake)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
