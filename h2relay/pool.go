@@ -9,7 +9,6 @@ import (
 // pool holds the upstream connections to one scheme and address.
 type pool struct {
 	r       *Relay
-	key     string
 	mu      sync.Mutex
 	conns   []*conn
 	dialing chan struct{} // closed when a dial in progress ends
@@ -30,7 +29,7 @@ func (r *Relay) upstream(ctx context.Context, scheme, addr string) (*conn, error
 	}
 	p := r.pools[key]
 	if p == nil {
-		p = &pool{r: r, key: key}
+		p = &pool{r: r}
 		r.pools[key] = p
 	}
 	r.mu.Unlock()

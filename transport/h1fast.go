@@ -3,7 +3,6 @@ package transport
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -273,18 +272,9 @@ func (t *h1Fast) dialConn(ctx context.Context, u *url.URL, addr, key string) (*f
 		return nil, err
 	}
 	if u.Scheme == "https" {
-		cfg := t.fallback.TLSClientConfig.Clone()
-		cfg.ServerName = u.Hostname()
-		cfg.NextProtos = []string{"http/1.1"}
-		tc := tls.Client(conn, cfg)
-		hctx, cancel := context.WithTimeout(ctx, t.fallback.TLSHandshakeTimeout)
-		err := tc.HandshakeContext(hctx)
-		cancel()
-		if err != nil {
-			conn.Close()
+		if conn, err = clientTLS(ctx, conn, t.fallback, u.Hostname(), "http/1.1"); err != nil {
 			return nil, err
 		}
-		conn = tc
 	}
 	rc := &countingReader{r: conn}
 	return &fastConn{key: key, conn: conn, rc: rc, br: bufio.NewReaderSize(rc, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}, nil

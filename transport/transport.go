@@ -37,9 +37,6 @@ type Set struct {
 	GRPC *GRPC
 	// Dial dials with the configured timeout and resolve pins.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-
-	roots     *x509.CertPool
-	handshake time.Duration
 }
 
 // New builds a Set from the upstream config. It reads ca_file.
@@ -88,8 +85,7 @@ func New(cfg config.Upstream) (*Set, error) {
 	}
 	h1 := base()
 	h1.Protocols.SetHTTP1(true)
-	u := &Set{TLS: base(), H1: &h1Fast{fallback: h1}, H2C: base(), Dial: dial,
-		roots: roots, handshake: cfg.TLSHandshakeTimeout.D(10 * time.Second)}
+	u := &Set{TLS: base(), H1: &h1Fast{fallback: h1}, H2C: base(), Dial: dial}
 	u.TLS.Protocols.SetHTTP1(true)
 	u.TLS.Protocols.SetHTTP2(true)
 	u.H2C.Protocols.SetUnencryptedHTTP2(true)
@@ -111,17 +107,29 @@ func (u *Set) DialH2(ctx context.Context, scheme, addr string) (net.Conn, error)
 		return nc, err
 	}
 	host, _, _ := net.SplitHostPort(addr)
-	tc := tls.Client(nc, &tls.Config{RootCAs: u.roots, MinVersion: tls.VersionTLS12,
-		ServerName: host, NextProtos: []string{"h2"}})
-	hctx, cancel := context.WithTimeout(ctx, u.handshake)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		_ = nc.Close()
+	tc, err := clientTLS(ctx, nc, u.TLS, host, "h2")
+	if err != nil {
 		return nil, err
 	}
 	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
 		_ = tc.Close()
 		return nil, fmt.Errorf("%s did not negotiate HTTP/2 (ALPN %q)", addr, p)
+	}
+	return tc, nil
+}
+
+// clientTLS makes conn a TLS client of serverName with t's TLS settings
+// (roots, minimum version) and handshake timeout, offering protos by ALPN.
+// conn is closed if the handshake fails.
+func clientTLS(ctx context.Context, conn net.Conn, t *http.Transport, serverName string, protos ...string) (*tls.Conn, error) {
+	cfg := t.TLSClientConfig.Clone()
+	cfg.ServerName, cfg.NextProtos = serverName, protos
+	tc := tls.Client(conn, cfg)
+	hctx, cancel := context.WithTimeout(ctx, t.TLSHandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		_ = conn.Close()
+		return nil, err
 	}
 	return tc, nil
 }
