@@ -91,6 +91,8 @@ type OAuth2 struct {
 	static      bool // no template reads the request
 	staticKey   string
 	staticFetch tokencache.FetchFunc
+
+	secrets scrubber // what fetch sends, in each encoding
 }
 
 type namedTemplate struct {
@@ -144,7 +146,7 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 		}
 	}
 
-	o := &OAuth2{name: name, cache: env.Cache, client: env.HTTPClient, now: env.Now,
+	o := &OAuth2{name: name, cache: env.Cache, client: noRedirects(env.HTTPClient), now: env.Now,
 		authStyle: cfg.AuthStyle, keyID: cfg.KeyID, lifetime: cfg.DefaultLifetime.D(5 * time.Minute)}
 	if o.now == nil {
 		o.now = time.Now
@@ -266,6 +268,8 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 	if o.cache == nil || o.client == nil {
 		return nil, errors.New("oauth2: built without a token cache or HTTP client")
 	}
+	o.secrets.add(o.secret.Reveal())
+	o.secrets.addBasic(o.id.Reveal(), o.secret.Reveal())
 	if o.static {
 		req := &Request{Request: &http.Request{Header: http.Header{}, URL: &url.URL{}}}
 		scope, aud, params, _ := o.render(req)
@@ -424,9 +428,12 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 	resp, err := o.client.Do(req)
 	if err != nil {
 		return tokencache.Token{}, issuerErr(o.name, "token request to "+o.endpoint, err,
-			func(msg string) string { return o.scrub(msg, assertion) })
+			func(msg string) string { return o.secrets.scrub(msg, assertion) })
 	}
 	defer resp.Body.Close()
+	if isRedirect(resp) {
+		return tokencache.Token{}, redirectErr(o.name, "token endpoint "+o.endpoint, resp)
+	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse))
 	if err != nil {
 		return tokencache.Token{}, fmt.Errorf("%w: injector %q: reading the token response from %s: %v", ErrCredentialUnavailable, o.name, o.endpoint, err)
@@ -449,14 +456,14 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 			detail += ": " + tr.ErrorDescription
 		}
 		if detail == "" {
-			detail = excerpt(data)
+			detail = string(data)
 		}
 		return tokencache.Token{}, fmt.Errorf("%w: injector %q: token endpoint %s answered %s: %s",
-			kind, o.name, o.endpoint, resp.Status, o.scrub(detail, assertion))
+			kind, o.name, o.endpoint, resp.Status, o.secrets.excerpt([]byte(detail), assertion))
 	}
 	if jsonErr != nil {
 		return tokencache.Token{}, fmt.Errorf("%w: injector %q: token endpoint %s answered %s with a body that is not a token response: %s",
-			ErrCredentialUnavailable, o.name, o.endpoint, resp.Status, o.scrub(excerpt(data), assertion))
+			ErrCredentialUnavailable, o.name, o.endpoint, resp.Status, o.secrets.excerpt(data, assertion))
 	}
 	value := tr.AccessToken
 	if value == "" {
@@ -499,34 +506,6 @@ func (o *OAuth2) assertion() (string, error) {
 		"iss": id, "sub": id, "aud": o.assertAud,
 		"iat": now, "exp": now + 60, "jti": hex.EncodeToString(jti[:]),
 	})
-}
-
-// scrub removes the client's own secrets from a message that includes
-// text from the token endpoint, in case the endpoint echoes them.
-func (o *OAuth2) scrub(msg, assertion string) string {
-	for _, s := range []string{o.secret.Reveal(), url.QueryEscape(o.secret.Reveal()), assertion} {
-		if len(s) >= 4 {
-			msg = strings.ReplaceAll(msg, s, config.Redacted)
-		}
-	}
-	return msg
-}
-
-// excerpt is a bounded, printable excerpt of a response body.
-func excerpt(b []byte) string {
-	s := strings.Map(func(r rune) rune {
-		if r < ' ' || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, string(b))
-	if len(s) > 200 {
-		s = s[:200] + "…"
-	}
-	if strings.TrimSpace(s) == "" {
-		return "(empty body)"
-	}
-	return s
 }
 
 type tokenResponse struct {

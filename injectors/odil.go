@@ -76,6 +76,7 @@ type ODIL struct {
 	entity     []staticValue
 	key        string
 	fetchFn    tokencache.FetchFunc
+	secrets    scrubber // what createSession sends, in each encoding
 }
 
 var (
@@ -88,7 +89,7 @@ var (
 func NewODIL(name string, cfg ODILConfig, env Env) (*ODIL, error) {
 	var errs []error
 	add := func(path, format string, args ...any) { errs = append(errs, config.Errorf(path, format, args...)) }
-	o := &ODIL{name: name, cache: env.Cache, client: env.HTTPClient, now: env.Now,
+	o := &ODIL{name: name, cache: env.Cache, client: noRedirects(env.HTTPClient), now: env.Now,
 		apiCode: cfg.APICode, header: http.CanonicalHeaderKey(cfg.SessionHeader), idle: time.Duration(cfg.SessionIdleTimeout)}
 	if o.now == nil {
 		o.now = time.Now
@@ -163,6 +164,7 @@ func NewODIL(name string, cfg ODILConfig, env Env) (*ODIL, error) {
 	}
 	o.key = name + "\x00" + o.apiCode
 	o.fetchFn = o.createSession
+	o.secrets.add(o.password.Reveal(), string(o.sas.key))
 	return o, nil
 }
 
@@ -238,9 +240,13 @@ func (o *ODIL) createSession(ctx context.Context) (tokencache.Token, error) {
 	req.Header.Set("Accept", "application/json")
 	resp, err := o.client.Do(req)
 	if err != nil {
-		return tokencache.Token{}, issuerErr(o.name, "session/create at "+o.endpoint, err, nil)
+		return tokencache.Token{}, issuerErr(o.name, "session/create at "+o.endpoint, err,
+			func(msg string) string { return o.secrets.scrub(msg, o.sas.parts(sas)...) })
 	}
 	defer resp.Body.Close()
+	if isRedirect(resp) {
+		return tokencache.Token{}, redirectErr(o.name, "session/create at "+o.endpoint, resp)
+	}
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse))
 	var r struct{ Session, Code, Message string }
 	jsonErr := json.Unmarshal(data, &r)
@@ -255,23 +261,14 @@ func (o *ODIL) createSession(ctx context.Context) (tokencache.Token, error) {
 			detail += " (" + r.Message + ")"
 		}
 		if detail == "" {
-			detail = excerpt(data)
+			detail = string(data)
 		}
 		return tokencache.Token{}, fmt.Errorf("%w: injector %q: session/create at %s answered %s: %s",
-			kind, o.name, o.endpoint, resp.Status, o.scrub(detail, sas))
+			kind, o.name, o.endpoint, resp.Status, o.secrets.excerpt([]byte(detail), o.sas.parts(sas)...))
 	}
 	if jsonErr != nil || r.Session == "" {
 		return tokencache.Token{}, fmt.Errorf("%w: injector %q: session/create at %s answered %s without a Session",
 			ErrCredentialUnavailable, o.name, o.endpoint, resp.Status)
 	}
 	return tokencache.Token{Value: config.NewSecret(r.Session), IdleTimeout: o.idle}, nil
-}
-
-func (o *ODIL) scrub(msg, sas string) string {
-	for _, s := range []string{o.password.Reveal(), sas, string(o.sas.key)} {
-		if len(s) >= 4 {
-			msg = strings.ReplaceAll(msg, s, config.Redacted)
-		}
-	}
-	return msg
 }

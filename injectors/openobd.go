@@ -66,6 +66,7 @@ type OpenOBD struct {
 	ctlLife  time.Duration
 	rewrite  bool
 	ctlKey   string
+	secrets  scrubber // the client secret, in each encoding
 
 	sessions *lru.Cache[string, *obdSession]
 
@@ -140,6 +141,7 @@ func NewOpenOBD(name string, cfg OpenOBDConfig, env Env) (*OpenOBD, error) {
 	o.sessions, _ = lru.NewWithEvict(size, func(_ string, s *obdSession) { s.end("evicted from the session table") })
 	o.base, o.stop = context.WithCancel(context.Background())
 	o.ctlKey = name + "\x00controller"
+	o.secrets.add(o.secret.Reveal())
 	return o, nil
 }
 
@@ -456,7 +458,8 @@ func (o *OpenOBD) authenticate(s *obdSession, auth string) error {
 		if c := status.Code(err); c == codes.Unauthenticated || c == codes.FailedPrecondition || c == codes.PermissionDenied {
 			kind = ErrCredentialRejected
 		}
-		return fmt.Errorf("%w: injector %q: authenticating session %s at %s: %s", kind, o.name, s.id, s.endpoint, status.Convert(err).Message())
+		return fmt.Errorf("%w: injector %q: authenticating session %s at %s: %s", kind, o.name, s.id, s.endpoint,
+			o.secrets.excerpt([]byte(status.Convert(err).Message()), auth))
 	}
 	o.setToken(s, tok.Value)
 	return nil
@@ -493,7 +496,7 @@ func (o *OpenOBD) stream(ctx context.Context, s *obdSession) {
 			return
 		}
 		if code := status.Code(err); code != codes.Unavailable && code != codes.Internal && code != codes.Unknown {
-			s.end(fmt.Sprintf("token stream: %s: %s", code, status.Convert(err).Message()))
+			s.end(fmt.Sprintf("token stream: %s: %s", code, o.secrets.excerpt([]byte(status.Convert(err).Message()), tok)))
 			return
 		}
 		select {
@@ -568,7 +571,7 @@ func (o *OpenOBD) fetchController(ctx context.Context) (tokencache.Token, error)
 		if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied || c == codes.InvalidArgument {
 			kind = ErrCredentialRejected
 		}
-		msg := strings.ReplaceAll(status.Convert(err).Message(), o.secret.Reveal(), config.Redacted)
+		msg := o.secrets.excerpt([]byte(status.Convert(err).Message()))
 		return tokencache.Token{}, fmt.Errorf("%w: injector %q: getSessionControllerToken at %s: %s: %s", kind, o.name, o.endpoint, status.Code(err), msg)
 	}
 	return tokencache.Token{Value: config.NewSecret(tok.Value), Expiry: time.Now().Add(o.ctlLife)}, nil

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/authproxy/authproxy/config"
@@ -95,4 +96,19 @@ func (s sasSigner) token(now time.Time) string {
 		}
 		return tok
 	}
+}
+
+// parts are the pieces of a token worth scrubbing from an issuer's echo:
+// the token and its signature, escaped and not.
+func (s sasSigner) parts(tok string) []string {
+	out := []string{tok}
+	for _, kv := range strings.Split(strings.TrimPrefix(tok, "SharedAccessSignature "), "&") {
+		if k, v, ok := strings.Cut(kv, "="); ok && (k == "sig" || k == "sn") {
+			out = append(out, v)
+			if u, err := url.QueryUnescape(v); err == nil {
+				out = append(out, u)
+			}
+		}
+	}
+	return out
 }

@@ -81,6 +81,7 @@ type VISS struct {
 	key       *ecdsa.PrivateKey
 	keyErr    error
 	numberIat bool
+	secrets   scrubber // the proof, in each encoding
 }
 
 var (
@@ -102,7 +103,7 @@ var (
 func NewVISS(name string, cfg VISSConfig, env Env) (*VISS, error) {
 	var errs []error
 	add := func(path, format string, args ...any) { errs = append(errs, config.Errorf(path, format, args...)) }
-	v := &VISS{name: name, cache: env.Cache, client: env.HTTPClient, now: env.Now,
+	v := &VISS{name: name, cache: env.Cache, client: noRedirects(env.HTTPClient), now: env.Now,
 		context: cfg.Context, purpose: cfg.Purpose, atLife: cfg.ATLifetime.D(time.Hour), longTerm: cfg.LongTerm}
 	if v.now == nil {
 		v.now = time.Now
@@ -178,6 +179,7 @@ func NewVISS(name string, cfg VISSConfig, env Env) (*VISS, error) {
 	if v.cache == nil || v.client == nil {
 		return nil, errors.New("viss: built without a token cache or HTTP client")
 	}
+	v.secrets.add(v.proof.Reveal())
 	return v, nil
 }
 
@@ -258,7 +260,7 @@ func (v *VISS) fetchAGT(ctx context.Context, vin string) (tokencache.Token, erro
 		body["key"] = thumb
 	}
 	var r struct{ Token, Error string }
-	if err := v.post(ctx, "AGTS", v.agtsURL, header, body, &r); err != nil {
+	if err := v.post(ctx, "AGTS", v.agtsURL, header, body, &r, header.Get("PoP")); err != nil {
 		return tokencache.Token{}, err
 	}
 	exp, err := jwtExpiry(r.Token)
@@ -279,7 +281,7 @@ func (v *VISS) exchange(ctx context.Context, agt string) (tokencache.Token, erro
 		body["pop"] = pop
 	}
 	var r struct{ Token, Error string }
-	if err := v.post(ctx, "ATS", v.atsURL, nil, body, &r); err != nil {
+	if err := v.post(ctx, "ATS", v.atsURL, nil, body, &r, agt, body["pop"]); err != nil {
 		return tokencache.Token{}, err
 	}
 	exp, err := jwtExpiry(r.Token)
@@ -291,7 +293,9 @@ func (v *VISS) exchange(ctx context.Context, agt string) (tokencache.Token, erro
 
 // post sends a JSON request and decodes {"token"} or {"error"}; an error
 // field is a failure whatever the status (the reference AGTS answers 201).
-func (v *VISS) post(ctx context.Context, what, target string, header http.Header, body map[string]string, out *struct{ Token, Error string }) error {
+// sent are the request's own credentials (an AGT, a proof of possession),
+// scrubbed from what the issuer answers, as the proof is.
+func (v *VISS) post(ctx context.Context, what, target string, header http.Header, body map[string]string, out *struct{ Token, Error string }, sent ...string) error {
 	b, _ := json.Marshal(body)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(b))
 	if err != nil {
@@ -304,32 +308,28 @@ func (v *VISS) post(ctx context.Context, what, target string, header http.Header
 	endpoint := endpointOf(target)
 	resp, err := v.client.Do(req)
 	if err != nil {
-		return issuerErr(v.name, what+" request to "+endpoint, err, nil)
+		return issuerErr(v.name, what+" request to "+endpoint, err, func(msg string) string { return v.secrets.scrub(msg, sent...) })
 	}
 	defer resp.Body.Close()
+	if isRedirect(resp) {
+		return redirectErr(v.name, what+" "+endpoint, resp)
+	}
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse))
 	jsonErr := json.Unmarshal(data, out)
 	switch {
 	case out.Error != "":
 		return fmt.Errorf("%w: injector %q: %s %s answered %s with error: %s",
-			ErrCredentialRejected, v.name, what, endpoint, resp.Status, v.scrub(out.Error))
+			ErrCredentialRejected, v.name, what, endpoint, resp.Status, v.secrets.excerpt([]byte(out.Error), sent...))
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
 		kind := ErrCredentialUnavailable
 		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusBadRequest {
 			kind = ErrCredentialRejected
 		}
-		return fmt.Errorf("%w: injector %q: %s %s answered %s: %s", kind, v.name, what, endpoint, resp.Status, v.scrub(excerpt(data)))
+		return fmt.Errorf("%w: injector %q: %s %s answered %s: %s", kind, v.name, what, endpoint, resp.Status, v.secrets.excerpt(data, sent...))
 	case jsonErr != nil || out.Token == "":
 		return fmt.Errorf("%w: injector %q: %s %s answered %s without a token", ErrCredentialUnavailable, v.name, what, endpoint, resp.Status)
 	}
 	return nil
-}
-
-func (v *VISS) scrub(msg string) string {
-	if p := v.proof.Reveal(); len(p) >= 4 {
-		msg = strings.ReplaceAll(msg, p, config.Redacted)
-	}
-	return msg
 }
 
 // jwtExpiry reads a JWT's exp claim, a JSON number or a string holding one.
