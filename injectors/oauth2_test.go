@@ -207,8 +207,16 @@ func TestOAuth2ScopeTemplates(t *testing.T) {
 	for _, tc := range []struct{ mount, role, target, want string }{
 		{"m1", "", "https://api.example.com/?site=eu", "needs header X-Role"},
 		{"m1", "owner", "https://api.example.com/", "needs query parameter site"},
-		{"m1 openid admin", "owner", "https://api.example.com/?site=eu", "white space"},
-		{"m1", "owner\"", "https://api.example.com/?site=eu", "quotes"},
+		{"m1 openid admin", "owner", "https://api.example.com/?site=eu", "visible ASCII"},
+		{"m1", "owner\"", "https://api.example.com/?site=eu", "visible ASCII"},
+		{"m1\\x", "owner", "https://api.example.com/?site=eu", "visible ASCII"},
+		// Unicode white space, which strings.Fields would not split on but
+		// a scope parser may.
+		{"m1\u00a0admin", "owner", "https://api.example.com/?site=eu", "path value {mount}"},
+		{"m1\u2028admin", "owner", "https://api.example.com/?site=eu", "path value {mount}"},
+		{"m1", "owner\u3000admin", "https://api.example.com/?site=eu", "header X-Role"},
+		{"m1", "owner", "https://api.example.com/?site=eu%C2%A0admin", "query parameter site"},
+		{"m1", "owner\x7f", "https://api.example.com/?site=eu", "header X-Role"},
 	} {
 		if _, err := inject(tc.mount, tc.role, tc.target); !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("mount %q role %q %s: %v, want a bad request (%s)", tc.mount, tc.role, tc.target, err, tc.want)

@@ -12,8 +12,10 @@ import (
 //	{header:Name}  the request header Name
 //	{query:name}   the query parameter name
 //
-// such as "mount:{mount}". A value must be non-empty and may not contain
-// white space, control characters or quotes: a space would add a scope.
+// such as "mount:{mount}". A value must be non-empty and made only of
+// safeValueChar: visible ASCII other than `"` and `\`. A space (or any
+// Unicode white space) would add a scope; a quote or backslash could break
+// out of a JSON or header value.
 type template struct {
 	raw   string
 	parts []tpart
@@ -109,8 +111,8 @@ func (t template) render(req *Request) (string, error) {
 		if !ok || v == "" {
 			return "", fmt.Errorf("%w: %s needs %s", ErrBadRequest, t.raw, p.describe())
 		}
-		if strings.ContainsFunc(v, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '"' || r == '\\' }) {
-			return "", fmt.Errorf("%w: the value of %s contains white space, control characters or quotes", ErrBadRequest, p.describe())
+		if strings.ContainsFunc(v, func(r rune) bool { return !safeValueChar(r) }) {
+			return "", fmt.Errorf("%w: the value of %s may hold only visible ASCII characters other than quote and backslash", ErrBadRequest, p.describe())
 		}
 		b.WriteString(v)
 	}
@@ -126,4 +128,11 @@ func (p tpart) describe() string {
 	default:
 		return "path value {" + p.name + "}"
 	}
+}
+
+// safeValueChar is the set a template value is made of: visible ASCII
+// (0x21-0x7e) without `"` and `\`. Everything else, Unicode white space
+// (U+00A0, U+2028, U+3000) included, is refused.
+func safeValueChar(r rune) bool {
+	return r > ' ' && r < 0x7f && r != '"' && r != '\\'
 }

@@ -120,8 +120,10 @@ func TestOAuth2TokenPerMountWithBoundedCache(t *testing.T) {
 	if n := w.ts.Calls(); n != 51 {
 		t.Errorf("an evicted mount cost %d token requests, want 1", n-50)
 	}
-	if st, body := w.get(t, c, "/mounts/a%20b/lock"); st != 400 || !strings.Contains(body, "white space") {
-		t.Errorf("a mount with a space: %d %q, want 400", st, body)
+	for _, mount := range []string{"a%20b", "a%C2%A0b", "a%E2%80%A8b", "a%E3%80%80b", "a%22b"} {
+		if st, body := w.get(t, c, "/mounts/"+mount+"/lock"); st != 400 || !strings.Contains(body, "visible ASCII") {
+			t.Errorf("mount %s: %d %q, want 400", mount, st, body)
+		}
 	}
 }
 
