@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -113,7 +114,20 @@ func Load(certFile, keyFile string, opts Options) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
-	keyPEM, err := os.ReadFile(keyFile)
+	f, err := os.Open(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	defer f.Close()
+	// The mode of the file read, not of a name that could be swapped.
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("ca: the key file %s can be read by other users (mode %04o): whoever reads it can intercept every client that trusts the CA; chmod 600 %s", keyFile, perm, keyFile)
+	}
+	keyPEM, err := io.ReadAll(io.LimitReader(f, 1<<20))
 	if err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}

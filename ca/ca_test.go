@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -111,5 +112,28 @@ func TestParseRejectsMismatchedOrNonCA(t *testing.T) {
 	_, keyB, _ := NewCAPEM("b", time.Now(), time.Hour)
 	if _, err := Parse(certA, keyB, Options{}); err == nil {
 		t.Error("a certificate with another CA's key was accepted")
+	}
+}
+
+func TestLoadRefusesAKeyOthersCanRead(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	if err := Create(cert, key, "test", false); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o644, 0o660} {
+		if err := os.Chmod(key, mode); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(cert, key, Options{})
+		if err == nil || !strings.Contains(err.Error(), "chmod 600 "+key) {
+			t.Errorf("mode %04o: %v, want a refusal saying chmod 600", mode, err)
+		}
+	}
+	for _, mode := range []os.FileMode{0o600, 0o400} {
+		os.Chmod(key, mode)
+		if _, err := Load(cert, key, Options{}); err != nil {
+			t.Errorf("mode %04o: %v", mode, err)
+		}
 	}
 }

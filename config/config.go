@@ -17,6 +17,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -270,6 +271,8 @@ func (c *Config) validate() []error {
 	}
 
 	listeners := map[string]*Listener{}
+	listenerIndex := map[string]int{}
+	bound := map[int]string{} // listener index -> its address, for the one-socket check
 	hasForward := false
 	if len(c.Listeners) == 0 {
 		add("listeners", "at least one listener is required")
@@ -284,9 +287,18 @@ func (c *Config) validate() []error {
 			add(Join(p, "name"), "duplicate listener name %q", l.Name)
 		default:
 			listeners[l.Name] = l
+			listenerIndex[l.Name] = i
 		}
 		if err := checkListenAddress(l.Address, l.AllowRemoteClients); err != nil {
 			add(Join(p, "address"), "%v", err)
+		} else {
+			for j := 0; j < i; j++ {
+				if other, ok := bound[j]; ok && sameSocket(other, l.Address) {
+					add(Join(p, "address"), "%s is also the address of listeners[%d] (%q): two listeners cannot share a socket", l.Address, j, c.Listeners[j].Name)
+					break
+				}
+			}
+			bound[i] = l.Address
 		}
 		switch l.Kind {
 		case KindSidecar:
@@ -454,6 +466,9 @@ func (c *Config) validate() []error {
 					add(Join(p, "upstream"), "forward listener %q sends to the client's target; upstream applies to sidecars only", name)
 				}
 			case KindSidecar:
+				if err := sidecarHostMatches(ref.Pattern.Host, l, listenerIndex[name]); err != nil {
+					add(Join(p, "match", "host"), "%v", err)
+				}
 				ref.Upstream = routeUpstream
 				if ref.Upstream == nil && l.Upstream != "" {
 					ref.Upstream, _ = parseUpstream(l.Upstream)
@@ -493,6 +508,9 @@ func checkListenAddress(addr string, allowRemote bool) error {
 	if err != nil || port == "" {
 		return fmt.Errorf("%q is not host:port", addr)
 	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 || strings.Trim(port, "0123456789") != "" {
+		return fmt.Errorf("%q: the port must be a number from 0 to 65535", addr)
+	}
 	if allowRemote {
 		return nil
 	}
@@ -504,6 +522,66 @@ func checkListenAddress(addr string, allowRemote bool) error {
 		return fmt.Errorf("%q is not a loopback address; a listener that adds credentials must not be reachable by others (set allow_remote_clients: true if it must)", addr)
 	}
 	return nil
+}
+
+// sameSocket reports whether two valid listen addresses would bind the same
+// socket: one port (not 0, which picks a free one), and one host, or a
+// wildcard host on either side.
+func sameSocket(a, b string) bool {
+	ha, pa, _ := net.SplitHostPort(a)
+	hb, pb, _ := net.SplitHostPort(b)
+	if pa != pb || pa == "0" {
+		return false
+	}
+	norm := func(h string) string {
+		if h == "localhost" {
+			return "127.0.0.1"
+		}
+		if ip, err := netip.ParseAddr(h); err == nil {
+			if ip.IsUnspecified() {
+				return ""
+			}
+			return ip.Unmap().String()
+		}
+		return strings.ToLower(h)
+	}
+	na, nb := norm(ha), norm(hb)
+	return na == nb || na == "" || nb == ""
+}
+
+// sidecarHostMatches checks that a route's host pattern can match on a
+// sidecar listener (listeners[i]). With host: set, every request is
+// matched as that host. Without it, requests are matched by the Host
+// clients send, which on a loopback listener is its own address (clients
+// call http://127.0.0.1:port/ or localhost): a route naming another host
+// would only match a client that sends that Host on purpose, which is what
+// host: is for.
+func sidecarHostMatches(h route.Host, l *Listener, i int) error {
+	if h.IsAny() {
+		return nil
+	}
+	if l.Host != "" {
+		name, port, err := net.SplitHostPort(l.Host)
+		if err != nil {
+			name, port = l.Host, ""
+		}
+		name = strings.ToLower(strings.TrimSuffix(name, "."))
+		if h.Match(name, port) {
+			return nil
+		}
+		return fmt.Errorf("%q never matches on sidecar listener %q, which matches every request as host %q (listeners[%d].host)", h, l.Name, l.Host, i)
+	}
+	host, port, _ := net.SplitHostPort(l.Address)
+	if ip, err := netip.ParseAddr(host); host != "localhost" && (err != nil || !ip.IsLoopback()) {
+		return nil // reachable by other names (a Service, the pod's address)
+	}
+	names := []string{strings.ToLower(host), "localhost", "127.0.0.1", "::1"}
+	for _, n := range names {
+		if h.Match(n, port) || (port == "0" && h.Match(n, h.Port())) || h.Match(n, "") {
+			return nil
+		}
+	}
+	return fmt.Errorf("%q never matches on sidecar listener %q: without listeners[%d].host, routes match the Host clients send, which is the listener's address %s; set host: on the listener to the name this route matches", h, l.Name, i, l.Address)
 }
 
 func parseUpstream(s string) (*url.URL, error) {

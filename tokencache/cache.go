@@ -85,8 +85,12 @@ func (o *Options) defaults() {
 var never = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // ErrExpired is wrapped by the error Get returns when a key's token has
-// expired and its last fetch failed less than a backoff ago.
-var ErrExpired = errors.New("token expired and its issuer is failing")
+// expired and its last fetch failed less than a backoff ago; ErrNoToken
+// when no fetch of the key ever succeeded.
+var (
+	ErrExpired = errors.New("token expired and its issuer is failing")
+	ErrNoToken = errors.New("no token obtained yet and its issuer is failing")
+)
 
 // Cache is safe for concurrent use. Build it with New; call Run to have
 // keys in use refreshed in the background.
@@ -168,7 +172,11 @@ func (c *Cache) Get(ctx context.Context, key string, fetch FetchFunc) (Token, er
 	e.usedAt = now
 	if e.call == nil {
 		if e.failures > 0 && now.Before(e.retryAt) {
-			err := fmt.Errorf("%w (next attempt in %s): %w", ErrExpired, e.retryAt.Sub(now).Round(time.Millisecond), e.lastErr)
+			why := ErrExpired
+			if e.fetchedAt.IsZero() {
+				why = ErrNoToken
+			}
+			err := fmt.Errorf("%w (next attempt in %s): %w", why, e.retryAt.Sub(now).Round(time.Millisecond), e.lastErr)
 			e.mu.Unlock()
 			return Token{}, err
 		}
@@ -274,7 +282,9 @@ func (c *Cache) startLocked(e *entry) {
 
 // refreshTime is when a token fetched at now is refreshed: after
 // RefreshFraction of its lifetime, at the latest MinMargin before expiry,
-// but never before half its lifetime (short tokens must not loop).
+// but never before half its lifetime, or RefreshFraction of it when that
+// is less (a short token must not be refreshed at once for the margin's
+// sake; a fraction below one half is the operator's choice and honoured).
 func (c *Cache) refreshTime(now time.Time, tok Token) time.Time {
 	if tok.Expiry.IsZero() {
 		return never
@@ -284,7 +294,7 @@ func (c *Cache) refreshTime(now time.Time, tok Token) time.Time {
 	if latest := tok.Expiry.Add(-c.opts.MinMargin); latest.Before(at) {
 		at = latest
 	}
-	if earliest := now.Add(life / 2); at.Before(earliest) {
+	if earliest := now.Add(time.Duration(float64(life) * min(c.opts.RefreshFraction, 0.5))); at.Before(earliest) {
 		at = earliest
 	}
 	return at

@@ -370,3 +370,56 @@ func BenchmarkGetHitParallel(b *testing.B) {
 		}
 	})
 }
+
+// A refresh fraction below one half is honoured: the old floor of half a
+// lifetime turned 0.3 into 0.5 without a word.
+func TestRefreshFractionBelowHalfIsHonoured(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		fraction float64
+		life     time.Duration
+		margin   time.Duration
+		want     time.Duration
+	}{
+		{"0.3 of an hour", 0.3, time.Hour, 30 * time.Second, 18 * time.Minute},
+		{"0.8 of an hour", 0.8, time.Hour, 30 * time.Second, 48 * time.Minute},
+		{"the margin wins over 0.8", 0.8, 100 * time.Second, 30 * time.Second, 70 * time.Second},
+		{"half a short token at least", 0.8, 40 * time.Second, 30 * time.Second, 20 * time.Second},
+		{"0.2 of a short token", 0.2, 40 * time.Second, 30 * time.Second, 8 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := newClock()
+			c := newCache(clk, Options{RefreshFraction: tc.fraction, MinMargin: tc.margin})
+			got := c.refreshTime(clk.Now(), Token{Expiry: clk.Now().Add(tc.life)}).Sub(clk.Now())
+			if got != tc.want {
+				t.Errorf("refresh after %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestErrorSaysWhetherATokenWasEverObtained(t *testing.T) {
+	clk := newClock()
+	iss := &issuer{clock: clk, life: time.Minute}
+	iss.fail.Store(true)
+	c := newCache(clk, Options{MinBackoff: 10 * time.Second})
+	if _, err := c.Get(context.Background(), "k", iss.fetch); err == nil {
+		t.Fatal("no error from a failing issuer")
+	}
+	_, err := c.Get(context.Background(), "k", iss.fetch)
+	if !errors.Is(err, ErrNoToken) || errors.Is(err, ErrExpired) {
+		t.Errorf("never fetched: %v, want %v", err, ErrNoToken)
+	}
+	iss.fail.Store(false)
+	clk.Advance(time.Minute)
+	if _, err := c.Get(context.Background(), "k", iss.fetch); err != nil {
+		t.Fatal(err)
+	}
+	iss.fail.Store(true)
+	clk.Advance(2 * time.Minute) // expired
+	c.Get(context.Background(), "k", iss.fetch)
+	_, err = c.Get(context.Background(), "k", iss.fetch)
+	if !errors.Is(err, ErrExpired) {
+		t.Errorf("expired: %v, want %v", err, ErrExpired)
+	}
+}

@@ -179,6 +179,21 @@ func cmdRun(args []string, stderr io.Writer) int {
 		<-ctx.Done()
 		stop() // a second signal now ends the process at once
 	}()
+	// SIGHUP would end the process and cut requests in flight; there is no
+	// reload yet, so it is ignored, and said so.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				logger.Warn("SIGHUP ignored: this version does not reload its configuration or secrets; restart to apply changes")
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	logger.Info("authproxy starting", "version", versionString(), "config", path)
 	if err := srv.Run(ctx); err != nil {
 		logger.Error("authproxy stopped", "err", err)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -165,7 +166,7 @@ routes:
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	var logs bytes.Buffer
+	var logs syncBuffer
 	addrRE := regexp.MustCompile(`listener=app kind=sidecar address=(\S+)`)
 	sc := bufio.NewScanner(stderr)
 	var appAddr string
@@ -198,6 +199,25 @@ routes:
 		t.Errorf("ca.generate did not create the CA: %v", err)
 	}
 
+	// SIGHUP is ignored, with a log line, and the proxy goes on serving.
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), "SIGHUP ignored"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line for SIGHUP:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, err = (&http.Client{Transport: &http.Transport{Proxy: nil}}).Get("http://" + appAddr + "/v1/hello")
+	if err != nil {
+		t.Fatalf("after SIGHUP: %v\n%s", err, logs.String())
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("after SIGHUP: %d", resp.StatusCode)
+	}
+
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -217,4 +237,24 @@ routes:
 	if strings.Contains(logs.String(), token) {
 		t.Errorf("the secret appears in the log:\n%s", logs.String())
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) WriteString(p string) (int, error) { return s.Write([]byte(p)) }
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -66,6 +66,9 @@ func (h Host) String() string {
 	return s
 }
 
+// Port is the pattern's port, "" for any.
+func (h Host) Port() string { return h.port }
+
 // IsAny reports whether the pattern matches every host.
 func (h Host) IsAny() bool { return h.name == "" }
 
