@@ -174,6 +174,10 @@ type Match struct {
 	Host    string   `yaml:"host"`
 	Path    string   `yaml:"path"`
 	Methods []string `yaml:"methods"`
+	// AllowEncodedSlash lets a {name} value hold %2F, for APIs that put
+	// slashes in one path value (org%2Frepo). Dot segments, backslashes and
+	// encoded slashes elsewhere are refused all the same.
+	AllowEncodedSlash bool `yaml:"allow_encoded_slash"`
 }
 
 // Duration is a time.Duration written as "10s", "2m", "1h30m".
@@ -408,6 +412,10 @@ func (c *Config) validate() []error {
 		if ref.Pattern.Methods, err = route.ParseMethods(r.Match.Methods); err != nil {
 			add(Join(p, "match", "methods"), "%v", err)
 			ok = false
+		}
+		ref.Pattern.EncodedSlash = r.Match.AllowEncodedSlash
+		if r.Match.AllowEncodedSlash && len(ref.Pattern.Path.Params()) == 0 {
+			add(Join(p, "match", "allow_encoded_slash"), "applies to {name} values, and %q has none", ref.Pattern.Path)
 		}
 		switch {
 		case r.Injector == "":

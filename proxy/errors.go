@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/proxy/route"
 	"github.com/authproxy/authproxy/transport"
 )
 
@@ -27,6 +28,10 @@ var (
 	ErrPlaintext = errors.New("route does not send credentials over plaintext")
 	// ErrUpstream: the upstream could not be reached or failed mid-request.
 	ErrUpstream = errors.New("upstream request failed")
+	// ErrUnsafePath: the request path has a dot segment, an encoded slash
+	// or a backslash, which an upstream could resolve to a path outside the
+	// route (see route.Path.CheckSafe).
+	ErrUnsafePath = errors.New("request path could leave the route")
 )
 
 // routeError attaches the route name to an error, for the client message.
@@ -59,6 +64,8 @@ func classify(err error) (status int, code codes.Code, msg string) {
 		return http.StatusNotFound, codes.Unimplemented, "authproxy: no route matches this request"
 	case errors.Is(err, ErrMisdirected):
 		return http.StatusMisdirectedRequest, codes.PermissionDenied, "authproxy: request host differs from the CONNECT target"
+	case errors.Is(err, ErrUnsafePath):
+		return http.StatusBadRequest, codes.InvalidArgument, "authproxy: the request path has a dot segment, an encoded slash or a backslash; no credential is added to it" + where
 	case errors.Is(err, ErrPlaintext):
 		return http.StatusForbidden, codes.PermissionDenied, "authproxy: refusing to send a credential over plaintext" + where
 	case errors.Is(err, injectors.ErrBadRequest):
@@ -85,6 +92,20 @@ func clientDetail(err, sentinel error) string {
 		return msg[i+len(sentinel.Error())+2:]
 	}
 	return sentinel.Error()
+}
+
+// matchRoute finds the route for a request, and refuses it (ErrUnsafePath,
+// naming the route) if its path could reach past what the route covers.
+// No match is (nil, nil, nil).
+func matchRoute(t *route.Table[*routeRT], hostname, port, method, escapedPath string) (*routeRT, route.Params, error) {
+	e, params, ok := t.Match(hostname, port, method, escapedPath)
+	if !ok {
+		return nil, nil, nil
+	}
+	if err := e.Pattern.Path.CheckSafe(escapedPath, e.Pattern.EncodedSlash); err != nil {
+		return nil, nil, &routeError{route: e.Value.name, err: fmt.Errorf("%w: it has %w", ErrUnsafePath, err)}
+	}
+	return e.Value, params, nil
 }
 
 func isGRPC(r *http.Request) bool {

@@ -86,9 +86,15 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 	hostname, port := splitHost(r.URL.Host, defaultPort(scheme))
 	target := &url.URL{Scheme: scheme, Host: r.URL.Host}
 	x := &exchange{target: target, clientHost: r.Host}
-	if e, params, ok := f.table.Match(hostname, port, r.Method, r.URL.EscapedPath()); ok {
-		x.route, x.params = e.Value, params
-		if scheme == "http" && e.Value.tlsUpgrade {
+	rt, params, err := matchRoute(f.table, hostname, port, r.Method, r.URL.EscapedPath())
+	if err != nil {
+		f.core.logFailure(r, err)
+		writeError(w, r, err)
+		return
+	}
+	if rt != nil {
+		x.route, x.params = rt, params
+		if scheme == "http" && rt.tlsUpgrade {
 			target.Scheme = "https"
 			if port == "80" {
 				target.Host = net.JoinHostPort(hostname, "443")
@@ -167,8 +173,13 @@ func (f *forward) interceptedResponse(req *http.Request, it *interception) *http
 		}
 	}
 	x := &exchange{clientHost: it.target}
-	if e, params, ok := f.table.Match(it.hostname, it.port, req.Method, req.URL.EscapedPath()); ok {
-		x.route, x.params = e.Value, params
+	rt, params, err := matchRoute(f.table, it.hostname, it.port, req.Method, req.URL.EscapedPath())
+	if err != nil {
+		f.core.logFailure(req, err)
+		return errorResponse(req, err)
+	}
+	if rt != nil {
+		x.route, x.params = rt, params
 	} else if !f.tunnel {
 		f.core.logFailure(req, ErrNoRoute)
 		return errorResponse(req, ErrNoRoute)

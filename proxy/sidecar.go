@@ -37,14 +37,16 @@ func (s *sidecar) exchangeFor(r *http.Request) (*exchange, error) {
 	if hostname == "" {
 		hostname, port = splitHost(r.Host, "")
 	}
-	e, params, ok := s.table.Match(hostname, port, r.Method, r.URL.EscapedPath())
-	if !ok {
+	rt, params, err := matchRoute(s.table, hostname, port, r.Method, r.URL.EscapedPath())
+	if err != nil {
+		return nil, err
+	}
+	if rt == nil {
 		if s.pass == nil {
 			return nil, fmt.Errorf("sidecar: %w", ErrNoRoute)
 		}
 		return &exchange{target: s.pass, join: true, h2c: s.passH2C, clientHost: r.Host, sidecar: true, listenerAddr: s.addr}, nil
 	}
-	rt := e.Value
 	return &exchange{route: rt, params: params, target: rt.upstream, join: true, h2c: rt.h2c,
 		clientHost: r.Host, sidecar: true, listenerAddr: s.addr}, nil
 }

@@ -11,6 +11,9 @@ type Pattern struct {
 	Host    Host
 	Path    Path
 	Methods Methods
+	// EncodedSlash lets {name} values hold encoded slashes (see
+	// Path.CheckSafe); it does not change what matches.
+	EncodedSlash bool
 }
 
 // String describes the pattern for error messages.
