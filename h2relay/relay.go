@@ -49,6 +49,10 @@ type Target struct {
 	// The request head sent upstream.
 	Method, Authority, Path string
 	Header                  http.Header
+	// StripTrailers are header names (lower case) removed from the
+	// client's request trailers, as they were from its head: a credential
+	// sent as a trailer must not pass where the same header was stripped.
+	StripTrailers []string
 	// Observe, when set, sees the final response head before the client
 	// does. Returning true asks for the request to be sent once more, to
 	// Retry's target; the relay does so if it holds the whole request

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 
@@ -207,7 +208,7 @@ func (s *stream) startOn(uc *conn, t *Target, replay bool, fl *flusher) {
 		s.replay = nil
 	} else {
 		b.src = s.client
-		b.queue, b.endQ, b.trailer = s.pre, s.preEnd, s.preTrailer
+		b.queue, b.endQ, b.trailer = s.pre, s.preEnd, t.filterTrailers(s.preTrailer)
 		s.pre, s.preTrailer = nil, nil
 		if t.Observe != nil && t.Retry != nil && len(b.queue) <= s.r.maxReplay() {
 			s.keep = true
@@ -381,8 +382,23 @@ func (s *stream) requestTrailers(fields []hpack.HeaderField, fl *flusher) {
 		s.mu.Unlock()
 		return
 	}
+	t := s.target
 	s.mu.Unlock()
-	b.c.sendTrailers(b, fields, fl)
+	b.c.sendTrailers(b, t.filterTrailers(fields), fl)
+}
+
+// filterTrailers drops the fields t strips from request trailers.
+func (t *Target) filterTrailers(fields []hpack.HeaderField) []hpack.HeaderField {
+	if t == nil || len(t.StripTrailers) == 0 || fields == nil {
+		return fields
+	}
+	out := make([]hpack.HeaderField, 0, len(fields))
+	for _, f := range fields {
+		if !slices.Contains(t.StripTrailers, f.Name) {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // responseData passes the current leg's response data to the client.

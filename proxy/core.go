@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 
@@ -30,6 +31,7 @@ type routeRT struct {
 	allowPlaintext bool
 	tlsUpgrade     bool
 	strip          []string // canonical names of client headers to remove
+	stripLower     []string // the same in lower case, as HTTP/2 carries them
 }
 
 func newRouteRT(ref config.RouteRef, inj injectors.Injector) *routeRT {
@@ -56,6 +58,7 @@ func newRouteRT(ref config.RouteRef, inj injectors.Injector) *routeRT {
 		if !seen[c] {
 			seen[c] = true
 			rt.strip = append(rt.strip, c)
+			rt.stripLower = append(rt.stripLower, strings.ToLower(c))
 		}
 	}
 	return rt
@@ -73,7 +76,8 @@ type exchange struct {
 	clientHost   string // the Host the client sent
 	sidecar      bool
 	listenerAddr string
-	inBody       io.Closer // the client's request body (ReverseProxy hands the transport a copy that does not close it)
+	inBody       io.Closer   // the client's request body (ReverseProxy hands the transport a copy that does not close it)
+	inTrailer    http.Header // the client's request trailers, filled in as its body ends (ReverseProxy's copy is not)
 }
 
 type exchangeKey struct{}
@@ -105,6 +109,7 @@ func (c *core) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	if r.Body != nil && r.Body != http.NoBody {
 		x.inBody = r.Body
 	}
+	x.inTrailer = r.Trailer
 	c.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
 }
 
@@ -168,6 +173,11 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 // that matched no route. An error means out must not be sent.
 func prepare(out *http.Request, x *exchange) (*injectors.Request, error) {
 	rt := x.route
+	var strip []string
+	if rt != nil {
+		strip = rt.strip
+	}
+	forwardTrailers(out, x.inTrailer, strip)
 	if rt == nil {
 		return nil, nil
 	}
@@ -190,6 +200,66 @@ func prepare(out *http.Request, x *exchange) (*injectors.Request, error) {
 		return nil, &routeError{route: rt.name, err: err}
 	}
 	return ireq, nil
+}
+
+// forwardTrailers makes out send the trailers its client declared, less
+// strip (the credential headers stripped from its head): they are copied
+// from the client's (from, or out.Trailer itself when out is the client's
+// request) once its body has ended, when the server has read them and
+// before the transport sends them. Trailers a client did not declare are
+// not sent.
+func forwardTrailers(out *http.Request, from http.Header, strip []string) {
+	if decl, ok := out.Header["Trailer"]; ok && len(strip) > 0 { // as the relay forwards it
+		var keep []string
+		for _, v := range decl {
+			for name := range strings.SplitSeq(v, ",") {
+				if name = strings.TrimSpace(name); name != "" && !slices.Contains(strip, http.CanonicalHeaderKey(name)) {
+					keep = append(keep, name)
+				}
+			}
+		}
+		if len(keep) == 0 {
+			delete(out.Header, "Trailer")
+		} else {
+			out.Header["Trailer"] = []string{strings.Join(keep, ", ")}
+		}
+	}
+	if len(out.Trailer) == 0 {
+		return
+	}
+	if from == nil {
+		from = out.Trailer
+	}
+	to := make(http.Header, len(out.Trailer))
+	for k := range out.Trailer {
+		if !slices.Contains(strip, http.CanonicalHeaderKey(k)) {
+			to[k] = nil
+		}
+	}
+	out.Trailer = to
+	if out.Body == nil || out.Body == http.NoBody {
+		return
+	}
+	out.Body = &atBodyEnd{ReadCloser: out.Body, fn: func() {
+		for k := range to {
+			to[k] = from[k]
+		}
+	}}
+}
+
+// atBodyEnd calls fn once when the body returns io.EOF.
+type atBodyEnd struct {
+	io.ReadCloser
+	fn   func()
+	once sync.Once
+}
+
+func (b *atBodyEnd) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.once.Do(b.fn)
+	}
+	return n, err
 }
 
 // transport picks the upstream transport. With upstream_protocol auto

@@ -83,11 +83,15 @@ func relayTarget(out *http.Request, x *exchange) *h2relay.Target {
 	if authority == "" {
 		authority = out.URL.Host
 	}
-	return &h2relay.Target{
+	t := &h2relay.Target{
 		Scheme: out.URL.Scheme, Addr: transport.CanonicalAddr(out.URL),
 		Method: out.Method, Authority: authority, Path: out.URL.RequestURI(),
 		Header: out.Header, Data: x,
 	}
+	if x.route != nil {
+		t.StripTrailers = x.route.stripLower
+	}
+	return t
 }
 
 // Reply answers a stream the relay does not forward, as writeError does,

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bufio"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // credSink is an upstream that counts the requests it gets and how many
@@ -215,5 +219,172 @@ routes:
 	}
 	if n := sink.withCred.Load(); n != 1 {
 		t.Errorf("%d requests reached the upstream with the credential, want 1", n)
+	}
+}
+
+// trailerSink reports the credential headers and trailers it received.
+type trailerSink struct {
+	requests atomic.Int64
+	leaked   atomic.Value // a credential trailer the upstream received, if any
+}
+
+type trailerSeen struct {
+	Auth    []string    `json:"auth"`
+	Trailer http.Header `json:"trailer"`
+}
+
+func (s *trailerSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.requests.Add(1)
+	_, _ = io.Copy(io.Discard, r.Body)
+	for _, name := range []string{"Authorization", "X-Api-Key", "X-Client-Secret"} {
+		if v := r.Trailer.Get(name); v != "" {
+			s.leaked.Store(name + ": " + v)
+		}
+	}
+	_ = json.NewEncoder(w).Encode(trailerSeen{Auth: r.Header.Values("Authorization"), Trailer: r.Trailer})
+}
+
+// clientTrailers are what a hostile client sends after its body: the
+// headers the route strips (its own credential, the injector's header, a
+// strip_headers entry), and one that must pass.
+var clientTrailers = [][2]string{
+	{"authorization", "Bearer client-trailer"},
+	{"x-api-key", "client-key"},
+	{"x-client-secret", "client-secret"},
+	{"x-other", "kept"},
+}
+
+func chunkedWithTrailers(target, host string, trailers [][2]string) string {
+	var decl, tr []string
+	for _, kv := range trailers {
+		decl = append(decl, kv[0])
+		tr = append(tr, kv[0]+": "+kv[1]+"\r\n")
+	}
+	return fmt.Sprintf("POST %s HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\nTrailer: %s\r\n\r\n5\r\nhello\r\n0\r\n%s\r\n",
+		target, host, strings.Join(decl, ", "), strings.Join(tr, ""))
+}
+
+// The headers stripped from a request's head are stripped from its
+// trailers too, on every listener; other trailers pass as sent.
+func TestCredentialTrailersAreStripped(t *testing.T) {
+	e := newEnv(t)
+	sink := &trailerSink{}
+	up := e.httpsUpstream(sink)
+	plain := httptest.NewServer(sink)
+	t.Cleanup(plain.Close)
+	upPort, plainPort := port(t, up.URL), port(t, plain.URL)
+	p := e.start(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s"}
+  - {name: relay, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s", h2c: relay}
+  - {name: fwd, kind: forward, address: 127.0.0.1:0}
+ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, plain.authproxy.test: 127.0.0.1}}
+injectors:
+  bearer:
+    kind: static
+    headers:
+      Authorization: {value: %[2]q, prefix: "Bearer "}
+      X-Api-Key: {value: key-1}
+routes:
+  - {name: api, listeners: [app, relay], match: {path: /v1/*}, injector: bearer, strip_headers: [X-Client-Secret]}
+  - {name: fwd-api, listeners: [fwd], match: {host: api.authproxy.test, path: /v1/*}, injector: bearer, strip_headers: [X-Client-Secret]}
+  - {name: fwd-plain, listeners: [fwd], match: {host: plain.authproxy.test, path: /v1/*}, injector: bearer, strip_headers: [X-Client-Secret], allow_plaintext: true}
+`, upPort, secretToken), nil, nil)
+
+	h1 := func(dial func(t *testing.T) net.Conn, target, host string) func(*testing.T, [][2]string) (int, []byte) {
+		return func(t *testing.T, trailers [][2]string) (int, []byte) {
+			c := dial(t)
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(c, chunkedWithTrailers(target, host, trailers))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode, body
+		}
+	}
+	h2 := func(dial func(t *testing.T) *rawH2, scheme, authority string) func(*testing.T, [][2]string) (int, []byte) {
+		return func(t *testing.T, trailers [][2]string) (int, []byte) {
+			c := dial(t)
+			var decl []string
+			for _, kv := range trailers {
+				decl = append(decl, kv[0])
+			}
+			c.headers(1, request("POST", scheme, authority, "/v1/x", "trailer", strings.Join(decl, ", ")), false, false)
+			c.data(1, []byte("hello"), false)
+			var tr []hpack.HeaderField
+			for _, kv := range trailers {
+				tr = append(tr, hpack.HeaderField{Name: kv[0], Value: kv[1]})
+			}
+			c.headers(1, tr, true, false)
+			a := c.read(1)
+			return a.status, a.body
+		}
+	}
+	tcp := func(addr string) func(t *testing.T) net.Conn {
+		return func(t *testing.T) net.Conn {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+	}
+	target := "api.authproxy.test:" + upPort
+	intercepted := func(t *testing.T) net.Conn {
+		c := tcp(p.addr("fwd"))(t)
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+		br := bufio.NewReader(c)
+		if resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"}); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %v %v", resp, err)
+		}
+		return tls.Client(c, &tls.Config{ServerName: "api.authproxy.test", RootCAs: e.proxyCA, NextProtos: []string{"http/1.1"}})
+	}
+	for _, k := range []struct {
+		name string
+		send func(*testing.T, [][2]string) (int, []byte)
+	}{
+		{"sidecar HTTP/1.1", h1(tcp(p.addr("app")), "/v1/x", "localhost")},
+		{"sidecar h2c", h2(func(t *testing.T) *rawH2 { return dialH2C(t, p.addr("app")) }, "http", "localhost")},
+		{"relay h2c", h2(func(t *testing.T) *rawH2 { return dialH2C(t, p.addr("relay")) }, "http", "localhost")},
+		{"forward plain HTTP/1.1", h1(tcp(p.addr("fwd")), "http://plain.authproxy.test:"+plainPort+"/v1/x", "plain.authproxy.test:"+plainPort)},
+		{"forward intercepted HTTP/1.1", h1(intercepted, "/v1/x", target)},
+		{"forward intercepted HTTP/2", h2(func(t *testing.T) *rawH2 { return dialInterceptedH2(t, p.addr("fwd"), target, e.proxyCA) }, "https", target)},
+	} {
+		t.Run(k.name, func(t *testing.T) {
+			for _, trailers := range [][][2]string{clientTrailers, clientTrailers[1:]} {
+				st, body := k.send(t, trailers)
+				if leak, _ := sink.leaked.Load().(string); leak != "" {
+					t.Fatalf("the upstream received the trailer %s", leak)
+				}
+				if st != http.StatusOK {
+					// Go's HTTP/2 server refuses an Authorization trailer
+					// outright (RFC 9110 §6.5.1) and resets the stream: safe.
+					if trailers[0][0] == "authorization" {
+						continue
+					}
+					t.Fatalf("trailers %v: status %d %s", trailers, st, body)
+				}
+				var seen trailerSeen
+				if err := json.Unmarshal(body, &seen); err != nil {
+					t.Fatalf("%v: %s", err, body)
+				}
+				if len(seen.Auth) != 1 || seen.Auth[0] != "Bearer "+secretToken {
+					t.Errorf("upstream Authorization %q", seen.Auth)
+				}
+				for _, name := range []string{"Authorization", "X-Api-Key", "X-Client-Secret"} {
+					if v := seen.Trailer.Values(name); len(v) > 0 && v[0] != "" {
+						t.Errorf("trailer %s reached the upstream: %q", name, v)
+					}
+				}
+				if got := seen.Trailer.Get("X-Other"); got != "kept" {
+					t.Errorf("trailer X-Other: %q, want it passed as sent (all trailers: %v)", got, seen.Trailer)
+				}
+			}
+		})
 	}
 }

@@ -1,0 +1,214 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// rawH2 is an HTTP/2 client that writes frames by hand, for what no
+// well-behaved client sends: trailers naming credentials, header blocks
+// over the limit, streams reset as soon as they open.
+type rawH2 struct {
+	t   testing.TB
+	nc  net.Conn
+	fr  *http2.Framer
+	bw  *bufio.Writer
+	enc *hpack.Encoder
+	hb  bytes.Buffer
+}
+
+// dialH2C opens a cleartext HTTP/2 connection to addr.
+func dialH2C(t testing.TB, addr string) *rawH2 {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newRawH2(t, nc)
+}
+
+// dialInterceptedH2 opens HTTP/2 over TLS to target through the forward
+// proxy at proxyAddr (CONNECT, then ALPN h2), trusting roots.
+func dialInterceptedH2(t testing.TB, proxyAddr, target string, roots *x509.CertPool) *rawH2 {
+	t.Helper()
+	nc, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(nc, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT %s: %v %v", target, resp, err)
+	}
+	host, _, _ := net.SplitHostPort(target)
+	tc := tls.Client(nc, &tls.Config{ServerName: host, RootCAs: roots, NextProtos: []string{"h2"}})
+	if err := tc.Handshake(); err != nil || tc.ConnectionState().NegotiatedProtocol != "h2" {
+		t.Fatalf("TLS to %s: %v (ALPN %q)", target, err, tc.ConnectionState().NegotiatedProtocol)
+	}
+	return newRawH2(t, tc)
+}
+
+func newRawH2(t testing.TB, nc net.Conn) *rawH2 {
+	t.Cleanup(func() { nc.Close() })
+	_ = nc.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &rawH2{t: t, nc: nc, bw: bufio.NewWriterSize(nc, 64<<10)}
+	c.fr = http2.NewFramer(c.bw, nc)
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.fr.MaxHeaderListSize = 1 << 20
+	c.enc = hpack.NewEncoder(&c.hb)
+	c.enc.SetMaxDynamicTableSizeLimit(0) // every field literal: sizes are what they look
+	_, _ = c.bw.WriteString(http2.ClientPreface)
+	_ = c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
+	_ = c.fr.WriteWindowUpdate(0, 1<<24)
+	c.flush()
+	return c
+}
+
+func (c *rawH2) flush() {
+	if err := c.bw.Flush(); err != nil {
+		c.t.Fatalf("writing: %v", err)
+	}
+}
+
+// request is a request head for stream id.
+func request(method, scheme, authority, path string, extra ...string) []hpack.HeaderField {
+	f := []hpack.HeaderField{{Name: ":method", Value: method}, {Name: ":scheme", Value: scheme},
+		{Name: ":authority", Value: authority}, {Name: ":path", Value: path}}
+	for i := 0; i+1 < len(extra); i += 2 {
+		f = append(f, hpack.HeaderField{Name: extra[i], Value: extra[i+1]})
+	}
+	return f
+}
+
+// headers writes a header block as HEADERS and CONTINUATION frames of at
+// most 16 KiB; with open set, the block is left unfinished.
+func (c *rawH2) headers(id uint32, fields []hpack.HeaderField, end, open bool) {
+	c.hb.Reset()
+	for _, f := range fields {
+		_ = c.enc.WriteField(f)
+	}
+	block := c.hb.Bytes()
+	first := true
+	for {
+		n := min(len(block), 16<<10)
+		frag, rest := block[:n], block[n:]
+		last := len(rest) == 0 && !open
+		var err error
+		if first {
+			err = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: last})
+			first = false
+		} else {
+			err = c.fr.WriteContinuation(id, last, frag)
+		}
+		if err != nil {
+			c.t.Fatalf("writing headers: %v", err)
+		}
+		if len(rest) == 0 {
+			break
+		}
+		block = rest
+	}
+	c.flush()
+}
+
+func (c *rawH2) data(id uint32, b []byte, end bool) {
+	if err := c.fr.WriteData(id, end, b); err != nil {
+		c.t.Fatalf("writing data: %v", err)
+	}
+	c.flush()
+}
+
+// answer is what came back on one stream.
+type answer struct {
+	status  int
+	header  http.Header
+	body    []byte
+	reset   bool // RST_STREAM
+	code    http2.ErrCode
+	goAway  bool // the connection was sent GOAWAY
+	goCode  http2.ErrCode
+	closed  bool // the connection ended before the stream did
+	trailer http.Header
+}
+
+// read reads frames until stream id ends (END_STREAM or RST_STREAM), the
+// connection ends, or GOAWAY names a last stream below id.
+func (c *rawH2) read(id uint32) answer {
+	var a answer
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				continue
+			}
+			a.closed = true
+			return a
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = c.fr.WriteSettingsAck()
+				c.flush()
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				_ = c.fr.WritePing(true, f.Data)
+				c.flush()
+			}
+		case *http2.GoAwayFrame:
+			a.goAway, a.goCode = true, f.ErrCode
+			if f.LastStreamID < id {
+				return a
+			}
+		case *http2.RSTStreamFrame:
+			if f.StreamID == id {
+				a.reset, a.code = true, f.ErrCode
+				return a
+			}
+		case *http2.MetaHeadersFrame:
+			if f.StreamID != id {
+				continue
+			}
+			h := http.Header{}
+			for _, hf := range f.RegularFields() {
+				h.Add(hf.Name, hf.Value)
+			}
+			if a.status == 0 {
+				a.status, _ = strconv.Atoi(f.PseudoValue("status"))
+				a.header = h
+			} else {
+				a.trailer = h
+			}
+			if f.StreamEnded() {
+				return a
+			}
+		case *http2.DataFrame:
+			if f.StreamID != id {
+				continue
+			}
+			a.body = append(a.body, f.Data()...)
+			if len(f.Data()) > 0 {
+				_ = c.fr.WriteWindowUpdate(0, uint32(len(f.Data())))
+				_ = c.fr.WriteWindowUpdate(id, uint32(len(f.Data())))
+				c.flush()
+			}
+			if f.StreamEnded() {
+				return a
+			}
+		}
+	}
+}
