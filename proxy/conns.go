@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"io"
 	"net"
 	"sync"
@@ -87,21 +86,13 @@ type trackedConn struct {
 	net.Conn
 	set  *connSet
 	once sync.Once
-	it   atomic.Pointer[interception] // set when the connection is intercepted
 }
 
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() {
-		c.set.remove(c)
-		if it := c.it.Load(); it != nil {
-			it.timer.Stop()
-		}
-	})
+	c.once.Do(func() { c.set.remove(c) })
 	return err
 }
-
-type connKey struct{}
 
 // tunnelConn is the upstream side of a tunnelled CONNECT. Both directions
 // of the tunnel pass through it, so it sees all traffic and closes the
@@ -147,46 +138,4 @@ func (c *tunnelConn) Close() error {
 		}
 	})
 	return err
-}
-
-// activity counts requests in flight and lets shutdown wait for none.
-type activity struct {
-	mu   sync.Mutex
-	n    int
-	idle chan struct{} // closed when n drops to 0 while someone waits
-}
-
-func (a *activity) start() {
-	a.mu.Lock()
-	a.n++
-	a.mu.Unlock()
-}
-
-func (a *activity) done() {
-	a.mu.Lock()
-	a.n--
-	if a.n == 0 && a.idle != nil {
-		close(a.idle)
-		a.idle = nil
-	}
-	a.mu.Unlock()
-}
-
-func (a *activity) wait(ctx context.Context) error {
-	a.mu.Lock()
-	if a.n == 0 {
-		a.mu.Unlock()
-		return nil
-	}
-	if a.idle == nil {
-		a.idle = make(chan struct{})
-	}
-	ch := a.idle
-	a.mu.Unlock()
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

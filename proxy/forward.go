@@ -17,15 +17,19 @@ import (
 	"github.com/elazarl/goproxy"
 
 	"github.com/authproxy/authproxy/ca"
+	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/proxy/route"
 )
 
-// forward is the listener HTTP_PROXY/HTTPS_PROXY point at. goproxy handles
-// CONNECT: targets that a route matches are intercepted with a leaf
-// certificate from the local CA (HTTP/2 and HTTP/1.1 by ALPN) and their
-// requests go through core.send; other targets are tunnelled or refused.
-// Absolute-URI (plain HTTP) requests are served by the same ReverseProxy
-// path as the sidecar, so they stream and fail the same way.
+// forward is the listener HTTP_PROXY/HTTPS_PROXY point at. goproxy is its
+// front door: it parses CONNECT and absolute-URI requests and tunnels what
+// is not intercepted. A CONNECT to a host a route matches is taken over
+// (goproxy's hijack): the proxy does the TLS handshake itself with a leaf
+// from the local CA and hands the connection to its own http.Server
+// (HTTP/2 or HTTP/1.1 by ALPN), whose requests go through the same
+// ReverseProxy path as the sidecar's, with the target fixed to the CONNECT
+// host. That server applies the listener's limits (header size, read
+// header and idle timeouts) and drains gracefully on shutdown.
 type forward struct {
 	core   *core
 	table  *route.Table[*routeRT]
@@ -37,26 +41,55 @@ type forward struct {
 	handshakeTimeout time.Duration
 	idleTimeout      time.Duration
 
-	conns    connSet  // client connections and tunnel upstream connections
-	active   activity // intercepted requests in flight
+	mitm     *http.Server // serves intercepted connections
+	mitmLn   *connQueue   // hands them to mitm once their handshake is done
+	targets  sync.Map     // *tls.Conn -> *interception, while mitm serves it
+	conns    connSet      // client connections and tunnel upstream connections
 	draining atomic.Bool
 }
 
-func newForward(c *core, table *route.Table[*routeRT], tunnel bool, authority *ca.CA, handshake, idle time.Duration, log *slog.Logger) *forward {
+// interception is the CONNECT target of one intercepted connection.
+type interception struct{ target, hostname, port string }
+
+type interceptionKey struct{}
+
+func newForward(c *core, table *route.Table[*routeRT], tunnel bool, authority *ca.CA, t config.Timeouts, log *slog.Logger) *forward {
 	f := &forward{
 		core: c, table: table, tunnel: tunnel, ca: authority, log: log,
-		handshakeTimeout: handshake, idleTimeout: idle,
+		handshakeTimeout: t.TLSHandshake.D(10 * time.Second), idleTimeout: t.Idle.D(120 * time.Second),
+		mitmLn: newConnQueue(),
 	}
 	gp := goproxy.NewProxyHttpServer()
-	gp.AllowHTTP2 = true
 	gp.KeepAcceptEncoding = true // bodies pass through untouched
 	gp.Logger = goproxyLogger{log}
-	gp.Tr = c.up.TLS // unused (every interception has its own RoundTripper), but never env-proxied
+	gp.Tr = c.up.TLS // unused (intercepted requests never reach goproxy), but never env-proxied
 	gp.ConnectDial = nil
 	gp.ConnectDialWithReq = f.dialTunnel
 	gp.NonproxyHandler = http.HandlerFunc(f.notAProxyRequest)
 	gp.OnRequest().HandleConnectFunc(f.handleConnect)
 	f.gp = gp
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true)
+	f.mitm = &http.Server{
+		Handler:           http.HandlerFunc(f.serveIntercepted),
+		Protocols:         protocols,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ReadHeaderTimeout: t.ReadHeader.D(10 * time.Second),
+		IdleTimeout:       f.idleTimeout,
+		ErrorLog:          stdLogger(log),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if it, ok := f.targets.Load(c); ok {
+				return context.WithValue(ctx, interceptionKey{}, it)
+			}
+			return ctx
+		},
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if st == http.StateClosed || st == http.StateHijacked {
+				f.targets.Delete(c)
+			}
+		},
+	}
 	return f
 }
 
@@ -120,15 +153,14 @@ func (f *forward) handleConnect(host string, pctx *goproxy.ProxyCtx) (*goproxy.C
 	hostname, port := splitHost(host, "443")
 	target := net.JoinHostPort(hostname, port)
 	if f.table.MatchesHost(hostname, port) {
-		conn, _ := pctx.Req.Context().Value(connKey{}).(*trackedConn)
-		if conn == nil || f.draining.Load() {
+		if f.draining.Load() {
 			pctx.Resp = refusal(pctx.Req, http.StatusServiceUnavailable, "authproxy: shutting down\n")
 			return goproxy.RejectConnect, host
 		}
-		it := f.intercept(conn, target, hostname, port)
-		pctx.UserData = it
-		pctx.RoundTripper = goproxy.RoundTripperFunc(f.roundTripIntercepted)
-		return &goproxy.ConnectAction{Action: goproxy.ConnectMitm, TLSConfig: it.tlsConfig}, target
+		it := &interception{target: target, hostname: hostname, port: port}
+		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
+			f.intercept(client, it)
+		}}, target
 	}
 	if f.tunnel {
 		return &goproxy.ConnectAction{Action: goproxy.ConnectAccept}, target
@@ -151,49 +183,64 @@ func refusal(r *http.Request, status int, body string) *http.Response {
 	}
 }
 
-// roundTripIntercepted sends one request of an intercepted connection. It
-// never returns an error: failures become responses (gRPC Trailers-Only
-// for gRPC requests), since goproxy would otherwise answer with raw text.
-func (f *forward) roundTripIntercepted(req *http.Request, pctx *goproxy.ProxyCtx) (*http.Response, error) {
-	it := pctx.UserData.(*interception)
-	it.begin()
-	resp := f.interceptedResponse(req, it)
-	if resp.Body == nil {
-		resp.Body = http.NoBody
+// intercept answers the CONNECT, does the TLS handshake as the target
+// (within the handshake timeout) and hands the connection to f.mitm.
+func (f *forward) intercept(client net.Conn, it *interception) {
+	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		_ = client.Close()
+		return
 	}
-	resp.Body = onCloseBody(resp.Body, it.end)
-	return resp, nil
+	cert, err := f.ca.Leaf(it.hostname)
+	if err != nil {
+		f.log.Error("cannot mint an interception certificate", "host", it.hostname, "err", err)
+		_ = client.Close()
+		return
+	}
+	tc := tls.Server(client, &tls.Config{
+		Certificates: []tls.Certificate{*cert},
+		NextProtos:   []string{"h2", "http/1.1"},
+		MinVersion:   tls.VersionTLS12,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), f.handshakeTimeout)
+	err = tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		f.log.Debug("intercepted connection: TLS handshake failed", "target", it.target, "err", err)
+		_ = client.Close()
+		return
+	}
+	f.targets.Store(tc, it)
+	if !f.mitmLn.push(tc) {
+		f.targets.Delete(tc)
+		_ = tc.Close()
+	}
 }
 
-func (f *forward) interceptedResponse(req *http.Request, it *interception) *http.Response {
-	if req.Host != "" {
-		if h, p := splitHost(req.Host, it.port); h != it.hostname || p != it.port {
-			f.core.logFailure(req, ErrMisdirected)
-			return errorResponse(req, ErrMisdirected)
-		}
+// serveIntercepted serves one request of an intercepted connection: to the
+// CONNECT target, whatever it names (another host gets 421).
+func (f *forward) serveIntercepted(w http.ResponseWriter, r *http.Request) {
+	it, ok := r.Context().Value(interceptionKey{}).(*interception)
+	if !ok {
+		http.Error(w, "authproxy: not an intercepted connection", http.StatusInternalServerError)
+		return
 	}
-	x := &exchange{clientHost: it.target}
-	rt, params, err := matchRoute(f.table, it.hostname, it.port, req.Method, req.URL.EscapedPath())
+	if h, p := splitHost(r.Host, it.port); h != it.hostname || p != it.port {
+		f.core.logFailure(r, ErrMisdirected)
+		writeError(w, r, ErrMisdirected)
+		return
+	}
+	rt, params, err := matchRoute(f.table, it.hostname, it.port, r.Method, r.URL.EscapedPath())
 	if err != nil {
-		f.core.logFailure(req, err)
-		return errorResponse(req, err)
+		f.core.logFailure(r, err)
+		writeError(w, r, err)
+		return
 	}
-	if rt != nil {
-		x.route, x.params = rt, params
-	} else if !f.tunnel {
-		f.core.logFailure(req, ErrNoRoute)
-		return errorResponse(req, ErrNoRoute)
+	if rt == nil && !f.tunnel {
+		f.core.logFailure(r, ErrNoRoute)
+		writeError(w, r, ErrNoRoute)
+		return
 	}
-	req.URL.Host = it.target // the CONNECT target, whatever :authority said
-	req.RequestURI = ""
-	resp, err := f.core.send(req, x)
-	if err != nil {
-		if req.Context().Err() == nil {
-			f.core.logFailure(req, err)
-		}
-		return errorResponse(req, err)
-	}
-	return resp
+	f.core.serve(w, r, &exchange{route: rt, params: params, target: &url.URL{Scheme: "https", Host: it.target}, clientHost: it.target})
 }
 
 // dialTunnel dials the target of a tunnelled CONNECT (never through an
@@ -213,144 +260,60 @@ func (f *forward) dialTunnel(req *http.Request, network, addr string) (net.Conn,
 	return tc, nil
 }
 
-// drain waits for intercepted requests to finish (new CONNECTs are refused
-// and idle intercepted connections are closed), then closes what is left.
+// drain refuses new CONNECTs, lets intercepted requests finish until ctx
+// ends (closing idle connections at once, sending GOAWAY on HTTP/2 ones),
+// then closes what is left, tunnels included.
 func (f *forward) drain(ctx context.Context) {
 	f.draining.Store(true)
-	f.conns.each(func(c io.Closer) {
-		if tc, ok := c.(*trackedConn); ok {
-			if it := tc.it.Load(); it != nil {
-				it.closeSoonIfIdle()
-			}
-		}
-	})
-	if f.active.wait(ctx) == nil {
-		select { // the last responses' final frames, as in interception.end
-		case <-time.After(drainLinger):
-		case <-ctx.Done():
-		}
+	if err := f.mitm.Shutdown(ctx); err != nil {
+		f.log.Warn("intercepted requests still in flight at the drain bound; closing them")
+		_ = f.mitm.Close()
 	}
 	f.conns.closeAll()
 }
 
-// interception is the state of one intercepted client connection: its
-// CONNECT target, requests in flight, and one timer that bounds first the
-// TLS handshake and then each idle period.
-type interception struct {
-	f                      *forward
-	conn                   *trackedConn
-	target, hostname, port string
-
-	mu     sync.Mutex
-	active int
-	timer  *time.Timer
+// connQueue is the listener of f.mitm: connections are handed to it once
+// intercepted, rather than accepted from a socket.
+type connQueue struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
 }
 
-func (f *forward) intercept(conn *trackedConn, target, hostname, port string) *interception {
-	it := &interception{f: f, conn: conn, target: target, hostname: hostname, port: port}
-	it.timer = time.AfterFunc(f.handshakeTimeout, it.closeIfIdle)
-	conn.it.Store(it)
-	return it
+func newConnQueue() *connQueue {
+	return &connQueue{ch: make(chan net.Conn), done: make(chan struct{})}
 }
 
-func (it *interception) tlsConfig(string, *goproxy.ProxyCtx) (*tls.Config, error) {
-	cert, err := it.f.ca.Leaf(it.hostname)
-	if err != nil {
-		it.f.log.Error("cannot mint an interception certificate", "host", it.hostname, "err", err)
-		return nil, err
-	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{*cert},
-		NextProtos:   []string{"h2", "http/1.1"},
-		MinVersion:   tls.VersionTLS12,
-		// Runs as the handshake completes: from here the idle bound applies.
-		VerifyConnection: func(tls.ConnectionState) error {
-			it.mu.Lock()
-			if it.active == 0 {
-				it.timer.Reset(it.f.idleTimeout)
-			}
-			it.mu.Unlock()
-			return nil
-		},
-	}, nil
-}
-
-func (it *interception) begin() {
-	it.f.active.start()
-	it.mu.Lock()
-	it.active++
-	it.timer.Stop()
-	it.mu.Unlock()
-}
-
-func (it *interception) end() {
-	it.mu.Lock()
-	it.active--
-	if it.active == 0 {
-		if it.f.draining.Load() {
-			it.timer.Reset(drainLinger)
-		} else {
-			it.timer.Reset(it.f.idleTimeout)
-		}
-	}
-	it.mu.Unlock()
-	it.f.active.done()
-}
-
-// drainLinger is how long an intercepted connection stays open during
-// shutdown after its last request ends. goproxy's HTTP/2 handler closes the
-// response body just before it returns, and the final frames (END_STREAM,
-// trailers) are written after that; goproxy's embedded http2.Server has no
-// graceful shutdown (GOAWAY) hook, so the proxy lets those frames out
-// before closing.
-const drainLinger = 200 * time.Millisecond
-
-// closeSoonIfIdle arms the close of an idle connection during shutdown.
-func (it *interception) closeSoonIfIdle() {
-	it.mu.Lock()
-	if it.active == 0 {
-		it.timer.Reset(drainLinger)
-	}
-	it.mu.Unlock()
-}
-
-func (it *interception) closeIfIdle() {
-	it.mu.Lock()
-	idle := it.active == 0
-	it.mu.Unlock()
-	if idle {
-		it.conn.Close()
+// push hands c to Accept; false once the queue is closed.
+func (q *connQueue) push(c net.Conn) bool {
+	select {
+	case q.ch <- c:
+		return true
+	case <-q.done:
+		return false
 	}
 }
 
-// onCloseBody calls fn once when the body is closed, keeping io.Writer for
-// bodies that have it (101 Switching Protocols).
-func onCloseBody(b io.ReadCloser, fn func()) io.ReadCloser {
-	var once atomic.Bool
-	done := func() {
-		if once.CompareAndSwap(false, true) {
-			fn()
-		}
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
 	}
-	if rwc, ok := b.(io.ReadWriteCloser); ok {
-		return &notifyRWC{ReadWriteCloser: rwc, done: done}
-	}
-	return &notifyRC{ReadCloser: b, done: done}
 }
 
-type notifyRC struct {
-	io.ReadCloser
-	done func()
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
 }
 
-func (b *notifyRC) Close() error { err := b.ReadCloser.Close(); b.done(); return err }
+func (q *connQueue) Addr() net.Addr { return interceptedAddr{} }
 
-type notifyRWC struct {
-	io.ReadWriteCloser
-	done func()
-}
+type interceptedAddr struct{}
 
-func (b *notifyRWC) Close() error { err := b.ReadWriteCloser.Close(); b.done(); return err }
+func (interceptedAddr) Network() string { return "intercepted" }
+func (interceptedAddr) String() string  { return "intercepted" }
 
 // goproxyLogger sends goproxy's own messages to the debug log.
 type goproxyLogger struct{ log *slog.Logger }

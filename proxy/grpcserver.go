@@ -34,6 +34,8 @@ func grpcServerOptions(s *sidecar, maxMsg int, readHeader, idle time.Duration) [
 		grpc.ForceServerCodec(transport.RawCodec),
 		grpc.MaxRecvMsgSize(maxMsg),
 		grpc.MaxSendMsgSize(maxMsg),
+		// grpc-go's own default is 16 MiB: the proxy's one limit applies.
+		grpc.MaxHeaderListSize(maxHeaderBytes),
 		grpc.ConnectionTimeout(readHeader),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: idle}),
 		// Clients' keepalive pings are welcome, as net/http takes them.

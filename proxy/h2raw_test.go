@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 // over the limit, streams reset as soon as they open.
 type rawH2 struct {
 	t   testing.TB
+	wmu sync.Mutex // writes may come from a goroutine besides read's
 	nc  net.Conn
 	fr  *http2.Framer
 	bw  *bufio.Writer
@@ -96,6 +98,16 @@ func request(method, scheme, authority, path string, extra ...string) []hpack.He
 // headers writes a header block as HEADERS and CONTINUATION frames of at
 // most 16 KiB; with open set, the block is left unfinished.
 func (c *rawH2) headers(id uint32, fields []hpack.HeaderField, end, open bool) {
+	if err := c.tryHeaders(id, fields, end, open); err != nil {
+		c.t.Fatalf("writing headers: %v", err)
+	}
+}
+
+// tryHeaders is headers for a peer that may stop reading: it returns the
+// write error (and may run on a goroutine of its own).
+func (c *rawH2) tryHeaders(id uint32, fields []hpack.HeaderField, end, open bool) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.hb.Reset()
 	for _, f := range fields {
 		_ = c.enc.WriteField(f)
@@ -114,21 +126,31 @@ func (c *rawH2) headers(id uint32, fields []hpack.HeaderField, end, open bool) {
 			err = c.fr.WriteContinuation(id, last, frag)
 		}
 		if err != nil {
-			c.t.Fatalf("writing headers: %v", err)
+			return err
 		}
 		if len(rest) == 0 {
 			break
 		}
 		block = rest
 	}
-	c.flush()
+	return c.bw.Flush()
 }
 
 func (c *rawH2) data(id uint32, b []byte, end bool) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	if err := c.fr.WriteData(id, end, b); err != nil {
 		c.t.Fatalf("writing data: %v", err)
 	}
 	c.flush()
+}
+
+// write runs fn, which writes frames, and flushes, under the write lock.
+func (c *rawH2) write(fn func()) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	fn()
+	_ = c.bw.Flush()
 }
 
 // answer is what came back on one stream.
@@ -161,13 +183,11 @@ func (c *rawH2) read(id uint32) answer {
 		switch f := f.(type) {
 		case *http2.SettingsFrame:
 			if !f.IsAck() {
-				_ = c.fr.WriteSettingsAck()
-				c.flush()
+				c.write(func() { _ = c.fr.WriteSettingsAck() })
 			}
 		case *http2.PingFrame:
 			if !f.IsAck() {
-				_ = c.fr.WritePing(true, f.Data)
-				c.flush()
+				c.write(func() { _ = c.fr.WritePing(true, f.Data) })
 			}
 		case *http2.GoAwayFrame:
 			a.goAway, a.goCode = true, f.ErrCode
@@ -201,10 +221,11 @@ func (c *rawH2) read(id uint32) answer {
 				continue
 			}
 			a.body = append(a.body, f.Data()...)
-			if len(f.Data()) > 0 {
-				_ = c.fr.WriteWindowUpdate(0, uint32(len(f.Data())))
-				_ = c.fr.WriteWindowUpdate(id, uint32(len(f.Data())))
-				c.flush()
+			if n := uint32(len(f.Data())); n > 0 {
+				c.write(func() {
+					_ = c.fr.WriteWindowUpdate(0, n)
+					_ = c.fr.WriteWindowUpdate(id, n)
+				})
 			}
 			if f.StreamEnded() {
 				return a

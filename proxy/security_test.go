@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -384,6 +385,136 @@ routes:
 				if got := seen.Trailer.Get("X-Other"); got != "kept" {
 					t.Errorf("trailer X-Other: %q, want it passed as sent (all trailers: %v)", got, seen.Trailer)
 				}
+			}
+		})
+	}
+}
+
+// headerListener is one way into the proxy for the header-limit test: it
+// sends a request whose header block holds a field of size bytes (left
+// unfinished with open) and reports the status, 0 when the stream was
+// reset or the connection closed instead.
+type headerListener struct {
+	name string
+	send func(t *testing.T, size int, open bool) int
+}
+
+// Every listener refuses a header block over the one limit (1 MiB), never
+// forwards it, and never waits for the rest of an unfinished one.
+func TestHeaderBlockLimitOnEveryListener(t *testing.T) {
+	e := newEnv(t)
+	sink := &credSink{}
+	up := e.httpsUpstream(sink)
+	plain := httptest.NewServer(sink)
+	t.Cleanup(plain.Close)
+	upPort, plainPort := port(t, up.URL), port(t, plain.URL)
+	p := e.start(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s"}
+  - {name: relay, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s", h2c: relay}
+  - {name: grpc, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s", h2c: grpc}
+  - {name: fwd, kind: forward, address: 127.0.0.1:0}
+ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, plain.authproxy.test: 127.0.0.1}}
+injectors:
+  bearer: {kind: static, headers: {Authorization: {value: %[2]q, prefix: "Bearer "}}}
+routes:
+  - {name: api, listeners: [app, relay, grpc], match: {path: /*}, injector: bearer}
+  - {name: fwd-api, listeners: [fwd], match: {host: api.authproxy.test}, injector: bearer}
+  - {name: fwd-plain, listeners: [fwd], match: {host: plain.authproxy.test}, injector: bearer, allow_plaintext: true}
+`, upPort, secretToken), nil, nil)
+	target := "api.authproxy.test:" + upPort
+
+	h1 := func(dial func(t *testing.T) net.Conn, reqTarget, host string) func(*testing.T, int, bool) int {
+		return func(t *testing.T, size int, open bool) int {
+			c := dial(t)
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			go func() {
+				bw := bufio.NewWriterSize(c, 64<<10)
+				fmt.Fprintf(bw, "GET %s HTTP/1.1\r\nHost: %s\r\nX-Big: %s\r\n", reqTarget, host, strings.Repeat("b", size))
+				if !open {
+					bw.WriteString("\r\n")
+				}
+				bw.Flush()
+			}()
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatalf("no answer to a %d-byte header block within 20s", size)
+				}
+				return 0
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+	}
+	h2 := func(dial func(t *testing.T) *rawH2, scheme, authority string, extra ...string) func(*testing.T, int, bool) int {
+		return func(t *testing.T, size int, open bool) int {
+			c := dial(t)
+			method, path := "GET", "/x"
+			if len(extra) > 0 {
+				method, path = "POST", "/test.Service/Call" // gRPC
+			}
+			fields := request(method, scheme, authority, path, append(extra, "x-big", strings.Repeat("b", size))...)
+			done := make(chan struct{})
+			go func() { defer close(done); _ = c.tryHeaders(1, fields, true, open) }() // the proxy may stop reading
+			a := c.read(1)
+			c.nc.Close()
+			<-done
+
+			if a.closed && !a.goAway && a.status == 0 {
+				return 0
+			}
+			if a.status == 0 && !a.reset && !a.goAway {
+				t.Fatalf("no answer: %+v", a)
+			}
+			return a.status
+		}
+	}
+	tcp := func(addr string) func(t *testing.T) net.Conn {
+		return func(t *testing.T) net.Conn {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+	}
+	intercepted := func(t *testing.T) net.Conn {
+		c := connectTo(t, p.addr("fwd"), target)
+		return tls.Client(c, &tls.Config{ServerName: "api.authproxy.test", RootCAs: e.proxyCA, NextProtos: []string{"http/1.1"}})
+	}
+	for _, k := range []headerListener{
+		{"sidecar HTTP/1.1", h1(tcp(p.addr("app")), "/x", "localhost")},
+		{"sidecar h2c", h2(func(t *testing.T) *rawH2 { return dialH2C(t, p.addr("app")) }, "http", "localhost")},
+		{"relay h2c", h2(func(t *testing.T) *rawH2 { return dialH2C(t, p.addr("relay")) }, "http", "localhost")},
+		{"h2c: grpc", h2(func(t *testing.T) *rawH2 { return dialH2C(t, p.addr("grpc")) }, "http", "localhost", "content-type", "application/grpc", "te", "trailers")},
+		{"forward plain HTTP/1.1", h1(tcp(p.addr("fwd")), "http://plain.authproxy.test:"+plainPort+"/x", "plain.authproxy.test:"+plainPort)},
+		{"forward intercepted HTTP/1.1", h1(intercepted, "/x", target)},
+		{"forward intercepted HTTP/2", h2(func(t *testing.T) *rawH2 { return dialInterceptedH2(t, p.addr("fwd"), target, e.proxyCA) }, "https", target)},
+	} {
+		t.Run(k.name, func(t *testing.T) {
+			sink.requests.Store(0)
+			for _, tc := range []struct {
+				size int
+				open bool
+			}{{(1 << 20) + (64 << 10), false}, {3 << 20, true}} {
+				st := k.send(t, tc.size, tc.open)
+				if st != 0 && st != http.StatusRequestHeaderFieldsTooLarge {
+					t.Errorf("%d-byte header block (unfinished: %v): status %d, want 431 or a refused stream", tc.size, tc.open, st)
+				}
+			}
+			if n := sink.requests.Load(); n != 0 {
+				t.Errorf("%d oversized requests reached the upstream", n)
+			}
+			// Well under the limit passes.
+			if st := k.send(t, 256<<10, false); k.name != "h2c: grpc" && st != http.StatusOK {
+				t.Errorf("a 256 KiB header block: status %d, want 200", st)
+			} else if k.name == "h2c: grpc" && sink.requests.Load() != 1 {
+				t.Errorf("a 256 KiB header block did not reach the gRPC upstream")
 			}
 		})
 	}

@@ -141,6 +141,7 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 				ln.relay = &h2relay.Relay{
 					Handler:             relayHandler{sc},
 					Dial:                up.DialH2,
+					MaxHeaderBytes:      maxHeaderBytes,
 					MaxReplayBytes:      int(c.maxReplay),
 					PrefaceTimeout:      t.ReadHeader.D(10 * time.Second),
 					IdleTimeout:         t.Idle.D(120 * time.Second),
@@ -154,21 +155,16 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 			if authority == nil {
 				return nil, config.Errorf("ca", "a forward listener needs a CA")
 			}
-			ln.fwd = newForward(c, table, l.Unmatched == config.UnmatchedTunnel, authority,
-				t.TLSHandshake.D(10*time.Second), t.Idle.D(120*time.Second), logger.With("listener", l.Name))
+			ln.fwd = newForward(c, table, l.Unmatched == config.UnmatchedTunnel, authority, t, logger.With("listener", l.Name))
 			handler = ln.fwd
 		}
 		ln.srv = &http.Server{
 			Handler:           handler,
 			Protocols:         protocols,
+			MaxHeaderBytes:    maxHeaderBytes,
 			ReadHeaderTimeout: t.ReadHeader.D(10 * time.Second),
 			IdleTimeout:       t.Idle.D(120 * time.Second),
-			ErrorLog:          log.New(slogWriter{logger.With("listener", l.Name)}, "", 0),
-		}
-		if ln.fwd != nil {
-			ln.srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-				return context.WithValue(ctx, connKey{}, c)
-			}
+			ErrorLog:          stdLogger(logger.With("listener", l.Name)),
 		}
 		if pre, ok := opts.Listeners[l.Name]; ok {
 			ln.ln = pre
@@ -257,7 +253,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// relay, on one socket).
 	servers := len(s.listeners)
 	for _, l := range s.listeners {
-		if l.grpc != nil || l.relay != nil {
+		if l.grpc != nil || l.relay != nil || l.fwd != nil {
 			servers++
 		}
 	}
@@ -297,6 +293,13 @@ func (s *Server) Run(ctx context.Context) error {
 						return
 					}
 					go l.relay.ServeConn(c)
+				}
+			})
+		}
+		if l.fwd != nil {
+			serving.Go(func() {
+				if err := l.fwd.mitm.Serve(l.fwd.mitmLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+					errc <- fmt.Errorf("listener %q: intercepted connections: %w", l.name, err)
 				}
 			})
 		}
@@ -370,6 +373,16 @@ func (s *Server) closeListeners() {
 		}
 	}
 }
+
+// maxHeaderBytes is the one limit on a request's header block, on every
+// listener and protocol: HTTP/1.1 (net/http), h2c and intercepted HTTP/2
+// (net/http's HTTP/2 server), the frame relay, and h2c: grpc (grpc-go).
+// A block over it is refused (431, RST_STREAM or a closed connection) and
+// never held in memory whole.
+const maxHeaderBytes = 1 << 20
+
+// stdLogger is net/http's error log for a listener, in slog at debug.
+func stdLogger(l *slog.Logger) *log.Logger { return log.New(slogWriter{l}, "", 0) }
 
 // slogWriter adapts net/http's error log (TLS handshake errors, panics in
 // handlers) to slog.
