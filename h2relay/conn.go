@@ -47,6 +47,12 @@ type conn struct {
 	closed     bool
 	blocked    map[*half]struct{} // halves with data waiting for window
 	idle       *time.Timer
+
+	// Client connections: the budget of resets of open streams (rapid
+	// reset, CVE-2023-44487), read and written by the reading goroutine only.
+	resetTokens float64
+	resetAt     time.Time
+	throttled   int
 }
 
 // half is one stream's leg on one connection.
@@ -85,6 +91,7 @@ func newConn(r *Relay, nc net.Conn, server bool) *conn {
 		blocked:  map[*half]struct{}{},
 	}
 	c.maxStreams = 100 // until the upstream's SETTINGS say
+	c.resetTokens = resetBurst
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.SetMaxReadFrameSize(frameSize)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -350,12 +357,67 @@ func (c *conn) handle(f http2.Frame, fl *flusher) error {
 		c.wmu.Unlock()
 		c.flushSoon()
 	case *http2.RSTStreamFrame:
+		if c.server && c.isOpen(f.StreamID) {
+			if err := c.chargeReset(fl); err != nil {
+				return err
+			}
+		}
 		c.onReset(f.StreamID, f.ErrCode, fl)
 	case *http2.GoAwayFrame:
 		c.onGoAway(f.LastStreamID, fl)
 	case *http2.PushPromiseFrame:
 		return http2.ConnectionError(http2.ErrCodeProtocol) // push is off
 	}
+	return nil
+}
+
+// The rapid-reset defence (CVE-2023-44487), per client connection: every
+// reset of a stream the relay still serves costs a token from a bucket of
+// resetBurst, refilled at resetRate a second. Past the bucket, each reset
+// holds the connection's reading goroutine for one token's time
+// (throttled; the wait refills nothing), and resetDebt such resets before
+// the bucket is half full again end the connection with GOAWAY
+// ENHANCE_YOUR_CALM. A client that cancels calls at 1,000 a second never
+// empties the bucket; one that resets streams as fast as it can open them
+// gets about resetBurst+resetDebt of them to the upstream.
+const (
+	resetBurst = 250
+	resetRate  = 2000.0
+	resetDebt  = 250
+)
+
+// ErrTooManyResets is the error of a connection ended for resetting
+// streams faster than they complete.
+var ErrTooManyResets = errors.New("h2relay: the client resets streams faster than they complete")
+
+// isOpen reports whether stream id is one the relay is still serving.
+func (c *conn) isOpen(id uint32) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.streams[id] != nil
+}
+
+// chargeReset takes a reset from the budget; on the reading goroutine.
+func (c *conn) chargeReset(fl *flusher) error {
+	now := time.Now()
+	if !c.resetAt.IsZero() {
+		c.resetTokens = min(resetBurst, c.resetTokens+now.Sub(c.resetAt).Seconds()*resetRate)
+	}
+	c.resetAt = now
+	if c.resetTokens >= resetBurst/2 {
+		c.throttled = 0
+	}
+	if c.resetTokens >= 1 {
+		c.resetTokens--
+		return nil
+	}
+	c.throttled++
+	if c.throttled > resetDebt {
+		return fmt.Errorf("%w: %w", ErrTooManyResets, http2.ConnectionError(http2.ErrCodeEnhanceYourCalm))
+	}
+	fl.flush() // what this goroutine wrote leaves before it waits
+	time.Sleep(time.Duration(float64(time.Second) / resetRate))
+	c.resetAt = time.Now() // the wait is a penalty, not a refill
 	return nil
 }
 

@@ -2,6 +2,8 @@ package proxy_test
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -11,11 +13,17 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	testpb "google.golang.org/grpc/interop/grpc_testing"
 )
 
 // credSink is an upstream that counts the requests it gets and how many
@@ -517,5 +525,165 @@ routes:
 				t.Errorf("a 256 KiB header block did not reach the gRPC upstream")
 			}
 		})
+	}
+}
+
+// h2Counter is a cleartext HTTP/2 upstream that counts the HEADERS frames
+// it receives (every stream the relay sent, even one reset at once) and
+// answers each with an empty 200.
+func h2Counter(t *testing.T) (string, *atomic.Int64) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int64
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				br := bufio.NewReader(nc)
+				bw := bufio.NewWriter(nc)
+				pre := make([]byte, len(http2.ClientPreface))
+				if _, err := io.ReadFull(br, pre); err != nil {
+					return
+				}
+				fr := http2.NewFramer(bw, br)
+				fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+				var hb bytes.Buffer
+				enc := hpack.NewEncoder(&hb)
+				_ = fr.WriteSettings()
+				_ = bw.Flush()
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					switch f := f.(type) {
+					case *http2.SettingsFrame:
+						if !f.IsAck() {
+							_ = fr.WriteSettingsAck()
+						}
+					case *http2.MetaHeadersFrame:
+						n.Add(1)
+						hb.Reset()
+						_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+						_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+					}
+					if br.Buffered() == 0 {
+						_ = bw.Flush()
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), &n
+}
+
+// Rapid reset (CVE-2023-44487): a client that opens and resets streams as
+// fast as it can write them on an h2c: relay listener gets few of them to
+// the upstream, and then GOAWAY ENHANCE_YOUR_CALM. (net/http's HTTP/2
+// server, on the other listeners, bounds the handlers it runs at once but
+// not the rate: against this instant upstream it forwarded 41,823 of the
+// 100,000; see the README's security section.)
+func TestRelayRapidResetIsCutOff(t *testing.T) {
+	const mode = "relay"
+	e := newEnv(t)
+	upAddr, upstreamStreams := h2Counter(t)
+	p := e.start(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "h2c://%[1]s", h2c: %[3]s}
+injectors:
+  bearer: {kind: static, headers: {Authorization: {value: %[2]q, prefix: "Bearer "}}}
+routes:
+  - {name: api, match: {path: /v1/*}, injector: bearer, allow_plaintext: true}
+`, upAddr, secretToken, mode), nil, nil)
+	c := dialH2C(t, p.addr("app"))
+	const pairs = 100_000
+	head := request("GET", "http", "localhost", "/v1/x")
+	stop := make(chan struct{})
+	wrote := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { wrote <- n }()
+		for id := uint32(1); n < pairs; id += 2 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var err error
+			c.write(func() {
+				c.hb.Reset()
+				for _, f := range head {
+					_ = c.enc.WriteField(f)
+				}
+				if err = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hb.Bytes(), EndStream: true, EndHeaders: true}); err == nil {
+					err = c.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+				}
+			})
+			if err != nil {
+				return
+			}
+			n++
+		}
+	}()
+	a := c.read(1<<31 - 1) // no stream of ours ends the wait: GOAWAY or the close does
+	close(stop)
+	n := <-wrote
+	if !a.goAway || a.goCode != http2.ErrCodeEnhanceYourCalm {
+		t.Errorf("after %d resets: %+v, want GOAWAY ENHANCE_YOUR_CALM", n, a)
+	}
+	time.Sleep(300 * time.Millisecond) // streams already sent upstream arrive
+	got := upstreamStreams.Load()
+	if got > 1000 || got == 0 {
+		t.Errorf("%d of %d reset streams reached the upstream, want 1 to 1,000", got, n)
+	}
+	t.Logf("%d resets written before the connection ended; %d streams reached the upstream", n, got)
+	if !strings.Contains(p.logs.String(), "resets streams faster than they complete") {
+		t.Errorf("the cut-off connection is not logged:\n%.2000s", p.logs.String())
+	}
+}
+
+// A client that cancels calls as a deadline does, 10,000 of them spread
+// over 10 s on one connection, is never cut off. (The calls are cancelled
+// by the client alone, 20 ms in: with a grpc-timeout the upstream's own
+// deadline would race the client's.)
+func TestRelayWellBehavedCancellationIsNotCutOff(t *testing.T) {
+	e := newEnv(t)
+	echo, grpcPort := e.grpcUpstream()
+	echo.OnCall = func(ctx context.Context) { <-ctx.Done() } // never answers in time
+	p := e.start(grpcConfigWith(grpcPort, "relay", "auto"), nil, nil)
+	client := grpcClient(t, p.addr("grpc"))
+	var cancelled, other atomic.Int64
+	var wg sync.WaitGroup
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for range 1000 { // 10 calls every 10 ms
+		<-tick.C
+		for range 10 {
+			wg.Go(func() {
+				ctx, cancel := context.WithCancel(context.Background())
+				defer time.AfterFunc(20*time.Millisecond, cancel).Stop()
+				_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{})
+				if status.Code(err) == codes.Canceled {
+					cancelled.Add(1)
+				} else {
+					other.Add(1)
+					t.Logf("call: %v", err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if cancelled.Load() != 10_000 || other.Load() != 0 {
+		t.Errorf("%d calls cancelled, %d ended otherwise; want all 10,000 cancelled", cancelled.Load(), other.Load())
+	}
+	if strings.Contains(p.logs.String(), "resets streams faster") {
+		t.Errorf("the well-behaved connection was cut off")
 	}
 }
