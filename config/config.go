@@ -67,6 +67,13 @@ type Listener struct {
 	// HTTP/2, relayed frame by frame to HTTP/2 upstreams: the cheapest, for
 	// routes whose injectors read no response body).
 	H2C string `yaml:"h2c"`
+	// TunnelAllow, on a forward listener with unmatched: tunnel, opens
+	// destinations that tunnels and untouched forwards may not reach by
+	// default (loopback, link-local, private and unique local addresses):
+	// CIDRs ("10.1.0.0/16"), addresses, and host patterns
+	// ("*.corp.example", "db.internal:5432"). The proxy's own addresses
+	// stay closed.
+	TunnelAllow []string `yaml:"tunnel_allow"`
 	// AllowRemoteClients permits a non-loopback address. A listener that
 	// injects credentials must not be reachable by others by accident.
 	AllowRemoteClients bool `yaml:"allow_remote_clients"`
@@ -324,6 +331,9 @@ func (c *Config) validate() []error {
 					add(Join(p, "host"), "%v", err)
 				}
 			}
+			if len(l.TunnelAllow) > 0 {
+				add(Join(p, "tunnel_allow"), "only forward listeners tunnel")
+			}
 			switch l.H2C {
 			case "":
 				l.H2C = H2CHTTP
@@ -347,6 +357,14 @@ func (c *Config) validate() []error {
 			}
 			if l.H2C != "" {
 				add(Join(p, "h2c"), "only sidecar listeners take h2c")
+			}
+			if len(l.TunnelAllow) > 0 && l.Unmatched != UnmatchedTunnel {
+				add(Join(p, "tunnel_allow"), "only used with unmatched: tunnel")
+			}
+			for j, e := range l.TunnelAllow {
+				if _, _, err := ParseTunnelAllow([]string{e}); err != nil {
+					add(Index(Join(p, "tunnel_allow"), j), "%v", err)
+				}
 			}
 		case "":
 			add(Join(p, "kind"), "required (sidecar or forward)")
@@ -530,6 +548,31 @@ func checkListenAddress(addr string, allowRemote bool) error {
 		return fmt.Errorf("%q is not a loopback address; a listener that adds credentials must not be reachable by others (set allow_remote_clients: true if it must)", addr)
 	}
 	return nil
+}
+
+// ParseTunnelAllow reads tunnel_allow entries: CIDRs, addresses (a /32 or
+// /128) and host patterns (route.ParseHost; not the any-host pattern).
+func ParseTunnelAllow(entries []string) (nets []netip.Prefix, hosts []route.Host, err error) {
+	for _, e := range entries {
+		if p, perr := netip.ParsePrefix(e); perr == nil {
+			if a := p.Addr(); a.Is4In6() {
+				p = netip.PrefixFrom(a.Unmap(), max(p.Bits()-96, 0))
+			}
+			nets = append(nets, p.Masked())
+			continue
+		}
+		if ip, perr := netip.ParseAddr(strings.Trim(e, "[]")); perr == nil {
+			ip = ip.Unmap()
+			nets = append(nets, netip.PrefixFrom(ip, ip.BitLen()))
+			continue
+		}
+		h, herr := route.ParseHost(e)
+		if herr != nil || h.IsAny() || e == "*" {
+			return nil, nil, fmt.Errorf("%q is neither a CIDR, an address nor a host pattern (such as *.corp.example)", e)
+		}
+		hosts = append(hosts, h)
+	}
+	return nets, hosts, nil
 }
 
 // sameSocket reports whether two valid listen addresses would bind the same

@@ -64,6 +64,8 @@ func classify(err error) (status int, code codes.Code, msg string) {
 		return http.StatusNotFound, codes.Unimplemented, "authproxy: no route matches this request"
 	case errors.Is(err, ErrMisdirected):
 		return http.StatusMisdirectedRequest, codes.PermissionDenied, "authproxy: request host differs from the CONNECT target"
+	case errors.Is(err, ErrDestinationRefused):
+		return http.StatusForbidden, codes.PermissionDenied, "authproxy: " + clientDetail(err, ErrDestinationRefused)
 	case errors.Is(err, ErrUnsafePath):
 		return http.StatusBadRequest, codes.InvalidArgument, "authproxy: the request path has a dot segment, an encoded slash or a backslash; no credential is added to it" + where
 	case errors.Is(err, ErrPlaintext):

@@ -19,6 +19,7 @@ import (
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/transport"
 )
 
 // forward is the listener HTTP_PROXY/HTTPS_PROXY point at. goproxy is its
@@ -41,6 +42,7 @@ type forward struct {
 	handshakeTimeout time.Duration
 	idleTimeout      time.Duration
 
+	dest     *destPolicy  // where tunnels and untouched forwards may go
 	mitm     *http.Server // serves intercepted connections
 	mitmLn   *connQueue   // hands them to mitm once their handshake is done
 	targets  sync.Map     // *tls.Conn -> *interception, while mitm serves it
@@ -53,9 +55,9 @@ type interception struct{ target, hostname, port string }
 
 type interceptionKey struct{}
 
-func newForward(c *core, table *route.Table[*routeRT], tunnel bool, authority *ca.CA, t config.Timeouts, log *slog.Logger) *forward {
+func newForward(c *core, table *route.Table[*routeRT], tunnel bool, dest *destPolicy, authority *ca.CA, t config.Timeouts, log *slog.Logger) *forward {
 	f := &forward{
-		core: c, table: table, tunnel: tunnel, ca: authority, log: log,
+		core: c, table: table, tunnel: tunnel, dest: dest, ca: authority, log: log,
 		handshakeTimeout: t.TLSHandshake.D(10 * time.Second), idleTimeout: t.Idle.D(120 * time.Second),
 		mitmLn: newConnQueue(),
 	}
@@ -137,6 +139,14 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 		f.core.logFailure(r, ErrNoRoute)
 		writeError(w, r, ErrNoRoute)
 		return
+	} else if !f.table.MatchesHost(hostname, port) { // a host no route names: the policy decides
+		addr, err := f.dest.check(r.Context(), hostname, port)
+		if err != nil {
+			f.log.Warn("untouched forward refused", "target", net.JoinHostPort(hostname, port), "reason", err)
+			writeError(w, r, err)
+			return
+		}
+		r = r.WithContext(transport.WithDialAddr(r.Context(), transport.CanonicalAddr(r.URL), addr))
 	}
 	f.core.serve(w, r, x)
 }
@@ -163,7 +173,14 @@ func (f *forward) handleConnect(host string, pctx *goproxy.ProxyCtx) (*goproxy.C
 		}}, target
 	}
 	if f.tunnel {
-		return &goproxy.ConnectAction{Action: goproxy.ConnectAccept}, target
+		addr, err := f.dest.check(pctx.Req.Context(), hostname, port)
+		if err != nil {
+			f.log.Warn("CONNECT refused", "target", target, "reason", err)
+			pctx.Resp = refusal(pctx.Req, http.StatusForbidden, "authproxy: CONNECT refused: "+strings.TrimPrefix(err.Error(), ErrDestinationRefused.Error()+": ")+"\n")
+			return goproxy.RejectConnect, host
+		}
+		f.log.Debug("CONNECT tunnelled", "target", target, "address", addr)
+		return &goproxy.ConnectAction{Action: goproxy.ConnectAccept}, addr // the address checked is the one dialled
 	}
 	f.log.Info("CONNECT refused: no route matches the target", "target", target)
 	pctx.Resp = refusal(pctx.Req, http.StatusForbidden,

@@ -21,6 +21,9 @@ import (
 // forwardConfig serves a forward listener for the HTTPS upstream
 // (tlsPort) and a plain one (plainPort).
 func forwardConfig(unmatched string) string {
+	if unmatched == "tunnel" { // the test upstreams are on loopback, closed by default
+		unmatched += `, tunnel_allow: ["*.authproxy.test"]`
+	}
 	return fmt.Sprintf(`
 listeners:
   - {name: fwd, kind: forward, address: 127.0.0.1:0, unmatched: %s}

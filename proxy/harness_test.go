@@ -38,6 +38,12 @@ const secretToken = "s3cr3t-T0KEN-value"
 var envProxyTarget atomic.Value // string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(inNetnsEnv) == "1" {
+		if err := loopbackUp(); err != nil {
+			fmt.Fprintln(os.Stderr, "bringing up lo in the network namespace:", err)
+			os.Exit(1)
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)

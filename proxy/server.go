@@ -50,6 +50,7 @@ type Server struct {
 	ready chan struct{}
 	mu    sync.Mutex
 	addrs map[string]net.Addr
+	own   *ownAddrs // the listeners' addresses, which no tunnel may reach
 }
 
 type listener struct {
@@ -88,6 +89,7 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		shutdown: t.Shutdown.D(30 * time.Second),
 		ready:    make(chan struct{}),
 		addrs:    map[string]net.Addr{},
+		own:      &ownAddrs{},
 	}
 	c := newCore(up, logger)
 	c.maxReplay = cfg.Retry.MaxBodyBytes
@@ -155,7 +157,10 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 			if authority == nil {
 				return nil, config.Errorf("ca", "a forward listener needs a CA")
 			}
-			ln.fwd = newForward(c, table, l.Unmatched == config.UnmatchedTunnel, authority, t, logger.With("listener", l.Name))
+			nets, hosts, _ := config.ParseTunnelAllow(l.TunnelAllow) // validated by config
+			dest := &destPolicy{allowNets: nets, allowHosts: hosts, lookup: up.Lookup,
+				timeout: cfg.Upstream.DialTimeout.D(10 * time.Second), own: s.own}
+			ln.fwd = newForward(c, table, l.Unmatched == config.UnmatchedTunnel, dest, authority, t, logger.With("listener", l.Name))
 			handler = ln.fwd
 		}
 		ln.srv = &http.Server{
@@ -234,6 +239,11 @@ func (s *Server) Run(ctx context.Context) error {
 		l.ln = ln
 	}
 	s.mu.Lock()
+	bound := make([]net.Addr, 0, len(s.listeners))
+	for _, l := range s.listeners {
+		bound = append(bound, l.ln.Addr())
+	}
+	s.own.set(bound)
 	for _, l := range s.listeners {
 		s.addrs[l.name] = l.ln.Addr()
 		if sc, ok := l.srv.Handler.(*sidecar); ok {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"time"
 
@@ -37,6 +38,31 @@ type Set struct {
 	GRPC *GRPC
 	// Dial dials with the configured timeout and resolve pins.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	resolve map[string]string // upstream.resolve
+}
+
+type dialPinKey struct{}
+
+type dialPin struct{ hostport, addr string }
+
+// WithDialAddr returns a context under which a new connection to hostport
+// (host:port as a request names it) dials addr instead: an address the
+// caller resolved and checked, so that the one checked is the one dialled
+// (no second lookup that DNS could answer differently).
+func WithDialAddr(ctx context.Context, hostport, addr string) context.Context {
+	return context.WithValue(ctx, dialPinKey{}, dialPin{hostport, addr})
+}
+
+// Lookup resolves host as a dial would: an upstream.resolve pin, else DNS.
+func (u *Set) Lookup(ctx context.Context, host string) ([]netip.Addr, error) {
+	if to, ok := u.resolve[host]; ok {
+		host = trimBrackets(to)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{ip}, nil
+	}
+	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 }
 
 // New builds a Set from the upstream config. It reads ca_file.
@@ -57,6 +83,9 @@ func New(cfg config.Upstream) (*Set, error) {
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout.D(10 * time.Second), KeepAlive: 30 * time.Second}
 	resolve := cfg.Resolve
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if pin, ok := ctx.Value(dialPinKey{}).(dialPin); ok && pin.hostport == addr {
+			return dialer.DialContext(ctx, network, pin.addr)
+		}
 		if host, port, err := net.SplitHostPort(addr); err == nil {
 			if to, ok := resolve[host]; ok {
 				addr = net.JoinHostPort(trimBrackets(to), port)
@@ -85,7 +114,7 @@ func New(cfg config.Upstream) (*Set, error) {
 	}
 	h1 := base()
 	h1.Protocols.SetHTTP1(true)
-	u := &Set{TLS: base(), H1: &h1Fast{fallback: h1}, H2C: base(), Dial: dial}
+	u := &Set{TLS: base(), H1: &h1Fast{fallback: h1}, H2C: base(), Dial: dial, resolve: resolve}
 	u.TLS.Protocols.SetHTTP1(true)
 	u.TLS.Protocols.SetHTTP2(true)
 	u.H2C.Protocols.SetUnencryptedHTTP2(true)
