@@ -31,7 +31,9 @@ type destPolicy struct {
 // ownAddrs are the addresses the proxy's listeners are bound to (every
 // local address, for a listener on a wildcard address), set once bound: a
 // tunnel to one of them is a loop, whatever tunnel_allow says.
-type ownAddrs struct{ p atomic.Pointer[map[netip.AddrPort]bool] }
+type ownAddrs struct {
+	p atomic.Pointer[map[netip.AddrPort]bool]
+}
 
 func (o *ownAddrs) set(addrs []net.Addr) {
 	m := map[netip.AddrPort]bool{}
