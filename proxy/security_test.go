@@ -687,3 +687,78 @@ func TestRelayWellBehavedCancellationIsNotCutOff(t *testing.T) {
 		t.Errorf("the well-behaved connection was cut off")
 	}
 }
+
+// echoIssuer answers every request with its whole request (headers and
+// body) behind pad bytes of padding, as an error.
+func echoIssuer(pad *atomic.Int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var b strings.Builder
+		b.WriteString(strings.Repeat("x", int(pad.Load())))
+		fmt.Fprintf(&b, "%s %s\n", r.Method, r.RequestURI)
+		_ = r.Header.Write(&b)
+		b.Write(body)
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = io.WriteString(w, b.String())
+	})
+}
+
+// A secret never reaches the proxy's log or a client, whatever an issuer
+// echoes back: through the real proxy, for oauth2, odil and viss routes,
+// with the secret moved across the excerpt's cut point.
+func TestEchoingIssuerLeaksNothingThroughTheProxy(t *testing.T) {
+	const secret = `Cl1entS3cret/+&="<>%? never-logged`
+	e := newEnv(t)
+	var pad atomic.Int64
+	issuer := e.httpsUpstream(echoIssuer(&pad))
+	api := e.httpsUpstream(&credSink{})
+	e.injEnv.Cache = nil
+	p := e.start(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, auth.authproxy.test: 127.0.0.1}}
+token_cache: {min_backoff: 1ms, max_backoff: 2ms}
+injectors:
+  basic: {kind: oauth2, token_url: "https://auth.authproxy.test:%[2]s/token", client_id: {value: "app:id"}, client_secret: {value: %[3]q}}
+  post: {kind: oauth2, token_url: "https://auth.authproxy.test:%[2]s/token", client_id: {value: app}, client_secret: {value: %[3]q}, auth_style: client_secret_post}
+  odil:
+    kind: odil
+    base_url: "https://auth.authproxy.test:%[2]s"
+    username: {value: user}
+    password: {value: %[3]q}
+    sas: {key_name: {value: kn}, key: {value: %[3]q}}
+  viss: {kind: viss, agts_url: "https://auth.authproxy.test:%[2]s/agts", vin: VIN1, context: Independent+OEM+Cloud, proof: {value: %[3]q}}
+routes:
+  - {name: basic, match: {path: /basic/*}, injector: basic}
+  - {name: post, match: {path: /post/*}, injector: post}
+  - {name: odil, match: {path: /odil/*}, injector: odil}
+  - {name: viss, match: {path: /viss/*}, injector: viss}
+`, port(t, api.URL), port(t, issuer.URL), secret), nil, nil)
+	var bodies strings.Builder
+	for i := 0; i <= 250; i += 7 {
+		pad.Store(int64(i))
+		for _, route := range []string{"basic", "post", "odil", "viss"} {
+			time.Sleep(3 * time.Millisecond) // past the backoff: each request fetches
+			resp, err := h1Client().Get("http://" + p.addr("app") + "/" + route + "/x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusBadGateway {
+				t.Fatalf("%s: status %d %s, want a credential failure", route, resp.StatusCode, b)
+			}
+			bodies.Write(b)
+		}
+	}
+	logs := p.logs.String()
+	if !strings.Contains(logs, "xxxxxxxx") {
+		t.Fatalf("the issuer's echo never reached the log, so the test shows nothing:\n%.2000s", logs)
+	}
+	for i := 0; i+8 <= len(secret); i++ {
+		piece := secret[i : i+8]
+		if strings.Contains(logs, piece) || strings.Contains(bodies.String(), piece) {
+			t.Fatalf("%q of the secret reached the log or a client:\n%.3000s", piece, logs)
+		}
+	}
+}

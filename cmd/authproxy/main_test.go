@@ -258,3 +258,32 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// check names what is wrong with a config without showing a secret in it,
+// even where the secret is itself what is wrong.
+func TestCheckNeverShowsASecret(t *testing.T) {
+	const secret = `Ch3ckS3cret/+&="<>%? never-printed`
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: "127.0.0.1:0", upstream: "https://api.example.com"}
+injectors:
+  plain-url: {kind: oauth2, token_url: "http://auth.example.com/token", client_id: {value: app}, client_secret: {value: %[1]q}}
+  odil: {kind: odil, base_url: "https://odil.example.com", username: {value: u}, password: {value: %[1]q}, sas: {format: servicebus-b64key, key: {value: %[1]q}}}
+  static: {kind: static, headers: {"Bad Header": {value: %[1]q}, X-Ok: {value: %[1]q, prefix: "a\nb"}}}
+  viss: {kind: viss, agts_url: "https://agts.example.com", vin: VIN, context: "Nobody+OEM+Cloud", proof: {value: %[1]q}}
+  obd: {kind: openobd, endpoint: "grpc.openobd.com", client_id: {value: %[1]q}, client_secret: {value: %[1]q}}
+routes:
+  - {name: r, match: {path: /x/*}, injector: plain-url}
+`, secret)), 0o644)
+	_, errOut, code := runBinary(t, nil, "check", "-config", cfg)
+	if code != 1 || !strings.Contains(errOut, "problem(s)") {
+		t.Fatalf("check: %d %q", code, errOut)
+	}
+	for i := 0; i+8 <= len(secret); i++ {
+		if piece := secret[i : i+8]; strings.Contains(errOut, piece) {
+			t.Fatalf("check shows %q of a secret:\n%s", piece, errOut)
+		}
+	}
+}
