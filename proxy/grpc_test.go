@@ -104,7 +104,7 @@ func TestGRPCThroughSidecar(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			exerciseGRPC(t, conn, echo, true)
+			exerciseGRPC(t, conn, echo)
 		})
 	}
 }
@@ -123,15 +123,14 @@ func TestGRPCThroughForwardProxyWithHTTPSProxyEnv(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			exerciseGRPC(t, conn, echo, false)
+			exerciseGRPC(t, conn, echo)
 		})
 	}
 }
 
-// exerciseGRPC makes every kind of call the proxy must carry. headersFirst
-// checks that a stream's headers reach the client before any message (not
-// through the forward proxy: goproxy writes them with the first message).
-func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho, headersFirst bool) {
+// exerciseGRPC makes every kind of call the proxy must carry, and checks
+// that a stream's headers reach the client before any message.
+func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho) {
 	client := testpb.NewTestServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -193,23 +192,16 @@ func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho, heade
 		if err != nil {
 			t.Fatal(err)
 		}
-		if headersFirst {
-			// The client waits for the headers before it sends: the proxy
-			// must pass them on before any message.
-			if header, err = stream.Header(); err != nil {
-				t.Fatal(err)
-			}
+		// The client waits for the headers before it sends: the proxy must
+		// pass them on before any message.
+		if header, err = stream.Header(); err != nil {
+			t.Fatal(err)
 		}
 		if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("x")}}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := stream.Recv(); err != nil {
 			t.Fatal(err)
-		}
-		if !headersFirst {
-			if header, err = stream.Header(); err != nil {
-				t.Fatal(err)
-			}
 		}
 		_ = stream.CloseSend()
 		if _, err := stream.Recv(); err != io.EOF {
