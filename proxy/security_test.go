@@ -85,50 +85,100 @@ func rawRequest(t *testing.T, conn net.Conn, target, host string) int {
 	return resp.StatusCode
 }
 
-func TestTraversalNeverGetsACredential(t *testing.T) {
+// listenerWorld is the proxy with one listener of each kind in front of one
+// upstream handler, served over TLS as api.authproxy.test and over plain
+// HTTP as plain.authproxy.test: a sidecar (app), an h2c: relay sidecar
+// (relay), an h2c: grpc sidecar (grpc) and a forward listener (fwd). Every
+// route adds Authorization (the test's secret) and X-Api-Key, and strips
+// X-Client-Secret too.
+type listenerWorld struct {
+	e                 *env
+	p                 *running
+	upPort, plainPort string
+}
+
+// newListenerWorld serves h behind routes matching path on every listener.
+func newListenerWorld(t *testing.T, h http.Handler, path string) *listenerWorld {
 	e := newEnv(t)
-	sink := &credSink{}
-	up := e.httpsUpstream(sink)
-	plain := httptest.NewServer(sink)
+	up := e.httpsUpstream(h)
+	plain := httptest.NewServer(h)
 	t.Cleanup(plain.Close)
-	upPort, plainPort := port(t, up.URL), port(t, plain.URL)
-	p := e.start(fmt.Sprintf(`
+	w := &listenerWorld{e: e, upPort: port(t, up.URL), plainPort: port(t, plain.URL)}
+	w.p = e.start(fmt.Sprintf(`
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s"}
   - {name: relay, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s", h2c: relay}
+  - {name: grpc, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s", h2c: grpc}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}
 ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
 upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, plain.authproxy.test: 127.0.0.1}}
 injectors:
-  bearer: {kind: static, headers: {Authorization: {value: %[2]q, prefix: "Bearer "}}}
+  bearer:
+    kind: static
+    headers:
+      Authorization: {value: %[2]q, prefix: "Bearer "}
+      X-Api-Key: {value: key-1}
 routes:
-  - {name: api, listeners: [app, relay], match: {path: /api/*}, injector: bearer}
-  - {name: fwd-api, listeners: [fwd], match: {host: api.authproxy.test, path: /api/*}, injector: bearer}
-  - {name: fwd-plain, listeners: [fwd], match: {host: plain.authproxy.test, path: /api/*}, injector: bearer, allow_plaintext: true}
-`, upPort, secretToken), nil, nil)
+  - {name: api, listeners: [app, relay, grpc], match: {path: %[3]q}, injector: bearer, strip_headers: [X-Client-Secret]}
+  - {name: fwd-api, listeners: [fwd], match: {host: api.authproxy.test, path: %[3]q}, injector: bearer, strip_headers: [X-Client-Secret]}
+  - {name: fwd-plain, listeners: [fwd], match: {host: plain.authproxy.test, path: %[3]q}, injector: bearer, strip_headers: [X-Client-Secret], allow_plaintext: true}
+`, w.upPort, secretToken, path), nil, nil)
+	return w
+}
 
+// target is the intercepted host:port.
+func (w *listenerWorld) target() string { return "api.authproxy.test:" + w.upPort }
+
+// plainHost is the plain upstream's host:port, for absolute-URI requests.
+func (w *listenerWorld) plainHost() string { return "plain.authproxy.test:" + w.plainPort }
+
+// tcp dials a listener.
+func (w *listenerWorld) tcp(name string) func(t *testing.T) net.Conn {
+	return func(t *testing.T) net.Conn {
+		c, err := net.Dial("tcp", w.p.addr(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+}
+
+// intercepted is an HTTP/1.1 connection intercepted by the forward listener.
+func (w *listenerWorld) intercepted(t *testing.T) net.Conn {
+	c := connectTo(t, w.p.addr("fwd"), w.target())
+	return tls.Client(c, &tls.Config{ServerName: "api.authproxy.test", RootCAs: w.e.proxyCA, NextProtos: []string{"http/1.1"}})
+}
+
+// h2c and interceptedH2 are raw HTTP/2 connections to a sidecar listener
+// and through the forward listener.
+func (w *listenerWorld) h2c(name string) func(t *testing.T) *rawH2 {
+	return func(t *testing.T) *rawH2 { return dialH2C(t, w.p.addr(name)) }
+}
+
+func (w *listenerWorld) interceptedH2(t *testing.T) *rawH2 {
+	return dialInterceptedH2(t, w.p.addr("fwd"), w.target(), w.e.proxyCA)
+}
+
+func TestTraversalNeverGetsACredential(t *testing.T) {
+	sink := &credSink{}
+	w := newListenerWorld(t, sink, "/api/*")
+	p, e, upPort := w.p, w.e, w.upPort
 	fwdClient := func(h2 bool) *http.Client { return proxiedClient(p.addr("fwd"), &tlsRoots{e.proxyCA}, h2) }
 	kinds := []struct {
 		name string
 		get  func(t *testing.T, path string) int
 	}{
 		{"sidecar HTTP/1.1", func(t *testing.T, path string) int {
-			c, err := net.Dial("tcp", p.addr("app"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := w.tcp("app")(t)
 			defer c.Close()
 			return rawRequest(t, c, path, "localhost")
 		}},
 		{"sidecar h2c", func(t *testing.T, path string) int { return statusOf(t, h2cClient(), "http://"+p.addr("app")+path) }},
 		{"relay h2c", func(t *testing.T, path string) int { return statusOf(t, h2cClient(), "http://"+p.addr("relay")+path) }},
 		{"forward plain HTTP", func(t *testing.T, path string) int {
-			c, err := net.Dial("tcp", p.addr("fwd"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := w.tcp("fwd")(t)
 			defer c.Close()
-			return rawRequest(t, c, "http://plain.authproxy.test:"+plainPort+path, "plain.authproxy.test:"+plainPort)
+			return rawRequest(t, c, "http://"+w.plainHost()+path, w.plainHost())
 		}},
 		{"forward intercepted HTTP/1.1", func(t *testing.T, path string) int {
 			return statusOf(t, fwdClient(false), "https://api.authproxy.test:"+upPort+path)
@@ -137,20 +187,9 @@ routes:
 			return statusOf(t, fwdClient(true), "https://api.authproxy.test:"+upPort+path)
 		}},
 		{"forward intercepted, raw HTTP/1.1", func(t *testing.T, path string) int {
-			c, err := net.Dial("tcp", p.addr("fwd"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := w.intercepted(t)
 			defer c.Close()
-			target := "api.authproxy.test:" + upPort
-			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
-			if err != nil || resp.StatusCode != 200 {
-				t.Fatalf("CONNECT: %v %v", resp, err)
-			}
-			tc := tls.Client(c, &tls.Config{ServerName: "api.authproxy.test", RootCAs: e.proxyCA, NextProtos: []string{"http/1.1"}})
-			return rawRequest(t, tc, path, target)
+			return rawRequest(t, c, path, w.target())
 		}},
 	}
 	for _, k := range kinds {
@@ -276,31 +315,8 @@ func chunkedWithTrailers(target, host string, trailers [][2]string) string {
 // The headers stripped from a request's head are stripped from its
 // trailers too, on every listener; other trailers pass as sent.
 func TestCredentialTrailersAreStripped(t *testing.T) {
-	e := newEnv(t)
 	sink := &trailerSink{}
-	up := e.httpsUpstream(sink)
-	plain := httptest.NewServer(sink)
-	t.Cleanup(plain.Close)
-	upPort, plainPort := port(t, up.URL), port(t, plain.URL)
-	p := e.start(fmt.Sprintf(`
-listeners:
-  - {name: app, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s"}
-  - {name: relay, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s", h2c: relay}
-  - {name: fwd, kind: forward, address: 127.0.0.1:0}
-ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
-upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, plain.authproxy.test: 127.0.0.1}}
-injectors:
-  bearer:
-    kind: static
-    headers:
-      Authorization: {value: %[2]q, prefix: "Bearer "}
-      X-Api-Key: {value: key-1}
-routes:
-  - {name: api, listeners: [app, relay], match: {path: /v1/*}, injector: bearer, strip_headers: [X-Client-Secret]}
-  - {name: fwd-api, listeners: [fwd], match: {host: api.authproxy.test, path: /v1/*}, injector: bearer, strip_headers: [X-Client-Secret]}
-  - {name: fwd-plain, listeners: [fwd], match: {host: plain.authproxy.test, path: /v1/*}, injector: bearer, strip_headers: [X-Client-Secret], allow_plaintext: true}
-`, upPort, secretToken), nil, nil)
-
+	w := newListenerWorld(t, sink, "/v1/*")
 	h1 := func(dial func(t *testing.T) net.Conn, target, host string) func(*testing.T, [][2]string) (int, []byte) {
 		return func(t *testing.T, trailers [][2]string) (int, []byte) {
 			c := dial(t)
@@ -334,35 +350,16 @@ routes:
 			return a.status, a.body
 		}
 	}
-	tcp := func(addr string) func(t *testing.T) net.Conn {
-		return func(t *testing.T) net.Conn {
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return c
-		}
-	}
-	target := "api.authproxy.test:" + upPort
-	intercepted := func(t *testing.T) net.Conn {
-		c := tcp(p.addr("fwd"))(t)
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-		br := bufio.NewReader(c)
-		if resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"}); err != nil || resp.StatusCode != 200 {
-			t.Fatalf("CONNECT: %v %v", resp, err)
-		}
-		return tls.Client(c, &tls.Config{ServerName: "api.authproxy.test", RootCAs: e.proxyCA, NextProtos: []string{"http/1.1"}})
-	}
 	for _, k := range []struct {
 		name string
 		send func(*testing.T, [][2]string) (int, []byte)
 	}{
-		{"sidecar HTTP/1.1", h1(tcp(p.addr("app")), "/v1/x", "localhost")},
-		{"sidecar h2c", h2(func(t *testing.T) *rawH2 { return dialH2C(t, p.addr("app")) }, "http", "localhost")},
-		{"relay h2c", h2(func(t *testing.T) *rawH2 { return dialH2C(t, p.addr("relay")) }, "http", "localhost")},
-		{"forward plain HTTP/1.1", h1(tcp(p.addr("fwd")), "http://plain.authproxy.test:"+plainPort+"/v1/x", "plain.authproxy.test:"+plainPort)},
-		{"forward intercepted HTTP/1.1", h1(intercepted, "/v1/x", target)},
-		{"forward intercepted HTTP/2", h2(func(t *testing.T) *rawH2 { return dialInterceptedH2(t, p.addr("fwd"), target, e.proxyCA) }, "https", target)},
+		{"sidecar HTTP/1.1", h1(w.tcp("app"), "/v1/x", "localhost")},
+		{"sidecar h2c", h2(w.h2c("app"), "http", "localhost")},
+		{"relay h2c", h2(w.h2c("relay"), "http", "localhost")},
+		{"forward plain HTTP/1.1", h1(w.tcp("fwd"), "http://"+w.plainHost()+"/v1/x", w.plainHost())},
+		{"forward intercepted HTTP/1.1", h1(w.intercepted, "/v1/x", w.target())},
+		{"forward intercepted HTTP/2", h2(w.interceptedH2, "https", w.target())},
 	} {
 		t.Run(k.name, func(t *testing.T) {
 			for _, trailers := range [][][2]string{clientTrailers, clientTrailers[1:]} {
@@ -410,29 +407,8 @@ type headerListener struct {
 // Every listener refuses a header block over the one limit (1 MiB), never
 // forwards it, and never waits for the rest of an unfinished one.
 func TestHeaderBlockLimitOnEveryListener(t *testing.T) {
-	e := newEnv(t)
 	sink := &credSink{}
-	up := e.httpsUpstream(sink)
-	plain := httptest.NewServer(sink)
-	t.Cleanup(plain.Close)
-	upPort, plainPort := port(t, up.URL), port(t, plain.URL)
-	p := e.start(fmt.Sprintf(`
-listeners:
-  - {name: app, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s"}
-  - {name: relay, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s", h2c: relay}
-  - {name: grpc, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s", h2c: grpc}
-  - {name: fwd, kind: forward, address: 127.0.0.1:0}
-ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
-upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, plain.authproxy.test: 127.0.0.1}}
-injectors:
-  bearer: {kind: static, headers: {Authorization: {value: %[2]q, prefix: "Bearer "}}}
-routes:
-  - {name: api, listeners: [app, relay, grpc], match: {path: /*}, injector: bearer}
-  - {name: fwd-api, listeners: [fwd], match: {host: api.authproxy.test}, injector: bearer}
-  - {name: fwd-plain, listeners: [fwd], match: {host: plain.authproxy.test}, injector: bearer, allow_plaintext: true}
-`, upPort, secretToken), nil, nil)
-	target := "api.authproxy.test:" + upPort
-
+	w := newListenerWorld(t, sink, "/*")
 	h1 := func(dial func(t *testing.T) net.Conn, reqTarget, host string) func(*testing.T, int, bool) int {
 		return func(t *testing.T, size int, open bool) int {
 			c := dial(t)
@@ -482,27 +458,14 @@ routes:
 			return a.status
 		}
 	}
-	tcp := func(addr string) func(t *testing.T) net.Conn {
-		return func(t *testing.T) net.Conn {
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return c
-		}
-	}
-	intercepted := func(t *testing.T) net.Conn {
-		c := connectTo(t, p.addr("fwd"), target)
-		return tls.Client(c, &tls.Config{ServerName: "api.authproxy.test", RootCAs: e.proxyCA, NextProtos: []string{"http/1.1"}})
-	}
 	for _, k := range []headerListener{
-		{"sidecar HTTP/1.1", h1(tcp(p.addr("app")), "/x", "localhost")},
-		{"sidecar h2c", h2(func(t *testing.T) *rawH2 { return dialH2C(t, p.addr("app")) }, "http", "localhost")},
-		{"relay h2c", h2(func(t *testing.T) *rawH2 { return dialH2C(t, p.addr("relay")) }, "http", "localhost")},
-		{"h2c: grpc", h2(func(t *testing.T) *rawH2 { return dialH2C(t, p.addr("grpc")) }, "http", "localhost", "content-type", "application/grpc", "te", "trailers")},
-		{"forward plain HTTP/1.1", h1(tcp(p.addr("fwd")), "http://plain.authproxy.test:"+plainPort+"/x", "plain.authproxy.test:"+plainPort)},
-		{"forward intercepted HTTP/1.1", h1(intercepted, "/x", target)},
-		{"forward intercepted HTTP/2", h2(func(t *testing.T) *rawH2 { return dialInterceptedH2(t, p.addr("fwd"), target, e.proxyCA) }, "https", target)},
+		{"sidecar HTTP/1.1", h1(w.tcp("app"), "/x", "localhost")},
+		{"sidecar h2c", h2(w.h2c("app"), "http", "localhost")},
+		{"relay h2c", h2(w.h2c("relay"), "http", "localhost")},
+		{"h2c: grpc", h2(w.h2c("grpc"), "http", "localhost", "content-type", "application/grpc", "te", "trailers")},
+		{"forward plain HTTP/1.1", h1(w.tcp("fwd"), "http://"+w.plainHost()+"/x", w.plainHost())},
+		{"forward intercepted HTTP/1.1", h1(w.intercepted, "/x", w.target())},
+		{"forward intercepted HTTP/2", h2(w.interceptedH2, "https", w.target())},
 	} {
 		t.Run(k.name, func(t *testing.T) {
 			sink.requests.Store(0)

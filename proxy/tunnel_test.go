@@ -27,28 +27,19 @@ func countConns(srv *httptest.Server, n *atomic.Int64) {
 // connectStatus sends CONNECT target to the forward proxy at proxyAddr and
 // returns the status and body of its answer.
 func connectStatus(t *testing.T, proxyAddr, target string) (int, string) {
-	t.Helper()
-	c, err := net.Dial("tcp", proxyAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
-	if err != nil {
-		t.Fatalf("CONNECT %s: %v", target, err)
-	}
-	body := ""
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		body = string(b)
-	}
-	return resp.StatusCode, body
+	return proxyExchange(t, proxyAddr, fmt.Sprintf("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target), http.MethodConnect)
 }
 
 // absoluteStatus sends GET url (absolute form) to the forward proxy.
 func absoluteStatus(t *testing.T, proxyAddr, url string) (int, string) {
+	host := strings.SplitN(strings.TrimPrefix(url, "http://"), "/", 2)[0]
+	return proxyExchange(t, proxyAddr, fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", url, host), http.MethodGet)
+}
+
+// proxyExchange writes one request as given on a new connection to
+// proxyAddr and returns the answer's status and body (none for a CONNECT
+// that was accepted: the tunnel follows).
+func proxyExchange(t *testing.T, proxyAddr, request, method string) (int, string) {
 	t.Helper()
 	c, err := net.Dial("tcp", proxyAddr)
 	if err != nil {
@@ -56,11 +47,13 @@ func absoluteStatus(t *testing.T, proxyAddr, url string) (int, string) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	host := strings.SplitN(strings.TrimPrefix(url, "http://"), "/", 2)[0]
-	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", url, host)
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	_, _ = io.WriteString(c, request)
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
 	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+		t.Fatalf("%q: %v", request, err)
+	}
+	if method == http.MethodConnect && resp.StatusCode == http.StatusOK {
+		return resp.StatusCode, ""
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
