@@ -175,6 +175,20 @@ func TestTraversalNeverGetsACredential(t *testing.T) {
 		}},
 		{"sidecar h2c", func(t *testing.T, path string) int { return statusOf(t, h2cClient(), "http://"+p.addr("app")+path) }},
 		{"relay h2c", func(t *testing.T, path string) int { return statusOf(t, h2cClient(), "http://"+p.addr("relay")+path) }},
+		{"h2c: grpc", func(t *testing.T, path string) int {
+			// A gRPC call whose :path is the spelling: refused as
+			// INVALID_ARGUMENT (counted as 400), forwarded otherwise.
+			c := w.h2c("grpc")(t)
+			c.headers(1, request("POST", "http", "localhost", path, "content-type", "application/grpc", "te", "trailers"), true, false)
+			a := c.read(1)
+			if a.status == http.StatusOK && a.header.Get("grpc-status") == "3" {
+				return http.StatusBadRequest
+			}
+			if a.status == 0 {
+				t.Fatalf("%s: no answer: %+v", path, a)
+			}
+			return http.StatusOK
+		}},
 		{"forward plain HTTP", func(t *testing.T, path string) int {
 			c := w.tcp("fwd")(t)
 			defer c.Close()
@@ -393,6 +407,28 @@ func TestCredentialTrailersAreStripped(t *testing.T) {
 			}
 		})
 	}
+	// h2c: grpc: grpc-go's server takes a call's trailing HEADERS as the end
+	// of the stream and hands no trailer on; nothing of them goes upstream.
+	t.Run("h2c: grpc", func(t *testing.T) {
+		before := sink.requests.Load()
+		c := w.h2c("grpc")(t)
+		var decl []string
+		var tr []hpack.HeaderField
+		for _, kv := range clientTrailers {
+			decl = append(decl, kv[0])
+			tr = append(tr, hpack.HeaderField{Name: kv[0], Value: kv[1]})
+		}
+		c.headers(1, request("POST", "http", "localhost", "/v1/Call", "content-type", "application/grpc", "te", "trailers", "trailer", strings.Join(decl, ", ")), false, false)
+		c.data(1, []byte{0, 0, 0, 0, 5, 'h', 'e', 'l', 'l', 'o'}, false)
+		c.headers(1, tr, true, false)
+		c.read(1)
+		if sink.requests.Load() == before {
+			t.Fatal("the call never reached the upstream, so the test shows nothing")
+		}
+		if leak, _ := sink.leaked.Load().(string); leak != "" {
+			t.Fatalf("the upstream received the trailer %s", leak)
+		}
+	})
 }
 
 // headerListener is one way into the proxy for the header-limit test: it
