@@ -92,6 +92,12 @@ type PathParamUser interface {
 	PathParams() []string
 }
 
+// StartWarner is implemented by injectors whose configuration is allowed
+// but risky (a plain-HTTP issuer): the proxy logs each warning at start.
+type StartWarner interface {
+	StartWarnings() []string
+}
+
 // Runner is implemented by injectors with background work (token refresh,
 // token streams). The proxy calls Run once; it returns when ctx ends.
 type Runner interface {

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/tokencache"
@@ -34,8 +35,8 @@ import (
 // it is exchanged there for an access token.
 type VISSConfig struct {
 	Kind    string `yaml:"kind"`
-	AGTSURL string `yaml:"agts_url"` // the AGTS endpoint, such as https://agts.example.com:7500/agts
-	ATSURL  string `yaml:"ats_url"`  // the ATS endpoint (optional), such as https://ats.example.com:8600/ats
+	AGTSURL string `yaml:"agts_url"` // the AGTS endpoint, such as https://agts.example.com:7443/agts
+	ATSURL  string `yaml:"ats_url"`  // the ATS endpoint (optional), such as https://ats.example.com:8443/ats
 	// VIN is a template: a literal, {name} (a path value), {header:Name}.
 	VIN     string              `yaml:"vin"`
 	Context string              `yaml:"context"` // user+app+device roles, such as Independent+OEM+Cloud
@@ -47,6 +48,15 @@ type VISSConfig struct {
 	ATLifetime config.Duration `yaml:"at_lifetime"`
 	Header     string          `yaml:"header"` // default Authorization
 	Prefix     *string         `yaml:"prefix"` // default "Bearer "
+	// MaxConcurrentRequests bounds the requests in flight to each issuer
+	// (AGTS, ATS) at once (default 1): the reference AGTS mixes up
+	// concurrent requests. Waiting requests go in order, within the token
+	// cache's fetch_timeout.
+	MaxConcurrentRequests int `yaml:"max_concurrent_requests"`
+	// AllowPlaintextIssuer permits http:// AGTS and ATS URLs (the
+	// reference's default ports 7500 and 8600 on a vehicle network): the
+	// proof and the tokens then travel in the clear. Logged at start.
+	AllowPlaintextIssuer bool `yaml:"allow_plaintext_issuer"`
 }
 
 // VISSLongTerm configures proof of possession.
@@ -58,7 +68,9 @@ type VISSLongTerm struct {
 	// reference server reads claims as strings) or a "number" (RFC 9449).
 	ClaimEncoding string `yaml:"claim_encoding"`
 	AGTSAudience  string `yaml:"agts_audience"` // PoP aud to the AGTS, default vissv2/agts
-	ATSAudience   string `yaml:"ats_audience"`  // PoP aud to the ATS, default vissv2/ats
+	// ATSAudience is the PoP aud to the ATS, default vissv2/agts: the
+	// reference ATS checks the AGTS's audience (atServer.go validatePop).
+	ATSAudience string `yaml:"ats_audience"`
 }
 
 // VISS injects a VISS access token (or AGT). It is safe for concurrent use.
@@ -81,7 +93,10 @@ type VISS struct {
 	key       *ecdsa.PrivateKey
 	keyErr    error
 	numberIat bool
-	secrets   scrubber // the proof, in each encoding
+	secrets   scrubber            // the proof, in each encoding
+	agtsSlots *semaphore.Weighted // requests in flight to the AGTS
+	atsSlots  *semaphore.Weighted // ... and to the ATS
+	warnings  []string
 }
 
 var (
@@ -89,6 +104,7 @@ var (
 	_ ResponseObserver = (*VISS)(nil)
 	_ Runner           = (*VISS)(nil)
 	_ PathParamUser    = (*VISS)(nil)
+	_ StartWarner      = (*VISS)(nil)
 )
 
 // VISS roles, as the reference AGTS accepts them.
@@ -117,8 +133,10 @@ func NewVISS(name string, cfg VISSConfig, env Env) (*VISS, error) {
 			}
 		case err != nil || u.Host == "":
 			add(path, "%q is not an absolute URL", s)
+		case u.Scheme == "http" && cfg.AllowPlaintextIssuer:
+			v.warnings = append(v.warnings, fmt.Sprintf("injector %q: %s is plain HTTP (allow_plaintext_issuer): the proof of context and the tokens travel unencrypted", name, path))
 		case u.Scheme != "https":
-			add(path, "must be https")
+			add(path, "must be https (or set allow_plaintext_issuer: true for a plain-HTTP issuer on a trusted network)")
 		}
 		return s
 	}
@@ -160,7 +178,7 @@ func NewVISS(name string, cfg VISSConfig, env Env) (*VISS, error) {
 			lt.AGTSAudience = "vissv2/agts"
 		}
 		if lt.ATSAudience == "" {
-			lt.ATSAudience = "vissv2/ats"
+			lt.ATSAudience = "vissv2/agts"
 		}
 	}
 	v.header = http.CanonicalHeaderKey(cfg.Header)
@@ -173,6 +191,14 @@ func NewVISS(name string, cfg VISSConfig, env Env) (*VISS, error) {
 	if cfg.Prefix != nil {
 		v.prefix = *cfg.Prefix
 	}
+	slots := cfg.MaxConcurrentRequests
+	if slots < 0 {
+		add("max_concurrent_requests", "must not be negative")
+	}
+	if slots <= 0 {
+		slots = 1
+	}
+	v.agtsSlots, v.atsSlots = semaphore.NewWeighted(int64(slots)), semaphore.NewWeighted(int64(slots))
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -211,9 +237,28 @@ func (v *VISS) Inject(req *Request) error {
 	return nil
 }
 
-// ObserveResponse implements ResponseObserver: a 401 drops the token sent.
+// StartWarnings implements StartWarner.
+func (v *VISS) StartWarnings() []string { return v.warnings }
+
+// maxErrorPeek bounds the response body read for a token error: the
+// reference's error answers are well under 1 KiB.
+const maxErrorPeek = 16 << 10
+
+// ObserveResponse implements ResponseObserver: a 401, or a token error in
+// a 200 body as the reference data server sends it
+// ({"error":{"number":"401","reason":"invalid_token",…}}), drops the
+// token sent, so the request is sent once more with a new one (the AGT is
+// kept while it is valid). Only a complete body of at most maxErrorPeek
+// bytes (a known Content-Length) is read; it goes on to the client whole.
+// A refusal for the purpose ("Permission denied…") is not a dead token.
 func (v *VISS) ObserveResponse(req *Request, resp *http.Response) bool {
-	if resp.StatusCode != http.StatusUnauthorized {
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized:
+	case resp.StatusCode == http.StatusOK && resp.ContentLength > 0 && resp.ContentLength <= maxErrorPeek:
+		if !vissTokenError(peekBody(resp, resp.ContentLength)) {
+			return false
+		}
+	default:
 		return false
 	}
 	vin, err := v.vin.render(req)
@@ -227,8 +272,25 @@ func (v *VISS) ObserveResponse(req *Request, resp *http.Response) bool {
 	return v.cache.Invalidate(key, strings.TrimPrefix(req.Header.Get(v.header), v.prefix))
 }
 
-// ObservesHeadOnly implements HeadObserver.
-func (v *VISS) ObservesHeadOnly() {}
+// vissTokenError reports whether a data server's answer says the token
+// is dead (invalid, expired, revoked: the reference answers every one with
+// reason invalid_token and a message saying which), rather than refused
+// for what it may read.
+func vissTokenError(body []byte) bool {
+	var r struct {
+		Error *struct {
+			Number  json.RawMessage `json:"number"`
+			Reason  string          `json:"reason"`
+			Message string          `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &r) != nil || r.Error == nil {
+		return false
+	}
+	n := strings.Trim(string(r.Error.Number), `" `)
+	return n == "401" && (r.Error.Reason == "invalid_token" || r.Error.Reason == "expired_token") &&
+		!strings.HasPrefix(r.Error.Message, "Permission denied")
+}
 
 func (v *VISS) agtEntry(vin string) (string, tokencache.FetchFunc) {
 	return v.name + "\x00agt\x00" + vin + "\x00" + v.context, func(ctx context.Context) (tokencache.Token, error) {
@@ -249,87 +311,126 @@ func (v *VISS) atEntry(vin string) (string, tokencache.FetchFunc) {
 
 // fetchAGT asks the AGTS for an access grant token.
 func (v *VISS) fetchAGT(ctx context.Context, vin string) (tokencache.Token, error) {
-	body := map[string]string{"vin": vin, "context": v.context, "proof": v.proof.Reveal()}
-	header := http.Header{}
-	if v.longTerm != nil {
+	tok, err := v.post(ctx, "AGTS", v.agtsURL, v.agtsSlots, func() (http.Header, map[string]string, []string, error) {
+		body := map[string]string{"vin": vin, "context": v.context, "proof": v.proof.Reveal()}
+		header := http.Header{}
+		if v.longTerm == nil {
+			return header, body, nil, nil
+		}
 		pop, thumb, err := v.pop(v.longTerm.AGTSAudience)
 		if err != nil {
-			return tokencache.Token{}, fmt.Errorf("%w: injector %q: proof of possession: %v", ErrCredentialUnavailable, v.name, err)
+			return nil, nil, nil, err
 		}
-		header.Set("PoP", pop)
+		header.Set("PoP", pop) // its presence is what makes the AGT long-term
 		body["key"] = thumb
-	}
-	var r struct{ Token, Error string }
-	if err := v.post(ctx, "AGTS", v.agtsURL, header, body, &r, header.Get("PoP")); err != nil {
+		return header, body, []string{pop}, nil
+	})
+	if err != nil {
 		return tokencache.Token{}, err
 	}
-	exp, err := jwtExpiry(r.Token)
+	exp, err := jwtExpiry(tok)
 	if err != nil {
 		return tokencache.Token{}, fmt.Errorf("%w: injector %q: the AGTS's token: %v", ErrCredentialUnavailable, v.name, err)
 	}
-	return tokencache.Token{Value: config.NewSecret(r.Token), Expiry: exp}, nil
+	return tokencache.Token{Value: config.NewSecret(tok), Expiry: exp}, nil
 }
 
-// exchange trades an AGT for an access token at the ATS.
+// exchange trades an AGT for an access token at the ATS: {"action":
+// "at-request", "agToken", "purpose", "pop"} (the reference answers a
+// request without the action as unknown).
 func (v *VISS) exchange(ctx context.Context, agt string) (tokencache.Token, error) {
-	body := map[string]string{"purpose": v.purpose, "agToken": agt}
-	if v.longTerm != nil {
+	tok, err := v.post(ctx, "ATS", v.atsURL, v.atsSlots, func() (http.Header, map[string]string, []string, error) {
+		body := map[string]string{"action": "at-request", "purpose": v.purpose, "agToken": agt}
+		if v.longTerm == nil {
+			return nil, body, []string{agt}, nil
+		}
+		// Signed now, as the request leaves: the reference ATS takes a PoP
+		// at most ~8 s old.
 		pop, _, err := v.pop(v.longTerm.ATSAudience)
 		if err != nil {
-			return tokencache.Token{}, fmt.Errorf("%w: injector %q: proof of possession: %v", ErrCredentialUnavailable, v.name, err)
+			return nil, nil, nil, err
 		}
 		body["pop"] = pop
-	}
-	var r struct{ Token, Error string }
-	if err := v.post(ctx, "ATS", v.atsURL, nil, body, &r, agt, body["pop"]); err != nil {
+		return nil, body, []string{agt, pop}, nil
+	})
+	if err != nil {
 		return tokencache.Token{}, err
 	}
-	exp, err := jwtExpiry(r.Token)
+	exp, err := jwtExpiry(tok)
 	if err != nil { // an opaque access token: the configured lifetime
 		exp = v.now().Add(v.atLife)
 	}
-	return tokencache.Token{Value: config.NewSecret(r.Token), Expiry: exp}, nil
+	return tokencache.Token{Value: config.NewSecret(tok), Expiry: exp}, nil
 }
 
-// post sends a JSON request and decodes {"token"} or {"error"}; an error
-// field is a failure whatever the status (the reference AGTS answers 201).
-// sent are the request's own credentials (an AGT, a proof of possession),
-// scrubbed from what the issuer answers, as the proof is.
-func (v *VISS) post(ctx context.Context, what, target string, header http.Header, body map[string]string, out *struct{ Token, Error string }, sent ...string) error {
+// post sends one JSON request to an issuer, within its slots: build makes
+// the request (its headers, its body, and the credentials in it that an
+// echo must not show) once a slot is held, so that a proof of possession
+// is signed as the request leaves, not while it waits. It returns the
+// token of {"token"} (AGTS) or {"aToken"} (ATS). An "error" field is a
+// refusal whatever the status (the reference answers 201), and so is the
+// ATS's {"action":"unknown","status":"401-Bad request"}.
+func (v *VISS) post(ctx context.Context, what, target string, slots *semaphore.Weighted,
+	build func() (http.Header, map[string]string, []string, error)) (string, error) {
+	endpoint := endpointOf(target)
+	if err := slots.Acquire(ctx, 1); err != nil {
+		return "", issuerErr(v.name, what+" request to "+endpoint+" (waiting for the one before it)", err, nil)
+	}
+	defer slots.Release(1)
+	header, body, sent, err := build()
+	if err != nil {
+		return "", fmt.Errorf("%w: injector %q: proof of possession: %v", ErrCredentialUnavailable, v.name, err)
+	}
 	b, _ := json.Marshal(body)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(b))
 	if err != nil {
-		return fmt.Errorf("%w: injector %q: %v", ErrCredentialUnavailable, v.name, err)
+		return "", fmt.Errorf("%w: injector %q: %v", ErrCredentialUnavailable, v.name, err)
 	}
 	for k, vs := range header {
 		req.Header[k] = vs
 	}
 	req.Header.Set("Content-Type", "application/json")
-	endpoint := endpointOf(target)
 	resp, err := v.client.Do(req)
 	if err != nil {
-		return issuerErr(v.name, what+" request to "+endpoint, err, func(msg string) string { return v.secrets.scrub(msg, sent...) })
+		return "", issuerErr(v.name, what+" request to "+endpoint, err, func(msg string) string { return v.secrets.scrub(msg, sent...) })
 	}
 	defer resp.Body.Close()
 	if isRedirect(resp) {
-		return redirectErr(v.name, what+" "+endpoint, resp)
+		return "", redirectErr(v.name, what+" "+endpoint, resp)
 	}
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse))
-	jsonErr := json.Unmarshal(data, out)
+	var out struct {
+		Action, Token, AToken, Status string
+		Error                         json.RawMessage
+	}
+	jsonErr := json.Unmarshal(data, &out)
+	tok := out.AToken
+	if tok == "" {
+		tok = out.Token
+	}
 	switch {
-	case out.Error != "":
-		return fmt.Errorf("%w: injector %q: %s %s answered %s with error: %s",
-			ErrCredentialRejected, v.name, what, endpoint, resp.Status, v.secrets.excerpt([]byte(out.Error), sent...))
+	case len(out.Error) > 0 && string(out.Error) != "null" && string(out.Error) != `""`:
+		msg := string(out.Error)
+		var str string
+		if json.Unmarshal(out.Error, &str) == nil {
+			msg = str
+		}
+		return "", fmt.Errorf("%w: injector %q: %s %s answered %s with error: %s",
+			ErrCredentialRejected, v.name, what, endpoint, resp.Status, v.secrets.excerpt([]byte(msg), sent...))
+	case out.Action == "unknown":
+		return "", fmt.Errorf("%w: injector %q: %s %s answered %s: action unknown (%s)",
+			ErrCredentialRejected, v.name, what, endpoint, resp.Status, v.secrets.excerpt([]byte(out.Status), sent...))
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
 		kind := ErrCredentialUnavailable
-		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusBadRequest {
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusBadRequest ||
+			resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
 			kind = ErrCredentialRejected
 		}
-		return fmt.Errorf("%w: injector %q: %s %s answered %s: %s", kind, v.name, what, endpoint, resp.Status, v.secrets.excerpt(data, sent...))
-	case jsonErr != nil || out.Token == "":
-		return fmt.Errorf("%w: injector %q: %s %s answered %s without a token", ErrCredentialUnavailable, v.name, what, endpoint, resp.Status)
+		return "", fmt.Errorf("%w: injector %q: %s %s answered %s: %s", kind, v.name, what, endpoint, resp.Status, v.secrets.excerpt(data, sent...))
+	case jsonErr != nil || tok == "":
+		return "", fmt.Errorf("%w: injector %q: %s %s answered %s without a token", ErrCredentialUnavailable, v.name, what, endpoint, resp.Status)
 	}
-	return nil
+	return tok, nil
 }
 
 // jwtExpiry reads a JWT's exp claim, a JSON number or a string holding one.

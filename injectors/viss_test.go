@@ -7,6 +7,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/authproxy/authproxy/sim"
 	"github.com/authproxy/authproxy/tokencache"
@@ -150,5 +153,118 @@ func TestVISSConfigErrors(t *testing.T) {
 		if !strings.Contains(msg, want) {
 			t.Errorf("missing %q in:\n%s", want, msg)
 		}
+	}
+}
+
+// The ATS request carries action at-request, and the reference's answer to
+// one without it is a refusal of the proxy's own request, not an outage;
+// the token comes back as aToken.
+func TestVISSExchangeSpeaksTheReferenceATS(t *testing.T) {
+	var lastBody map[string]string
+	answer := `{"action":"unknown","status":"401-Bad request"}`
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/agts" {
+			w.WriteHeader(201)
+			fmt.Fprintf(w, `{"action":"agt-request","token":%q}`, fakeAGT())
+			return
+		}
+		json.NewDecoder(r.Body).Decode(&lastBody)
+		w.WriteHeader(201)
+		io.WriteString(w, answer)
+	}))
+	defer srv.Close()
+	build := func() *VISS {
+		v, err := NewVISS("viss", VISSConfig{AGTSURL: srv.URL + "/agts", ATSURL: srv.URL + "/ats", VIN: "V", Context: "Independent+OEM+Cloud",
+			Proof: secretValue("ABC"), Purpose: "pay-how-you-drive", LongTerm: &VISSLongTerm{KeyFile: filepath.Join(t.TempDir(), "k.pem")}},
+			Env{Cache: tokencache.New(tokencache.Options{}), HTTPClient: srv.Client()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	err := build().Inject(newRequest(t, "https://viss.example/Vehicle/Speed", nil))
+	if !errors.Is(err, ErrCredentialRejected) || !strings.Contains(err.Error(), "action unknown (401-Bad request)") {
+		t.Errorf("unknown action: %v, want a rejection naming the status", err)
+	}
+	if lastBody["action"] != "at-request" || lastBody["agToken"] == "" || lastBody["purpose"] != "pay-how-you-drive" || lastBody["pop"] == "" {
+		t.Errorf("ATS request body %v", lastBody)
+	}
+	parts := strings.Split(lastBody["pop"], ".")
+	claims, _ := base64.RawURLEncoding.DecodeString(parts[1])
+	if !strings.Contains(string(claims), `"aud":"vissv2/agts"`) {
+		t.Errorf("the ATS PoP has claims %s; the reference ATS checks aud vissv2/agts", claims)
+	}
+	answer = `{"action":"at-request","aToken":"the-access-token"}`
+	req := newRequest(t, "https://viss.example/Vehicle/Speed", nil)
+	if err := build().Inject(req); err != nil || req.Header.Get("Authorization") != "Bearer the-access-token" {
+		t.Errorf("aToken: %v %q", err, req.Header.Get("Authorization"))
+	}
+}
+
+// A plain-HTTP issuer is refused unless allow_plaintext_issuer says so,
+// and then it is a start warning.
+func TestVISSPlaintextIssuerIsExplicit(t *testing.T) {
+	env := Env{Cache: tokencache.New(tokencache.Options{}), HTTPClient: http.DefaultClient}
+	cfg := VISSConfig{AGTSURL: "http://10.0.0.5:7500/agts", ATSURL: "http://10.0.0.5:8600/ats", VIN: "V", Context: "Independent+OEM+Cloud",
+		Proof: secretValue("ABC"), Purpose: "fuel-status"}
+	_, err := NewVISS("viss", cfg, env)
+	if err == nil || !strings.Contains(err.Error(), "agts_url: must be https (or set allow_plaintext_issuer") || !strings.Contains(err.Error(), "ats_url: must be https") {
+		t.Errorf("plain issuers without the opt-in: %v", err)
+	}
+	cfg.AllowPlaintextIssuer = true
+	v, err := NewVISS("viss", cfg, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := v.StartWarnings(); len(w) != 2 || !strings.Contains(w[0], "agts_url is plain HTTP") {
+		t.Errorf("warnings %q", w)
+	}
+}
+
+// A 200 answer whose small body says the token is dead drops it; one that
+// refuses the purpose, a large body and a body of unknown length do not.
+func TestVISSTokenErrorIn200Body(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		body  string
+		size  int64
+		retry bool
+	}{
+		{"invalid token", `{"error":{"number":"401","reason":"invalid_token","message":"Invalid Access Token Signature. "},"ts":"x"}`, -2, true},
+		{"number as a number", `{"error":{"number":401,"reason":"expired_token","message":"expired"}}`, -2, true},
+		{"purpose refused", `{"error":{"number":"401","reason":"invalid_token","message":"Permission denied. Purpose does not match signals requested. "}}`, -2, false},
+		{"data", `{"data":{"path":"Vehicle.Speed","dp":{"value":"42"}}}`, -2, false},
+		{"unknown length", `{"error":{"number":"401","reason":"invalid_token","message":"x"}}`, -1, false},
+		{"over the peek bound", `{"error":{"number":"401","reason":"invalid_token","message":"x"}}`, maxErrorPeek + 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := sim.NewClock(time.Now())
+			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(201)
+				fmt.Fprintf(w, `{"action":"agt-request","token":%q}`, fakeAGT())
+			}))
+			defer srv.Close()
+			v, err := NewVISS("viss", VISSConfig{AGTSURL: srv.URL + "/agts", VIN: "V", Context: "Independent+OEM+Cloud", Proof: secretValue("ABC")},
+				Env{Cache: tokencache.New(tokencache.Options{Now: clock.Now}), HTTPClient: srv.Client(), Now: clock.Now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := newRequest(t, "https://viss.example/Vehicle/Speed", nil)
+			if err := v.Inject(req); err != nil {
+				t.Fatal(err)
+			}
+			clock.Advance(2 * time.Second)
+			size := tc.size
+			if size == -2 {
+				size = int64(len(tc.body))
+			}
+			resp := &http.Response{StatusCode: 200, ContentLength: size, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(tc.body))}
+			if got := v.ObserveResponse(req, resp); got != tc.retry {
+				t.Errorf("retry = %v, want %v", got, tc.retry)
+			}
+			if rest, _ := io.ReadAll(resp.Body); string(rest) != tc.body {
+				t.Errorf("the client would get %q, not the whole body", rest)
+			}
+		})
 	}
 }

@@ -45,6 +45,7 @@ type Server struct {
 	up        *transport.Set
 	listeners []*listener
 	runners   []injectors.Runner
+	warnings  []string // injectors' StartWarnings, logged by Run
 	shutdown  time.Duration
 
 	ready chan struct{}
@@ -179,6 +180,9 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 
 	seen := map[injectors.Runner]bool{}
 	for _, name := range slices.Sorted(maps.Keys(injs)) {
+		if w, ok := injs[name].(injectors.StartWarner); ok {
+			s.warnings = append(s.warnings, w.StartWarnings()...)
+		}
 		if r, ok := injs[name].(injectors.Runner); ok && !seen[r] {
 			seen[r] = true
 			s.runners = append(s.runners, r)
@@ -256,6 +260,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	close(s.ready)
 
+	for _, w := range s.warnings {
+		s.log.Warn(w)
+	}
 	runCtx, stopRunners := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	// One slot per server that may report a failure, so none blocks: an

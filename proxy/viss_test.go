@@ -1,11 +1,16 @@
 package proxy_test
 
 import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,133 +19,191 @@ import (
 	"github.com/authproxy/authproxy/tokencache"
 )
 
-func TestVISSShortAndLongTermThroughSidecarAndForward(t *testing.T) {
+// vissWorld is the reference deployment: AGTS, ATS and data server on
+// three TLS ports of viss.authproxy.test, a sidecar and a forward listener
+// in front of the data server.
+type vissWorld struct {
+	viss  *sim.VISS
+	clock *sim.Clock
+	p     *running
+	data  string // the data server's port
+	e     *env
+}
+
+func newVISSWorld(t *testing.T, shared bool) *vissWorld {
 	e := newEnv(t)
-	clock := sim.NewClock(time.Now())
-	viss := sim.NewVISS()
-	viss.Now = clock.Now
-	viss.AcceptAGT = true
-	up := e.httpsUpstream(viss)
-	vport := port(t, up.URL)
-	e.injEnv = injectors.Env{Now: clock.Now, Cache: tokencache.New(tokencache.Options{Now: clock.Now, ScanInterval: 10 * time.Millisecond})}
-	p := e.start(fmt.Sprintf(`
+	w := &vissWorld{viss: sim.NewVISS(), clock: sim.NewClock(time.Now()), e: e}
+	w.viss.Now = w.clock.Now
+	w.viss.SharedChannel = shared
+	t.Cleanup(w.viss.Close)
+	agts, ats, data := e.httpsUpstream(w.viss.AGTS()), e.httpsUpstream(w.viss.ATS()), e.httpsUpstream(w.viss.Data())
+	w.data = port(t, data.URL)
+	e.injEnv = injectors.Env{Now: w.clock.Now, Cache: tokencache.New(tokencache.Options{Now: w.clock.Now,
+		MinBackoff: time.Second, FetchTimeout: 10 * time.Second, ScanInterval: 10 * time.Millisecond})}
+	w.p = e.start(fmt.Sprintf(`
 listeners:
-  - {name: app, kind: sidecar, address: 127.0.0.1:0, host: viss.authproxy.test, upstream: "https://viss.authproxy.test:%[1]s"}
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, host: viss.authproxy.test, upstream: "https://viss.authproxy.test:%[3]s"}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}
 ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
 upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {viss.authproxy.test: 127.0.0.1}}
 injectors:
-  short:
+  fleet:
     kind: viss
     agts_url: "https://viss.authproxy.test:%[1]s/agts"
-    ats_url: "https://viss.authproxy.test:%[1]s/ats"
-    vin: "{vin}"
+    ats_url: "https://viss.authproxy.test:%[2]s/ats"
+    vin: "{header:X-Vin}"
     context: Independent+OEM+Cloud
     proof: {value: ABC}
-    purpose: fuel-status
-  long:
-    kind: viss
-    agts_url: "https://viss.authproxy.test:%[1]s/agts"
-    ats_url: "https://viss.authproxy.test:%[1]s/ats"
-    vin: "{header:X-Vin}"
-    context: Owner+Third party+Nomadic
-    proof: {value: ABC}
-    purpose: fuel-status
-    long_term: {key_file: %[2]q}
-  wrong-proof:
-    kind: viss
-    agts_url: "https://viss.authproxy.test:%[1]s/agts"
-    vin: GEO001
-    context: Dealer+OEM+Vehicle
-    proof: {value: not-the-proof}
-  agt-only:
-    kind: viss
-    agts_url: "https://viss.authproxy.test:%[1]s/agts"
-    vin: GEO001
-    context: Dealer+OEM+Vehicle
-    proof: {value: ABC}
+    purpose: pay-how-you-drive
+    long_term: {key_file: %[4]q}
 routes:
-  - {name: short, match: {host: viss.authproxy.test, path: "/short/{vin}/*"}, injector: short}
-  - {name: long, match: {host: viss.authproxy.test, path: "/long/*"}, injector: long}
-  - {name: agt-only, match: {host: viss.authproxy.test, path: "/agt/*"}, injector: agt-only}
-  - {name: wrong-proof, match: {host: viss.authproxy.test, path: "/wrong/*"}, injector: wrong-proof}
-`, vport, filepath.Join(e.dir, "viss-key.pem")), nil, nil)
+  - {name: vehicle, match: {host: viss.authproxy.test, path: "/Vehicle/*"}, injector: fleet}
+`, port(t, agts.URL), port(t, ats.URL), w.data, filepath.Join(e.dir, "viss-key.pem")), nil, nil)
+	return w
+}
 
-	clients := map[string]struct {
-		c    *http.Client
-		base string
-	}{
-		"sidecar": {h1Client(), "http://" + p.addr("app")},
-		"forward": {proxiedClient(p.addr("fwd"), &tlsRoots{e.proxyCA}, true), "https://viss.authproxy.test:" + vport},
+// get reads a signal through the sidecar or the forward listener and
+// returns the status and body the client got.
+func (w *vissWorld) get(t *testing.T, mode, path, vin string) (int, string) {
+	t.Helper()
+	c, base := h1Client(), "http://"+w.p.addr("app")
+	if mode == "forward" {
+		c, base = proxiedClient(w.p.addr("fwd"), &tlsRoots{w.e.proxyCA}, true), "https://viss.authproxy.test:"+w.data
 	}
-	get := func(t *testing.T, mode, path, vin string) {
-		t.Helper()
-		req, _ := http.NewRequest("GET", clients[mode].base+path, nil)
-		if vin != "" {
-			req.Header.Set("X-Vin", vin)
-		}
-		resp, err := clients[mode].c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.Contains(string(b), `"value":"42"`) {
-			t.Fatalf("%s %s: %d %s", mode, path, resp.StatusCode, b)
-		}
-	}
-	for _, mode := range []string{"sidecar", "forward"} {
-		t.Run(mode, func(t *testing.T) {
-			for i := 0; i < 3; i++ {
-				get(t, mode, "/short/VIN-A/Vehicle/Speed", "")
-				get(t, mode, "/short/VIN-B/Vehicle/Speed", "")
-				get(t, mode, "/long/Vehicle/Powertrain/FuelLevel", "VIN-C")
-				get(t, mode, "/agt/Vehicle/Speed", "")
-			}
-		})
-	}
-	// One AGT per (VIN, context): A, B (short), C (long), GEO001 (AGT only);
-	// one access token per AGT and purpose.
-	if a, x := viss.AGTRequests(), viss.ATSRequests(); a != 4 || x != 3 {
-		t.Errorf("%d AGT and %d ATS requests, want 4 and 3", a, x)
-	}
-	// The AGTS refuses the proof with HTTP 201 and an error body: the client
-	// gets a clear error, not a request without its token.
-	resp, err := h1Client().Get("http://" + p.addr("app") + "/wrong/Vehicle/Speed")
+	req, _ := http.NewRequest("GET", base+path, nil)
+	req.Header.Set("X-Vin", vin)
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), `credential rejected by its issuer (route "wrong-proof")`) {
-		t.Errorf("wrong proof: %d %q", resp.StatusCode, b)
+	return resp.StatusCode, string(b)
+}
+
+func (w *vissWorld) mustRead(t *testing.T, mode, path, vin string) {
+	t.Helper()
+	if st, body := w.get(t, mode, path, vin); st != 200 || !strings.Contains(body, `"value":"42"`) {
+		t.Fatalf("%s %s (VIN %s): %d %s", mode, path, vin, st, body)
 	}
-	if !strings.Contains(p.logs.String(), "201 Created with error: Client authentication failed") {
-		t.Errorf("the log does not say why")
+}
+
+// The reference flow end to end: a long-term AGT with PoP, the ATS
+// exchange, reads of a validated signal; then a server restart (its tokens
+// die, answered with 200 and an error body: the token is dropped, a new
+// one obtained with the same AGT, the request sent once more), and a
+// purpose that does not cover the signal (the client gets the server's
+// answer as it is).
+func TestVISSReferenceFlowThroughSidecarAndForward(t *testing.T) {
+	w := newVISSWorld(t, false)
+	for _, mode := range []string{"sidecar", "forward"} {
+		for range 3 {
+			w.mustRead(t, mode, "/Vehicle/Speed", "VIN-A")
+			w.mustRead(t, mode, "/Vehicle/Speed", "VIN-B")
+		}
 	}
-	if a, x := viss.AGTRequests(), viss.ATSRequests(); a != 5 || x != 3 {
-		t.Errorf("%d AGT and %d ATS requests, want 5 and 3 (one refused)", a, x)
+	if a, x, d := w.viss.AGTRequests(), w.viss.ATSRequests(), w.viss.DataRequests(); a != 2 || x != 2 || d != 12 {
+		t.Fatalf("%d AGT, %d ATS, %d data requests; want one AGT and one exchange per VIN, 12 reads", a, x, d)
 	}
 
-	// 50 minutes on, the access tokens (1 h) are refreshed in the
-	// background while requests keep flowing; the AGTs (4 h, 4 days) are
-	// reused for the new exchanges.
-	clock.Advance(50 * time.Minute)
-	get(t, "sidecar", "/short/VIN-A/Vehicle/Speed", "")
-	get(t, "sidecar", "/long/Vehicle/Speed", "VIN-C")
-	// Wait for the exchanges to finish, not merely arrive: the clock jumps
-	// next, and a proof of possession checked after the jump would be stale.
-	deadline := time.Now().Add(10 * time.Second)
-	for viss.AccessTokensIssued() < 5 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	t.Run("server restart", func(t *testing.T) {
+		w.viss.Restart()
+		w.clock.Advance(2 * time.Second) // the tokens are older than the cache's min_backoff
+		for _, mode := range []string{"sidecar", "forward"} {
+			w.mustRead(t, mode, "/Vehicle/Speed", "VIN-A")
+		}
+		if a, x := w.viss.AGTRequests(), w.viss.ATSRequests(); a != 2 || x != 3 {
+			t.Errorf("after the restart: %d AGT and %d ATS requests, want the AGT reused and one new exchange (2, 3)", a, x)
+		}
+		if d := w.viss.DataRequests(); d != 14 {
+			t.Errorf("%d data reads served, want 14", d)
+		}
+	})
+
+	t.Run("purpose does not cover the signal", func(t *testing.T) {
+		before := w.viss.ATSRequests()
+		st, body := w.get(t, "sidecar", "/Vehicle/Cabin/Door/Row1/Left/IsOpen", "VIN-A")
+		if st != 200 || !strings.Contains(body, "Permission denied. Purpose does not match signals requested.") {
+			t.Errorf("got %d %s, want the server's own answer", st, body)
+		}
+		if n := w.viss.ATSRequests() - before; n != 0 {
+			t.Errorf("a refusal for the purpose cost %d new exchanges", n)
+		}
+	})
+}
+
+// The reference AGTS answers concurrent requests wrongly (one shared
+// channel); the proxy sends it one at a time, so eight vehicles at once
+// all get their data.
+func TestVISSOneRequestAtATimeToTheReferenceAGTS(t *testing.T) {
+	w := newVISSWorld(t, true)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			for _, mode := range []string{"sidecar", "forward"} {
+				vin := fmt.Sprintf("VIN-%s-%d", mode, i)
+				if st, body := w.get(t, mode, "/Vehicle/Speed", vin); st != 200 || !strings.Contains(body, `"value":"42"`) {
+					t.Errorf("%s VIN %s: %d %s", mode, vin, st, body)
+				}
+			}
+		})
 	}
-	if a, x := viss.AGTRequests(), viss.ATSRequests(); a != 5 || x != 5 {
-		t.Errorf("after the refresh point: %d AGT and %d ATS requests, want 5 and 5", a, x)
+	wg.Wait()
+	if a := w.viss.AGTRequests(); a != 16 {
+		t.Errorf("%d AGT requests, want 16", a)
 	}
-	clock.Advance(15 * time.Minute) // past the old tokens' expiry
-	get(t, "sidecar", "/short/VIN-A/Vehicle/Speed", "")
-	get(t, "forward", "/long/Vehicle/Speed", "VIN-C")
-	if x := viss.ATSRequests(); x != 5 {
-		t.Errorf("requests after the old tokens expired caused %d more ATS requests", x-5)
+}
+
+// The simulator's concurrency fault is real: without the proxy's bound,
+// concurrent requests to it get other requests' answers or none.
+func TestSimVISSSharedChannelFaultIsReal(t *testing.T) {
+	viss := sim.NewVISS()
+	viss.SharedChannel = true
+	defer viss.Close()
+	srv := httptest.NewServer(viss.AGTS())
+	defer srv.Close()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wrong := 0
+	for i := range 16 {
+		wg.Go(func() {
+			vin := fmt.Sprintf("VIN%02d", i)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "POST", srv.URL+"/agts",
+				strings.NewReader(fmt.Sprintf(`{"vin":%q,"context":"Independent+OEM+Cloud","proof":"ABC"}`, vin)))
+			resp, err := http.DefaultClient.Do(req)
+			ok := false
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				ok = strings.Contains(string(b), `"token"`) && agtVIN(string(b)) == vin
+			}
+			if !ok {
+				mu.Lock()
+				wrong++
+				mu.Unlock()
+			}
+		})
 	}
+	wg.Wait()
+	if wrong == 0 {
+		t.Error("16 concurrent requests all got their own AGT: the fault is not reproduced")
+	}
+}
+
+// agtVIN is the vin claim of the AGT in an AGTS answer.
+func agtVIN(answer string) string {
+	var a struct{ Token string }
+	if json.Unmarshal([]byte(answer), &a) != nil {
+		return ""
+	}
+	parts := strings.Split(a.Token, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	payload, _ := base64.RawURLEncoding.DecodeString(parts[1])
+	var c struct{ Vin string }
+	_ = json.Unmarshal(payload, &c)
+	return c.Vin
 }

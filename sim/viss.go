@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -11,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/big"
 	"net/http"
 	"slices"
@@ -21,57 +23,99 @@ import (
 	"time"
 )
 
-// VISS simulates W3C VISS v2 access control as the reference (WAII)
-// servers run it: an AGTS (POST /agts), an ATS (POST /ats) and a data
-// endpoint (anything else) that needs a live access token. Like the
-// reference, the AGTS answers errors with HTTP 201 and an "error" field,
-// reads PoP claims as JSON strings (unless NumericClaims), rejects a
-// repeated jti and an iat more than 3 s ahead or 300 s old, and signs
-// RS256 AGTs whose iat/exp are strings. Build it with NewVISS.
+// VISS simulates W3C VISS v2 access control as the reference
+// implementation (WAII, github.com/w3c/automotive-viss2) runs it: an
+// Access Grant Token Server (AGTS), an Access Token Server (ATS) and a data
+// server, each its own handler (the reference runs each on its own port).
+// Every rule below names the reference file and function it mirrors:
+//
+//   - agt_server.go = server/agt_server/agt_server.go
+//   - atServer.go = server/vissv2server/atServer/atServer.go
+//   - datatypes.go = utils/datatypes.go (PopToken)
+//   - managerhandlers.go = utils/managerhandlers.go, vissv2server.go =
+//     server/vissv2server/vissv2server.go (the data server)
+//   - purposelist.json = server/vissv2server/atServer/purposelist.json
+//
+// Build it with NewVISS. It is safe for concurrent use, except that with
+// SharedChannel set it reproduces the reference AGTS's fault under
+// concurrent requests on purpose.
 type VISS struct {
-	Proof         string   // accepted proof of context (reference: "ABC")
-	Purposes      []string // purposes the ATS accepts
-	NumericClaims bool     // accept numeric PoP claims as well as strings
-	AcceptAGT     bool     // the data endpoint also accepts AGTs (deployments without an ATS)
-	ShortLife     time.Duration
-	LongLife      time.Duration
-	ATLife        time.Duration
-	Now           func() time.Time
+	// Proof is the proof of context the AGTS accepts (agt_server.go
+	// authenticateClient: "ABC").
+	Proof string
+	// Validated are the VSS paths (dotted) the data server wants a token
+	// for: the reference marks them `validate` in its VSS tree. Default:
+	// every signal of the purpose list.
+	Validated []string
+	// SharedChannel makes the AGTS pass each request's body and PoP through
+	// one unbuffered channel to one loop, as agt_server.go main and
+	// makeAgtServerHandler do: concurrent requests then get each other's
+	// answers or hang. Close stops its loop.
+	SharedChannel bool
+	// Lifetimes: agt_server.go ST_DURATION 4 h and LT_DURATION 4 days,
+	// atServer.go AT_DURATION 1 h.
+	ShortLife, LongLife, ATLife time.Duration
+	Now                         func() time.Time
 
-	key       *rsa.PrivateKey
-	mu        sync.Mutex
-	jtis      map[string]bool
-	ats       map[string]time.Time
-	agtCalls  atomic.Int64
-	atsCalls  atomic.Int64
-	dataCalls atomic.Int64
-	atIssued  atomic.Int64
+	key      *rsa.PrivateKey
+	atSecret []byte
+
+	mu      sync.Mutex
+	agtsJTI map[string]time.Time // PoP jtis the AGTS has seen, and when
+	atsJTI  map[string]time.Time // PoP jtis the ATS has seen
+	active  []string             // access tokens issued (atServer.go activeList, LISTSIZE 100)
+
+	chOnce sync.Once
+	ch     chan string
+	stop   chan struct{}
+
+	agtCalls, atsCalls, dataCalls, atIssued atomic.Int64
 }
 
-// NewVISS returns a simulator with the reference lifetimes (AGT 4 h,
-// long-term 4 days, access token 1 h) and proof "ABC".
+// NewVISS returns a simulator with the reference's proof ("ABC") and
+// lifetimes.
 func NewVISS() *VISS {
 	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		panic(err)
 	}
-	return &VISS{Proof: "ABC", Purposes: []string{"fuel-status"}, ShortLife: 4 * time.Hour, LongLife: 96 * time.Hour,
-		ATLife: time.Hour, key: k, jtis: map[string]bool{}, ats: map[string]time.Time{}}
+	secret := make([]byte, 32)
+	_, _ = rand.Read(secret)
+	return &VISS{Proof: "ABC", ShortLife: 4 * time.Hour, LongLife: 96 * time.Hour, ATLife: time.Hour,
+		key: k, atSecret: secret, agtsJTI: map[string]time.Time{}, atsJTI: map[string]time.Time{}, stop: make(chan struct{})}
 }
 
-// AGTRequests and ATSRequests count requests to each server.
+// AGTRequests and ATSRequests count POSTs that reached each server.
 func (s *VISS) AGTRequests() int64 { return s.agtCalls.Load() }
 func (s *VISS) ATSRequests() int64 { return s.atsCalls.Load() }
 
-// AccessTokensIssued counts ATS requests that ended with an access token
-// (ATSRequests counts them as they arrive, before validation).
+// AccessTokensIssued counts ATS answers that carried an access token.
 func (s *VISS) AccessTokensIssued() int64 { return s.atIssued.Load() }
 
-// DataRequests counts data requests that carried a live access token.
+// DataRequests counts data requests served with a value.
 func (s *VISS) DataRequests() int64 { return s.dataCalls.Load() }
 
 // PublicKey verifies the AGTs it signs.
 func (s *VISS) PublicKey() *rsa.PublicKey { return &s.key.PublicKey }
+
+// Restart forgets every access token issued and every PoP jti seen, as a
+// restart of the reference server does (its activeList and jtiCache live in
+// memory): tokens issued before are refused from then on.
+func (s *VISS) Restart() {
+	s.mu.Lock()
+	s.active = nil
+	s.agtsJTI, s.atsJTI = map[string]time.Time{}, map[string]time.Time{}
+	s.mu.Unlock()
+}
+
+// Close stops the SharedChannel loop, if one runs.
+func (s *VISS) Close() {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+}
 
 func (s *VISS) now() time.Time {
 	if s.Now != nil {
@@ -80,227 +124,522 @@ func (s *VISS) now() time.Time {
 	return time.Now()
 }
 
+// ServeHTTP serves all three on one address, for tests that need only
+// one: /agts, /ats, and every other path as the data server.
 func (s *VISS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/agts":
-		s.agts(w, r)
+		s.AGTS().ServeHTTP(w, r)
 	case "/ats":
-		s.atsHandler(w, r)
+		s.ATS().ServeHTTP(w, r)
 	default:
-		s.data(w, r)
+		s.Data().ServeHTTP(w, r)
 	}
 }
 
-func vissAnswer(w http.ResponseWriter, action string, fields map[string]string) {
-	out := map[string]string{"action": action}
-	for k, v := range fields {
-		out[k] = v
+// postOnly is the reference's handler preamble (agt_server.go
+// makeAgtServerHandler, atServer.go makeAtServerHandler): another path is
+// 404 text, a method other than POST 400 text (OPTIONS answers CORS).
+func postOnly(w http.ResponseWriter, r *http.Request, path string) ([]byte, bool) {
+	switch {
+	case r.URL.Path != path:
+		http.Error(w, "404 url path not found.", http.StatusNotFound)
+		return nil, false
+	case r.Method == http.MethodOptions:
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		w.Header().Set("Access-Control-Allow-Headers", "PoP")
+		w.Header().Set("Access-Control-Allow-Methods", "POST")
+		return nil, false
+	case r.Method != http.MethodPost:
+		http.Error(w, "400 bad request method.", http.StatusBadRequest)
+		return nil, false
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusCreated) // as the reference server, success or not
-	_ = json.NewEncoder(w).Encode(out)
-}
-
-func (s *VISS) agts(w http.ResponseWriter, r *http.Request) {
-	s.agtCalls.Add(1)
-	fail := func(msg string) { vissAnswer(w, "agt-request", map[string]string{"error": msg}) }
-	var req struct{ Vin, Context, Proof, Key string }
-	if r.Method != http.MethodPost || json.NewDecoder(r.Body).Decode(&req) != nil {
-		fail("Request parse failed")
-		return
-	}
-	roles := strings.Split(req.Context, "+")
-	if len(roles) != 3 || !slices.Contains([]string{"OEM", "Dealer", "Independent", "Owner", "Driver", "Passenger"}, roles[0]) ||
-		!slices.Contains([]string{"OEM", "Third party"}, roles[1]) || !slices.Contains([]string{"Vehicle", "Nomadic", "Cloud"}, roles[2]) {
-		fail("Invalid context")
-		return
-	}
-	if req.Proof != s.Proof {
-		fail("Client authentication failed")
-		return
-	}
-	now := s.now()
-	claims := map[string]string{"vin": req.Vin, "clx": req.Context, "aud": "w3org/gen2", "jti": uuid(),
-		"iat": strconv.FormatInt(now.Unix(), 10), "exp": strconv.FormatInt(now.Add(s.ShortLife).Unix(), 10)}
-	if pop := r.Header.Get("PoP"); pop != "" || req.Key != "" {
-		thumb, err := s.checkPoP(pop, "vissv2/agts")
-		if err != nil {
-			fail("PoP validation failed: " + err.Error())
-			return
-		}
-		if thumb != req.Key {
-			fail("PoP key does not match the key claim")
-			return
-		}
-		claims["pub"] = thumb
-		claims["exp"] = strconv.FormatInt(now.Add(s.LongLife).Unix(), 10)
-	}
-	vissAnswer(w, "agt-request", map[string]string{"token": s.sign(claims)})
-}
-
-func (s *VISS) atsHandler(w http.ResponseWriter, r *http.Request) {
-	s.atsCalls.Add(1)
-	fail := func(msg string) { vissAnswer(w, "at-request", map[string]string{"error": msg}) }
-	var req struct{ Purpose, AgToken, Pop string }
-	if r.Method != http.MethodPost || json.NewDecoder(r.Body).Decode(&req) != nil {
-		fail("Request parse failed")
-		return
-	}
-	claims, err := s.verifyAGT(req.AgToken)
+	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		fail("AGT invalid: " + err.Error())
+		http.Error(w, "400 request unreadable.", http.StatusBadRequest)
+		return nil, false
+	}
+	return body, true
+}
+
+// answer201 writes a JSON answer with status 201, success or not, as both
+// reference servers do.
+func answer201(w http.ResponseWriter, body string) {
+	if body == "" {
+		http.Error(w, "400 bad input.", http.StatusBadRequest)
 		return
 	}
-	if !slices.Contains(s.Purposes, req.Purpose) {
-		fail("Purpose not allowed")
-		return
-	}
-	if pub := claims["pub"]; pub != "" {
-		thumb, err := s.checkPoP(req.Pop, "vissv2/ats")
-		if err != nil || thumb != pub {
-			fail("PoP for the long-term AGT invalid")
+	w.Header().Set("Access-Control-Allow-Origin", "*")
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	_, _ = io.WriteString(w, body)
+}
+
+// AGTS is the Access Grant Token Server: POST /agts.
+func (s *VISS) AGTS() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, ok := postOnly(w, r, "/agts")
+		if !ok {
+			return
+		}
+		s.agtCalls.Add(1)
+		pop := r.Header.Get("PoP")
+		if !s.SharedChannel {
+			answer201(w, s.agtResponse(string(body), pop))
+			return
+		}
+		// agt_server.go makeAgtServerHandler and main: body, then PoP, then
+		// the answer, all through one unbuffered channel.
+		s.chOnce.Do(func() { s.ch = make(chan string); go s.agtLoop() })
+		for _, msg := range []string{string(body), pop} {
+			select {
+			case s.ch <- msg:
+			case <-r.Context().Done():
+				return
+			case <-s.stop:
+				return
+			}
+		}
+		select {
+		case resp := <-s.ch:
+			answer201(w, resp)
+		case <-r.Context().Done():
+		case <-s.stop:
+		}
+	})
+}
+
+func (s *VISS) agtLoop() {
+	for {
+		var req, pop string
+		for _, dst := range []*string{&req, &pop} {
+			select {
+			case *dst = <-s.ch:
+			case <-s.stop:
+				return
+			}
+		}
+		select {
+		case s.ch <- s.agtResponse(req, pop):
+		case <-s.stop:
 			return
 		}
 	}
+}
+
+// agtResponse is agt_server.go generateResponse.
+func (s *VISS) agtResponse(input, pop string) string {
+	var p struct{ Vin, Context, Proof, Key string }
+	if json.Unmarshal([]byte(input), &p) != nil {
+		return `{"action": "agt-request", "error": "Client request malformed"}`
+	}
+	// authenticateClient: the roles (checkRoles) and the proof.
+	if !vissRolesOK(p.Context) || p.Proof != s.Proof {
+		return `{"action": "agt-request", "error": "Client authentication failed"}`
+	}
 	now := s.now()
-	at := s.sign(map[string]string{"vin": claims["vin"], "scp": req.Purpose, "aud": "w3org/gen2", "jti": uuid(),
-		"iat": strconv.FormatInt(now.Unix(), 10), "exp": strconv.FormatInt(now.Add(s.ATLife).Unix(), 10)})
+	claims := [][2]string{{"vin", p.Vin}, {"iat", strconv.FormatInt(now.Unix(), 10)},
+		{"exp", strconv.FormatInt(now.Add(s.ShortLife).Unix(), 10)}, {"clx", p.Context}, {"aud", "w3org/gen2"}, {"jti", uuid()}}
+	if pop != "" { // generateLTAgt: long-term only with a PoP header; a key alone is ignored
+		tok, err := parsePoP(pop)
+		if err != nil {
+			return `{"action": "agt-request", "error": "Client request malformed"}`
+		}
+		if !s.addJTI(s.agtsJTI, tok.claims["jti"], 308*time.Second) { // recorded before validation; GAP+LIFETIME+5
+			return `{"action": "agt-request", "error": "Repeated JTI"}`
+		}
+		if !tok.signatureOK() {
+			return `{"action": "agt-request", "error": "Invalid POP signature"}`
+		}
+		if !tok.valid(p.Key, "vissv2/agts", 3, 300, now) { // Validate(key, "vissv2/agts", GAP, LIFETIME)
+			return `{"action": "agt-request", "error": "Invalid POP Token"}`
+		}
+		claims[2][1] = strconv.FormatInt(now.Add(s.LongLife).Unix(), 10)
+		claims = append(claims, [2]string{"pub", p.Key})
+	}
+	return `{"action": "agt-request", "token":"` + s.signRS256(claims) + `"}`
+}
+
+// vissRolesOK is agt_server.go checkRoles.
+func vissRolesOK(context string) bool {
+	roles := strings.Split(context, "+")
+	return len(roles) == 3 &&
+		slices.Contains([]string{"OEM", "Dealer", "Independent", "Owner", "Driver", "Passenger"}, roles[0]) &&
+		slices.Contains([]string{"OEM", "Third party"}, roles[1]) &&
+		slices.Contains([]string{"Vehicle", "Nomadic", "Cloud"}, roles[2])
+}
+
+// addJTI is addCheckJti of both servers: false if jti was seen within
+// keep; the jti is recorded either way.
+func (s *VISS) addJTI(seen map[string]time.Time, jti string, keep time.Duration) bool {
+	now := s.now()
 	s.mu.Lock()
-	s.ats[at] = now.Add(s.ATLife)
+	defer s.mu.Unlock()
+	if at, ok := seen[jti]; ok && now.Sub(at) < keep {
+		return false
+	}
+	seen[jti] = now
+	return true
+}
+
+// ATS is the Access Token Server: POST /ats.
+func (s *VISS) ATS() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, ok := postOnly(w, r, "/ats")
+		if !ok {
+			return
+		}
+		s.atsCalls.Add(1)
+		answer201(w, s.atResponse(string(body)))
+	})
+}
+
+// atResponse is atServer.go generateClientResponse and
+// accessTokenResponse.
+func (s *VISS) atResponse(input string) string {
+	if !strings.Contains(input, "at-request") {
+		return `{"action":"unknown","status":"401-Bad request"}`
+	}
+	var p struct {
+		Token   string `json:"agToken"`
+		Purpose string `json:"purpose"`
+		Pop     string `json:"pop"`
+	}
+	if json.Unmarshal([]byte(input), &p) != nil {
+		return `{"action": "at-request", "error": "Client request malformed"}`
+	}
+	agt, err := s.decodeJWT(p.Token)
+	if err != nil {
+		return `{"action": "at-request", "error":"AGT Malformed"}`
+	}
+	var pop *popToken
+	if p.Pop != "" {
+		if pop, err = parsePoP(p.Pop); err != nil {
+			return `{"action": "at-request", "error":"POP malformed"}`
+		}
+	}
+	// validateRequest.
+	if !agt.rs256OK(&s.key.PublicKey) {
+		return `{"error": "AG token signature validation failed"}`
+	}
+	iat, err1 := strconv.ParseInt(agt.claims["iat"], 10, 64)
+	exp, err2 := strconv.ParseInt(agt.claims["exp"], 10, 64)
+	if err1 != nil || err2 != nil {
+		return `{"error": "AG token exp timestamp malformed"}`
+	}
+	now := s.now()
+	if now.Before(time.Unix(iat, 0)) || now.After(time.Unix(exp, 0)) {
+		return `{"error": "AG token timestamp validation failed"}`
+	}
+	if pub := agt.claims["pub"]; pub != "" { // validatePop
+		if pop == nil { // an empty PopToken: its "" jti passes once, its signature never
+			return `{"error": "Cannot validate POP signature"}`
+		}
+		if !s.addJTI(s.atsJTI, pop.claims["jti"], 13*time.Second) { // GAP+LIFETIME+5, recorded first
+			return `{"error": "Repeated JTI"}`
+		}
+		if !pop.signatureOK() {
+			return `{"error": "Cannot validate POP signature"}`
+		}
+		if !pop.iatOK(3, 5, now) { // CheckIat(GAP 3, LIFETIME 5)
+			return `{"error": "Cannot validate POP iat"}`
+		}
+		if pop.thumb != pub {
+			return `{"error": "Keys in POP and AGToken are not matching"}`
+		}
+		if pop.claims["aud"] != "vissv2/agts" { // the AGTS's audience, not vissv2/ats
+			return `{"error": "Invalid aud"}`
+		}
+	}
+	if !vissPurposeFits(p.Purpose, agt.claims["clx"]) {
+		return `{"error": "Purpose validation failed"}`
+	}
+	// generateAt: HS256, claims as strings, no vin.
+	at := s.signHS256([][2]string{{"iat", strconv.FormatInt(now.Unix(), 10)},
+		{"exp", strconv.FormatInt(now.Add(s.ATLife).Unix(), 10)}, {"scp", p.Purpose}, {"clx", agt.claims["clx"]},
+		{"aud", "w3org/gen2"}, {"jti", uuid()}})
+	s.mu.Lock()
+	s.active = append(s.active, at)
+	if len(s.active) > 100 {
+		s.active = s.active[len(s.active)-100:]
+	}
 	s.mu.Unlock()
 	s.atIssued.Add(1)
-	vissAnswer(w, "at-request", map[string]string{"token": at})
+	return `{"action": "at-request", "aToken":"` + at + `"}`
 }
 
-func (s *VISS) data(w http.ResponseWriter, r *http.Request) {
-	tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ") // the prefix is optional
-	s.mu.Lock()
-	exp, ok := s.ats[tok]
-	s.mu.Unlock()
-	live := ok && s.now().Before(exp)
-	if !live && s.AcceptAGT {
-		_, err := s.verifyAGT(tok)
-		live = err == nil
-	}
-	if !live {
-		http.Error(w, `{"action":"get","error":{"number":"401","reason":"invalid_token"}}`, http.StatusUnauthorized)
-		return
-	}
-	s.dataCalls.Add(1)
-	w.Header().Set("Content-Type", "application/json")
-	fmt.Fprintf(w, `{"action":"get","data":{"path":%q,"dp":{"value":"42","ts":%q}}}`, r.URL.Path, s.now().UTC().Format(time.RFC3339))
+// vissPurpose is one entry of purposelist.json: the contexts that may ask
+// for it (each a set of user, app and device roles) and its signals.
+type vissPurpose struct {
+	short    string
+	contexts [][3][]string
+	signals  []string
 }
 
-func (s *VISS) sign(claims map[string]string) string {
+var (
+	anyApp       = []string{"OEM", "Third party"}
+	vissPurposes = []vissPurpose{
+		{"pay-as-you-drive", [][3][]string{{{"Independent"}, anyApp, {"Cloud"}}},
+			[]string{"Vehicle.Powertrain.Transmission.TravelledDistance"}},
+		{"pay-how-you-drive", [][3][]string{{{"Independent"}, anyApp, {"Cloud"}}},
+			[]string{"Vehicle.Speed", "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"}},
+		{"fuel-status", [][3][]string{{{"Independent"}, anyApp, {"Cloud"}}, {{"Owner"}, {"Third party"}, {"Nomadic"}}, {{"Driver"}, {"OEM"}, {"Vehicle"}}},
+			[]string{"Vehicle.Powertrain.FuelSystem.AbsoluteLevel", "Vehicle.Powertrain.FuelSystem.Range"}},
+		{"engine-status", [][3][]string{{{"Driver"}, anyApp, {"Vehicle"}}, {{"Owner"}, anyApp, {"Cloud"}}},
+			[]string{"Vehicle.Powertrain.CombustionEngine.ECT", "Vehicle.Powertrain.CombustionEngine.EngineOilLevel",
+				"Vehicle.Powertrain.CombustionEngine.IsRunning", "Vehicle.Powertrain.CombustionEngine.Speed",
+				"Vehicle.Powertrain.CombustionEngine.Torque", "Vehicle.Powertrain.CombustionEngine.Power"}},
+		{"door-control", [][3][]string{{{"Driver"}, anyApp, {"Vehicle"}}, {{"Owner"}, {"OEM"}, {"Cloud"}}},
+			[]string{"Vehicle.Cabin.Door.Row1.Left.IsOpen", "Vehicle.Cabin.Door.Row1.Right.IsOpen",
+				"Vehicle.Cabin.Door.Row2.Left.IsOpen", "Vehicle.Cabin.Door.Row2.Right.IsOpen",
+				"Vehicle.Cabin.Door.Row1.Left.IsLocked", "Vehicle.Cabin.Door.Row1.Right.IsLocked",
+				"Vehicle.Cabin.Door.Row2.Left.IsLocked", "Vehicle.Cabin.Door.Row2.Right.IsLocked"}},
+	}
+)
+
+// vissPurposeFits is atServer.go validatePurpose and checkAuthorization.
+func vissPurposeFits(purpose, context string) bool {
+	roles := strings.Split(context, "+")
+	if len(roles) != 3 {
+		return false
+	}
+	for _, p := range vissPurposes {
+		if p.short != purpose {
+			continue
+		}
+		for _, c := range p.contexts {
+			if slices.Contains(c[0], roles[0]) && slices.Contains(c[1], roles[1]) && slices.Contains(c[2], roles[2]) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// vissPurposeCovers is atServer.go validatePurposeAndAccessPermission (read).
+func vissPurposeCovers(purpose, path string) bool {
+	for _, p := range vissPurposes {
+		if p.short == purpose && slices.Contains(p.signals, path) {
+			return true
+		}
+	}
+	return false
+}
+
+// Data is the data server: GET /<VSS path with / for .>, such as
+// /Vehicle/Speed.
+func (s *VISS) Data() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		path := strings.ReplaceAll(strings.Trim(r.URL.Path, "/"), "/", ".")
+		reply := func(body map[string]any) { // backendHttpAppSession: always 200, with a length
+			body["ts"] = s.now().UTC().Format(time.RFC3339)
+			b, _ := json.Marshal(body)
+			w.Header().Set("Access-Control-Allow-Origin", "*")
+			w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+			_, _ = w.Write(b)
+		}
+		// setTokenErrorResponse: ErrorInfoList[3] with the message of the
+		// validation code (getTokenErrorMessage).
+		tokenError := func(msg string) {
+			reply(map[string]any{"error": map[string]string{"number": "401", "reason": "invalid_token", "message": msg}})
+		}
+		if r.Method != http.MethodGet {
+			reply(map[string]any{"error": map[string]string{"number": "400", "reason": "bad_request", "message": "Unsupported HTTP method"}})
+			return
+		}
+		handle := ""
+		if s.validated(path) {
+			tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ") // frontendHttpAppSession: the prefix is optional
+			if tok == "" {
+				tokenError("Access Token not found. ")
+				return
+			}
+			// tokenValidationResponse: only a token in the active list has a
+			// signature to check (getCompleteToken), then purpose, then expiry.
+			s.mu.Lock()
+			known := slices.Contains(s.active, tok)
+			s.mu.Unlock()
+			claims, err := s.decodeJWT(tok)
+			if !known || err != nil || !claims.hs256OK(s.atSecret) {
+				tokenError("Invalid Access Token Signature. ")
+				return
+			}
+			if !vissPurposeCovers(claims.claims["scp"], path) {
+				tokenError("Permission denied. Purpose does not match signals requested. ")
+				return
+			}
+			exp, _ := strconv.ParseInt(claims.claims["exp"], 10, 64)
+			if s.now().After(time.Unix(exp, 0)) {
+				tokenError("Invalid exp claim. Token Expired. ")
+				return
+			}
+			handle = tok[strings.LastIndexByte(tok, '.')+1:] // extractSignature
+		}
+		s.dataCalls.Add(1)
+		out := map[string]any{"data": map[string]any{"path": path, "dp": map[string]string{"value": "42", "ts": s.now().UTC().Format(time.RFC3339)}}}
+		if handle != "" {
+			out["authorization"] = handle
+		}
+		reply(out)
+	})
+}
+
+func (s *VISS) validated(path string) bool {
+	if s.Validated != nil {
+		return slices.Contains(s.Validated, path)
+	}
+	for _, p := range vissPurposes {
+		if slices.Contains(p.signals, path) {
+			return true
+		}
+	}
+	return false
+}
+
+// jwt is a decoded token whose claims are read as the reference reads
+// them: every raw JSON value with its first and last character cut off
+// (datatypes.go PopToken.Unmarshal), so "123" is 123 and a number loses
+// its first and last digit.
+type jwt struct {
+	header, payload, sig []byte
+	signingInput         string
+	claims               map[string]string
+}
+
+func (s *VISS) decodeJWT(tok string) (*jwt, error) { return decodeJWT(tok) }
+
+func decodeJWT(tok string) (*jwt, error) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return nil, fmt.Errorf("not a JWT")
+	}
 	enc := base64.RawURLEncoding
-	h, _ := json.Marshal(map[string]string{"alg": "RS256", "typ": "JWT"})
-	c, _ := json.Marshal(claims)
-	input := enc.EncodeToString(h) + "." + enc.EncodeToString(c)
+	h, err1 := enc.DecodeString(parts[0])
+	p, err2 := enc.DecodeString(parts[1])
+	sig, err3 := enc.DecodeString(parts[2])
+	if err1 != nil || err2 != nil || err3 != nil {
+		return nil, fmt.Errorf("not base64url")
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(p, &raw); err != nil {
+		return nil, err
+	}
+	claims := map[string]string{}
+	for k, v := range raw {
+		if len(v) >= 2 {
+			claims[k] = string(v[1 : len(v)-1])
+		}
+	}
+	return &jwt{header: h, payload: p, sig: sig, signingInput: parts[0] + "." + parts[1], claims: claims}, nil
+}
+
+func (t *jwt) rs256OK(pub *rsa.PublicKey) bool {
+	d := sha256.Sum256([]byte(t.signingInput))
+	return rsa.VerifyPKCS1v15(pub, crypto.SHA256, d[:], t.sig) == nil
+}
+
+func (t *jwt) hs256OK(secret []byte) bool {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(t.signingInput))
+	return hmac.Equal(m.Sum(nil), t.sig)
+}
+
+// popToken is datatypes.go PopToken: a dpop+jwt whose header carries the
+// EC P-256 key it is signed with.
+type popToken struct {
+	*jwt
+	pub   *ecdsa.PublicKey
+	thumb string
+}
+
+func parsePoP(tok string) (*popToken, error) {
+	t, err := decodeJWT(tok)
+	if err != nil {
+		return nil, err
+	}
+	var h struct {
+		Typ, Alg string
+		Jwk      struct{ Kty, Crv, X, Y string }
+	}
+	if err := json.Unmarshal(t.header, &h); err != nil {
+		return nil, err
+	}
+	enc := base64.RawURLEncoding
+	x, errx := enc.DecodeString(h.Jwk.X)
+	y, erry := enc.DecodeString(h.Jwk.Y)
+	if errx != nil || erry != nil || h.Jwk.Crv != "P-256" || h.Alg != "ES256" {
+		return nil, fmt.Errorf("can not decode key in poptoken")
+	}
+	canon := `{"crv":"P-256","kty":"EC","x":"` + h.Jwk.X + `","y":"` + h.Jwk.Y + `"}` // RFC 7638
+	sum := sha256.Sum256([]byte(canon))
+	return &popToken{jwt: t, pub: &ecdsa.PublicKey{Curve: elliptic.P256(), X: new(big.Int).SetBytes(x), Y: new(big.Int).SetBytes(y)},
+		thumb: enc.EncodeToString(sum[:])}, nil
+}
+
+// signatureOK is CheckSignature: a raw r‖s ES256 signature, 32 bytes each.
+func (p *popToken) signatureOK() bool {
+	if len(p.sig) != 64 {
+		return false
+	}
+	d := sha256.Sum256([]byte(p.signingInput))
+	return ecdsa.Verify(p.pub, d[:], new(big.Int).SetBytes(p.sig[:32]), new(big.Int).SetBytes(p.sig[32:]))
+}
+
+// iatOK is CheckIat(gap, lifetime): now < iat+gap+lifetime and now > iat-gap,
+// in whole seconds.
+func (p *popToken) iatOK(gap, lifetime int64, now time.Time) bool {
+	iat, err := strconv.ParseInt(p.claims["iat"], 10, 64)
+	act := now.Unix()
+	return err == nil && act < iat+gap+lifetime && act > iat-gap
+}
+
+// valid is Validate: iat, aud, the key's thumbprint, the signature.
+func (p *popToken) valid(thumb, aud string, gap, lifetime int64, now time.Time) bool {
+	return p.iatOK(gap, lifetime, now) && p.claims["aud"] == aud && thumb != "" && thumb == p.thumb && p.signatureOK()
+}
+
+// signRS256 signs claims (in order, all strings) as the reference's
+// JsonWebToken does for AGTs.
+func (s *VISS) signRS256(claims [][2]string) string {
+	input := jwtInput(`{"alg":"RS256","typ":"JWT"}`, claims)
 	d := sha256.Sum256([]byte(input))
 	sig, err := rsa.SignPKCS1v15(rand.Reader, s.key, crypto.SHA256, d[:])
 	if err != nil {
 		panic(err)
 	}
-	return input + "." + enc.EncodeToString(sig)
+	return input + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
 
-func (s *VISS) verifyAGT(tok string) (map[string]string, error) {
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return nil, fmt.Errorf("not a JWT")
-	}
-	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
-	d := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	if err != nil || rsa.VerifyPKCS1v15(&s.key.PublicKey, crypto.SHA256, d[:], sig) != nil {
-		return nil, fmt.Errorf("signature")
-	}
-	payload, _ := base64.RawURLEncoding.DecodeString(parts[1])
-	var claims map[string]string
-	if json.Unmarshal(payload, &claims) != nil {
-		return nil, fmt.Errorf("claims")
-	}
-	exp, _ := strconv.ParseInt(claims["exp"], 10, 64)
-	if !s.now().Before(time.Unix(exp, 0)) {
-		return nil, fmt.Errorf("expired")
-	}
-	return claims, nil
+func (s *VISS) signHS256(claims [][2]string) string {
+	input := jwtInput(`{"alg":"HS256","typ":"JWT"}`, claims)
+	m := hmac.New(sha256.New, s.atSecret)
+	m.Write([]byte(input))
+	return input + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-// checkPoP validates a proof-of-possession JWT and returns the RFC 7638
-// thumbprint of its key.
-func (s *VISS) checkPoP(pop, aud string) (string, error) {
-	parts := strings.Split(pop, ".")
-	if len(parts) != 3 {
-		return "", fmt.Errorf("not a JWT")
-	}
-	enc := base64.RawURLEncoding
-	hb, err1 := enc.DecodeString(parts[0])
-	cb, err2 := enc.DecodeString(parts[1])
-	sig, err3 := enc.DecodeString(parts[2])
-	var header struct {
-		Typ, Alg string
-		Jwk      struct{ Kty, Crv, X, Y string }
-	}
-	var claims map[string]any
-	if err1 != nil || err2 != nil || err3 != nil || json.Unmarshal(hb, &header) != nil || json.Unmarshal(cb, &claims) != nil {
-		return "", fmt.Errorf("does not decode")
-	}
-	if header.Typ != "dpop+jwt" || header.Alg != "ES256" || header.Jwk.Kty != "EC" || header.Jwk.Crv != "P-256" {
-		return "", fmt.Errorf("header must be dpop+jwt, ES256, an EC P-256 jwk")
-	}
-	x, errx := enc.DecodeString(header.Jwk.X)
-	y, erry := enc.DecodeString(header.Jwk.Y)
-	if errx != nil || erry != nil || len(x) != 32 || len(y) != 32 || len(sig) != 64 {
-		return "", fmt.Errorf("key or signature has the wrong size")
-	}
-	pub := &ecdsa.PublicKey{Curve: elliptic.P256(), X: new(big.Int).SetBytes(x), Y: new(big.Int).SetBytes(y)}
-	d := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	if !ecdsa.Verify(pub, d[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
-		return "", fmt.Errorf("signature does not verify")
-	}
-	str := func(name string) (string, error) {
-		switch v := claims[name].(type) {
-		case string:
-			return v, nil
-		case float64:
-			if s.NumericClaims {
-				return strconv.FormatInt(int64(v), 10), nil
-			}
+func jwtInput(header string, claims [][2]string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, c := range claims {
+		if i > 0 {
+			b.WriteByte(',')
 		}
-		return "", fmt.Errorf("claim %s must be a JSON string", name)
+		k, _ := json.Marshal(c[0])
+		v, _ := json.Marshal(c[1])
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(v)
 	}
-	gotAud, err := str("aud")
-	if err != nil || gotAud != aud {
-		return "", fmt.Errorf("aud must be %s", aud)
-	}
-	iatS, err := str("iat")
-	if err != nil {
-		return "", err
-	}
-	iat, err := strconv.ParseInt(iatS, 10, 64)
-	now := s.now().Unix()
-	if err != nil || iat > now+3 || iat < now-300 {
-		return "", fmt.Errorf("iat outside the accepted window")
-	}
-	jti, err := str("jti")
-	if err != nil || jti == "" {
-		return "", fmt.Errorf("jti missing")
-	}
-	s.mu.Lock()
-	seen := s.jtis[jti]
-	s.jtis[jti] = true
-	s.mu.Unlock()
-	if seen {
-		return "", fmt.Errorf("jti replayed")
-	}
-	canon := `{"crv":"P-256","kty":"EC","x":"` + header.Jwk.X + `","y":"` + header.Jwk.Y + `"}`
-	sum := sha256.Sum256([]byte(canon))
-	return enc.EncodeToString(sum[:]), nil
+	b.WriteByte('}')
+	enc := base64.RawURLEncoding
+	return enc.EncodeToString([]byte(header)) + "." + enc.EncodeToString([]byte(b.String()))
 }
 
 func uuid() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
 	return hex.EncodeToString(b[:4]) + "-" + hex.EncodeToString(b[4:6]) + "-" + hex.EncodeToString(b[6:8]) + "-" +
 		hex.EncodeToString(b[8:10]) + "-" + hex.EncodeToString(b[10:])
 }
