@@ -1,6 +1,11 @@
 package config_test
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,6 +51,15 @@ func TestExampleConfigs(t *testing.T) {
 	}
 	secret := filepath.Join(dir, "client-secret")
 	os.WriteFile(secret, []byte("s\n"), 0o600)
+	// A service-account key file as Zitadel issues it (examples/obh.yaml).
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)})
+	keyJSON, _ := json.Marshal(map[string]string{"type": "serviceaccount", "keyId": "k1", "key": string(keyPEM), "userId": "u1"})
+	keyFile := filepath.Join(dir, "obh-service-user.json")
+	os.WriteFile(keyFile, keyJSON, 0o600)
 	files, _ := filepath.Glob("../examples/*.yaml")
 	files = append(files, "../config.example.yaml")
 	for _, file := range files {
@@ -54,7 +68,7 @@ func TestExampleConfigs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			data = []byte(strings.NewReplacer("/var/run/secrets/obelisk/client-secret", secret,
+			data = []byte(strings.NewReplacer("/var/run/secrets/obelisk/client-secret", secret, "file: obh-service-user.json", "file: "+keyFile,
 				"authproxy-ca/", dir+"/", "key_file: viss-key.pem", "key_file: "+filepath.Join(dir, "viss-key.pem")).Replace(string(data)))
 			f := filepath.Join(dir, filepath.Base(file))
 			os.WriteFile(f, data, 0o644)

@@ -34,15 +34,22 @@ type OAuth2Config struct {
 	TokenURL     string              `yaml:"token_url"`
 	ClientID     config.SecretSource `yaml:"client_id"`
 	ClientSecret config.SecretSource `yaml:"client_secret"`
-	// AuthStyle: client_secret_basic (default), client_secret_post or
-	// private_key_jwt (RFC 7523 client assertion signed with PrivateKey).
+	// AuthStyle: client_secret_basic (default), client_secret_post,
+	// private_key_jwt (client_credentials with an RFC 7523 client
+	// assertion) or jwt_bearer (the RFC 7523 §2.1 JWT-bearer authorization
+	// grant, as Zitadel's service users authenticate with a key).
 	AuthStyle string `yaml:"auth_style"`
+	// KeyFile is a key as Zitadel issues it, a JSON file:
+	// {"type":"serviceaccount","keyId","key","userId"} (the jwt_bearer
+	// grant) or {"type":"application","keyId","key","clientId"}
+	// (private_key_jwt); or a PEM key, with client_id and key_id given.
+	KeyFile config.SecretSource `yaml:"key_file"`
 	// BasicEncoding: "form" (default) URL-encodes id and secret inside
 	// Basic as RFC 6749 §2.3.1 says; "raw" sends them as they are.
 	BasicEncoding     string              `yaml:"basic_encoding"`
 	PrivateKey        config.SecretSource `yaml:"private_key"`        // PEM, RSA (RS256) or EC (ES256/ES384)
 	KeyID             string              `yaml:"key_id"`             // the assertion's kid header
-	AssertionAudience string              `yaml:"assertion_audience"` // the assertion's aud (default token_url)
+	AssertionAudience string              `yaml:"assertion_audience"` // the assertion's aud (default: the token URL; for jwt_bearer its origin)
 	// Scopes are templates: {name} (a path value), {header:Name}, {query:name}.
 	Scopes   []string          `yaml:"scopes"`
 	Audience string            `yaml:"audience"` // template, sent as `audience`
@@ -61,8 +68,33 @@ const (
 	obhTokenURL      = "https://auth.obh-mobility.com/oauth/v2/token"
 	obhIssuer        = "https://auth.obh-mobility.com"
 	jwtBearerType    = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+	jwtBearerGrant   = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 	maxTokenResponse = 1 << 20
 )
+
+// OAuthError is the OAuth2 error code (RFC 6749 §5.2) an issuer refused a
+// token request with. The proxy may show the code to the client: it is a
+// word from a fixed set, never the description that could echo a secret.
+type OAuthError struct{ Code string }
+
+func (e *OAuthError) Error() string { return "oauth2 error " + e.Code }
+
+// ClientCode is the code if it is a plain OAuth error code ([a-z_]), else "".
+func (e *OAuthError) ClientCode() string {
+	if e.Code == "" || len(e.Code) > 64 || strings.Trim(e.Code, "abcdefghijklmnopqrstuvwxyz_") != "" {
+		return ""
+	}
+	return e.Code
+}
+
+// zitadelKey is a key file as Zitadel issues it.
+type zitadelKey struct {
+	Type     string `json:"type"`
+	KeyID    string `json:"keyId"`
+	Key      string `json:"key"`
+	UserID   string `json:"userId"`
+	ClientID string `json:"clientId"`
+}
 
 // OAuth2 is an OAuth2 client-credentials injector. It is safe for
 // concurrent use.
@@ -139,9 +171,50 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 	default:
 		add("preset", "unknown preset %q (known: obh, obelisk)", cfg.Preset)
 	}
+	// A key file names its own kind: a Zitadel service-account key is for
+	// the JWT-bearer grant, an application key for private_key_jwt.
+	var keyPEM string
+	var keyFile *zitadelKey
+	zitadelFile := false // a JSON key file, good or bad: it names the ids
+	if cfg.KeyFile.IsSet() {
+		raw, err := cfg.KeyFile.Resolve(env.LookupEnv)
+		switch {
+		case err != nil:
+			add("key_file", "%v", err)
+		case cfg.PrivateKey.IsSet():
+			add("key_file", "give key_file or private_key, not both")
+		case strings.HasPrefix(strings.TrimSpace(raw.Reveal()), "{"):
+			zitadelFile = true
+			var k zitadelKey
+			if json.Unmarshal([]byte(raw.Reveal()), &k) != nil {
+				add("key_file", "is neither a PEM key nor a Zitadel JSON key file")
+				break
+			}
+			want := map[string]string{"serviceaccount": "jwt_bearer", "application": "private_key_jwt"}[k.Type]
+			switch {
+			case want == "":
+				add("key_file", "a Zitadel key file of type %q; known: serviceaccount (for auth_style: jwt_bearer) and application (for private_key_jwt)", k.Type)
+			case cfg.AuthStyle != "" && cfg.AuthStyle != want:
+				add("key_file", "a Zitadel %s key is for auth_style: %s, not %s", k.Type, want, cfg.AuthStyle)
+			case k.Key == "" || k.KeyID == "" || (k.Type == "serviceaccount" && k.UserID == "") || (k.Type == "application" && k.ClientID == ""):
+				add("key_file", "a Zitadel %s key file needs keyId, key and %s", k.Type, map[string]string{"serviceaccount": "userId", "application": "clientId"}[k.Type])
+			case cfg.ClientID.IsSet() || cfg.KeyID != "":
+				add("key_file", "a Zitadel key file names its own ids: leave out client_id and key_id")
+			default:
+				keyFile, keyPEM = &k, k.Key
+				cfg.AuthStyle = want
+			}
+		default:
+			keyPEM = raw.Reveal()
+		}
+	}
+	hasKey := cfg.PrivateKey.IsSet() || cfg.KeyFile.IsSet()
 	if cfg.AuthStyle == "" {
 		cfg.AuthStyle = "client_secret_basic"
-		if cfg.PrivateKey.IsSet() {
+		switch {
+		case hasKey && cfg.Preset == "obh": // Zitadel's service users: the JWT-bearer grant
+			cfg.AuthStyle = "jwt_bearer"
+		case hasKey:
 			cfg.AuthStyle = "private_key_jwt"
 		}
 	}
@@ -167,7 +240,12 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 	}
 
 	var err error
-	if o.id, err = cfg.ClientID.Resolve(env.LookupEnv); err != nil {
+	if keyFile != nil {
+		o.id = config.NewSecret(keyFile.UserID + keyFile.ClientID) // one of them is set
+		o.keyID = keyFile.KeyID
+	} else if zitadelFile {
+		// its own error says what is wrong with it
+	} else if o.id, err = cfg.ClientID.Resolve(env.LookupEnv); err != nil {
 		add("client_id", "%v", err)
 	}
 	switch cfg.AuthStyle {
@@ -178,27 +256,42 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 		if cfg.PrivateKey.IsSet() {
 			add("private_key", "only used with auth_style: private_key_jwt")
 		}
-	case "private_key_jwt":
+	case "private_key_jwt", "jwt_bearer":
 		if cfg.ClientSecret.IsSet() {
-			add("client_secret", "not used with private_key_jwt (the signed assertion replaces it)")
+			add("client_secret", "not used with %s (the signed assertion replaces it)", cfg.AuthStyle)
 		}
-		pemKey, err := cfg.PrivateKey.Resolve(env.LookupEnv)
-		if err != nil {
-			add("private_key", "%v", err)
-			break
+		keyPath := "key_file"
+		if !cfg.KeyFile.IsSet() {
+			keyPath = "private_key"
+			if !cfg.PrivateKey.IsSet() {
+				add("private_key", "%s needs a key: key_file (a Zitadel key file) or private_key (PEM)", cfg.AuthStyle)
+				break
+			}
+			pemKey, err := cfg.PrivateKey.Resolve(env.LookupEnv)
+			if err != nil {
+				add("private_key", "%v", err)
+				break
+			}
+			keyPEM = pemKey.Reveal()
 		}
-		k, err := parseSigningKey([]byte(pemKey.Reveal()))
+		if keyPEM == "" {
+			break // the key file's own error is reported
+		}
+		k, err := parseSigningKey([]byte(keyPEM))
 		if err != nil {
-			add("private_key", "%v", err)
+			add(keyPath, "%v", err)
 			break
 		}
 		o.key = &k
 		o.assertAud = cfg.AssertionAudience
 		if o.assertAud == "" {
 			o.assertAud = cfg.TokenURL
+			if u, err := url.Parse(cfg.TokenURL); err == nil && cfg.AuthStyle == "jwt_bearer" {
+				o.assertAud = u.Scheme + "://" + u.Host // the issuer
+			}
 		}
 	default:
-		add("auth_style", "unknown style %q (known: client_secret_basic, client_secret_post, private_key_jwt)", cfg.AuthStyle)
+		add("auth_style", "unknown style %q (known: client_secret_basic, client_secret_post, private_key_jwt, jwt_bearer)", cfg.AuthStyle)
 	}
 	switch cfg.BasicEncoding {
 	case "", "form":
@@ -236,7 +329,7 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 	sort.Strings(paramNames)
 	for _, k := range paramNames {
 		switch k {
-		case "grant_type", "scope", "audience", "client_id", "client_secret", "client_assertion", "client_assertion_type":
+		case "grant_type", "scope", "audience", "client_id", "client_secret", "client_assertion", "client_assertion_type", "assertion":
 			add(config.Join("params", k), "set by the injector itself")
 			continue
 		}
@@ -376,6 +469,9 @@ func (o *OAuth2) cacheKey(scope, aud string, params url.Values) string {
 // the endpoint's status, and never contain a secret.
 func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values) (tokencache.Token, error) {
 	form := url.Values{"grant_type": {"client_credentials"}}
+	if o.authStyle == "jwt_bearer" {
+		form.Set("grant_type", jwtBearerGrant)
+	}
 	if scope != "" {
 		form.Set("scope", scope)
 	}
@@ -398,6 +494,12 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 		form.Set("client_id", o.id.Reveal())
 		form.Set("client_assertion_type", jwtBearerType)
 		form.Set("client_assertion", assertion)
+	case "jwt_bearer": // the assertion is the grant; there is no client authentication
+		var err error
+		if assertion, err = o.bearerAssertion(); err != nil {
+			return tokencache.Token{}, fmt.Errorf("%w: injector %q: signing the assertion: %v", ErrCredentialUnavailable, o.name, err)
+		}
+		form.Set("assertion", assertion)
 	}
 	var body []byte
 	contentType := "application/x-www-form-urlencoded"
@@ -441,15 +543,15 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 	var tr tokenResponse
 	jsonErr := json.Unmarshal(data, &tr)
 	if resp.StatusCode < 200 || resp.StatusCode > 299 || tr.Error != "" {
+		// A 400, 401 or 403 refuses the proxy's own request (a wrong secret,
+		// scope or grant: a configuration to fix), as does an OAuth error in
+		// a 2xx body; 5xx and other answers are the issuer's outage.
 		kind := ErrCredentialUnavailable
 		switch {
-		case resp.StatusCode == http.StatusUnauthorized, resp.StatusCode == http.StatusForbidden:
+		case resp.StatusCode == http.StatusBadRequest, resp.StatusCode == http.StatusUnauthorized, resp.StatusCode == http.StatusForbidden:
 			kind = ErrCredentialRejected
-		case resp.StatusCode == http.StatusBadRequest || resp.StatusCode < 300:
-			switch tr.Error {
-			case "invalid_client", "unauthorized_client", "invalid_grant", "invalid_scope", "access_denied", "unsupported_grant_type":
-				kind = ErrCredentialRejected
-			}
+		case resp.StatusCode < 300:
+			kind = ErrCredentialRejected
 		}
 		detail := tr.Error
 		if tr.ErrorDescription != "" {
@@ -458,8 +560,16 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 		if detail == "" {
 			detail = string(data)
 		}
-		return tokencache.Token{}, fmt.Errorf("%w: injector %q: token endpoint %s answered %s: %s",
-			kind, o.name, o.endpoint, resp.Status, o.secrets.excerpt([]byte(detail), assertion))
+		hint := ""
+		if tr.Error == "invalid_client" && o.authStyle == "private_key_jwt" {
+			hint = " (a Zitadel service user authenticates with a key through the JWT-bearer grant: auth_style: jwt_bearer with its key file)"
+		}
+		err := fmt.Errorf("%w: injector %q: token endpoint %s answered %s: %s%s",
+			kind, o.name, o.endpoint, resp.Status, o.secrets.excerpt([]byte(detail), assertion), hint)
+		if tr.Error != "" {
+			err = &codedError{err: err, code: &OAuthError{Code: tr.Error}}
+		}
+		return tokencache.Token{}, err
 	}
 	if jsonErr != nil {
 		return tokencache.Token{}, fmt.Errorf("%w: injector %q: token endpoint %s answered %s with a body that is not a token response: %s",
@@ -488,6 +598,29 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 		Expiry:      start.Add(life), // from the request's start: the issuer's clock started before ours
 		IdleTimeout: tr.MaxIdleTime.d(),
 	}, nil
+}
+
+// codedError is a fetch error that also carries the issuer's OAuth error
+// code, for errors.As; its message is err's, which already names the code.
+type codedError struct {
+	err  error
+	code *OAuthError
+}
+
+func (e *codedError) Error() string   { return e.err.Error() }
+func (e *codedError) Unwrap() []error { return []error{e.err, e.code} }
+
+// bearerAssertion signs the JWT of the JWT-bearer grant (RFC 7523 §2.1, as
+// Zitadel takes it): iss = sub = the service user, aud = the issuer, valid
+// for an hour (Zitadel's bound).
+func (o *OAuth2) bearerAssertion() (string, error) {
+	now := o.now().Unix()
+	header := map[string]any{}
+	if o.keyID != "" {
+		header["kid"] = o.keyID
+	}
+	id := o.id.Reveal()
+	return o.key.sign(header, map[string]any{"iss": id, "sub": id, "aud": o.assertAud, "iat": now, "exp": now + 3600})
 }
 
 // assertion signs an RFC 7523 client assertion, valid for one minute.

@@ -314,3 +314,131 @@ func TestOAuth2InvalidateOnUnauthorized(t *testing.T) {
 	}
 
 }
+
+func writeFile(t *testing.T, name, content string) config.SecretSource {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return config.SecretSource{File: file}
+}
+
+func TestOAuth2KeyFileErrorsNameTheField(t *testing.T) {
+	env := Env{Cache: tokencache.New(tokencache.Options{}), HTTPClient: http.DefaultClient}
+	for _, tc := range []struct {
+		name string
+		cfg  OAuth2Config
+		want string
+	}{
+		{"unknown type", OAuth2Config{KeyFile: writeFile(t, "k.json", `{"type":"user","keyId":"k","key":"x","userId":"u"}`)},
+			`key_file: a Zitadel key file of type "user"; known: serviceaccount (for auth_style: jwt_bearer) and application`},
+		{"service account key for private_key_jwt", OAuth2Config{AuthStyle: "private_key_jwt", KeyFile: writeFile(t, "k.json", `{"type":"serviceaccount","keyId":"k","key":"x","userId":"u"}`)},
+			"key_file: a Zitadel serviceaccount key is for auth_style: jwt_bearer, not private_key_jwt"},
+		{"missing userId", OAuth2Config{KeyFile: writeFile(t, "k.json", `{"type":"serviceaccount","keyId":"k","key":"x"}`)},
+			"key_file: a Zitadel serviceaccount key file needs keyId, key and userId"},
+		{"ids given twice", OAuth2Config{ClientID: secretValue("c"), KeyFile: writeFile(t, "k.json", `{"type":"application","keyId":"k","key":"x","clientId":"c"}`)},
+			"key_file: a Zitadel key file names its own ids"},
+		{"not a key", OAuth2Config{ClientID: secretValue("c"), KeyFile: writeFile(t, "k.pem", "hello")}, "key_file: "},
+		{"both keys", OAuth2Config{ClientID: secretValue("c"), KeyFile: writeFile(t, "k.pem", "x"), PrivateKey: secretValue("y")}, "key_file: give key_file or private_key, not both"},
+		{"jwt_bearer without a key", OAuth2Config{ClientID: secretValue("c"), AuthStyle: "jwt_bearer"}, "private_key: jwt_bearer needs a key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.TokenURL = "https://auth.example/oauth/v2/token"
+			_, err := NewOAuth2("o", tc.cfg, env)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// A service-account key file makes the JWT-bearer grant with the claims
+// Zitadel checks; a PEM key with explicit ids does the same.
+func TestOAuth2JWTBearerGrantAgainstZitadel(t *testing.T) {
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	der := x509.MarshalPKCS1PrivateKey(rsaKey)
+	pemKey := string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: der}))
+	keyJSON := fmt.Sprintf(`{"type":"serviceaccount","keyId":"kid-1","key":%q,"userId":"user-1"}`, pemKey)
+	ts := &sim.TokenServer{Mode: "zitadel", UserID: "user-1", KeyID: "kid-1", PublicKey: &rsaKey.PublicKey}
+	tokenURL, env := tokenEndpoint(t, ts, nil)
+	u, _ := url.Parse(tokenURL)
+	ts.Issuer = u.Scheme + "://" + u.Host
+	for name, cfg := range map[string]OAuth2Config{
+		"key file":             {KeyFile: writeFile(t, "sa.json", keyJSON)},
+		"PEM and explicit ids": {AuthStyle: "jwt_bearer", PrivateKey: writeFile(t, "k.pem", pemKey), ClientID: secretValue("user-1"), KeyID: "kid-1"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg.TokenURL, cfg.Scopes = tokenURL, []string{"openid", "mount:m1"}
+			o, err := NewOAuth2("obh", cfg, Env{Cache: tokencache.New(tokencache.Options{}), HTTPClient: env.HTTPClient})
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := newRequest(t, "https://api.example.com/", nil)
+			if err := o.Inject(req); err != nil || !strings.HasPrefix(req.Header.Get("Authorization"), "Bearer at-") {
+				t.Fatalf("%v %q", err, req.Header.Get("Authorization"))
+			}
+		})
+	}
+	// A client assertion on client_credentials: Zitadel never reads it.
+	o, _ := NewOAuth2("obh", OAuth2Config{TokenURL: tokenURL, AuthStyle: "private_key_jwt", PrivateKey: writeFile(t, "k.pem", pemKey),
+		ClientID: secretValue("user-1"), KeyID: "kid-1"}, Env{Cache: tokencache.New(tokencache.Options{}), HTTPClient: env.HTTPClient})
+	err := o.Inject(newRequest(t, "https://api.example.com/", nil))
+	var oe *OAuthError
+	if !errors.Is(err, ErrCredentialRejected) || !errors.As(err, &oe) || oe.ClientCode() != "invalid_client" || !strings.Contains(err.Error(), "auth_style: jwt_bearer") {
+		t.Errorf("client_assertion against Zitadel: %v", err)
+	}
+}
+
+// Issuer answers are classed as a user would expect, and real servers'
+// variations are taken as they come.
+func TestOAuth2AnswersOfRealServers(t *testing.T) {
+	strict := &sim.TokenServer{Mode: "strict", ClientID: "c", ClientSecret: "s", AllowedScopes: []string{"read", "write"}}
+	tokenURL, env := tokenEndpoint(t, strict, nil)
+	build := func(scopes ...string) *OAuth2 {
+		o, err := NewOAuth2("o", OAuth2Config{TokenURL: tokenURL, ClientID: secretValue("c"), ClientSecret: secretValue("s"), Scopes: scopes},
+			Env{Cache: tokencache.New(tokencache.Options{}), HTTPClient: env.HTTPClient})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	// token_type "bearer", scope echoed, application/json;charset=UTF-8.
+	if err := build("read").Inject(newRequest(t, "https://api.example.com/", nil)); err != nil {
+		t.Errorf("a strict server's good answer: %v", err)
+	}
+	err := build("admin").Inject(newRequest(t, "https://api.example.com/", nil))
+	var oe *OAuthError
+	if !errors.Is(err, ErrCredentialRejected) || !errors.As(err, &oe) || oe.Code != "invalid_scope" {
+		t.Errorf("a scope the client may not ask for: %v, want a rejection with invalid_scope", err)
+	}
+	for _, tc := range []struct {
+		name, body string
+		status     int
+		want       error
+	}{
+		{"invalid_request", `{"error":"invalid_request"}`, 400, ErrCredentialRejected},
+		{"unsupported_grant_type", `{"error":"unsupported_grant_type"}`, 400, ErrCredentialRejected},
+		{"400 without a code", `bad`, 400, ErrCredentialRejected},
+		{"error in a 200 body", `{"error":"access_denied"}`, 200, ErrCredentialRejected},
+		{"outage", `down`, 503, ErrCredentialUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json;charset=UTF-8")
+				w.WriteHeader(tc.status)
+				fmt.Fprint(w, tc.body)
+			})
+			u, env := tokenEndpoint(t, h, nil)
+			o, _ := NewOAuth2("o", OAuth2Config{TokenURL: u, ClientID: secretValue("c"), ClientSecret: secretValue("s")}, env)
+			if err := o.Inject(newRequest(t, "https://api.example.com/", nil)); !errors.Is(err, tc.want) {
+				t.Errorf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+	var hostile OAuthError
+	hostile.Code = "invalid_scope; secret=x"
+	if hostile.ClientCode() != "" {
+		t.Error("a code that is not a plain word would reach the client")
+	}
+}

@@ -75,7 +75,12 @@ func classify(err error) (status int, code codes.Code, msg string) {
 	case errors.Is(err, injectors.ErrFailedPrecondition):
 		return http.StatusPreconditionFailed, codes.FailedPrecondition, "authproxy: " + clientDetail(err, injectors.ErrFailedPrecondition) + where
 	case errors.Is(err, injectors.ErrCredentialRejected):
-		return http.StatusBadGateway, codes.Unauthenticated, "authproxy: credential rejected by its issuer" + where
+		msg := "authproxy: credential rejected by its issuer"
+		var oe *injectors.OAuthError
+		if errors.As(err, &oe) && oe.ClientCode() != "" {
+			msg += " (" + oe.ClientCode() + ")"
+		}
+		return http.StatusBadGateway, codes.Unauthenticated, msg + where
 	case errors.Is(err, injectors.ErrCredentialUnavailable):
 		return http.StatusServiceUnavailable, codes.Unavailable, "authproxy: credential unavailable" + where
 	case errors.Is(err, ErrUpstream):

@@ -41,6 +41,27 @@ type TokenServer struct {
 	MaxValid  int
 	// Now is its clock (default time.Now).
 	Now func() time.Time
+	// Mode makes it answer as a particular server does:
+	//   - "" checks the request as configured above;
+	//   - "zitadel" follows zitadel/oidc's op package (token_request.go
+	//     Exchange, token_client_credentials.go, token_jwt_profile.go,
+	//     verifier_jwt_profile.go, error.go RequestError): client_credentials
+	//     authenticates with a secret only (form or form-encoded Basic; a
+	//     client_assertion is never read, so it fails with invalid_client,
+	//     401), and the JWT-bearer grant takes an RS256 assertion signed
+	//     with KeyID's key (PublicKey) whose iss = sub = UserID and aud
+	//     holds Issuer, not expired, iat not ahead and at most MaxAgeIAT old
+	//     (failures: 400 invalid_grant); grant_type missing is 400
+	//     invalid_request, another grant 400 unsupported_grant_type;
+	//   - "strict" is a strict generic server: scopes outside AllowedScopes
+	//     are 400 invalid_scope, a body that is not a form (or none) is 400
+	//     invalid_request, it echoes scope, says token_type "bearer" and
+	//     answers application/json;charset=UTF-8.
+	Mode          string
+	Issuer        string // zitadel: its issuer URL, the assertion's audience
+	UserID, KeyID string // zitadel: the service user and the id of its key
+	MaxAgeIAT     time.Duration
+	AllowedScopes []string // strict
 
 	down     atomic.Int32 // HTTP status to fail with, 0 = up
 	delay    atomic.Int64 // nanoseconds to wait before answering
@@ -97,6 +118,14 @@ func (s *TokenServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "token service unavailable", st)
 		return
 	}
+	switch s.Mode {
+	case "zitadel":
+		s.serveZitadel(w, r)
+		return
+	case "strict":
+		s.serveStrict(w, r)
+		return
+	}
 	if r.Method != http.MethodPost {
 		oauthError(w, http.StatusMethodNotAllowed, "invalid_request", "POST only")
 		return
@@ -138,6 +167,11 @@ func (s *TokenServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	s.issue(w, scope, "Bearer", "application/json", false)
+}
+
+// issue answers with a new token for scope.
+func (s *TokenServer) issue(w http.ResponseWriter, scope, tokenType, contentType string, echoScope bool) {
 	life := s.ExpiresIn
 	if life == 0 {
 		life = 3600
@@ -154,14 +188,144 @@ func (s *TokenServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.issued[token] = expiry
 	s.mu.Unlock()
-	resp := map[string]any{"token_type": "Bearer", "expires_in": life}
+	resp := map[string]any{"token_type": tokenType, "expires_in": life}
+	if echoScope {
+		resp["scope"] = scope
+	}
 	if s.Obelisk {
 		resp = map[string]any{"token_type": "bearer", "token": token, "expires_in": life, "max_idle_time": life, "max_valid_time": s.MaxValid, "id_token": "x.y.z"}
 	} else {
 		resp["access_token"] = token
 	}
-	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Type", contentType)
 	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// serveZitadel answers as zitadel/oidc's op.Exchange does.
+func (s *TokenServer) serveZitadel(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil {
+		oauthError(w, http.StatusBadRequest, "invalid_request", "error parsing form")
+		return
+	}
+	switch gt := r.FormValue("grant_type"); gt {
+	case "":
+		oauthError(w, http.StatusBadRequest, "invalid_request", "grant_type missing")
+	case "client_credentials":
+		// ParseClientCredentialsRequest: client_id/client_secret from the
+		// form, or from Basic (each query-unescaped); never client_assertion.
+		id, secret := r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
+		if bid, bsecret, ok := r.BasicAuth(); ok {
+			var err1, err2 error
+			id, err1 = url.QueryUnescape(bid)
+			secret, err2 = url.QueryUnescape(bsecret)
+			if err1 != nil || err2 != nil {
+				oauthError(w, http.StatusUnauthorized, "invalid_client", "invalid basic auth header")
+				return
+			}
+		}
+		if id != s.ClientID || secret == "" || secret != s.ClientSecret {
+			oauthError(w, http.StatusUnauthorized, "invalid_client", "") // AuthorizeClientCredentialsClient
+			return
+		}
+		s.issue(w, r.PostForm.Get("scope"), "Bearer", "application/json", true)
+	case "urn:ietf:params:oauth:grant-type:jwt-bearer":
+		if err := s.verifyJWTProfile(r.PostForm.Get("assertion")); err != nil {
+			oauthError(w, http.StatusBadRequest, "invalid_grant", err.Error()) // DefaultToServerError
+			return
+		}
+		s.issue(w, r.PostForm.Get("scope"), "Bearer", "application/json", true)
+	default:
+		oauthError(w, http.StatusBadRequest, "unsupported_grant_type", gt+" not supported")
+	}
+}
+
+// verifyJWTProfile is verifier_jwt_profile.go VerifyJWTAssertion: audience,
+// expiration, issued-at, subject = issuer, then the signature of the key
+// the issuer's kid names.
+func (s *TokenServer) verifyJWTProfile(assertion string) error {
+	parts := strings.Split(assertion, ".")
+	if len(parts) != 3 {
+		return fmt.Errorf("malformed jwt, must have 3 parts")
+	}
+	var header struct{ Alg, Kid string }
+	var claims struct {
+		Iss, Sub string
+		Aud      json.RawMessage
+		Iat, Exp int64
+	}
+	hb, err1 := base64.RawURLEncoding.DecodeString(parts[0])
+	cb, err2 := base64.RawURLEncoding.DecodeString(parts[1])
+	sig, err3 := base64.RawURLEncoding.DecodeString(parts[2])
+	if err1 != nil || err2 != nil || err3 != nil || json.Unmarshal(hb, &header) != nil || json.Unmarshal(cb, &claims) != nil {
+		return fmt.Errorf("malformed jwt payload")
+	}
+	var auds []string
+	if json.Unmarshal(claims.Aud, &auds) != nil {
+		var one string
+		_ = json.Unmarshal(claims.Aud, &one)
+		auds = []string{one}
+	}
+	now := s.now()
+	maxAge := s.MaxAgeIAT
+	if maxAge == 0 {
+		maxAge = time.Hour
+	}
+	found := false
+	for _, a := range auds {
+		found = found || a == s.Issuer
+	}
+	switch {
+	case !found:
+		return fmt.Errorf("audience is not valid: Audience must contain client_id %q", s.Issuer)
+	case !now.Before(time.Unix(claims.Exp, 0)):
+		return fmt.Errorf("token has expired")
+	case claims.Iat == 0:
+		return fmt.Errorf("issuedAt of token is missing")
+	case time.Unix(claims.Iat, 0).After(now.Round(time.Second)):
+		return fmt.Errorf("issuedAt of token is in the future")
+	case time.Unix(claims.Iat, 0).Before(now.Add(-maxAge).Round(time.Second)):
+		return fmt.Errorf("issuedAt of token is to old")
+	case claims.Iss != claims.Sub:
+		return fmt.Errorf("subject must be the same as issuer")
+	}
+	k, ok := s.PublicKey.(*rsa.PublicKey)
+	if claims.Iss != s.UserID || header.Kid != s.KeyID || !ok {
+		return fmt.Errorf("error fetching keys: key %q of %q not found", header.Kid, claims.Iss)
+	}
+	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+	if header.Alg != "RS256" || rsa.VerifyPKCS1v15(k, crypto.SHA256, digest[:], sig) != nil {
+		return fmt.Errorf("signature is invalid")
+	}
+	return nil
+}
+
+// serveStrict answers as a strict generic server (such as Keycloak or
+// Hydra) does.
+func (s *TokenServer) serveStrict(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") || r.ParseForm() != nil || len(r.PostForm) == 0 {
+		oauthError(w, http.StatusBadRequest, "invalid_request", "the request must be a form")
+		return
+	}
+	if gt := r.PostForm.Get("grant_type"); gt != "client_credentials" {
+		oauthError(w, http.StatusBadRequest, "unsupported_grant_type", "")
+		return
+	}
+	if err := s.authenticate(r, r.PostForm); err != nil {
+		oauthError(w, http.StatusUnauthorized, "invalid_client", "")
+		return
+	}
+	scope := r.PostForm.Get("scope")
+	for _, sc := range strings.Fields(scope) {
+		allowed := false
+		for _, a := range s.AllowedScopes {
+			allowed = allowed || a == sc
+		}
+		if !allowed {
+			oauthError(w, http.StatusBadRequest, "invalid_scope", "")
+			return
+		}
+	}
+	s.issue(w, scope, "bearer", "application/json;charset=UTF-8", true)
 }
 
 func (s *TokenServer) authenticate(r *http.Request, form url.Values) error {
