@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -135,6 +136,8 @@ type Env struct {
 	LookupEnv func(string) (string, bool)
 	// Now is the clock (time.Now).
 	Now func() time.Time
+	// Log receives what an injector notices while it runs (nil discards).
+	Log *slog.Logger
 }
 
 // builder is what each kind's build function receives.
@@ -207,6 +210,9 @@ func BuildAll(cfg *config.Config, env Env) (map[string]Injector, error) {
 	}
 	if env.Now == nil {
 		env.Now = time.Now
+	}
+	if env.Log == nil {
+		env.Log = slog.New(slog.DiscardHandler)
 	}
 	blocks := cfg.Injectors
 	names := make([]string, 0, len(blocks))

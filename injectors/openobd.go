@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -67,6 +68,8 @@ type OpenOBD struct {
 	rewrite  bool
 	ctlKey   string
 	secrets  scrubber // the client secret, in each encoding
+	log      *slog.Logger
+	unknown  sync.Map // session states not known to the proxy, logged once each
 
 	sessions *lru.Cache[string, *obdSession]
 
@@ -142,6 +145,10 @@ func NewOpenOBD(name string, cfg OpenOBDConfig, env Env) (*OpenOBD, error) {
 	o.base, o.stop = context.WithCancel(context.Background())
 	o.ctlKey = name + "\x00controller"
 	o.secrets.add(o.secret.Reveal())
+	o.log = env.Log
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
 	return o, nil
 }
 
@@ -303,10 +310,18 @@ func (o *OpenOBD) learn(info *pb.SessionInfo, rewrite bool, addr string) {
 		s.clientAddr = normalizeHostPort(addr)
 	}
 	s.mu.Unlock()
+	// The protos do not list the states. Those the controller is known to
+	// send end a session or keep it; any other is taken as live, and said
+	// once, so a new state cannot end sessions that still work.
 	switch info.State {
 	case "available", "active", "":
-	default:
+	case "interrupted", "finished":
 		s.end("state " + info.State)
+	default:
+		if _, seen := o.unknown.LoadOrStore(info.State, true); !seen {
+			o.log.Warn("openOBD session state not known to the proxy; the session is taken as live",
+				"injector", o.name, "state", info.State)
+		}
 	}
 	if rewrite {
 		info.GrpcEndpoint = addr

@@ -1,10 +1,12 @@
 package injectors
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 
 	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/openobd/pb"
 	"github.com/authproxy/authproxy/tokencache"
 	"github.com/authproxy/authproxy/transport"
 )
@@ -29,5 +31,32 @@ func TestNormalizeHostPort(t *testing.T) {
 		if got := normalizeHostPort(in); got != want {
 			t.Errorf("%q: %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A session state the proxy does not know keeps the session live and is
+// logged once; the states known to end a session end it.
+func TestOpenOBDUnknownSessionStatesAreLiveAndLoggedOnce(t *testing.T) {
+	var logs strings.Builder
+	o, err := NewOpenOBD("obd", OpenOBDConfig{Endpoint: "grpc.openobd.com:443", ClientID: secretValue("id"),
+		ClientSecret: secretValue("secret"), ClusterID: "001"},
+		Env{Cache: tokencache.New(tokencache.Options{}), Transport: &transport.Set{},
+			Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		o.learn(&pb.SessionInfo{Id: "s1", State: "paused", GrpcEndpoint: "session1.openobd.com:443"}, false, "")
+	}
+	s, _ := o.sessions.Get("s1")
+	if err := s.liveErr(); err != nil {
+		t.Errorf("an unknown state ended the session: %v", err)
+	}
+	if n := strings.Count(logs.String(), "openOBD session state not known"); n != 1 || !strings.Contains(logs.String(), "state=paused") {
+		t.Errorf("logged %d times:\n%s", n, logs.String())
+	}
+	o.learn(&pb.SessionInfo{Id: "s1", State: "interrupted", GrpcEndpoint: "session1.openobd.com:443"}, false, "")
+	if err := s.liveErr(); err == nil {
+		t.Error("interrupted did not end the session")
 	}
 }

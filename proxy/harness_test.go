@@ -162,16 +162,21 @@ func (e *env) start(yamlText string, override map[string]injectors.Injector, pre
 	if err != nil {
 		e.t.Fatalf("config: %v", err)
 	}
-	injs, err := injectors.BuildAll(cfg, e.injEnv)
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	injEnv := e.injEnv
+	if injEnv.Log == nil {
+		injEnv.Log = logger
+	}
+	injs, err := injectors.BuildAll(cfg, injEnv)
 	if err != nil {
 		e.t.Fatalf("injectors: %v", err)
 	}
 	for name, inj := range override {
 		injs[name] = inj
 	}
-	logs := &syncBuffer{}
 	srv, err := proxy.New(cfg, injs, proxy.Options{
-		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:    logger,
 		Listeners: pre,
 	})
 	if err != nil {

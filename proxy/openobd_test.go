@@ -118,12 +118,12 @@ func pingPong(t *testing.T, ctx context.Context, c pb.CanClient, d time.Duration
 	}
 	n := 0
 	for end := time.Now().Add(d); time.Now().Before(end); n++ {
-		msg := []byte(fmt.Sprintf("22 F1 90 #%d", n))
+		msg := fmt.Sprintf("22 F1 90 #%d", n)
 		if err := s.Send(&pb.IsotpMessage{Payload: msg}); err != nil {
 			t.Fatalf("send %d: %v", n, err)
 		}
 		got, err := s.Recv()
-		if err != nil || string(got.Payload) != string(msg) {
+		if err != nil || got.Payload != msg {
 			t.Fatalf("echo %d: %v %v", n, got, err)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -188,7 +188,7 @@ func openOBDSidecarRewrite(t *testing.T, h2c string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		live.Send(&pb.IsotpMessage{Payload: []byte("x")})
+		live.Send(&pb.IsotpMessage{Payload: "x"})
 		live.Recv()
 		if _, err := ctl.InterruptSession(ctx, &pb.SessionId{Value: info.Id}); err != nil {
 			t.Fatal(err)
@@ -364,7 +364,7 @@ func TestOpenOBDFinishTokenRuleAndEviction(t *testing.T) {
 		t.Error("no round trips with the session token as the key")
 	}
 	// finish ends the session: the proxy closes its token stream.
-	if _, err := sess.Finish(bearer(st.Value), &pb.EmptyMessage{}); err != nil {
+	if _, err := sess.Finish(bearer(st.Value), &pb.ServiceResult{}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the token stream to close after finish", func() bool { return w.sim.OpenTokenStreams() == 0 })

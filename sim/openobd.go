@@ -325,7 +325,7 @@ func (s obdSessionService) AssertAuthenticationPossible(context.Context, *pb.Emp
 	return &pb.EmptyMessage{}, nil
 }
 
-func (s obdSessionService) Finish(ctx context.Context, _ *pb.EmptyMessage) (*pb.EmptyMessage, error) {
+func (s obdSessionService) Finish(ctx context.Context, _ *pb.ServiceResult) (*pb.EmptyMessage, error) {
 	o := s.o
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -87,11 +87,11 @@ func TestOpenOBDSimulatorDirectly(t *testing.T) {
 			t.Fatalf("rotation %d: %v", i, err)
 		}
 		latest = next.Value
-		msg := []byte(fmt.Sprintf("0x22 F1 90 #%d", i))
+		msg := fmt.Sprintf("0x22 F1 90 #%d", i)
 		if err := iso.Send(&pb.IsotpMessage{Payload: msg}); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := iso.Recv(); err != nil || string(got.Payload) != string(msg) {
+		if got, err := iso.Recv(); err != nil || got.Payload != msg {
 			t.Fatalf("echo %d across rotations: %v %v", i, got, err)
 		}
 	}

@@ -91,12 +91,13 @@ func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
 }
 
 // load reads the config and builds the injectors, reporting every problem.
-func load(path string) (*config.Config, map[string]injectors.Injector, error) {
+// The injectors log to the config's log on stderr.
+func load(path string, stderr io.Writer) (*config.Config, map[string]injectors.Injector, error) {
 	cfg, err := config.Load(path)
 	if cfg == nil {
 		return nil, nil, err
 	}
-	injs, ierr := injectors.BuildAll(cfg, injectors.Env{})
+	injs, ierr := injectors.BuildAll(cfg, injectors.Env{Log: newLogger(cfg.Log, stderr)})
 	if err = errors.Join(err, ierr); err != nil {
 		return nil, nil, err
 	}
@@ -116,7 +117,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return 2
 	}
-	cfg, injs, err := load(path)
+	cfg, injs, err := load(path, stderr)
 	note := ""
 	if err == nil {
 		if cfg.CA != nil && cfg.CA.Generate && !exists(cfg.CA.CertFile) && !exists(cfg.CA.KeyFile) {
@@ -156,7 +157,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if !ok {
 		return 2
 	}
-	cfg, injs, err := load(path)
+	cfg, injs, err := load(path, stderr)
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1
