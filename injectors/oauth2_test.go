@@ -412,6 +412,12 @@ func TestOAuth2AnswersOfRealServers(t *testing.T) {
 	if !errors.Is(err, ErrCredentialRejected) || !errors.As(err, &oe) || oe.Code != "invalid_scope" {
 		t.Errorf("a scope the client may not ask for: %v, want a rejection with invalid_scope", err)
 	}
+	jsonBody, _ := NewOAuth2("o", OAuth2Config{TokenURL: tokenURL, ClientID: secretValue("c"), ClientSecret: secretValue("s"), BodyFormat: "json"},
+		Env{Cache: tokencache.New(tokencache.Options{}), HTTPClient: env.HTTPClient})
+	err = jsonBody.Inject(newRequest(t, "https://api.example.com/", nil))
+	if !errors.Is(err, ErrCredentialRejected) || !errors.As(err, &oe) || oe.Code != "invalid_request" {
+		t.Errorf("a JSON body to a form-only server: %v, want a rejection with invalid_request", err)
+	}
 	for _, tc := range []struct {
 		name, body string
 		status     int

@@ -207,3 +207,40 @@ func agtVIN(answer string) string {
 	_ = json.Unmarshal(payload, &c)
 	return c.Vin
 }
+
+// A plain-HTTP issuer works when the injector says so, and every start
+// says it at WARN.
+func TestVISSPlaintextIssuerIsLoggedAtStart(t *testing.T) {
+	e := newEnv(t)
+	viss := sim.NewVISS()
+	agts := httptest.NewServer(viss.AGTS())
+	t.Cleanup(agts.Close)
+	data := e.httpsUpstream(viss.Data())
+	viss.Validated = []string{} // this deployment accepts reads without a token, so the AGT-only route is seen to work
+	p := e.start(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, host: viss.authproxy.test, upstream: "https://viss.authproxy.test:%[2]s"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {viss.authproxy.test: 127.0.0.1}}
+injectors:
+  vehicle:
+    kind: viss
+    agts_url: "%[1]s/agts"
+    allow_plaintext_issuer: true
+    vin: GEO001
+    context: Independent+OEM+Cloud
+    proof: {value: ABC}
+routes:
+  - {name: vehicle, match: {path: "/Vehicle/*"}, injector: vehicle}
+`, agts.URL, port(t, data.URL)), nil, nil)
+	resp, err := h1Client().Get("http://" + p.addr("app") + "/Vehicle/Speed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || viss.AGTRequests() != 1 {
+		t.Errorf("through a plain-HTTP AGTS: %d, %d AGT requests", resp.StatusCode, viss.AGTRequests())
+	}
+	if logs := p.logs.String(); !strings.Contains(logs, "level=WARN") || !strings.Contains(logs, "agts_url is plain HTTP (allow_plaintext_issuer)") {
+		t.Errorf("no warning at start:\n%.2000s", logs)
+	}
+}
