@@ -23,7 +23,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/route"
 )
 
 // File is the configuration file as written.

@@ -18,7 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/authproxy/authproxy/config"
-	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/tokencache"
 	"github.com/authproxy/authproxy/transport"
 )

@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/config"
-	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/sim"
 	"github.com/authproxy/authproxy/tokencache"
 )

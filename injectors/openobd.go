@@ -22,7 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/authproxy/authproxy/config"
-	"github.com/authproxy/authproxy/openobd/grpcframe"
+	"github.com/authproxy/authproxy/grpcframe"
 	"github.com/authproxy/authproxy/openobd/pb"
 	"github.com/authproxy/authproxy/tokencache"
 	"github.com/authproxy/authproxy/transport"

@@ -16,7 +16,7 @@ import (
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/injectors"
-	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/transport"
 )
 

@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/route"
 )
 
 // ErrDestinationRefused: a tunnel or an untouched forward would reach an

@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/authproxy/authproxy/injectors"
-	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/transport"
 )
 

@@ -18,7 +18,7 @@ import (
 
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
-	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/transport"
 )
 

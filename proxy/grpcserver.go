@@ -21,7 +21,7 @@ import (
 
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 
-	"github.com/authproxy/authproxy/openobd/grpcframe"
+	"github.com/authproxy/authproxy/grpcframe"
 	"github.com/authproxy/authproxy/transport"
 )
 

@@ -26,7 +26,7 @@ import (
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/h2relay"
 	"github.com/authproxy/authproxy/injectors"
-	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/transport"
 )
 

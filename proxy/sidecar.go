@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"net/url"
 
-	"github.com/authproxy/authproxy/proxy/route"
+	"github.com/authproxy/authproxy/route"
 )
 
 // sidecar serves applications on localhost that speak plain HTTP/1.1 or h2c

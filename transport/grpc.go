@@ -23,7 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/authproxy/authproxy/openobd/grpcframe"
+	"github.com/authproxy/authproxy/grpcframe"
 )
 
 // DefaultGRPCMaxMessage is the default of upstream.grpc_max_message_bytes.
