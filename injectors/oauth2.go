@@ -241,7 +241,10 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 
 	var err error
 	if keyFile != nil {
-		o.id = config.NewSecret(keyFile.UserID + keyFile.ClientID) // one of them is set
+		o.id = config.NewSecret(keyFile.ClientID) // an application key
+		if keyFile.Type == "serviceaccount" {
+			o.id = config.NewSecret(keyFile.UserID)
+		}
 		o.keyID = keyFile.KeyID
 	} else if zitadelFile {
 		// its own error says what is wrong with it
