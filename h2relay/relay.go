@@ -54,11 +54,14 @@ type Target struct {
 	// sent as a trailer must not pass where the same header was stripped.
 	StripTrailers []string
 	// Observe, when set, sees the final response head before the client
-	// does. Returning true asks for the request to be sent once more, to
-	// Retry's target; the relay does so if it holds the whole request
-	// body, and otherwise passes the response on.
-	Observe func(status int, header http.Header) bool
-	Retry   func() (*Target, error)
+	// does, and with PeekBytes set, the body of a response whose
+	// content-length is at most PeekBytes (body is nil otherwise: the head
+	// passes at once). Returning true asks for the request to be sent once
+	// more, to Retry's target; the relay does so if it holds the whole
+	// request body, and otherwise passes the response on.
+	Observe   func(status int, header http.Header, body []byte) bool
+	PeekBytes int
+	Retry     func() (*Target, error)
 	// Data is the Handler's own, handed back to Reply.
 	Data any
 }

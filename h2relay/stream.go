@@ -33,6 +33,28 @@ type stream struct {
 	keep        bool   // keep the request body for a retry
 	replay      []byte // the request body so far, while keep
 	replayEnded bool
+	held        *heldResponse // a response head (and body so far) kept for Observe
+	waiting     *waitingRetry // a complete held response whose retry waits for the request body's end
+}
+
+// waitingRetry is a retry asked for before the client finished sending:
+// the request goes again once its (kept) body is complete, or the held
+// response goes to the client if the body outgrows the replay bound.
+type waitingRetry struct {
+	b   *half
+	h   *heldResponse
+	end bool
+}
+
+// heldResponse is a response the relay holds until its body is complete,
+// so that Target.Observe can read it (at most PeekBytes). Its bytes are not
+// credited to the upstream until they leave to the client.
+type heldResponse struct {
+	code   int
+	fields []hpack.HeaderField
+	header http.Header
+	size   int64 // its content-length
+	body   []byte
 }
 
 // onRequestHeaders opens a stream, or takes a client's trailers.
@@ -355,6 +377,20 @@ func (s *stream) requestData(data []byte, end bool, fl *flusher) {
 			s.replayEnded = end
 		}
 	}
+	if w := s.waiting; w != nil {
+		// The upstream leg is over: the data goes only into the replay
+		// copy (bounded by the replay limit), and is credited now.
+		done := end || !s.keep
+		if done {
+			s.waiting = nil
+		}
+		s.mu.Unlock()
+		s.client.c.credit(s.client, len(data), fl)
+		if done && !s.retryFor(w.b, s.target, true, w.end, len(w.h.body), fl) { // the body outgrew the bound
+			s.sendHeld(w.b, w.h, w.end, fl)
+		}
+		return
+	}
 	b := s.up
 	if b == nil {
 		if s.answered || s.finished {
@@ -401,9 +437,21 @@ func (t *Target) filterTrailers(fields []hpack.HeaderField) []hpack.HeaderField 
 	return out
 }
 
-// responseData passes the current leg's response data to the client.
+// responseData passes the current leg's response data to the client (or
+// to the held response, until it is complete).
 func (s *stream) responseData(b *half, data []byte, end bool, fl *flusher) {
 	s.mu.Lock()
+	if h := s.held; h != nil && b == s.up {
+		h.body = append(h.body, data...)
+		if !end && int64(len(h.body)) < h.size && len(h.body) <= s.target.PeekBytes {
+			s.mu.Unlock()
+			return
+		}
+		s.held = nil
+		s.mu.Unlock()
+		s.decideHeld(b, h, end, fl)
+		return
+	}
 	current := b == s.up && s.answered
 	s.mu.Unlock()
 	if !current {
@@ -446,6 +494,14 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		s.mu.Unlock()
 		return
 	}
+	if h := s.held; h != nil { // trailers after a held response: it is complete
+		s.held = nil
+		s.mu.Unlock()
+		if s.decideHeld(b, h, false, fl) {
+			a.c.sendTrailers(a, f.RegularFields(), fl)
+		}
+		return
+	}
 	if s.answered { // trailers
 		s.mu.Unlock()
 		a.c.sendTrailers(a, f.RegularFields(), fl)
@@ -466,23 +522,81 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 	}
 	t := s.target
 	if t.Observe != nil {
-		s.mu.Unlock()
-		retry := t.Observe(code, headerOf(f.RegularFields()))
-		s.mu.Lock()
-		if retry && !s.retried && s.keep && s.reqEnded && s.replayEnded && !s.finished {
-			s.retried, s.up = true, nil
+		header := headerOf(f.RegularFields())
+		if n, err := strconv.ParseInt(header.Get("Content-Length"), 10, 64); !end && t.PeekBytes > 0 && err == nil && n > 0 && n <= int64(t.PeekBytes) {
+			s.held = &heldResponse{code: code, fields: fields, header: header, size: n}
 			s.mu.Unlock()
-			if !end {
-				b.c.resetHalf(b, http2.ErrCodeCancel, fl)
-			}
-			go s.retryLeg(t)
 			return
 		}
+		s.mu.Unlock()
+		if s.retryFor(b, t, t.Observe(code, header, nil), end, 0, fl) {
+			return
+		}
+		s.mu.Lock()
 	}
 	s.answered = true
 	s.keep, s.replay = false, nil
 	s.mu.Unlock()
 	a.c.sendHead(a, fields, end, fl)
+}
+
+// retryFor sends the request once more if Observe asked and it can be
+// replayed, and reports whether it did; the current leg, with held bytes
+// of response data not yet credited, is given up.
+func (s *stream) retryFor(b *half, t *Target, retry, end bool, held int, fl *flusher) bool {
+	s.mu.Lock()
+	if !retry || s.retried || !s.keep || !s.reqEnded || !s.replayEnded || s.finished {
+		s.mu.Unlock()
+		return false
+	}
+	s.retried, s.up, s.pre = true, nil, nil
+	s.mu.Unlock()
+	if held > 0 {
+		b.c.creditConn(int64(held), fl)
+	}
+	if !end {
+		b.c.resetHalf(b, http2.ErrCodeCancel, fl)
+	}
+	go s.retryLeg(t)
+	return true
+}
+
+// decideHeld shows a held response to Observe and then retries or sends
+// it on; it reports whether the client got it. A retry asked for while
+// the client is still sending a body the relay keeps waits for its end.
+func (s *stream) decideHeld(b *half, h *heldResponse, end bool, fl *flusher) bool {
+	t := s.target
+	retry := t.Observe(h.code, h.header, h.body)
+	s.mu.Lock()
+	if retry && end && !s.retried && s.keep && !s.finished && !(s.reqEnded && s.replayEnded) {
+		s.waiting = &waitingRetry{b: b, h: h, end: end}
+		s.up = nil
+		s.mu.Unlock()
+		b.c.resetHalf(b, http2.ErrCodeCancel, fl) // answered whole; the rest of the request is not sent on it
+		return false
+	}
+	s.mu.Unlock()
+	if s.retryFor(b, t, retry, end, len(h.body), fl) {
+		return false
+	}
+	return s.sendHeld(b, h, end, fl)
+}
+
+// sendHeld sends a held response to the client; it reports whether it did.
+func (s *stream) sendHeld(b *half, h *heldResponse, end bool, fl *flusher) bool {
+	a := s.client
+	s.mu.Lock()
+	if s.finished || s.answered || (b != s.up && s.up != nil) {
+		s.mu.Unlock()
+		b.c.creditConn(int64(len(h.body)), fl)
+		return false
+	}
+	s.answered = true
+	s.keep, s.replay, s.pre = false, nil, nil
+	s.mu.Unlock()
+	a.c.sendHead(a, h.fields, false, fl)
+	a.c.send(a, h.body, end, fl) // credited to b as it leaves, as any response data
+	return true
 }
 
 // retryLeg sends the request once more, with what Retry gives.
@@ -530,9 +644,16 @@ func (s *stream) replyLocal(t *Target, err error) {
 		return
 	}
 	s.answered = true
-	s.up = nil
+	b, held := s.up, s.held
+	if w := s.waiting; w != nil {
+		b, held = w.b, w.h
+	}
+	s.up, s.held, s.waiting = nil, nil, nil
 	s.keep, s.replay, s.pre = false, nil, nil
 	s.mu.Unlock()
+	if held != nil && b != nil {
+		b.c.creditConn(int64(len(held.body)), nil)
+	}
 	rep := s.r.Handler.Reply(s.req, t, err)
 	fields := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(rep.Status)}}
 	for k, vs := range rep.Header {
@@ -587,9 +708,15 @@ func (s *stream) end() {
 		return
 	}
 	s.finished = true
-	b := s.up
-	s.pre, s.replay = nil, nil
+	b, held := s.up, s.held
+	if w := s.waiting; w != nil {
+		b, held = w.b, w.h
+	}
+	s.pre, s.replay, s.held, s.waiting = nil, nil, nil, nil
 	s.mu.Unlock()
+	if held != nil && b != nil {
+		b.c.creditConn(int64(len(held.body)), nil)
+	}
 	s.cancel()
 	if b != nil {
 		b.c.resetHalf(b, http2.ErrCodeCancel, nil)

@@ -71,12 +71,26 @@ type ResponseObserver interface {
 }
 
 // HeadObserver is implemented by ResponseObservers that read nothing of a
-// response but its status and headers, and leave its body alone. The frame
-// relay of h2c: relay listeners decodes no body, so it serves only routes
-// whose injector observes nothing or is a HeadObserver.
+// response but its status and headers, and leave its body alone: the frame
+// relay passes their responses' heads on at once. For other observers it
+// holds a response whose content-length is at most MaxObservedBody until
+// its body is complete, so that the observer can read it.
 type HeadObserver interface {
 	ResponseObserver
 	ObservesHeadOnly()
+}
+
+// MaxObservedBody bounds the response body an observer may read (an ODIL
+// session error, a VISS token error): longer bodies, and bodies of unknown
+// length, stream on unread.
+const MaxObservedBody = 16 << 10
+
+// MessageObserver is implemented by ResponseObservers that read (and may
+// rewrite) the gRPC messages of responses as they stream, which the frame
+// relay does not decode: it refuses their routes.
+type MessageObserver interface {
+	ResponseObserver
+	ObservesMessages()
 }
 
 // Immediate is implemented by injectors whose Inject never waits (no

@@ -206,7 +206,7 @@ func (o *ODIL) ObserveResponse(req *Request, resp *http.Response) bool {
 		return false
 	}
 	var e struct{ Code string }
-	if json.Unmarshal(peekBody(resp, 16<<10), &e) != nil || (e.Code != odilSessionExpired && e.Code != odilSessionInvalid) {
+	if json.Unmarshal(peekBody(resp, MaxObservedBody), &e) != nil || (e.Code != odilSessionExpired && e.Code != odilSessionInvalid) {
 		return false
 	}
 	return o.cache.Invalidate(o.key, sent)

@@ -104,10 +104,13 @@ type obdSession struct {
 }
 
 var (
-	_ Injector         = (*OpenOBD)(nil)
-	_ ResponseObserver = (*OpenOBD)(nil)
-	_ Runner           = (*OpenOBD)(nil)
+	_ Injector        = (*OpenOBD)(nil)
+	_ MessageObserver = (*OpenOBD)(nil)
+	_ Runner          = (*OpenOBD)(nil)
 )
+
+// ObservesMessages implements MessageObserver.
+func (o *OpenOBD) ObservesMessages() {}
 
 // NewOpenOBD validates cfg and reads its secrets. No network I/O.
 func NewOpenOBD(name string, cfg OpenOBDConfig, env Env) (*OpenOBD, error) {

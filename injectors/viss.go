@@ -242,7 +242,7 @@ func (v *VISS) StartWarnings() []string { return v.warnings }
 
 // maxErrorPeek bounds the response body read for a token error: the
 // reference's error answers are well under 1 KiB.
-const maxErrorPeek = 16 << 10
+const maxErrorPeek = MaxObservedBody
 
 // ObserveResponse implements ResponseObserver: a 401, or a token error in
 // a 200 body as the reference data server sends it

@@ -35,6 +35,7 @@ func newODILWorld(t *testing.T, password string, cacheOpts tokencache.Options, e
 	w.p = e.start(fmt.Sprintf(`
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, host: odil.authproxy.test, upstream: "https://odil.authproxy.test:%[1]s"}
+  - {name: relay, kind: sidecar, address: 127.0.0.1:0, host: odil.authproxy.test, upstream: "https://odil.authproxy.test:%[1]s", h2c: relay}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}
 ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
 upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {odil.authproxy.test: 127.0.0.1}}
@@ -58,8 +59,8 @@ routes:
 	return w
 }
 
-// clients returns how each mode reaches the API: the sidecar, and the
-// forward proxy with interception.
+// clients returns how each mode reaches the API: the sidecar, the frame
+// relay, and the forward proxy with interception.
 func (w *odilWorld) clients() map[string]func(method, path string, body []byte) *http.Response {
 	sidecar := h1Client()
 	forward := proxiedClient(w.p.addr("fwd"), &tlsRoots{w.e.proxyCA}, true)
@@ -79,6 +80,7 @@ func (w *odilWorld) clients() map[string]func(method, path string, body []byte) 
 	}
 	return map[string]func(string, string, []byte) *http.Response{
 		"sidecar": do(sidecar, "http://"+w.p.addr("app")),
+		"relay":   do(h2cClient(), "http://"+w.p.addr("relay")),
 		"forward": do(forward, "https://odil.authproxy.test:"+w.port),
 	}
 }
@@ -166,18 +168,22 @@ func TestODILWrongCredentialsDoNotStorm(t *testing.T) {
 
 func TestODILBodyOverTheReplayLimitGetsTheErrorAsIs(t *testing.T) {
 	w := newODILWorld(t, "right-password", tokencache.Options{MinBackoff: time.Millisecond}, "retry: {max_body_bytes: 100}")
-	do := w.clients()["sidecar"]
-	decodeODIL(t, do("GET", "/api/od/vehicles", nil))
-	w.odil.ExpireAll()
-	resp := do("POST", "/api/od/orders", bytes.Repeat([]byte("x"), 101))
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "uri:TR:ErrorCodes:Common:SessionExpired") {
-		t.Errorf("a body over retry.max_body_bytes after expiry: %d %q, want ODIL's 400 as is", resp.StatusCode, b)
-	}
-	// The session was dropped all the same: the next request recovers.
-	seen := decodeODIL(t, do("POST", "/api/od/orders", bytes.Repeat([]byte("x"), 100)))
-	if seen.BodyBytes != 100 {
-		t.Errorf("next request: %+v", seen)
+	for _, mode := range []string{"sidecar", "relay"} {
+		t.Run(mode, func(t *testing.T) {
+			do := w.clients()[mode]
+			decodeODIL(t, do("GET", "/api/od/vehicles", nil))
+			w.odil.ExpireAll()
+			resp := do("POST", "/api/od/orders", bytes.Repeat([]byte("x"), 101))
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "uri:TR:ErrorCodes:Common:SessionExpired") {
+				t.Errorf("a body over retry.max_body_bytes after expiry: %d %q, want ODIL's 400 as is", resp.StatusCode, b)
+			}
+			// The session was dropped all the same: the next request recovers.
+			seen := decodeODIL(t, do("POST", "/api/od/orders", bytes.Repeat([]byte("x"), 100)))
+			if seen.BodyBytes != 100 {
+				t.Errorf("next request: %+v", seen)
+			}
+		})
 	}
 }

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -63,8 +65,15 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 	}
 	t := relayTarget(r, x)
 	if rt := x.route; rt != nil && rt.observer != nil {
-		t.Observe = func(status int, header http.Header) bool {
-			return rt.observer.ObserveResponse(ireq, &http.Response{StatusCode: status, Header: header, Body: http.NoBody, Request: r})
+		t.Observe = func(status int, header http.Header, body []byte) bool {
+			resp := &http.Response{StatusCode: status, Header: header, Body: http.NoBody, ContentLength: -1, Request: r}
+			if body != nil {
+				resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+			}
+			return rt.observer.ObserveResponse(ireq, resp)
+		}
+		if _, headOnly := rt.injector.(injectors.HeadObserver); !headOnly {
+			t.PeekBytes = injectors.MaxObservedBody
 		}
 		t.Retry = func() (*h2relay.Target, error) {
 			if err := rt.injector.Inject(ireq); err != nil {
@@ -120,8 +129,8 @@ func (h relayHandler) Reply(req *h2relay.Request, t *h2relay.Target, err error) 
 }
 
 // checkRelay refuses h2c: relay on a listener that has a route the relay
-// cannot serve: one whose injector reads response bodies, or one that
-// sends to an HTTP/1.1 upstream.
+// cannot serve: one whose injector reads the gRPC messages of responses
+// (openOBD), or one that sends to an HTTP/1.1 upstream.
 func checkRelay(cfg *config.Config, injs map[string]injectors.Injector) error {
 	var errs []error
 	for i, l := range cfg.Listeners {
@@ -131,10 +140,8 @@ func checkRelay(cfg *config.Config, injs map[string]injectors.Injector) error {
 		p := config.Join(config.Index("listeners", i), "h2c")
 		for _, ref := range cfg.RoutesByListener[l.Name] {
 			inj := injs[ref.Route.Injector]
-			if _, observes := inj.(injectors.ResponseObserver); observes {
-				if _, head := inj.(injectors.HeadObserver); !head {
-					errs = append(errs, config.Errorf(p, "relay cannot serve route %q: its injector %q reads response bodies, which the frame relay never decodes (use h2c: grpc or http on this listener)", ref.Route.Name, ref.Route.Injector))
-				}
+			if _, messages := inj.(injectors.MessageObserver); messages {
+				errs = append(errs, config.Errorf(p, "relay cannot serve route %q: its injector %q reads the gRPC messages of responses, which the frame relay never decodes (use h2c: grpc or http on this listener)", ref.Route.Name, ref.Route.Injector))
 			}
 			if ref.Upstream != nil && ref.Upstream.Scheme == "http" {
 				errs = append(errs, config.Errorf(p, "relay cannot serve route %q: its upstream %s is HTTP/1.1 (the relay needs https or h2c upstreams)", ref.Route.Name, ref.Upstream.Redacted()))

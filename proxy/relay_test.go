@@ -199,9 +199,12 @@ func TestRelayUpstreamWithoutHTTP2(t *testing.T) {
 
 // bodyObserver is an injector that observes response bodies, which the
 // relay cannot serve.
-type bodyObserver struct{ injectors.Injector }
+// messageObserver is an injector that reads responses' gRPC messages, as
+// openOBD's does.
+type messageObserver struct{ injectors.Injector }
 
-func (bodyObserver) ObserveResponse(*injectors.Request, *http.Response) bool { return false }
+func (messageObserver) ObserveResponse(*injectors.Request, *http.Response) bool { return false }
+func (messageObserver) ObservesMessages()                                       {}
 
 // A listener with h2c: relay refuses, at start, routes it could not serve
 // faithfully, naming the YAML path.
@@ -212,15 +215,15 @@ func TestRelayRefusesRoutesItCannotServe(t *testing.T) {
 		override   map[string]injectors.Injector
 		want       string
 	}{
-		{"an injector that reads response bodies", `
+		{"an injector that reads gRPC messages", `
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://api.example.com", h2c: relay}
 injectors:
   bearer: {kind: static, headers: {Authorization: {value: x}}}
 routes:
   - {name: api, match: {path: "/*"}, injector: bearer}
-`, map[string]injectors.Injector{"bearer": bodyObserver{failingInjector{nil}}},
-			`listeners[0].h2c: relay cannot serve route "api": its injector "bearer" reads response bodies, which the frame relay never decodes (use h2c: grpc or http on this listener)`},
+`, map[string]injectors.Injector{"bearer": messageObserver{failingInjector{nil}}},
+			`listeners[0].h2c: relay cannot serve route "api": its injector "bearer" reads the gRPC messages of responses, which the frame relay never decodes (use h2c: grpc or http on this listener)`},
 		{"an HTTP/1.1 upstream", `
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "http://api.example.com", h2c: relay}

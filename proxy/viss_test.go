@@ -43,6 +43,7 @@ func newVISSWorld(t *testing.T, shared bool) *vissWorld {
 	w.p = e.start(fmt.Sprintf(`
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, host: viss.authproxy.test, upstream: "https://viss.authproxy.test:%[3]s"}
+  - {name: relay, kind: sidecar, address: 127.0.0.1:0, host: viss.authproxy.test, upstream: "https://viss.authproxy.test:%[3]s", h2c: relay}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}
 ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
 upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {viss.authproxy.test: 127.0.0.1}}
@@ -67,7 +68,10 @@ routes:
 func (w *vissWorld) get(t *testing.T, mode, path, vin string) (int, string) {
 	t.Helper()
 	c, base := h1Client(), "http://"+w.p.addr("app")
-	if mode == "forward" {
+	switch mode {
+	case "relay":
+		c, base = h2cClient(), "http://"+w.p.addr("relay")
+	case "forward":
 		c, base = proxiedClient(w.p.addr("fwd"), &tlsRoots{w.e.proxyCA}, true), "https://viss.authproxy.test:"+w.data
 	}
 	req, _ := http.NewRequest("GET", base+path, nil)
@@ -96,35 +100,38 @@ func (w *vissWorld) mustRead(t *testing.T, mode, path, vin string) {
 // answer as it is).
 func TestVISSReferenceFlowThroughSidecarAndForward(t *testing.T) {
 	w := newVISSWorld(t, false)
-	for _, mode := range []string{"sidecar", "forward"} {
+	modes := []string{"sidecar", "relay", "forward"}
+	for _, mode := range modes {
 		for range 3 {
 			w.mustRead(t, mode, "/Vehicle/Speed", "VIN-A")
 			w.mustRead(t, mode, "/Vehicle/Speed", "VIN-B")
 		}
 	}
-	if a, x, d := w.viss.AGTRequests(), w.viss.ATSRequests(), w.viss.DataRequests(); a != 2 || x != 2 || d != 12 {
-		t.Fatalf("%d AGT, %d ATS, %d data requests; want one AGT and one exchange per VIN, 12 reads", a, x, d)
+	if a, x, d := w.viss.AGTRequests(), w.viss.ATSRequests(), w.viss.DataRequests(); a != 2 || x != 2 || d != 18 {
+		t.Fatalf("%d AGT, %d ATS, %d data requests; want one AGT and one exchange per VIN, 18 reads", a, x, d)
 	}
 
 	t.Run("server restart", func(t *testing.T) {
-		w.viss.Restart()
-		w.clock.Advance(2 * time.Second) // the tokens are older than the cache's min_backoff
-		for _, mode := range []string{"sidecar", "forward"} {
+		for i, mode := range modes {
+			w.viss.Restart()
+			w.clock.Advance(2 * time.Second) // the tokens are older than the cache's min_backoff
 			w.mustRead(t, mode, "/Vehicle/Speed", "VIN-A")
+			if a, x := w.viss.AGTRequests(), w.viss.ATSRequests(); a != 2 || x != int64(3+i) {
+				t.Errorf("%s, after the restart: %d AGT and %d ATS requests, want the AGT reused and one new exchange (2, %d)", mode, a, x, 3+i)
+			}
 		}
-		if a, x := w.viss.AGTRequests(), w.viss.ATSRequests(); a != 2 || x != 3 {
-			t.Errorf("after the restart: %d AGT and %d ATS requests, want the AGT reused and one new exchange (2, 3)", a, x)
-		}
-		if d := w.viss.DataRequests(); d != 14 {
-			t.Errorf("%d data reads served, want 14", d)
+		if d := w.viss.DataRequests(); d != 21 {
+			t.Errorf("%d data reads served, want 21", d)
 		}
 	})
 
 	t.Run("purpose does not cover the signal", func(t *testing.T) {
 		before := w.viss.ATSRequests()
-		st, body := w.get(t, "sidecar", "/Vehicle/Cabin/Door/Row1/Left/IsOpen", "VIN-A")
-		if st != 200 || !strings.Contains(body, "Permission denied. Purpose does not match signals requested.") {
-			t.Errorf("got %d %s, want the server's own answer", st, body)
+		for _, mode := range modes {
+			st, body := w.get(t, mode, "/Vehicle/Cabin/Door/Row1/Left/IsOpen", "VIN-A")
+			if st != 200 || !strings.Contains(body, "Permission denied. Purpose does not match signals requested.") {
+				t.Errorf("%s: got %d %s, want the server's own answer", mode, st, body)
+			}
 		}
 		if n := w.viss.ATSRequests() - before; n != 0 {
 			t.Errorf("a refusal for the purpose cost %d new exchanges", n)
