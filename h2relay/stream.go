@@ -644,16 +644,11 @@ func (s *stream) replyLocal(t *Target, err error) {
 		return
 	}
 	s.answered = true
-	b, held := s.up, s.held
-	if w := s.waiting; w != nil {
-		b, held = w.b, w.h
-	}
-	s.up, s.held, s.waiting = nil, nil, nil
+	drop := s.dropHeldLocked()
+	s.up = nil
 	s.keep, s.replay, s.pre = false, nil, nil
 	s.mu.Unlock()
-	if held != nil && b != nil {
-		b.c.creditConn(int64(len(held.body)), nil)
-	}
+	drop()
 	rep := s.r.Handler.Reply(s.req, t, err)
 	fields := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(rep.Status)}}
 	for k, vs := range rep.Header {
@@ -699,6 +694,22 @@ func (s *stream) legFailed(h *half, code http2.ErrCode, err error, fl *flusher) 
 	}
 }
 
+// dropHeldLocked (s.mu held) forgets a held response, or one whose retry
+// waits, and returns what gives its bytes back to the upstream connection
+// (to run once s.mu is released).
+func (s *stream) dropHeldLocked() func() {
+	b, h := s.up, s.held
+	if w := s.waiting; w != nil {
+		b, h = w.b, w.h
+	}
+	s.held, s.waiting = nil, nil
+	if b == nil || h == nil || len(h.body) == 0 {
+		return func() {}
+	}
+	n := int64(len(h.body))
+	return func() { b.c.creditConn(n, nil) }
+}
+
 // end finishes a stream whose client leg is over: its context ends and
 // its upstream leg is reset if it is still open.
 func (s *stream) end() {
@@ -708,15 +719,11 @@ func (s *stream) end() {
 		return
 	}
 	s.finished = true
-	b, held := s.up, s.held
-	if w := s.waiting; w != nil {
-		b, held = w.b, w.h
-	}
-	s.pre, s.replay, s.held, s.waiting = nil, nil, nil, nil
+	b := s.up
+	drop := s.dropHeldLocked()
+	s.pre, s.replay = nil, nil
 	s.mu.Unlock()
-	if held != nil && b != nil {
-		b.c.creditConn(int64(len(held.body)), nil)
-	}
+	drop()
 	s.cancel()
 	if b != nil {
 		b.c.resetHalf(b, http2.ErrCodeCancel, nil)
