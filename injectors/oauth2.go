@@ -96,6 +96,21 @@ type zitadelKey struct {
 	ClientID string `json:"clientId"`
 }
 
+// zitadelKeyTypes are the key files Zitadel issues: the auth style each is
+// for, and the field that names the id it authenticates.
+var zitadelKeyTypes = map[string]struct{ style, idField string }{
+	"serviceaccount": {"jwt_bearer", "userId"},
+	"application":    {"private_key_jwt", "clientId"},
+}
+
+// id is the id the key authenticates: the service user's or the client's.
+func (k *zitadelKey) id() string {
+	if k.Type == "serviceaccount" {
+		return k.UserID
+	}
+	return k.ClientID
+}
+
 // OAuth2 is an OAuth2 client-credentials injector. It is safe for
 // concurrent use.
 type OAuth2 struct {
@@ -190,19 +205,19 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 				add("key_file", "is neither a PEM key nor a Zitadel JSON key file")
 				break
 			}
-			want := map[string]string{"serviceaccount": "jwt_bearer", "application": "private_key_jwt"}[k.Type]
+			kt, known := zitadelKeyTypes[k.Type]
 			switch {
-			case want == "":
+			case !known:
 				add("key_file", "a Zitadel key file of type %q; known: serviceaccount (for auth_style: jwt_bearer) and application (for private_key_jwt)", k.Type)
-			case cfg.AuthStyle != "" && cfg.AuthStyle != want:
-				add("key_file", "a Zitadel %s key is for auth_style: %s, not %s", k.Type, want, cfg.AuthStyle)
-			case k.Key == "" || k.KeyID == "" || (k.Type == "serviceaccount" && k.UserID == "") || (k.Type == "application" && k.ClientID == ""):
-				add("key_file", "a Zitadel %s key file needs keyId, key and %s", k.Type, map[string]string{"serviceaccount": "userId", "application": "clientId"}[k.Type])
+			case cfg.AuthStyle != "" && cfg.AuthStyle != kt.style:
+				add("key_file", "a Zitadel %s key is for auth_style: %s, not %s", k.Type, kt.style, cfg.AuthStyle)
+			case k.Key == "" || k.KeyID == "" || k.id() == "":
+				add("key_file", "a Zitadel %s key file needs keyId, key and %s", k.Type, kt.idField)
 			case cfg.ClientID.IsSet() || cfg.KeyID != "":
 				add("key_file", "a Zitadel key file names its own ids: leave out client_id and key_id")
 			default:
 				keyFile, keyPEM = &k, k.Key
-				cfg.AuthStyle = want
+				cfg.AuthStyle = kt.style
 			}
 		default:
 			keyPEM = raw.Reveal()
@@ -241,11 +256,7 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 
 	var err error
 	if keyFile != nil {
-		o.id = config.NewSecret(keyFile.ClientID) // an application key
-		if keyFile.Type == "serviceaccount" {
-			o.id = config.NewSecret(keyFile.UserID)
-		}
-		o.keyID = keyFile.KeyID
+		o.id, o.keyID = config.NewSecret(keyFile.id()), keyFile.KeyID
 	} else if zitadelFile {
 		// its own error says what is wrong with it
 	} else if o.id, err = cfg.ClientID.Resolve(env.LookupEnv); err != nil {

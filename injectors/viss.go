@@ -240,21 +240,18 @@ func (v *VISS) Inject(req *Request) error {
 // StartWarnings implements StartWarner.
 func (v *VISS) StartWarnings() []string { return v.warnings }
 
-// maxErrorPeek bounds the response body read for a token error: the
-// reference's error answers are well under 1 KiB.
-const maxErrorPeek = MaxObservedBody
-
 // ObserveResponse implements ResponseObserver: a 401, or a token error in
 // a 200 body as the reference data server sends it
 // ({"error":{"number":"401","reason":"invalid_token",…}}), drops the
 // token sent, so the request is sent once more with a new one (the AGT is
-// kept while it is valid). Only a complete body of at most maxErrorPeek
-// bytes (a known Content-Length) is read; it goes on to the client whole.
+// kept while it is valid). Only a complete body of at most MaxObservedBody
+// bytes (a known Content-Length; the reference's error answers are well
+// under 1 KiB) is read; it goes on to the client whole.
 // A refusal for the purpose ("Permission denied…") is not a dead token.
 func (v *VISS) ObserveResponse(req *Request, resp *http.Response) bool {
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized:
-	case resp.StatusCode == http.StatusOK && resp.ContentLength > 0 && resp.ContentLength <= maxErrorPeek:
+	case resp.StatusCode == http.StatusOK && resp.ContentLength > 0 && resp.ContentLength <= MaxObservedBody:
 		if !vissTokenError(peekBody(resp, resp.ContentLength)) {
 			return false
 		}

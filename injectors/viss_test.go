@@ -235,7 +235,7 @@ func TestVISSTokenErrorIn200Body(t *testing.T) {
 		{"purpose refused", `{"error":{"number":"401","reason":"invalid_token","message":"Permission denied. Purpose does not match signals requested. "}}`, -2, false},
 		{"data", `{"data":{"path":"Vehicle.Speed","dp":{"value":"42"}}}`, -2, false},
 		{"unknown length", `{"error":{"number":"401","reason":"invalid_token","message":"x"}}`, -1, false},
-		{"over the peek bound", `{"error":{"number":"401","reason":"invalid_token","message":"x"}}`, maxErrorPeek + 1, false},
+		{"over the peek bound", `{"error":{"number":"401","reason":"invalid_token","message":"x"}}`, MaxObservedBody + 1, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clock := sim.NewClock(time.Now())
