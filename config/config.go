@@ -283,7 +283,7 @@ func (c *Config) validate() []error {
 
 	listeners := map[string]*Listener{}
 	listenerIndex := map[string]int{}
-	bound := map[int]string{} // listener index -> its address, for the one-socket check
+	bound := make([]string, len(c.Listeners)) // valid listen addresses by index, for the one-socket check
 	hasForward := false
 	if len(c.Listeners) == 0 {
 		add("listeners", "at least one listener is required")
@@ -303,8 +303,8 @@ func (c *Config) validate() []error {
 		if err := checkListenAddress(l.Address, l.AllowRemoteClients); err != nil {
 			add(Join(p, "address"), "%v", err)
 		} else {
-			for j := 0; j < i; j++ {
-				if other, ok := bound[j]; ok && sameSocket(other, l.Address) {
+			for j, other := range bound[:i] {
+				if other != "" && sameSocket(other, l.Address) {
 					add(Join(p, "address"), "%s is also the address of listeners[%d] (%q): two listeners cannot share a socket", l.Address, j, c.Listeners[j].Name)
 					break
 				}
@@ -567,7 +567,7 @@ func ParseTunnelAllow(entries []string) (nets []netip.Prefix, hosts []route.Host
 			continue
 		}
 		h, herr := route.ParseHost(e)
-		if herr != nil || h.IsAny() || e == "*" {
+		if herr != nil || h.IsAny() {
 			return nil, nil, fmt.Errorf("%q is neither a CIDR, an address nor a host pattern (such as *.corp.example)", e)
 		}
 		hosts = append(hosts, h)
