@@ -60,12 +60,8 @@ type Listener struct {
 	// credential); on a forward listener "deny" (default, 403) or "tunnel"
 	// (CONNECT tunnelled untouched, plain requests forwarded untouched).
 	Unmatched string `yaml:"unmatched"`
-	// H2C, on a sidecar, says what its cleartext HTTP/2 connections carry:
-	// "http" (default: any HTTP/2, gRPC included, served by net/http) or
-	// "grpc" (gRPC only, served by grpc-go, which costs less CPU per call;
-	// HTTP/1.1 connections are still served by net/http) or "relay" (any
-	// HTTP/2, relayed frame by frame to HTTP/2 upstreams: the cheapest, for
-	// routes whose injectors read no response body).
+	// H2C is the retired choice of HTTP/2 engine: every listener now relays
+	// HTTP/2 frame by frame. Setting it is an error that says so.
 	H2C string `yaml:"h2c"`
 	// TunnelAllow, on a forward listener with unmatched: tunnel, opens
 	// destinations that tunnels and untouched forwards may not reach by
@@ -104,18 +100,11 @@ type Upstream struct {
 	ResponseHeaderTimeout Duration          `yaml:"response_header_timeout"` // default 0: none
 	IdleConnTimeout       Duration          `yaml:"idle_conn_timeout"`       // default 90s
 	MaxIdleConnsPerHost   int               `yaml:"max_idle_conns_per_host"` // default 256
-	// GRPCMaxMessageBytes is the largest gRPC message relayed by grpc-go
-	// (gRPC upstreams with upstream_protocol auto, and h2c: grpc listeners);
-	// a larger one fails the call with RESOURCE_EXHAUSTED. Default 16 MiB.
+	// GRPCMaxMessageBytes is retired with the grpc-go engine: gRPC
+	// messages are relayed in frames, never whole. Setting it is an error
+	// that says so.
 	GRPCMaxMessageBytes int `yaml:"grpc_max_message_bytes"`
 }
-
-// Listener h2c modes.
-const (
-	H2CHTTP  = "http"
-	H2CGRPC  = "grpc"
-	H2CRelay = "relay"
-)
 
 // Timeouts bound the client side of every listener. There is deliberately
 // no per-request write timeout: it would cut long gRPC streams.
@@ -311,6 +300,9 @@ func (c *Config) validate() []error {
 			}
 			bound[i] = l.Address
 		}
+		if l.H2C != "" {
+			add(Join(p, "h2c"), "no longer needed: every listener relays HTTP/2 (h2c, gRPC included) frame by frame, for every injector; remove it")
+		}
 		switch l.Kind {
 		case KindSidecar:
 			if l.Unmatched == "" {
@@ -334,13 +326,6 @@ func (c *Config) validate() []error {
 			if len(l.TunnelAllow) > 0 {
 				add(Join(p, "tunnel_allow"), "only forward listeners tunnel")
 			}
-			switch l.H2C {
-			case "":
-				l.H2C = H2CHTTP
-			case H2CHTTP, H2CGRPC, H2CRelay:
-			default:
-				add(Join(p, "h2c"), "unknown mode %q (known: http, grpc, relay)", l.H2C)
-			}
 		case KindForward:
 			hasForward = true
 			if l.Unmatched == "" {
@@ -354,9 +339,6 @@ func (c *Config) validate() []error {
 			}
 			if l.Upstream != "" {
 				add(Join(p, "upstream"), "only sidecar listeners take an upstream; a forward listener sends to the client's target")
-			}
-			if l.H2C != "" {
-				add(Join(p, "h2c"), "only sidecar listeners take h2c")
 			}
 			if len(l.TunnelAllow) > 0 && l.Unmatched != UnmatchedTunnel {
 				add(Join(p, "tunnel_allow"), "only used with unmatched: tunnel")
@@ -379,8 +361,8 @@ func (c *Config) validate() []error {
 	if c.CA != nil && c.CA.LeafCacheSize < 0 {
 		add("ca.leaf_cache_size", "must not be negative")
 	}
-	if c.Upstream.GRPCMaxMessageBytes < 0 {
-		add("upstream.grpc_max_message_bytes", "must not be negative")
+	if c.Upstream.GRPCMaxMessageBytes != 0 {
+		add("upstream.grpc_max_message_bytes", "no longer used: gRPC messages are relayed frame by frame, never held whole; remove it")
 	}
 	if c.Retry.MaxBodyBytes < 0 {
 		add("retry.max_body_bytes", "must not be negative")

@@ -23,6 +23,7 @@ type conn struct {
 	nc     net.Conn
 	server bool
 	pool   *pool // upstream connections only
+	data   any   // client connections: ServeConnWith's data
 	br     *bufio.Reader
 	fr     *http2.Framer
 
@@ -73,6 +74,7 @@ type half struct {
 	// Receiving on c, under c.mu.
 	recvWin int64
 	unacked int64
+	debt    int64 // bytes a tap added to what it received, not to be credited
 	recvEnd bool
 	reset   bool
 }

@@ -209,7 +209,11 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame, fl *flusher) error {
 // the windows back to the peer once a quarter of them is spent.
 func (c *conn) credit(h *half, n int, fl *flusher) {
 	c.mu.Lock()
-	if c.closed {
+	if d := min(h.debt, int64(n)); d > 0 { // bytes a tap added, never received
+		h.debt -= d
+		n -= int(d)
+	}
+	if c.closed || n <= 0 {
 		c.mu.Unlock()
 		return
 	}
@@ -265,4 +269,12 @@ func (c *conn) creditConn(n int64, fl *flusher) {
 	if inc > 0 {
 		c.wrote(fl)
 	}
+}
+
+// owe records that n bytes more will leave to the client than h received
+// (a tap's rewrite made a message longer): they are not credited to h.
+func (c *conn) owe(h *half, n int) {
+	c.mu.Lock()
+	h.debt += int64(n)
+	c.mu.Unlock()
 }

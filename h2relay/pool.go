@@ -3,33 +3,77 @@ package h2relay
 import (
 	"context"
 	"errors"
+	"net"
+	"net/http"
 	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
 )
 
-// pool holds the upstream connections to one scheme and address.
+// pool holds the upstream connections to one scheme and address, or to
+// the HTTP/1.1 bridge for them.
 type pool struct {
-	r       *Relay
-	mu      sync.Mutex
-	conns   []*conn
-	dialing chan struct{} // closed when a dial in progress ends
-	dialErr error
+	r            *Relay
+	scheme, addr string
+	bridge       bool
+	mu           sync.Mutex
+	conns        []*conn
+	dialing      chan struct{} // closed when a dial in progress ends
+	dialErr      error
 }
 
-// upstream returns a connection to scheme://addr with a stream slot
-// reserved for the caller, dialing one when none has room.
-func (r *Relay) upstream(ctx context.Context, scheme, addr string) (*conn, error) {
-	key := scheme + "://" + addr
+// poolKey names the pool of t's upstream connections (r.mu held): its
+// scheme and address, and whether it goes through the HTTP/1.1 bridge.
+func (r *Relay) poolKey(t *Target) (key string, bridge bool) {
+	bridge = t.HTTP1 && r.Bridge != nil
+	if !bridge && t.Scheme == "https" && !t.Strict && r.Bridge != nil {
+		if at, ok := r.h1only[t.Addr]; ok {
+			if time.Since(at) < h1Memory {
+				bridge = true
+			} else {
+				delete(r.h1only, t.Addr)
+			}
+		}
+	}
+	key = t.Scheme + "://" + t.Addr
+	if bridge {
+		key = "h1+" + key
+	}
+	return key, bridge
+}
+
+// upstream returns a connection to t's upstream with a stream slot
+// reserved for the caller, dialing one when none has room. An https
+// upstream found to speak only HTTP/1.1 is bridged from then on.
+func (r *Relay) upstream(ctx context.Context, t *Target) (*conn, error) {
+	c, err := r.upstreamOnce(ctx, t)
+	if errors.Is(err, ErrNoHTTP2) && r.Bridge != nil && !t.Strict && !t.HTTP1 {
+		r.mu.Lock()
+		if r.h1only == nil {
+			r.h1only = map[string]time.Time{}
+		}
+		r.h1only[t.Addr] = time.Now()
+		r.mu.Unlock()
+		r.log().Info("upstream speaks only HTTP/1.1: bridging its streams", "upstream", t.Addr)
+		return r.upstreamOnce(ctx, t)
+	}
+	return c, err
+}
+
+func (r *Relay) upstreamOnce(ctx context.Context, t *Target) (*conn, error) {
 	r.mu.Lock()
 	if r.poolsClosed {
 		r.mu.Unlock()
 		return nil, errors.New("relay shut down")
 	}
+	key, bridge := r.poolKey(t)
 	if r.pools == nil {
 		r.pools = map[string]*pool{}
 	}
 	p := r.pools[key]
 	if p == nil {
-		p = &pool{r: r}
+		p = &pool{r: r, scheme: t.Scheme, addr: t.Addr, bridge: bridge}
 		r.pools[key] = p
 	}
 	r.mu.Unlock()
@@ -59,7 +103,7 @@ func (r *Relay) upstream(ctx context.Context, scheme, addr string) (*conn, error
 		done := make(chan struct{})
 		p.dialing = done
 		p.mu.Unlock()
-		c, err := p.dial(ctx, scheme, addr)
+		c, err := p.dial(ctx)
 		p.mu.Lock()
 		p.dialing, p.dialErr = nil, err
 		if err == nil {
@@ -78,9 +122,10 @@ func (r *Relay) upstream(ctx context.Context, scheme, addr string) (*conn, error
 
 // ready is upstream without a dial: a connection with room, a stream
 // reserved on it, or nil.
-func (r *Relay) ready(scheme, addr string) *conn {
+func (r *Relay) ready(t *Target) *conn {
 	r.mu.Lock()
-	p := r.pools[scheme+"://"+addr]
+	key, _ := r.poolKey(t)
+	p := r.pools[key]
 	r.mu.Unlock()
 	if p == nil {
 		return nil
@@ -106,12 +151,17 @@ func (c *conn) reserve() bool {
 	return ok
 }
 
-func (p *pool) dial(ctx context.Context, scheme, addr string) (*conn, error) {
-	// Not the stream's context: other streams may wait for this dial. The
-	// dialer has its own timeouts.
-	nc, err := p.r.Dial(context.WithoutCancel(ctx), scheme, addr)
-	if err != nil {
-		return nil, err
+func (p *pool) dial(ctx context.Context) (*conn, error) {
+	var nc net.Conn
+	if p.bridge {
+		nc = p.r.dialBridge(p.scheme, p.addr)
+	} else {
+		// Not the stream's context: other streams may wait for this dial.
+		// The dialer has its own timeouts.
+		var err error
+		if nc, err = p.r.Dial(context.WithoutCancel(ctx), p.scheme, p.addr); err != nil {
+			return nil, err
+		}
 	}
 	c := newConn(p.r, nc, false)
 	c.pool = p
@@ -148,4 +198,23 @@ func (r *Relay) closePools() {
 	for _, c := range all {
 		c.close(errors.New("relay shut down"))
 	}
+}
+
+// dialBridge opens an in-memory HTTP/2 connection to the bridge for
+// scheme://addr: an HTTP/2 server (x/net/http2) whose handler sends each
+// stream on over HTTP/1.1. It ends when the relay closes its side.
+func (r *Relay) dialBridge(scheme, addr string) net.Conn {
+	client, server := net.Pipe()
+	srv := &http2.Server{
+		MaxConcurrentStreams:         r.maxStreams(),
+		MaxReadFrameSize:             frameSize,
+		MaxUploadBufferPerConnection: connWindow,
+		MaxUploadBufferPerStream:     streamWindow,
+	}
+	h := r.Bridge(scheme, addr)
+	go srv.ServeConn(server, &http2.ServeConnOpts{
+		Handler:    h,
+		BaseConfig: &http.Server{MaxHeaderBytes: int(r.maxHeaderBytes())},
+	})
+	return client
 }

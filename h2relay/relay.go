@@ -39,6 +39,9 @@ type Request struct {
 	Inline bool
 	// Data is the Handler's own, kept from one call of Open to the next.
 	Data any
+	// ConnData is what ServeConnWith was given for the stream's connection
+	// (an intercepted CONNECT's target, say).
+	ConnData any
 }
 
 // Target is where a stream goes and what it sends.
@@ -62,9 +65,36 @@ type Target struct {
 	Observe   func(status int, header http.Header, body []byte) bool
 	PeekBytes int
 	Retry     func() (*Target, error)
+	// Tap, when set, is called with the final response head that reaches
+	// the client; the Tap it returns (nil: none) reads the response's gRPC
+	// messages as they pass (see Tap).
+	Tap func(status int, header http.Header) *Tap
+	// HTTP1 sends the stream to an HTTP/1.1 upstream through Relay.Bridge.
+	// Without it an https upstream that does not negotiate h2 is bridged
+	// too, if Bridge is set and Strict is not.
+	HTTP1, Strict bool
 	// Data is the Handler's own, handed back to Reply.
 	Data any
 }
+
+// Tap reads the gRPC messages of one response as they stream to the
+// client: the relay re-frames them, holding at most one message of up to
+// MaxTapMessage bytes at a time (larger ones pass unread), and credits the
+// upstream per hop for the bytes it took, whatever size Message returns.
+type Tap struct {
+	// Message sees one message (compressed is its flag) and returns what
+	// is sent in its place: msg itself, or a replacement.
+	Message func(compressed bool, msg []byte) []byte
+	// End, when set, is called once the response has ended, with its
+	// trailers (the head's fields for a Trailers-Only response, nil for
+	// one that ends without trailers). It is not called for a stream that
+	// is reset.
+	End func(trailer http.Header)
+}
+
+// MaxTapMessage bounds the message a Tap sees: half a stream's receive
+// window, so a message being read never stalls the upstream.
+const MaxTapMessage = streamWindow / 2
 
 // Reply is a response the relay writes itself.
 type Reply struct {
@@ -104,8 +134,15 @@ func (e *upstreamErr) Unwrap() []error { return []error{ErrUpstream, e.err} }
 type Relay struct {
 	Handler Handler
 	// Dial opens an upstream connection: for https a TLS connection that
-	// negotiated h2, for http a plain one.
+	// negotiated h2, for http a plain one. An error wrapping ErrNoHTTP2
+	// says the upstream speaks only HTTP/1.1.
 	Dial func(ctx context.Context, scheme, addr string) (net.Conn, error)
+	// Bridge, when set, carries streams to HTTP/1.1 upstreams (Target.HTTP1,
+	// and https upstreams that do not negotiate h2): it returns the handler
+	// that sends one request to scheme://addr over HTTP/1.1. The relay
+	// reaches it over in-memory HTTP/2 connections, so flow control, limits,
+	// retries and taps work as for any upstream.
+	Bridge func(scheme, addr string) http.Handler
 	// MaxConcurrentStreams per client connection (default 250).
 	MaxConcurrentStreams uint32
 	// MaxHeaderBytes bounds a request's header block (default 1 MiB).
@@ -125,7 +162,16 @@ type Relay struct {
 	shutdown    bool
 	poolsClosed bool
 	idle        chan struct{} // closed when the last client connection goes, after Shutdown
+	h1only      map[string]time.Time // https addresses that did not negotiate h2, and when
 }
+
+// ErrNoHTTP2 is wrapped by Dial's error for an upstream that negotiated
+// HTTP/1.1 rather than h2.
+var ErrNoHTTP2 = errors.New("h2relay: the upstream does not speak HTTP/2")
+
+// h1Memory is how long an https upstream that did not negotiate h2 is
+// bridged without asking again.
+const h1Memory = 10 * time.Minute
 
 // Our receive windows, on both sides: what a peer may send before the data
 // has been passed on. They bound the memory a connection can hold.
@@ -144,8 +190,13 @@ func (r *Relay) log() *slog.Logger {
 
 // ServeConn serves one client connection until it closes. The connection
 // starts with the HTTP/2 client preface.
-func (r *Relay) ServeConn(nc net.Conn) {
+func (r *Relay) ServeConn(nc net.Conn) { r.ServeConnWith(nc, nil) }
+
+// ServeConnWith is ServeConn, with data given to the Handler as each of
+// the connection's streams' Request.ConnData.
+func (r *Relay) ServeConnWith(nc net.Conn, data any) {
 	c := newConn(r, nc, true)
+	c.data = data
 	r.mu.Lock()
 	if r.shutdown {
 		r.mu.Unlock()

@@ -34,6 +34,7 @@ type stream struct {
 	replay      []byte // the request body so far, while keep
 	replayEnded bool
 	held        *heldResponse // a response head (and body so far) kept for Observe
+	tap         *tapState     // reads the response's gRPC messages (Target.Tap)
 	waiting     *waitingRetry // a complete held response whose retry waits for the request body's end
 }
 
@@ -90,7 +91,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	req.Context, req.RemoteAddr = ctx, c.nc.RemoteAddr().String()
+	req.Context, req.RemoteAddr, req.ConnData = ctx, c.nc.RemoteAddr().String(), c.data
 	s := &stream{r: c.r, req: req, cancel: cancel, reqEnded: f.StreamEnded(), preEnd: f.StreamEnded()}
 	a := &half{c: c, id: id, s: s, sendWin: c.initWin, recvWin: streamWindow, recvEnd: f.StreamEnded()}
 	s.client = a
@@ -113,7 +114,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		go s.replyLocal(nil, err)
 	default:
 		// On this goroutine only if a connection is ready: a dial waits.
-		if uc := c.r.ready(t.Scheme, t.Addr); uc != nil {
+		if uc := c.r.ready(t); uc != nil {
 			s.startOn(uc, t, false, fl)
 		} else {
 			go s.startLeg(t, false)
@@ -206,7 +207,7 @@ func (s *stream) open() {
 // startLeg opens an upstream stream to t and sends what the client has
 // sent so far (replay: the whole kept body, for a retry).
 func (s *stream) startLeg(t *Target, replay bool) {
-	uc, err := s.r.upstream(s.req.Context, t.Scheme, t.Addr)
+	uc, err := s.r.upstream(s.req.Context, t)
 	if err != nil {
 		s.replyLocal(t, &upstreamErr{err})
 		return
@@ -453,6 +454,10 @@ func (s *stream) responseData(b *half, data []byte, end bool, fl *flusher) {
 		return
 	}
 	current := b == s.up && s.answered
+	if current && s.tap != nil {
+		s.tapData(b, data, end, fl) // unlocks s.mu
+		return
+	}
 	s.mu.Unlock()
 	if !current {
 		b.c.creditConn(int64(len(data)), fl)
@@ -460,6 +465,34 @@ func (s *stream) responseData(b *half, data []byte, end bool, fl *flusher) {
 	}
 	a := s.client
 	a.c.send(a, data, end, fl)
+}
+
+// tapData passes response data through the stream's tap; s.mu is held
+// and released. The upstream is credited per hop: for what the tap holds
+// back, once it leaves; for bytes a rewrite removed, at once; bytes a
+// rewrite added are owed (half.debt) and withheld from later credits.
+func (s *stream) tapData(b *half, data []byte, end bool, fl *flusher) {
+	ts := s.tap
+	before := ts.held()
+	out := ts.feed(data)
+	if end {
+		out = append(out, ts.flush()...)
+		s.tap = nil
+	}
+	passed := len(data) - (ts.held() - before)
+	s.mu.Unlock()
+	if d := passed - len(out); d > 0 {
+		b.c.credit(b, d, fl)
+	} else if d < 0 {
+		b.c.owe(b, -d)
+	}
+	a := s.client
+	if len(out) > 0 || end {
+		a.c.send(a, out, end, fl)
+	}
+	if end {
+		ts.end(nil)
+	}
 }
 
 // onResponseHeaders takes an upstream's response head or trailers.
@@ -503,7 +536,18 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		return
 	}
 	if s.answered { // trailers
+		ts := s.tap
+		var rest []byte
+		if ts != nil {
+			rest, s.tap = ts.flush(), nil
+		}
 		s.mu.Unlock()
+		if len(rest) > 0 {
+			a.c.send(a, rest, false, fl)
+		}
+		if ts != nil {
+			ts.end(headerOf(f.RegularFields()))
+		}
 		a.c.sendTrailers(a, f.RegularFields(), fl)
 		return
 	}
@@ -536,8 +580,17 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 	}
 	s.answered = true
 	s.keep, s.replay = false, nil
+	var tap *Tap
+	if t.Tap != nil {
+		if tap = t.Tap(code, headerOf(f.RegularFields())); tap != nil && !end {
+			s.tap = &tapState{t: tap}
+		}
+	}
 	s.mu.Unlock()
 	a.c.sendHead(a, fields, end, fl)
+	if tap != nil && end && tap.End != nil { // Trailers-Only
+		tap.End(headerOf(f.RegularFields()))
+	}
 }
 
 // retryFor sends the request once more if Observe asked and it can be
@@ -702,11 +755,17 @@ func (s *stream) dropHeldLocked() func() {
 	if w := s.waiting; w != nil {
 		b, h = w.b, w.h
 	}
-	s.held, s.waiting = nil, nil
-	if b == nil || h == nil || len(h.body) == 0 {
+	var n int64
+	if h != nil {
+		n = int64(len(h.body))
+	}
+	if s.tap != nil {
+		n += int64(s.tap.held())
+	}
+	s.held, s.waiting, s.tap = nil, nil, nil
+	if b == nil || n == 0 {
 		return func() {}
 	}
-	n := int64(len(h.body))
 	return func() { b.c.creditConn(n, nil) }
 }
 

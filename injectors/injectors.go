@@ -86,11 +86,26 @@ type HeadObserver interface {
 const MaxObservedBody = 16 << 10
 
 // MessageObserver is implemented by ResponseObservers that read (and may
-// rewrite) the gRPC messages of responses as they stream, which the frame
-// relay does not decode: it refuses their routes.
+// rewrite) the gRPC messages of responses as they stream. The frame relay
+// calls TapMessages with the final response head and re-frames the
+// messages through the tap, holding one message at a time
+// (h2relay.MaxTapMessage); the HTTP/1.1 engine's ObserveResponse wraps the
+// body with the same tap (package grpcframe).
 type MessageObserver interface {
 	ResponseObserver
-	ObservesMessages()
+	// TapMessages returns what reads the messages of req's response, whose
+	// final head is status and header; nil reads none.
+	TapMessages(req *Request, status int, header http.Header) *MessageTap
+}
+
+// MessageTap reads one response's gRPC messages.
+type MessageTap struct {
+	// Message sees each message (compressed: its flag) and returns what is
+	// sent in its place, msg itself or a replacement.
+	Message func(compressed bool, msg []byte) []byte
+	// End, when set, is called once the response has ended, with its
+	// trailers; it is not called for a response that was cut short.
+	End func(trailer http.Header)
 }
 
 // Immediate is implemented by injectors whose Inject never waits (no

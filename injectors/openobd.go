@@ -109,9 +109,6 @@ var (
 	_ Runner          = (*OpenOBD)(nil)
 )
 
-// ObservesMessages implements MessageObserver.
-func (o *OpenOBD) ObservesMessages() {}
-
 // NewOpenOBD validates cfg and reads its secrets. No network I/O.
 func NewOpenOBD(name string, cfg OpenOBDConfig, env Env) (*OpenOBD, error) {
 	var errs []error
@@ -213,30 +210,50 @@ func (o *OpenOBD) Inject(req *Request) error {
 	return nil
 }
 
-// ObserveResponse implements ResponseObserver. It learns sessions from the
-// session controller's answers (rewriting grpc_endpoint when configured),
-// records the token session/authenticate returns, notices a finished
-// session, and drops a controller token the controller refused.
+// ObserveResponse implements ResponseObserver: it drops a controller
+// token the controller refused, and reads the messages of a body it is
+// given through TapMessages.
 func (o *OpenOBD) ObserveResponse(req *Request, resp *http.Response) bool {
+	path := req.URL.Path
+	if strings.HasPrefix(path, obdController) && path != obdController+"getSessionControllerToken" &&
+		resp.Header.Get("Grpc-Status") == "16" {
+		return o.cache.Invalidate(o.ctlKey, strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer "))
+	}
+	if resp.Body == nil || resp.Body == http.NoBody {
+		return false
+	}
+	if tap := o.TapMessages(req, resp.StatusCode, resp.Header); tap != nil {
+		if tap.Message != nil {
+			resp.Body = grpcframe.NewReader(resp.Body, 0, tap.Message)
+		}
+		if tap.End != nil {
+			resp.Body = &atEOF{ReadCloser: resp.Body, fn: func() { tap.End(resp.Trailer) }}
+		}
+	}
+	return false
+}
+
+// TapMessages implements MessageObserver. It learns sessions from the
+// session controller's answers (rewriting grpc_endpoint when configured),
+// records the token session/authenticate returns, and notices a finished
+// session.
+func (o *OpenOBD) TapMessages(req *Request, _ int, _ http.Header) *MessageTap {
 	path := req.URL.Path
 	switch {
 	case strings.HasPrefix(path, obdController):
-		if resp.Header.Get("Grpc-Status") == "16" && path != obdController+"getSessionControllerToken" {
-			return o.cache.Invalidate(o.ctlKey, strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer "))
-		}
 		switch strings.TrimPrefix(path, obdController) {
 		case "startSessionOnTicket", "startSessionOnConnector", "getSession", "interruptSession":
-			resp.Body = grpcframe.NewReader(resp.Body, 0, func(compressed bool, msg []byte) []byte {
+			return &MessageTap{Message: func(compressed bool, msg []byte) []byte {
 				return o.watch(req, compressed, msg, false)
-			})
+			}}
 		case "getSessionList":
-			resp.Body = grpcframe.NewReader(resp.Body, 0, func(compressed bool, msg []byte) []byte {
+			return &MessageTap{Message: func(compressed bool, msg []byte) []byte {
 				return o.watch(req, compressed, msg, true)
-			})
+			}}
 		}
 	case path == obdSessionSvc+"authenticate":
 		auth := strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer ")
-		resp.Body = grpcframe.NewReader(resp.Body, 0, func(compressed bool, msg []byte) []byte {
+		return &MessageTap{Message: func(compressed bool, msg []byte) []byte {
 			var tok pb.SessionToken
 			if !compressed && proto.Unmarshal(msg, &tok) == nil && tok.Value != "" {
 				if s := o.byToken(auth); s != nil {
@@ -244,18 +261,18 @@ func (o *OpenOBD) ObserveResponse(req *Request, resp *http.Response) bool {
 				}
 			}
 			return msg
-		})
+		}}
 	case path == obdSessionSvc+"finish":
 		sent := strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer ")
-		resp.Body = &atEOF{ReadCloser: resp.Body, fn: func() {
-			if resp.Trailer.Get("Grpc-Status") == "0" {
+		return &MessageTap{End: func(trailer http.Header) {
+			if trailer.Get("Grpc-Status") == "0" {
 				if s := o.byToken(sent); s != nil {
 					s.end("finished")
 				}
 			}
 		}}
 	}
-	return false
+	return nil
 }
 
 // watch learns from one SessionInfo (or SessionInfoList) message and

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"runtime"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -267,31 +266,16 @@ func BenchmarkGRPCUnary(b *testing.B) {
 }
 
 // grpcBenchModes are the ways the gRPC benchmarks reach the upstream.
-var grpcBenchModes = []string{"direct", "sidecar", "sidecar-h2c-grpc", "sidecar-h2c-relay", "forward"}
+var grpcBenchModes = []string{"direct", "sidecar", "forward"}
 
-// grpcBenchClients starts the upstream and a proxy with both kinds of
-// sidecar listener and a forward listener, and returns what opens a client
+// grpcBenchClients starts the upstream and a proxy with a sidecar
+// listener and a forward listener, and returns what opens a client
 // connection in a mode (closed at the end of the benchmark), with the
 // context its calls use.
 func grpcBenchClients(b *testing.B) func(b *testing.B, mode string) (*grpc.ClientConn, context.Context) {
 	e := newEnv(b)
 	_, grpcPort := e.grpcUpstream()
-	cfg := strings.Replace(grpcConfig(grpcPort), "\n  - name: fwd\n", `
-  - name: grpcn
-    kind: sidecar
-    address: 127.0.0.1:0
-    host: grpc.authproxy.test
-    h2c: grpc
-    upstream: https://grpc.authproxy.test:`+grpcPort+`
-  - name: grpcr
-    kind: sidecar
-    address: 127.0.0.1:0
-    host: grpc.authproxy.test
-    h2c: relay
-    upstream: https://grpc.authproxy.test:`+grpcPort+`
-  - name: fwd
-`, 1)
-	p := e.start(cfg, nil, nil)
+	p := e.start(grpcConfig(grpcPort), nil, nil)
 	return func(b *testing.B, mode string) (*grpc.ClientConn, context.Context) {
 		var conn *grpc.ClientConn
 		var err error
@@ -302,10 +286,6 @@ func grpcBenchClients(b *testing.B) func(b *testing.B, mode string) (*grpc.Clien
 			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secretToken)
 		case "sidecar":
 			conn, err = grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		case "sidecar-h2c-grpc":
-			conn, err = grpc.NewClient(p.addr("grpcn"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		case "sidecar-h2c-relay":
-			conn, err = grpc.NewClient(p.addr("grpcr"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		case "forward": // HTTPS_PROXY and interception, only the proxy's CA trusted
 			useEnvProxy(b, p.addr("fwd"))
 			conn, err = grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))

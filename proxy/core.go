@@ -262,24 +262,15 @@ func (b *atBodyEnd) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// transport picks the upstream transport. With upstream_protocol auto
-// (the default), gRPC goes over grpc-go client connections and the rest
-// over a keep-alive pool of HTTP/1.1 connections (h2c routes: cleartext
-// HTTP/2): a dedicated keep-alive connection per request in flight, and
-// grpc-go's batched frame writes, cost the proxy less CPU than net/http's
-// HTTP/2 client (docs/benchmarks.md). http1 and http2 force net/http.
-func (c *core) transport(out *http.Request, x *exchange) http.RoundTripper {
-	proto := config.ProtocolAuto
-	if x.route != nil && x.route.protocol != "" {
-		proto = x.route.protocol
-	}
-	if proto == config.ProtocolAuto && isGRPC(out) {
-		return c.up.GRPC
-	}
+// transport picks the upstream transport of the HTTP/1.1 engine: the
+// keep-alive pool of HTTP/1.1 connections, net/http's HTTP/2 client for
+// h2c upstreams, and its ALPN-negotiated client for routes that ask for
+// upstream_protocol http2.
+func (c *core) transport(_ *http.Request, x *exchange) http.RoundTripper {
 	if x.h2c {
 		return c.up.H2C
 	}
-	if proto == config.ProtocolHTTP2 {
+	if x.route != nil && x.route.protocol == config.ProtocolHTTP2 {
 		return c.up.TLS
 	}
 	return c.up.H1

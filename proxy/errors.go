@@ -13,7 +13,6 @@ import (
 
 	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/route"
-	"github.com/authproxy/authproxy/transport"
 )
 
 // Sentinel errors of the proxy itself. Injectors add their own
@@ -129,7 +128,7 @@ func errorReply(r *http.Request, err error) (status int, header http.Header, bod
 		return http.StatusOK, http.Header{
 			"Content-Type": {"application/grpc"},
 			"Grpc-Status":  {strconv.Itoa(int(code))},
-			"Grpc-Message": {transport.EncodeGRPCMessage(msg)},
+			"Grpc-Message": {encodeGRPCMessage(msg)},
 		}, ""
 	}
 	body = msg + "\n"
@@ -160,4 +159,19 @@ func errorResponse(r *http.Request, err error) *http.Response {
 		ContentLength: int64(len(body)),
 		Request:       r,
 	}
+}
+
+// encodeGRPCMessage percent-encodes as the gRPC HTTP/2 spec requires for
+// grpc-message: bytes outside printable ASCII, and '%'.
+func encodeGRPCMessage(msg string) string {
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if c >= ' ' && c <= '~' && c != '%' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/h2relay"
 	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/transport"
 )
@@ -26,11 +28,11 @@ import (
 // front door: it parses CONNECT and absolute-URI requests and tunnels what
 // is not intercepted. A CONNECT to a host a route matches is taken over
 // (goproxy's hijack): the proxy does the TLS handshake itself with a leaf
-// from the local CA and hands the connection to its own http.Server
-// (HTTP/2 or HTTP/1.1 by ALPN), whose requests go through the same
-// ReverseProxy path as the sidecar's, with the target fixed to the CONNECT
-// host. That server applies the listener's limits (header size, read
-// header and idle timeouts) and drains gracefully on shutdown.
+// from the local CA and hands the connection, with its target fixed to the
+// CONNECT host, to one of the two engines every listener has: the frame
+// relay when the client negotiated h2, else its own HTTP/1.1 http.Server,
+// whose requests take the same ReverseProxy path as the sidecar's. Both
+// apply the listener's limits and drain gracefully on shutdown.
 type forward struct {
 	core   *core
 	table  *route.Table[*routeRT]
@@ -43,8 +45,9 @@ type forward struct {
 	idleTimeout      time.Duration
 
 	dest     *destPolicy  // where tunnels and untouched forwards may go
-	mitm     *http.Server // serves intercepted connections
-	mitmLn   *connQueue   // hands them to mitm once their handshake is done
+	relay    *h2relay.Relay // serves intercepted connections that negotiated h2
+	mitm     *http.Server   // serves intercepted HTTP/1.1 connections
+	mitmLn   *connQueue     // hands them to mitm once their handshake is done
 	targets  sync.Map     // *tls.Conn -> *interception, while mitm serves it
 	conns    connSet      // client connections and tunnel upstream connections
 	draining atomic.Bool
@@ -72,7 +75,6 @@ func newForward(c *core, table *route.Table[*routeRT], tunnel bool, dest *destPo
 	f.gp = gp
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
-	protocols.SetHTTP2(true)
 	f.mitm = &http.Server{
 		Handler:           http.HandlerFunc(f.serveIntercepted),
 		Protocols:         protocols,
@@ -226,6 +228,10 @@ func (f *forward) intercept(client net.Conn, it *interception) {
 		_ = client.Close()
 		return
 	}
+	if tc.ConnectionState().NegotiatedProtocol == "h2" {
+		f.relay.ServeConnWith(tc, it)
+		return
+	}
 	f.targets.Store(tc, it)
 	if !f.mitmLn.push(tc) {
 		f.targets.Delete(tc)
@@ -233,31 +239,37 @@ func (f *forward) intercept(client net.Conn, it *interception) {
 	}
 }
 
-// serveIntercepted serves one request of an intercepted connection: to the
-// CONNECT target, whatever it names (another host gets 421).
+// serveIntercepted serves one request of an intercepted HTTP/1.1
+// connection.
 func (f *forward) serveIntercepted(w http.ResponseWriter, r *http.Request) {
-	it, ok := r.Context().Value(interceptionKey{}).(*interception)
-	if !ok {
-		http.Error(w, "authproxy: not an intercepted connection", http.StatusInternalServerError)
-		return
-	}
-	if h, p := splitHost(r.Host, it.port); h != it.hostname || p != it.port {
-		f.core.logFailure(r, ErrMisdirected)
-		writeError(w, r, ErrMisdirected)
-		return
-	}
-	rt, params, err := matchRoute(f.table, it.hostname, it.port, r.Method, r.URL.EscapedPath())
+	x, err := f.interceptedExchange(r, r.Context().Value(interceptionKey{}))
 	if err != nil {
 		f.core.logFailure(r, err)
 		writeError(w, r, err)
 		return
 	}
-	if rt == nil && !f.tunnel {
-		f.core.logFailure(r, ErrNoRoute)
-		writeError(w, r, ErrNoRoute)
-		return
+	f.core.serve(w, r, x)
+}
+
+// interceptedExchange matches a request of an intercepted connection
+// (it: its *interception) to a route: it goes to the CONNECT target,
+// whatever it names (another host gets 421).
+func (f *forward) interceptedExchange(r *http.Request, conn any) (*exchange, error) {
+	it, ok := conn.(*interception)
+	if !ok {
+		return nil, errors.New("not an intercepted connection")
 	}
-	f.core.serve(w, r, &exchange{route: rt, params: params, target: &url.URL{Scheme: "https", Host: it.target}, clientHost: it.target})
+	if h, p := splitHost(r.Host, it.port); h != it.hostname || p != it.port {
+		return nil, ErrMisdirected
+	}
+	rt, params, err := matchRoute(f.table, it.hostname, it.port, r.Method, r.URL.EscapedPath())
+	if err != nil {
+		return nil, err
+	}
+	if rt == nil && !f.tunnel {
+		return nil, ErrNoRoute
+	}
+	return &exchange{route: rt, params: params, target: &url.URL{Scheme: "https", Host: it.target}, clientHost: it.target}, nil
 }
 
 // dialTunnel dials the target of a tunnelled CONNECT (never through an
@@ -282,10 +294,17 @@ func (f *forward) dialTunnel(req *http.Request, network, addr string) (net.Conn,
 // then closes what is left, tunnels included.
 func (f *forward) drain(ctx context.Context) {
 	f.draining.Store(true)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if f.relay.Shutdown(ctx) != nil {
+			f.log.Warn("intercepted HTTP/2 streams still in flight at the drain bound; closing them")
+		}
+	})
 	if err := f.mitm.Shutdown(ctx); err != nil {
 		f.log.Warn("intercepted requests still in flight at the drain bound; closing them")
 		_ = f.mitm.Close()
 	}
+	wg.Wait()
 	f.conns.closeAll()
 }
 

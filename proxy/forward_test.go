@@ -97,8 +97,8 @@ func TestForwardInterceptsHTTPSForGoClients(t *testing.T) {
 			if got := seen.Header.Values("Authorization"); len(got) != 1 || got[0] != "Bearer "+secretToken {
 				t.Errorf("upstream got Authorization %q", got)
 			}
-			// Not gRPC: the upstream leg is HTTP/1.1 (upstream_protocol: auto).
-			if seen.Proto != "HTTP/1.1" || seen.Path != "/v1/things" || seen.RawQuery != "x=1" || seen.BodyBytes != 5 {
+			// upstream_protocol auto: the client's protocol (the upstream has both).
+			if seen.Proto != wantProto || seen.Path != "/v1/things" || seen.RawQuery != "x=1" || seen.BodyBytes != 5 {
 				t.Errorf("upstream saw %+v", seen)
 			}
 

@@ -47,20 +47,19 @@ func (e *env) grpcUpstream() (*sim.GRPCEcho, string) {
 }
 
 // grpcConfig serves the gRPC upstream through a sidecar listener and a
-// forward listener, with the default modes.
-func grpcConfig(grpcPort string) string { return grpcConfigWith(grpcPort, "http", "auto") }
+// forward listener, with upstream_protocol auto.
+func grpcConfig(grpcPort string) string { return grpcConfigWith(grpcPort, "auto") }
 
-// grpcConfigWith is grpcConfig with the sidecar's h2c mode (http: net/http,
-// grpc: grpc-go) and the route's upstream_protocol (auto: grpc-go, http2:
-// net/http's HTTP/2 client).
-func grpcConfigWith(grpcPort, h2c, protocol string) string {
+// grpcConfigWith is grpcConfig with the route's upstream_protocol (auto:
+// HTTP/2 by ALPN, bridged to HTTP/1.1 if the upstream lacks it; http2:
+// HTTP/2 or a failure).
+func grpcConfigWith(grpcPort, protocol string) string {
 	return fmt.Sprintf(`
 listeners:
   - name: grpc
     kind: sidecar
     address: 127.0.0.1:0
     host: grpc.authproxy.test
-    h2c: %[3]s
     upstream: https://grpc.authproxy.test:%[1]s
   - name: fwd
     kind: forward
@@ -79,18 +78,14 @@ routes:
   - name: grpc
     match: {host: grpc.authproxy.test, path: /grpc.testing.TestService/*}
     injector: bearer
-    upstream_protocol: %[4]s
-`, grpcPort, secretToken, h2c, protocol)
+    upstream_protocol: %[3]s
+`, grpcPort, secretToken, protocol)
 }
 
-// grpcModes are the ways a sidecar carries gRPC: each leg by grpc-go or by
-// net/http, or both by the frame relay.
-var grpcModes = []struct{ name, h2c, protocol string }{
-	{"net/http in, grpc-go out", "http", "auto"},
-	{"net/http in, net/http out", "http", "http2"},
-	{"grpc-go in, grpc-go out", "grpc", "auto"},
-	{"grpc-go in, net/http out", "grpc", "http2"},
-	{"frame relay", "relay", "auto"},
+// grpcModes are the route's upstream_protocol settings that carry gRPC.
+var grpcModes = []struct{ name, protocol string }{
+	{"upstream_protocol auto", "auto"},
+	{"upstream_protocol http2", "http2"},
 }
 
 func TestGRPCThroughSidecar(t *testing.T) {
@@ -98,7 +93,7 @@ func TestGRPCThroughSidecar(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			e := newEnv(t)
 			echo, grpcPort := e.grpcUpstream()
-			p := e.start(grpcConfigWith(grpcPort, m.h2c, m.protocol), nil, nil)
+			p := e.start(grpcConfigWith(grpcPort, m.protocol), nil, nil)
 			conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				t.Fatal(err)
@@ -114,7 +109,7 @@ func TestGRPCThroughForwardProxyWithHTTPSProxyEnv(t *testing.T) {
 		t.Run("upstream_protocol "+protocol, func(t *testing.T) {
 			e := newEnv(t)
 			echo, grpcPort := e.grpcUpstream()
-			p := e.start(grpcConfigWith(grpcPort, "http", protocol), nil, nil)
+			p := e.start(grpcConfigWith(grpcPort, protocol), nil, nil)
 			useEnvProxy(t, p.addr("fwd"))
 			// Only the proxy's CA is trusted: every call must be intercepted.
 			creds := credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})
@@ -381,19 +376,17 @@ func TestInjectorFailureNeverForwards(t *testing.T) {
 		{"unavailable", fmt.Errorf("%w: token endpoint down", injectors.ErrCredentialUnavailable), codes.Unavailable, http.StatusServiceUnavailable},
 		{"rejected", fmt.Errorf("%w: invalid_client", injectors.ErrCredentialRejected), codes.Unauthenticated, http.StatusBadGateway},
 	} {
-		for _, h2c := range []string{"http", "grpc", "relay"} {
-			t.Run(tc.name+" h2c "+h2c, func(t *testing.T) { injectorFailure(t, h2c, tc.err, tc.wantCode, tc.wantStatus) })
-		}
+		t.Run(tc.name, func(t *testing.T) { injectorFailure(t, tc.err, tc.wantCode, tc.wantStatus) })
 	}
 }
 
 // injectorFailure checks that a call whose injector fails never reaches the
-// upstream and gets the right status, on an h2c sidecar of the given mode,
-// over HTTP/1.1, and through the forward proxy.
-func injectorFailure(t *testing.T, h2c string, injErr error, wantCode codes.Code, wantStatus int) {
+// upstream and gets the right status, on an h2c sidecar, over HTTP/1.1,
+// and through the forward proxy.
+func injectorFailure(t *testing.T, injErr error, wantCode codes.Code, wantStatus int) {
 	e := newEnv(t)
 	echo, grpcPort := e.grpcUpstream()
-	p := e.start(grpcConfigWith(grpcPort, h2c, "auto"), map[string]injectors.Injector{"bearer": failingInjector{injErr}}, nil)
+	p := e.start(grpcConfig(grpcPort), map[string]injectors.Injector{"bearer": failingInjector{injErr}}, nil)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

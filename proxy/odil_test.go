@@ -35,7 +35,6 @@ func newODILWorld(t *testing.T, password string, cacheOpts tokencache.Options, e
 	w.p = e.start(fmt.Sprintf(`
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, host: odil.authproxy.test, upstream: "https://odil.authproxy.test:%[1]s"}
-  - {name: relay, kind: sidecar, address: 127.0.0.1:0, host: odil.authproxy.test, upstream: "https://odil.authproxy.test:%[1]s", h2c: relay}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}
 ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
 upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {odil.authproxy.test: 127.0.0.1}}
@@ -59,8 +58,9 @@ routes:
 	return w
 }
 
-// clients returns how each mode reaches the API: the sidecar, the frame
-// relay, and the forward proxy with interception.
+// clients returns how each mode reaches the API: the sidecar over HTTP/1.1
+// and h2c (the frame relay), and the forward proxy with interception over
+// HTTP/2 (the relay) and HTTP/1.1.
 func (w *odilWorld) clients() map[string]func(method, path string, body []byte) *http.Response {
 	sidecar := h1Client()
 	forward := proxiedClient(w.p.addr("fwd"), &tlsRoots{w.e.proxyCA}, true)
@@ -80,8 +80,9 @@ func (w *odilWorld) clients() map[string]func(method, path string, body []byte) 
 	}
 	return map[string]func(string, string, []byte) *http.Response{
 		"sidecar": do(sidecar, "http://"+w.p.addr("app")),
-		"relay":   do(h2cClient(), "http://"+w.p.addr("relay")),
-		"forward": do(forward, "https://odil.authproxy.test:"+w.port),
+		"sidecar-h2c": do(h2cClient(), "http://"+w.p.addr("app")),
+		"forward":     do(forward, "https://odil.authproxy.test:"+w.port),
+		"forward-h1":  do(proxiedClient(w.p.addr("fwd"), &tlsRoots{w.e.proxyCA}, false), "https://odil.authproxy.test:"+w.port),
 	}
 }
 
@@ -168,7 +169,7 @@ func TestODILWrongCredentialsDoNotStorm(t *testing.T) {
 
 func TestODILBodyOverTheReplayLimitGetsTheErrorAsIs(t *testing.T) {
 	w := newODILWorld(t, "right-password", tokencache.Options{MinBackoff: time.Millisecond}, "retry: {max_body_bytes: 100}")
-	for _, mode := range []string{"sidecar", "relay"} {
+	for _, mode := range []string{"sidecar", "sidecar-h2c", "forward", "forward-h1"} {
 		t.Run(mode, func(t *testing.T) {
 			do := w.clients()[mode]
 			decodeODIL(t, do("GET", "/api/od/vehicles", nil))

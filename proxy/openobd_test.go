@@ -36,11 +36,6 @@ type obdWorld struct {
 }
 
 func newOBDWorld(t *testing.T, rewrite bool, endpoints int, extra ...string) *obdWorld {
-	return newOBDWorldH2C(t, "http", rewrite, endpoints, extra...)
-}
-
-// newOBDWorldH2C is newOBDWorld with the sidecar's h2c mode.
-func newOBDWorldH2C(t *testing.T, h2c string, rewrite bool, endpoints int, extra ...string) *obdWorld {
 	e := newEnv(t)
 	w := &obdWorld{e: e, sessions: map[string]string{}, servers: map[string]*grpc.Server{},
 		sim: &sim.OpenOBD{ClientID: "garage-app", ClientSecret: secretToken, ClusterID: "001",
@@ -57,7 +52,7 @@ func newOBDWorldH2C(t *testing.T, h2c string, rewrite bool, endpoints int, extra
 	e.injEnv = injectors.Env{Cache: tokencache.New(tokencache.Options{MinBackoff: 10 * time.Millisecond})}
 	w.p = e.start(fmt.Sprintf(`
 listeners:
-  - {name: obd, kind: sidecar, address: 127.0.0.1:0, host: grpc.openobd.test, upstream: "https://grpc.openobd.test:%[1]s", h2c: %[5]s}
+  - {name: obd, kind: sidecar, address: 127.0.0.1:0, host: grpc.openobd.test, upstream: "https://grpc.openobd.test:%[1]s"}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}
 ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
 upstream:
@@ -74,7 +69,7 @@ injectors:
 %[4]s
 routes:
   - {name: openobd, match: {host: "*.openobd.test", path: /*}, injector: obd}
-`, w.ctlPort, secretToken, rewrite, strings.Join(extra, "\n"), h2c), nil, nil)
+`, w.ctlPort, secretToken, rewrite, strings.Join(extra, "\n")), nil, nil)
 	return w
 }
 
@@ -142,13 +137,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestOpenOBDSidecarRewriteNeverAuthenticatedByTheApp(t *testing.T) {
-	for _, h2c := range []string{"http", "grpc"} {
-		t.Run("h2c "+h2c, func(t *testing.T) { openOBDSidecarRewrite(t, h2c) })
-	}
-}
-
-func openOBDSidecarRewrite(t *testing.T, h2c string) {
-	w := newOBDWorldH2C(t, h2c, true, 1)
+	w := newOBDWorld(t, true, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	app := dialPlain(t, w.p.addr("obd")) // no credentials, ever

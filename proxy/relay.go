@@ -2,12 +2,15 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"time"
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/h2relay"
@@ -15,10 +18,42 @@ import (
 	"github.com/authproxy/authproxy/transport"
 )
 
-// relayHandler decides each stream of an h2c: relay sidecar with the same
-// routing, stripping and injection as every other path; package h2relay
-// then moves its frames.
-type relayHandler struct{ s *sidecar }
+// relayHandler decides each HTTP/2 stream, on sidecar listeners (h2c) and
+// on intercepted CONNECTs that negotiated h2, with the same routing,
+// stripping and injection as the HTTP/1.1 engine; package h2relay then
+// moves its frames.
+type relayHandler struct {
+	core *core
+	// exchangeFor matches a request; connData is the connection's
+	// (h2relay.Request.ConnData: an intercepted CONNECT's target).
+	exchangeFor func(r *http.Request, connData any) (*exchange, error)
+}
+
+// newRelay builds the HTTP/2 engine of one listener.
+func newRelay(c *core, h relayHandler, cfg *config.Config, name string) *h2relay.Relay {
+	t := cfg.Timeouts
+	return &h2relay.Relay{
+		Handler:             h,
+		Dial:                c.dialH2,
+		Bridge:              c.bridge,
+		MaxHeaderBytes:      maxHeaderBytes,
+		MaxReplayBytes:      int(c.maxReplay),
+		PrefaceTimeout:      t.ReadHeader.D(10 * time.Second),
+		IdleTimeout:         t.Idle.D(120 * time.Second),
+		UpstreamIdleTimeout: cfg.Upstream.IdleConnTimeout.D(90 * time.Second),
+		Log:                 c.log.With("listener", name),
+	}
+}
+
+// dialH2 is the relay's Dial: transport's, with an upstream that lacks h2
+// marked for the bridge.
+func (c *core) dialH2(ctx context.Context, scheme, addr string) (net.Conn, error) {
+	nc, err := c.up.DialH2(ctx, scheme, addr)
+	if errors.Is(err, transport.ErrNoHTTP2) {
+		err = fmt.Errorf("%w: %w", h2relay.ErrNoHTTP2, err)
+	}
+	return nc, err
+}
 
 // matched is a stream's request and route, kept in Request.Data when Open
 // returns ErrWouldBlock, so that its second call does not match again.
@@ -40,7 +75,7 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 			Header: req.Header, Host: req.Authority, RemoteAddr: req.RemoteAddr,
 			Body: http.NoBody,
 		}).WithContext(req.Context)
-		x, err := h.s.exchangeFor(r)
+		x, err := h.exchangeFor(r, req.ConnData)
 		if err != nil {
 			return nil, err
 		}
@@ -53,40 +88,58 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 			return nil, h2relay.ErrWouldBlock // it may fetch a credential
 		}
 	}
-	if x.target.Scheme == "http" && !x.h2c {
-		return nil, &upstreamError{fmt.Errorf("%s speaks HTTP/1.1; h2c: relay needs an HTTP/2 upstream", x.target.Host)}
-	}
 	// r is the proxy's own: it becomes the request sent upstream.
-	(&httputil.ProxyRequest{In: r, Out: r}).SetURL(x.target)
+	if x.join {
+		(&httputil.ProxyRequest{In: r, Out: r}).SetURL(x.target)
+	} else {
+		r.URL.Scheme, r.URL.Host = x.target.Scheme, x.target.Host
+	}
 	r.RequestURI = ""
 	ireq, err := prepare(r, x)
 	if err != nil {
 		return nil, err
 	}
 	t := relayTarget(r, x)
-	if rt := x.route; rt != nil && rt.observer != nil {
-		t.Observe = func(status int, header http.Header, body []byte) bool {
-			resp := &http.Response{StatusCode: status, Header: header, Body: http.NoBody, ContentLength: -1, Request: r}
-			if body != nil {
-				resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+	rt := x.route
+	if rt == nil || rt.observer == nil {
+		return t, nil
+	}
+	t.Observe = func(status int, header http.Header, body []byte) bool {
+		resp := &http.Response{StatusCode: status, Header: header, Body: http.NoBody, ContentLength: -1, Request: r}
+		if body != nil {
+			resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		}
+		return rt.observer.ObserveResponse(ireq, resp)
+	}
+	_, headOnly := rt.injector.(injectors.HeadObserver)
+	mo, messages := rt.injector.(injectors.MessageObserver)
+	if !headOnly && !messages {
+		t.PeekBytes = injectors.MaxObservedBody
+	}
+	if messages {
+		t.Tap = func(status int, header http.Header) *h2relay.Tap {
+			if mt := mo.TapMessages(ireq, status, header); mt != nil {
+				return &h2relay.Tap{Message: mt.Message, End: mt.End}
 			}
-			return rt.observer.ObserveResponse(ireq, resp)
+			return nil
 		}
-		if _, headOnly := rt.injector.(injectors.HeadObserver); !headOnly {
-			t.PeekBytes = injectors.MaxObservedBody
+	}
+	t.Retry = func() (*h2relay.Target, error) {
+		if err := rt.injector.Inject(ireq); err != nil {
+			return nil, &routeError{route: rt.name, err: err}
 		}
-		t.Retry = func() (*h2relay.Target, error) {
-			if err := rt.injector.Inject(ireq); err != nil {
-				return nil, &routeError{route: rt.name, err: err}
-			}
-			h.s.core.log.Debug("retrying with a fresh credential", "route", rt.name, "method", r.Method, "host", r.Host, "path", r.URL.Path)
-			return relayTarget(r, x), nil
-		}
+		h.core.log.Debug("retrying with a fresh credential", "route", rt.name, "method", r.Method, "host", r.Host, "path", r.URL.Path)
+		t2 := relayTarget(r, x)
+		t2.Observe, t2.PeekBytes, t2.Tap = t.Observe, t.PeekBytes, t.Tap
+		return t2, nil
 	}
 	return t, nil
 }
 
-// relayTarget is the head to send upstream for out.
+// relayTarget is the head to send upstream for out: HTTP/2 to https (by
+// ALPN, bridged to HTTP/1.1 if the upstream lacks h2, unless the route
+// asks for http2) and h2c upstreams, HTTP/1.1 through the bridge to
+// http:// upstreams and routes that ask for http1.
 func relayTarget(out *http.Request, x *exchange) *h2relay.Target {
 	authority := out.Host
 	if authority == "" {
@@ -96,9 +149,16 @@ func relayTarget(out *http.Request, x *exchange) *h2relay.Target {
 		Scheme: out.URL.Scheme, Addr: transport.CanonicalAddr(out.URL),
 		Method: out.Method, Authority: authority, Path: out.URL.RequestURI(),
 		Header: out.Header, Data: x,
+		HTTP1: out.URL.Scheme == "http" && !x.h2c,
 	}
-	if x.route != nil {
-		t.StripTrailers = x.route.stripLower
+	if rt := x.route; rt != nil {
+		t.StripTrailers = rt.stripLower
+		switch rt.protocol {
+		case config.ProtocolHTTP1:
+			t.HTTP1 = true
+		case config.ProtocolHTTP2:
+			t.Strict = true
+		}
 	}
 	return t
 }
@@ -123,35 +183,57 @@ func (h relayHandler) Reply(req *h2relay.Request, t *h2relay.Target, err error) 
 	if u, perr := url.ParseRequestURI(req.Path); perr == nil {
 		r.URL = u
 	}
-	h.s.core.logFailure(r, err)
+	h.core.logFailure(r, err)
 	status, header, body := errorReply(r, err)
 	return h2relay.Reply{Status: status, Header: header, Body: body}
 }
 
-// checkRelay refuses h2c: relay on a listener that has a route the relay
-// cannot serve: one whose injector reads the gRPC messages of responses
-// (openOBD), or one that sends to an HTTP/1.1 upstream.
-func checkRelay(cfg *config.Config, injs map[string]injectors.Injector) error {
-	var errs []error
-	for i, l := range cfg.Listeners {
-		if l.H2C != config.H2CRelay {
-			continue
-		}
-		p := config.Join(config.Index("listeners", i), "h2c")
-		for _, ref := range cfg.RoutesByListener[l.Name] {
-			inj := injs[ref.Route.Injector]
-			if _, messages := inj.(injectors.MessageObserver); messages {
-				errs = append(errs, config.Errorf(p, "relay cannot serve route %q: its injector %q reads the gRPC messages of responses, which the frame relay never decodes (use h2c: grpc or http on this listener)", ref.Route.Name, ref.Route.Injector))
+// bridge is the relay's way to HTTP/1.1 upstreams: it sends each stream
+// it is given (already stripped and injected) to scheme://addr over the
+// HTTP/1.1 keep-alive pool, and answers with the upstream's response as
+// it came: no Date or Content-Type is added, and response data is flushed
+// as it arrives. A failure resets the stream, which the relay answers as
+// an unreachable upstream.
+func (c *core) bridge(scheme, addr string) http.Handler {
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = scheme, addr
+		},
+		Transport:     c.up.H1,
+		FlushInterval: -1,
+		BufferPool:    bufferPool{},
+		ErrorHandler: func(_ http.ResponseWriter, r *http.Request, err error) {
+			if r.Context().Err() == nil {
+				c.log.Warn("HTTP/1.1 upstream failed", "upstream", addr, "method", r.Method, "path", r.URL.Path, "err", err)
 			}
-			if ref.Upstream != nil && ref.Upstream.Scheme == "http" {
-				errs = append(errs, config.Errorf(p, "relay cannot serve route %q: its upstream %s is HTTP/1.1 (the relay needs https or h2c upstreams)", ref.Route.Name, ref.Upstream.Redacted()))
-			}
-		}
-		if l.Unmatched == config.UnmatchedPass {
-			if u, err := url.Parse(l.Upstream); err == nil && u.Scheme == "http" {
-				errs = append(errs, config.Errorf(p, "relay cannot pass unmatched requests to %s, which is HTTP/1.1 (the relay needs https or h2c upstreams)", u.Redacted()))
-			}
+			panic(http.ErrAbortHandler) // resets the stream
+		},
+		ErrorLog: stdLogger(c.log.With("component", "bridge")),
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rp.ServeHTTP(asSent{w}, r)
+	})
+}
+
+// asSent keeps the HTTP/2 server under the bridge from adding a Date or a
+// sniffed Content-Type to a response the upstream sent without them.
+type asSent struct{ http.ResponseWriter }
+
+func (w asSent) WriteHeader(code int) {
+	h := w.Header()
+	for _, k := range []string{"Date", "Content-Type"} {
+		if _, ok := h[k]; !ok {
+			h[k] = nil
 		}
 	}
-	return errors.Join(errs...)
+	w.ResponseWriter.WriteHeader(code)
 }
+
+func (w asSent) Write(p []byte) (int, error) {
+	if _, ok := w.Header()["Date"]; !ok { // a body with no WriteHeader first
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w asSent) Unwrap() http.ResponseWriter { return w.ResponseWriter }

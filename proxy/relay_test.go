@@ -16,23 +16,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/authproxy/authproxy/injectors"
-	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/sim"
 )
 
-// relayConfig is sidecarConfig on an h2c: relay listener.
-func relayConfig(upstreamPort, unmatched string) string {
-	return strings.Replace(sidecarConfig(upstreamPort, unmatched), "    unmatched: ", "    h2c: relay\n    unmatched: ", 1)
-}
-
-// An h2c: relay listener relays HTTP/2 frame by frame: the credential is
+// A sidecar relays HTTP/2 frame by frame: the credential is
 // injected and the client's stripped, everything else arrives as sent, and
 // HTTP/1.1 on the same port still goes through net/http.
 func TestRelayInjectsAndStrips(t *testing.T) {
 	e := newEnv(t)
 	up := e.httpsUpstream(&sim.Echo{})
-	p := e.start(relayConfig(port(t, up.URL), "deny"), nil, nil)
+	p := e.start(sidecarConfig(port(t, up.URL), "deny"), nil, nil)
 	for _, tc := range []struct {
 		name                  string
 		client                *http.Client
@@ -65,7 +58,7 @@ func TestRelayStreamsLargeBodies(t *testing.T) {
 	const size = 24 << 20
 	e := newEnv(t)
 	up := e.httpsUpstream(&sim.Echo{})
-	p := e.start(relayConfig(port(t, up.URL), "deny"), nil, nil)
+	p := e.start(sidecarConfig(port(t, up.URL), "deny"), nil, nil)
 	want := sha256.New()
 	if _, err := io.Copy(want, io.LimitReader(&sim.Pattern{}, size)); err != nil {
 		t.Fatal(err)
@@ -124,7 +117,7 @@ func TestRelayBackpressureAndCancel(t *testing.T) {
 			}
 		}
 	}))
-	p := e.start(relayConfig(port(t, up.URL), "deny"), nil, nil)
+	p := e.start(sidecarConfig(port(t, up.URL), "deny"), nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+p.addr("app")+"/v1/download", nil)
@@ -165,9 +158,12 @@ func TestRelayBackpressureAndCancel(t *testing.T) {
 	}
 }
 
-// An upstream that does not speak HTTP/2 gets the client a 502 with the
-// proxy's short message, and the log says why.
-func TestRelayUpstreamWithoutHTTP2(t *testing.T) {
+// An https upstream that does not negotiate h2 is bridged to HTTP/1.1 (a
+// route with upstream_protocol http2 gets 502 and the log says why), and a
+// plain http:// upstream is reached over HTTP/1.1 too: every route works
+// on HTTP/2 listeners. What the upstream sends arrives as sent: no Date or
+// sniffed Content-Type is added, trailers pass.
+func TestRelayBridgesHTTP1Upstreams(t *testing.T) {
 	e := newEnv(t)
 	tlsCfg, err := e.pki.ServerTLS(upstreamNames...)
 	if err != nil {
@@ -181,94 +177,70 @@ func TestRelayUpstreamWithoutHTTP2(t *testing.T) {
 	srv := &http.Server{Handler: &sim.Echo{}}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
-	up := struct{ URL string }{"https://" + ln.Addr().String()}
-	p := e.start(relayConfig(port(t, up.URL), "deny"), nil, nil)
-	resp, err := h2cClient().Get("http://" + p.addr("app") + "/v1/things")
+	bare := func(w http.ResponseWriter, r *http.Request) { // no Date, no Content-Type, a trailer
+		w.Header()["Date"] = nil
+		w.Header()["Content-Type"] = nil // net/http would sniff one
+		w.Header().Set("Trailer", "X-Sum")
+		w.Header().Set("X-Auth-Seen", r.Header.Get("Authorization"))
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "<html>not sniffed</html>")
+		w.Header().Set("X-Sum", "42")
+	}
+	plain := httptest.NewServer(http.HandlerFunc(bare))
+	defer plain.Close()
+	cfg := strings.Replace(sidecarConfig(port(t, ln.Addr().String()), "deny"), "routes:\n", fmt.Sprintf(`routes:
+  - name: plain
+    match: {path: /plain/*}
+    injector: bearer
+    upstream: http://127.0.0.1:%s
+    allow_plaintext: true
+`, port(t, plain.URL)), 1)
+	p := e.start(cfg, nil, nil)
+
+	for i := 0; i < 3; i++ { // the first finds out; later ones go straight to the bridge
+		resp, err := h2cClient().Get("http://" + p.addr("app") + "/v1/things")
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := decodeSeen(t, resp)
+		if resp.StatusCode != 200 || seen.Proto != "HTTP/1.1" || !seen.TLS || seen.Header.Get("Authorization") != "Bearer "+secretToken {
+			t.Errorf("round %d: %d, upstream saw %s tls=%v authorization %q", i, resp.StatusCode, seen.Proto, seen.TLS, seen.Header.Get("Authorization"))
+		}
+	}
+	if n := strings.Count(p.logs.String(), "upstream speaks only HTTP/1.1"); n != 1 {
+		t.Errorf("the fallback was logged %d times, want once:\n%s", n, p.logs.String())
+	}
+
+	resp, err := h2cClient().Get("http://" + p.addr("app") + "/v2/things")
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadGateway || string(body) != "authproxy: upstream unavailable (route \"api\")\n" {
-		t.Errorf("got %d %q, want 502 from the proxy", resp.StatusCode, body)
+	if resp.StatusCode != http.StatusBadGateway || string(body) != "authproxy: upstream unavailable (route \"api-h2\")\n" {
+		t.Errorf("upstream_protocol http2: got %d %q, want 502 from the proxy", resp.StatusCode, body)
 	}
 	if logs := p.logs.String(); !strings.Contains(logs, "did not negotiate HTTP/2") {
 		t.Errorf("the log lacks the cause:\n%s", logs)
 	}
-}
 
-// bodyObserver is an injector that observes response bodies, which the
-// relay cannot serve.
-// messageObserver is an injector that reads responses' gRPC messages, as
-// openOBD's does.
-type messageObserver struct{ injectors.Injector }
-
-func (messageObserver) ObserveResponse(*injectors.Request, *http.Response) bool { return false }
-func (messageObserver) ObservesMessages()                                       {}
-
-// A listener with h2c: relay refuses, at start, routes it could not serve
-// faithfully, naming the YAML path.
-func TestRelayRefusesRoutesItCannotServe(t *testing.T) {
-	e := newEnv(t)
-	for _, tc := range []struct {
-		name, yaml string
-		override   map[string]injectors.Injector
-		want       string
-	}{
-		{"an injector that reads gRPC messages", `
-listeners:
-  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://api.example.com", h2c: relay}
-injectors:
-  bearer: {kind: static, headers: {Authorization: {value: x}}}
-routes:
-  - {name: api, match: {path: "/*"}, injector: bearer}
-`, map[string]injectors.Injector{"bearer": messageObserver{failingInjector{nil}}},
-			`listeners[0].h2c: relay cannot serve route "api": its injector "bearer" reads the gRPC messages of responses, which the frame relay never decodes (use h2c: grpc or http on this listener)`},
-		{"an HTTP/1.1 upstream", `
-listeners:
-  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "http://api.example.com", h2c: relay}
-injectors:
-  bearer: {kind: static, headers: {Authorization: {value: x}}}
-routes:
-  - {name: api, match: {path: "/*"}, injector: bearer, allow_plaintext: true}
-`, nil, `listeners[0].h2c: relay cannot serve route "api": its upstream http://api.example.com is HTTP/1.1 (the relay needs https or h2c upstreams)`},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := parseConfig(e, tc.yaml)
-			if err != nil {
-				t.Fatal(err)
-			}
-			injs, err := injectors.BuildAll(cfg, injectors.Env{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			for k, v := range tc.override {
-				injs[k] = v
-			}
-			if _, err := proxy.New(cfg, injs, proxy.Options{}); err == nil || err.Error() != tc.want {
-				t.Errorf("got %v\nwant %s", err, tc.want)
-			}
-		})
-	}
-	// The same routes with an OAuth2 injector (it reads only the head) and
-	// an h2c upstream are served.
-	cfg, err := parseConfig(e, `
-listeners:
-  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "h2c://api.example.com", h2c: relay}
-injectors:
-  tok: {kind: oauth2, token_url: "https://auth.example.com/token", client_id: {value: c}, client_secret: {value: s}}
-routes:
-  - {name: api, match: {path: "/*"}, injector: tok, allow_plaintext: true}
-`)
+	resp, err = h2cClient().Get("http://" + p.addr("app") + "/plain/x")
 	if err != nil {
 		t.Fatal(err)
 	}
-	injs, err := injectors.BuildAll(cfg, injectors.Env{})
-	if err != nil {
-		t.Fatal(err)
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "<html>not sniffed</html>" || resp.Header.Get("X-Auth-Seen") != "Bearer "+secretToken {
+		t.Errorf("plain upstream: %d %q, credential seen %q", resp.StatusCode, body, resp.Header.Get("X-Auth-Seen"))
 	}
-	if _, err := proxy.New(cfg, injs, proxy.Options{}); err != nil {
-		t.Errorf("an OAuth2 route to an h2c upstream: %v", err)
+	if _, ok := resp.Header["Date"]; ok {
+		t.Errorf("the proxy added a Date: %v", resp.Header)
+	}
+	if _, ok := resp.Header["Content-Type"]; ok {
+		t.Errorf("the proxy added a Content-Type: %v", resp.Header)
+	}
+	if resp.Trailer.Get("X-Sum") != "42" {
+		t.Errorf("trailers: %v", resp.Trailer)
 	}
 }
 
@@ -293,7 +265,7 @@ func TestRelayClosesIdleUpstreamConnections(t *testing.T) {
 	}
 	up.StartTLS()
 	defer up.Close()
-	cfg := strings.Replace(relayConfig(port(t, up.URL), "deny"), "upstream:\n", "upstream:\n  idle_conn_timeout: 300ms\n", 1)
+	cfg := strings.Replace(sidecarConfig(port(t, up.URL), "deny"), "upstream:\n", "upstream:\n  idle_conn_timeout: 300ms\n", 1)
 	p := e.start(cfg, nil, nil)
 	if err := getOK(h2cClient(), "http://"+p.addr("app")+"/v1/things"); err != nil {
 		t.Fatal(err)

@@ -87,8 +87,8 @@ func rawRequest(t *testing.T, conn net.Conn, target, host string) int {
 
 // listenerWorld is the proxy with one listener of each kind in front of one
 // upstream handler, served over TLS as api.authproxy.test and over plain
-// HTTP as plain.authproxy.test: a sidecar (app), an h2c: relay sidecar
-// (relay), an h2c: grpc sidecar (grpc) and a forward listener (fwd). Every
+// HTTP as plain.authproxy.test: a sidecar (app) and a forward listener
+// (fwd), each with its HTTP/1.1 and its HTTP/2 engine. Every
 // route adds Authorization (the test's secret) and X-Api-Key, and strips
 // X-Client-Secret too.
 type listenerWorld struct {
@@ -107,8 +107,6 @@ func newListenerWorld(t *testing.T, h http.Handler, path string) *listenerWorld 
 	w.p = e.start(fmt.Sprintf(`
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s"}
-  - {name: relay, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s", h2c: relay}
-  - {name: grpc, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s", h2c: grpc}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}
 ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
 upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, plain.authproxy.test: 127.0.0.1}}
@@ -119,7 +117,7 @@ injectors:
       Authorization: {value: %[2]q, prefix: "Bearer "}
       X-Api-Key: {value: key-1}
 routes:
-  - {name: api, listeners: [app, relay, grpc], match: {path: %[3]q}, injector: bearer, strip_headers: [X-Client-Secret]}
+  - {name: api, listeners: [app], match: {path: %[3]q}, injector: bearer, strip_headers: [X-Client-Secret]}
   - {name: fwd-api, listeners: [fwd], match: {host: api.authproxy.test, path: %[3]q}, injector: bearer, strip_headers: [X-Client-Secret]}
   - {name: fwd-plain, listeners: [fwd], match: {host: plain.authproxy.test, path: %[3]q}, injector: bearer, strip_headers: [X-Client-Secret], allow_plaintext: true}
 `, w.upPort, secretToken, path), nil, nil)
@@ -174,11 +172,10 @@ func TestTraversalNeverGetsACredential(t *testing.T) {
 			return rawRequest(t, c, path, "localhost")
 		}},
 		{"sidecar h2c", func(t *testing.T, path string) int { return statusOf(t, h2cClient(), "http://"+p.addr("app")+path) }},
-		{"relay h2c", func(t *testing.T, path string) int { return statusOf(t, h2cClient(), "http://"+p.addr("relay")+path) }},
-		{"h2c: grpc", func(t *testing.T, path string) int {
+		{"sidecar gRPC over h2c", func(t *testing.T, path string) int {
 			// A gRPC call whose :path is the spelling: refused as
 			// INVALID_ARGUMENT (counted as 400), forwarded otherwise.
-			c := w.h2c("grpc")(t)
+			c := w.h2c("app")(t)
 			c.headers(1, request("POST", "http", "localhost", path, "content-type", "application/grpc", "te", "trailers"), true, false)
 			a := c.read(1)
 			if a.status == http.StatusOK && a.header.Get("grpc-status") == "3" {
@@ -370,7 +367,6 @@ func TestCredentialTrailersAreStripped(t *testing.T) {
 	}{
 		{"sidecar HTTP/1.1", h1(w.tcp("app"), "/v1/x", "localhost")},
 		{"sidecar h2c", h2(w.h2c("app"), "http", "localhost")},
-		{"relay h2c", h2(w.h2c("relay"), "http", "localhost")},
 		{"forward plain HTTP/1.1", h1(w.tcp("fwd"), "http://"+w.plainHost()+"/v1/x", w.plainHost())},
 		{"forward intercepted HTTP/1.1", h1(w.intercepted, "/v1/x", w.target())},
 		{"forward intercepted HTTP/2", h2(w.interceptedH2, "https", w.target())},
@@ -407,11 +403,10 @@ func TestCredentialTrailersAreStripped(t *testing.T) {
 			}
 		})
 	}
-	// h2c: grpc: grpc-go's server takes a call's trailing HEADERS as the end
-	// of the stream and hands no trailer on; nothing of them goes upstream.
-	t.Run("h2c: grpc", func(t *testing.T) {
+	// A gRPC call's trailers are stripped the same way.
+	t.Run("sidecar gRPC over h2c", func(t *testing.T) {
 		before := sink.requests.Load()
-		c := w.h2c("grpc")(t)
+		c := w.h2c("app")(t)
 		var decl []string
 		var tr []hpack.HeaderField
 		for _, kv := range clientTrailers {
@@ -497,8 +492,7 @@ func TestHeaderBlockLimitOnEveryListener(t *testing.T) {
 	for _, k := range []headerListener{
 		{"sidecar HTTP/1.1", h1(w.tcp("app"), "/x", "localhost")},
 		{"sidecar h2c", h2(w.h2c("app"), "http", "localhost")},
-		{"relay h2c", h2(w.h2c("relay"), "http", "localhost")},
-		{"h2c: grpc", h2(w.h2c("grpc"), "http", "localhost", "content-type", "application/grpc", "te", "trailers")},
+		{"sidecar gRPC over h2c", h2(w.h2c("app"), "http", "localhost", "content-type", "application/grpc", "te", "trailers")},
 		{"forward plain HTTP/1.1", h1(w.tcp("fwd"), "http://"+w.plainHost()+"/x", w.plainHost())},
 		{"forward intercepted HTTP/1.1", h1(w.intercepted, "/x", w.target())},
 		{"forward intercepted HTTP/2", h2(w.interceptedH2, "https", w.target())},
@@ -518,10 +512,8 @@ func TestHeaderBlockLimitOnEveryListener(t *testing.T) {
 				t.Errorf("%d oversized requests reached the upstream", n)
 			}
 			// Well under the limit passes.
-			if st := k.send(t, 256<<10, false); k.name != "h2c: grpc" && st != http.StatusOK {
-				t.Errorf("a 256 KiB header block: status %d, want 200", st)
-			} else if k.name == "h2c: grpc" && sink.requests.Load() != 1 {
-				t.Errorf("a 256 KiB header block did not reach the gRPC upstream")
+			if st := k.send(t, 256<<10, false); st != http.StatusOK || sink.requests.Load() != 1 {
+				t.Errorf("a 256 KiB header block: status %d, %d requests upstream; want 200 and 1", st, sink.requests.Load())
 			}
 		})
 	}
@@ -584,23 +576,22 @@ func h2Counter(t *testing.T) (string, *atomic.Int64) {
 }
 
 // Rapid reset (CVE-2023-44487): a client that opens and resets streams as
-// fast as it can write them on an h2c: relay listener gets few of them to
-// the upstream, and then GOAWAY ENHANCE_YOUR_CALM. (net/http's HTTP/2
-// server, on the other listeners, bounds the handlers it runs at once but
-// not the rate: against this instant upstream it forwarded 41,823 of the
-// 100,000; see the README's security section.)
+// fast as it can write them gets few of them to the upstream, and then
+// GOAWAY ENHANCE_YOUR_CALM. (net/http's HTTP/2 server, which served h2c
+// before every HTTP/2 stream went through the relay, bounds the handlers
+// it runs at once but not the rate: against this instant upstream it
+// forwarded 41,823 of the 100,000.)
 func TestRelayRapidResetIsCutOff(t *testing.T) {
-	const mode = "relay"
 	e := newEnv(t)
 	upAddr, upstreamStreams := h2Counter(t)
 	p := e.start(fmt.Sprintf(`
 listeners:
-  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "h2c://%[1]s", h2c: %[3]s}
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "h2c://%[1]s"}
 injectors:
   bearer: {kind: static, headers: {Authorization: {value: %[2]q, prefix: "Bearer "}}}
 routes:
   - {name: api, match: {path: /v1/*}, injector: bearer, allow_plaintext: true}
-`, upAddr, secretToken, mode), nil, nil)
+`, upAddr, secretToken), nil, nil)
 	c := dialH2C(t, p.addr("app"))
 	const pairs = 100_000
 	head := request("GET", "http", "localhost", "/v1/x")
@@ -656,7 +647,7 @@ func TestRelayWellBehavedCancellationIsNotCutOff(t *testing.T) {
 	e := newEnv(t)
 	echo, grpcPort := e.grpcUpstream()
 	echo.OnCall = func(ctx context.Context) { <-ctx.Done() } // never answers in time
-	p := e.start(grpcConfigWith(grpcPort, "relay", "auto"), nil, nil)
+	p := e.start(grpcConfig(grpcPort), nil, nil)
 	client := grpcClient(t, p.addr("grpc"))
 	var cancelled, other atomic.Int64
 	var wg sync.WaitGroup

@@ -20,8 +20,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/h2relay"
@@ -58,8 +56,7 @@ type listener struct {
 	name, kind, address string
 	srv                 *http.Server
 	fwd                 *forward       // forward listeners only
-	grpc                *grpc.Server   // h2c: grpc sidecars only: serves their HTTP/2 connections
-	relay               *h2relay.Relay // h2c: relay sidecars only: relays their HTTP/2 connections
+	relay               *h2relay.Relay // sidecars: relays their h2c connections (forward: fwd.relay)
 	ln                  net.Listener
 }
 
@@ -101,9 +98,6 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	if err := checkPathParams(cfg, injs); err != nil {
 		return nil, err
 	}
-	if err := checkRelay(cfg, injs); err != nil {
-		return nil, err
-	}
 	for _, l := range cfg.Listeners {
 		var entries []route.Entry[*routeRT]
 		for _, ref := range cfg.RoutesByListener[l.Name] {
@@ -120,7 +114,7 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		ln := &listener{name: l.Name, kind: l.Kind, address: l.Address}
 		var handler http.Handler
 		protocols := new(http.Protocols)
-		protocols.SetHTTP1(true)
+		protocols.SetHTTP1(true) // HTTP/2 goes to the relay
 		switch l.Kind {
 		case config.KindSidecar:
 			sc := &sidecar{core: c, table: table}
@@ -136,24 +130,9 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 				sc.pass = u
 			}
 			handler = sc
-			switch l.H2C {
-			case config.H2CGRPC:
-				ln.grpc = grpc.NewServer(grpcServerOptions(sc, up.GRPC.MaxMessage,
-					t.ReadHeader.D(10*time.Second), t.Idle.D(120*time.Second))...)
-			case config.H2CRelay:
-				ln.relay = &h2relay.Relay{
-					Handler:             relayHandler{sc},
-					Dial:                up.DialH2,
-					MaxHeaderBytes:      maxHeaderBytes,
-					MaxReplayBytes:      int(c.maxReplay),
-					PrefaceTimeout:      t.ReadHeader.D(10 * time.Second),
-					IdleTimeout:         t.Idle.D(120 * time.Second),
-					UpstreamIdleTimeout: cfg.Upstream.IdleConnTimeout.D(90 * time.Second),
-					Log:                 logger.With("listener", l.Name),
-				}
-			default:
-				protocols.SetUnencryptedHTTP2(true)
-			}
+			ln.relay = newRelay(c, relayHandler{core: c, exchangeFor: func(r *http.Request, _ any) (*exchange, error) {
+				return sc.exchangeFor(r)
+			}}, cfg, l.Name)
 		case config.KindForward:
 			if authority == nil {
 				return nil, config.Errorf("ca", "a forward listener needs a CA")
@@ -162,6 +141,7 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 			dest := &destPolicy{allowNets: nets, allowHosts: hosts, lookup: up.Lookup,
 				timeout: cfg.Upstream.DialTimeout.D(10 * time.Second), own: s.own}
 			ln.fwd = newForward(c, table, l.Unmatched == config.UnmatchedTunnel, dest, authority, t, logger.With("listener", l.Name))
+			ln.fwd.relay = newRelay(c, relayHandler{core: c, exchangeFor: ln.fwd.interceptedExchange}, cfg, l.Name)
 			handler = ln.fwd
 		}
 		ln.srv = &http.Server{
@@ -265,15 +245,11 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	runCtx, stopRunners := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	// One slot per server that may report a failure, so none blocks: an
-	// h2c: grpc or relay sidecar has two (net/http, and grpc-go or the
-	// relay, on one socket).
-	servers := len(s.listeners)
-	for _, l := range s.listeners {
-		if l.grpc != nil || l.relay != nil || l.fwd != nil {
-			servers++
-		}
-	}
+	// One slot per server that may report a failure, so none blocks: a
+	// sidecar has two (net/http and the relay, on one socket), a forward
+	// listener two (net/http, and the HTTP/1.1 server of intercepted
+	// connections).
+	servers := 2 * len(s.listeners)
 	errc := make(chan error, servers)
 	for _, r := range s.runners {
 		wg.Go(func() {
@@ -287,19 +263,10 @@ func (s *Server) Run(ctx context.Context) error {
 		s.log.Info("listening", "listener", l.name, "kind", l.kind, "address", l.ln.Addr().String())
 		httpLn := l.ln
 		var h2Ln net.Listener // connections that open with the HTTP/2 preface
-		if l.grpc != nil || l.relay != nil {
+		if l.relay != nil {
 			split := newSplitter(l.ln, l.srv.ReadHeaderTimeout)
 			httpLn, h2Ln = split.h1, split.h2
 			serving.Go(split.run)
-		}
-		if l.grpc != nil {
-			serving.Go(func() {
-				if err := l.grpc.Serve(h2Ln); err != nil { // after shutdown, read by no one
-					errc <- fmt.Errorf("listener %q: %w", l.name, err)
-				}
-			})
-		}
-		if l.relay != nil {
 			serving.Go(func() {
 				for {
 					c, err := h2Ln.Accept()
@@ -341,9 +308,6 @@ func (s *Server) Run(ctx context.Context) error {
 			if l.fwd != nil {
 				l.fwd.draining.Store(true)
 			}
-			if l.grpc != nil {
-				drain.Go(func() { s.drainGRPC(sctx, l) })
-			}
 			if l.relay != nil {
 				drain.Go(func() {
 					if l.relay.Shutdown(sctx) != nil {
@@ -369,20 +333,6 @@ func (s *Server) Run(ctx context.Context) error {
 	return runErr
 }
 
-// drainGRPC stops an h2c: grpc sidecar's grpc-go server: calls in flight
-// may finish until ctx ends, then they are cut.
-func (s *Server) drainGRPC(ctx context.Context, l *listener) {
-	done := make(chan struct{})
-	go func() { l.grpc.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.log.Warn("gRPC calls still in flight at the drain bound; closing them", "listener", l.name)
-		l.grpc.Stop()
-		<-done
-	}
-}
-
 func (s *Server) closeListeners() {
 	for _, l := range s.listeners {
 		if l.ln != nil {
@@ -392,8 +342,7 @@ func (s *Server) closeListeners() {
 }
 
 // maxHeaderBytes is the one limit on a request's header block, on every
-// listener and protocol: HTTP/1.1 (net/http), h2c and intercepted HTTP/2
-// (net/http's HTTP/2 server), the frame relay, and h2c: grpc (grpc-go).
+// listener and protocol: HTTP/1.1 (net/http) and HTTP/2 (the frame relay).
 // A block over it is refused (431, RST_STREAM or a closed connection) and
 // never held in memory whole.
 const maxHeaderBytes = 1 << 20

@@ -63,8 +63,8 @@ func TestSidecarInjectsAndStripsOverHTTP1AndH2C(t *testing.T) {
 		{"h2c", h2cClient(), "HTTP/2.0"},
 	} {
 		for _, route := range []struct{ path, upstreamProto string }{
-			{"/v1/things", "HTTP/1.1"}, // upstream_protocol: auto, not gRPC
-			{"/v2/things", "HTTP/2.0"}, // upstream_protocol: http2
+			{"/v1/things", tc.wantProto}, // upstream_protocol: auto: the client's protocol, as the upstream has both
+			{"/v2/things", "HTTP/2.0"},   // upstream_protocol: http2
 		} {
 			t.Run(tc.name+route.path, func(t *testing.T) {
 				checkInjectsAndStrips(t, tc.client, "http://"+p.addr("app")+route.path+"?q=1", tc.wantProto, route.upstreamProto, port(t, up.URL))

@@ -43,7 +43,6 @@ func newVISSWorld(t *testing.T, shared bool) *vissWorld {
 	w.p = e.start(fmt.Sprintf(`
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, host: viss.authproxy.test, upstream: "https://viss.authproxy.test:%[3]s"}
-  - {name: relay, kind: sidecar, address: 127.0.0.1:0, host: viss.authproxy.test, upstream: "https://viss.authproxy.test:%[3]s", h2c: relay}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}
 ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
 upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {viss.authproxy.test: 127.0.0.1}}
@@ -69,8 +68,8 @@ func (w *vissWorld) get(t *testing.T, mode, path, vin string) (int, string) {
 	t.Helper()
 	c, base := h1Client(), "http://"+w.p.addr("app")
 	switch mode {
-	case "relay":
-		c, base = h2cClient(), "http://"+w.p.addr("relay")
+	case "sidecar-h2c":
+		c, base = h2cClient(), "http://"+w.p.addr("app")
 	case "forward":
 		c, base = proxiedClient(w.p.addr("fwd"), &tlsRoots{w.e.proxyCA}, true), "https://viss.authproxy.test:"+w.data
 	}
@@ -100,7 +99,7 @@ func (w *vissWorld) mustRead(t *testing.T, mode, path, vin string) {
 // answer as it is).
 func TestVISSReferenceFlowThroughSidecarAndForward(t *testing.T) {
 	w := newVISSWorld(t, false)
-	modes := []string{"sidecar", "relay", "forward"}
+	modes := []string{"sidecar", "sidecar-h2c", "forward"}
 	for _, mode := range modes {
 		for range 3 {
 			w.mustRead(t, mode, "/Vehicle/Speed", "VIN-A")

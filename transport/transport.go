@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -33,9 +34,6 @@ type Set struct {
 	}
 	// H2C carries cleartext HTTP/2 with prior knowledge.
 	H2C *http.Transport
-	// GRPC carries gRPC over grpc-go connections (https and h2c), falling
-	// back to TLS for what it cannot carry as it is.
-	GRPC *GRPC
 	// Dial dials with the configured timeout and resolve pins.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
@@ -118,31 +116,30 @@ func New(cfg config.Upstream) (*Set, error) {
 	u.TLS.Protocols.SetHTTP1(true)
 	u.TLS.Protocols.SetHTTP2(true)
 	u.H2C.Protocols.SetUnencryptedHTTP2(true)
-	maxMsg := cfg.GRPCMaxMessageBytes
-	if maxMsg == 0 {
-		maxMsg = DefaultGRPCMaxMessage
-	}
-	u.GRPC = &GRPC{Fallback: u.TLS, FallbackH2C: u.H2C, MaxMessage: maxMsg, dial: dial,
-		tls: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
 	return u, nil
 }
 
+// ErrNoHTTP2 is DialH2's error for an upstream that did not negotiate h2.
+var ErrNoHTTP2 = errors.New("the upstream did not negotiate HTTP/2")
+
 // DialH2 opens a connection for HTTP/2 to addr (host:port): for https a
-// TLS connection that negotiated h2 by ALPN, verified against the roots;
-// for http a plain one (h2c with prior knowledge).
+// TLS connection that negotiated h2 by ALPN (http/1.1 is offered too, so
+// that a server without h2 says so rather than failing the handshake),
+// verified against the roots; for http a plain one (h2c with prior
+// knowledge).
 func (u *Set) DialH2(ctx context.Context, scheme, addr string) (net.Conn, error) {
 	nc, err := u.Dial(ctx, "tcp", addr)
 	if err != nil || scheme == "http" {
 		return nc, err
 	}
 	host, _, _ := net.SplitHostPort(addr)
-	tc, err := clientTLS(ctx, nc, u.TLS, host, "h2")
+	tc, err := clientTLS(ctx, nc, u.TLS, host, "h2", "http/1.1")
 	if err != nil {
 		return nil, err
 	}
 	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
 		_ = tc.Close()
-		return nil, fmt.Errorf("%s did not negotiate HTTP/2 (ALPN %q)", addr, p)
+		return nil, fmt.Errorf("%w: %s (ALPN %q)", ErrNoHTTP2, addr, p)
 	}
 	return tc, nil
 }
@@ -177,10 +174,8 @@ func (u *Set) Client(timeout time.Duration) *http.Client {
 }
 
 // Close is for shutdown, once no request is in flight: it closes the idle
-// connections of every HTTP transport and every gRPC client connection,
-// idle or not (a later call would open a new one).
+// connections of every HTTP transport.
 func (u *Set) Close() {
-	u.GRPC.Close()
 	u.TLS.CloseIdleConnections()
 	u.H1.CloseIdleConnections()
 	u.H2C.CloseIdleConnections()

@@ -78,7 +78,7 @@ func rawGRPC(t *testing.T, addr string, dial func(string) (net.Conn, error), req
 func TestGRPCListenerSplitsConnections(t *testing.T) {
 	e := newEnv(t)
 	echo, grpcPort := e.grpcUpstream()
-	cfg := strings.Replace(grpcConfigWith(grpcPort, "grpc", "auto"), "timeouts: {shutdown: 5s}", "timeouts: {shutdown: 5s, read_header: 300ms}", 1)
+	cfg := strings.Replace(grpcConfig(grpcPort), "timeouts: {shutdown: 5s}", "timeouts: {shutdown: 5s, read_header: 300ms}", 1)
 	p := e.start(cfg, nil, nil)
 	addr := p.addr("grpc")
 
@@ -94,14 +94,15 @@ func TestGRPCListenerSplitsConnections(t *testing.T) {
 		}
 	})
 
-	t.Run("h2c that is not gRPC is refused with 415", func(t *testing.T) {
-		resp, err := h2cClient().Get("http://" + addr + "/grpc.testing.TestService/UnaryCall")
+	t.Run("h2c that is not gRPC is served by the relay", func(t *testing.T) {
+		resp, err := h2cClient().Get("http://" + addr + "/not/a/route")
 		if err != nil {
 			t.Fatal(err)
 		}
+		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusUnsupportedMediaType {
-			t.Errorf("got %d, want 415 from the gRPC server", resp.StatusCode)
+		if resp.StatusCode != http.StatusNotFound || resp.ProtoMajor != 2 || !strings.HasPrefix(string(b), "authproxy: no route") {
+			t.Errorf("got %s %d %q, want the sidecar's 404 over HTTP/2", resp.Proto, resp.StatusCode, b)
 		}
 		if n := echo.Calls(); n != 0 {
 			t.Errorf("%d calls reached the upstream", n)
@@ -146,52 +147,13 @@ func TestGRPCListenerSplitsConnections(t *testing.T) {
 	}
 }
 
-func TestGRPCMessageLimit(t *testing.T) {
-	for _, m := range grpcModes {
-		if (m.h2c == "http" && m.protocol == "http2") || m.h2c == "relay" {
-			continue // net/http both ways, and the relay, pass frames on and have no limit of their own
-		}
-		t.Run(m.name, func(t *testing.T) {
-			e := newEnv(t)
-			_, grpcPort := e.grpcUpstream()
-			cfg := strings.Replace(grpcConfigWith(grpcPort, m.h2c, m.protocol), "upstream:\n", "upstream:\n  grpc_max_message_bytes: 4096\n", 1)
-			p := e.start(cfg, nil, nil)
-			client := grpcClient(t, p.addr("grpc"))
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-
-			if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 3000)}}); err != nil {
-				t.Errorf("a message under the limit: %v", err)
-			}
-			_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 8000)}})
-			if status.Code(err) != codes.ResourceExhausted {
-				t.Errorf("a request over the limit: %v, want RESOURCE_EXHAUSTED", err)
-			}
-			stream, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
-				ResponseParameters: []*testpb.ResponseParameters{{Size: 10}, {Size: 8000}},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := stream.Recv(); err != nil {
-				t.Fatalf("first message: %v", err)
-			}
-			if _, err := stream.Recv(); status.Code(err) != codes.ResourceExhausted {
-				t.Errorf("a response over the limit: %v, want RESOURCE_EXHAUSTED", err)
-			}
-		})
-	}
-}
-
 func TestGRPCListenerShutdown(t *testing.T) {
 	for _, tc := range []struct {
-		name, bound, h2c string
-		release          bool
+		name, bound string
+		release     bool
 	}{
-		{"calls in flight finish", "10s", "grpc", true},
-		{"calls past the bound are cut", "300ms", "grpc", false},
-		{"relay: calls in flight finish", "10s", "relay", true},
-		{"relay: calls past the bound are cut", "300ms", "relay", false},
+		{"calls in flight finish", "10s", true},
+		{"calls past the bound are cut", "300ms", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -206,7 +168,7 @@ func TestGRPCListenerShutdown(t *testing.T) {
 					return ctx.Err()
 				}
 			}
-			cfg := strings.Replace(grpcConfigWith(grpcPort, tc.h2c, "auto"), "timeouts: {shutdown: 5s}", "timeouts: {shutdown: "+tc.bound+"}", 1)
+			cfg := strings.Replace(grpcConfig(grpcPort), "timeouts: {shutdown: 5s}", "timeouts: {shutdown: "+tc.bound+"}", 1)
 			p := e.start(cfg, nil, nil)
 			client := grpcClient(t, p.addr("grpc"))
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -264,7 +226,7 @@ func TestGRPCUpstreamUnreachable(t *testing.T) {
 	for _, m := range grpcModes {
 		t.Run(m.name, func(t *testing.T) {
 			e := newEnv(t)
-			p := e.start(grpcConfigWith(closedPort, m.h2c, m.protocol), nil, nil)
+			p := e.start(grpcConfigWith(closedPort, m.protocol), nil, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			_, err := grpcClient(t, p.addr("grpc")).UnaryCall(ctx, &testpb.SimpleRequest{})
@@ -281,11 +243,11 @@ func TestGRPCUpstreamUnreachable(t *testing.T) {
 // With unmatched: pass, a call no route matches goes to the listener's
 // upstream untouched: the client's own credential, nothing added.
 func TestGRPCListenerUnmatchedPass(t *testing.T) {
-	for _, h2c := range []string{"grpc", "relay"} {
-		t.Run("h2c "+h2c, func(t *testing.T) {
+	for _, m := range grpcModes {
+		t.Run(m.name, func(t *testing.T) {
 			e := newEnv(t)
 			echo, grpcPort := e.grpcUpstream()
-			cfg := strings.Replace(grpcConfigWith(grpcPort, h2c, "auto"), "    h2c: "+h2c+"\n", "    h2c: "+h2c+"\n    unmatched: pass\n", 1)
+			cfg := strings.Replace(grpcConfigWith(grpcPort, m.protocol), "    host: grpc.authproxy.test\n", "    host: grpc.authproxy.test\n    unmatched: pass\n", 1)
 			cfg = strings.Replace(cfg, "path: /grpc.testing.TestService/*", "path: /other.Service/*", 1)
 			p := e.start(cfg, nil, nil)
 			client := grpcClient(t, p.addr("grpc"))
@@ -318,13 +280,13 @@ func (l *failingListener) Accept() (net.Conn, error) {
 	return nil, errors.New("accept: injected failure")
 }
 
-// When the socket of an h2c: grpc listener fails, both of its servers stop
-// with the error; Run must return it rather than hang.
+// When the socket of a sidecar listener fails, both of its servers (net/http
+// and the relay) stop with the error; Run must return it rather than hang.
 func TestGRPCListenerFailureEndsRun(t *testing.T) {
 	e := newEnv(t)
 	cfg, err := parseConfig(e, `
 listeners:
-  - {name: grpc, kind: sidecar, address: 127.0.0.1:0, h2c: grpc, upstream: "https://127.0.0.1:1"}
+  - {name: grpc, kind: sidecar, address: 127.0.0.1:0, upstream: "https://127.0.0.1:1"}
 injectors:
   bearer: {kind: static, headers: {Authorization: {value: x}}}
 routes:
@@ -400,7 +362,7 @@ func TestGRPCRetriesWithFreshToken(t *testing.T) {
 			auth := e.httpsUpstream(ts)
 			echo, grpcPort := e.grpcUpstream()
 			echo.Authorize = func(a string) bool { return strings.HasPrefix(a, "Bearer ") && ts.Valid(a[len("Bearer "):]) }
-			cfg := strings.Replace(grpcConfigWith(grpcPort, m.h2c, m.protocol), `  bearer:
+			cfg := strings.Replace(grpcConfigWith(grpcPort, m.protocol), `  bearer:
     kind: static
     headers:
       Authorization: {value: "`+secretToken+`", prefix: "Bearer "}`, fmt.Sprintf(`  bearer:
