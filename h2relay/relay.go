@@ -161,7 +161,7 @@ type Relay struct {
 	pools       map[string]*pool
 	shutdown    bool
 	poolsClosed bool
-	idle        chan struct{} // closed when the last client connection goes, after Shutdown
+	idle        chan struct{}        // closed when the last client connection goes, after Shutdown
 	h1only      map[string]time.Time // https addresses that did not negotiate h2, and when
 }
 

@@ -44,12 +44,12 @@ type forward struct {
 	handshakeTimeout time.Duration
 	idleTimeout      time.Duration
 
-	dest     *destPolicy  // where tunnels and untouched forwards may go
+	dest     *destPolicy    // where tunnels and untouched forwards may go
 	relay    *h2relay.Relay // serves intercepted connections that negotiated h2
 	mitm     *http.Server   // serves intercepted HTTP/1.1 connections
 	mitmLn   *connQueue     // hands them to mitm once their handshake is done
-	targets  sync.Map     // *tls.Conn -> *interception, while mitm serves it
-	conns    connSet      // client connections and tunnel upstream connections
+	targets  sync.Map       // *tls.Conn -> *interception, while mitm serves it
+	conns    connSet        // client connections and tunnel upstream connections
 	draining atomic.Bool
 }
 

@@ -79,7 +79,7 @@ func (w *odilWorld) clients() map[string]func(method, path string, body []byte) 
 		}
 	}
 	return map[string]func(string, string, []byte) *http.Response{
-		"sidecar": do(sidecar, "http://"+w.p.addr("app")),
+		"sidecar":     do(sidecar, "http://"+w.p.addr("app")),
 		"sidecar-h2c": do(h2cClient(), "http://"+w.p.addr("app")),
 		"forward":     do(forward, "https://odil.authproxy.test:"+w.port),
 		"forward-h1":  do(proxiedClient(w.p.addr("fwd"), &tlsRoots{w.e.proxyCA}, false), "https://odil.authproxy.test:"+w.port),
