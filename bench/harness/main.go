@@ -5,7 +5,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -23,11 +22,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
-	testpb "google.golang.org/grpc/interop/grpc_testing"
 )
 
 var (
@@ -62,7 +56,6 @@ type contender struct {
 	grpcGo            string   // host:port for bench/load -mode grpc ("" = not in that scenario)
 	grpcGoArgs        []string // extra bench/load flags
 	grpcGoEnv         []string // extra environment (HTTPS_PROXY)
-	grpcNative        bool     // an h2c: grpc listener (memory: idle gRPC connections)
 	// fresh starts a new process with the same config and GOMAXPROCS on
 	// other ports and returns this contender pointed at it, and what stops
 	// it (memory: idle connections, measured where no other listener has
@@ -143,7 +136,7 @@ func main() {
 					fcfg := filepath.Join(dir, fmt.Sprintf("authproxy-%s-%s-fresh.yaml", kind, procs))
 					writeConfig(fcfg, kind, freshBase, caFile, proxyCA)
 					fp := start(dir, "authproxy-"+kind+"-"+procs+"-fresh", []string{"GOMAXPROCS=" + procs}, authproxy, "run", "-config", fcfg)
-					for _, off := range []int{0, 60, 70} {
+					for _, off := range []int{0, 20, 50} {
 						waitPort(fmt.Sprintf("127.0.0.1:%d", freshBase+off))
 					}
 					fpid := fp.Process.Pid
@@ -171,24 +164,6 @@ func main() {
 					grpcGoEnv: []string{"HTTPS_PROXY=" + fwd}})
 			}
 			contenders = append(contenders, c)
-			if kind == "static" {
-				// The same process's h2c: grpc listener, for the gRPC loads.
-				waitPort(fmt.Sprintf("127.0.0.1:%d", port+60))
-				contenders = append(contenders, freshAt(func(base int) contender {
-					native := fmt.Sprintf("127.0.0.1:%d", base+60)
-					return contender{name: "authproxy sidecar (h2c: grpc), static", procs: procs, pids: c.pids, proc: c.proc,
-						grpc: native, grpcGo: native, grpcGoArgs: []string{"-insecure"}, grpcNative: true}
-				}))
-				// And its h2c: relay listeners: HTTP/2 to the HTTPS port,
-				// gRPC to the gRPC port.
-				waitPort(fmt.Sprintf("127.0.0.1:%d", port+70))
-				waitPort(fmt.Sprintf("127.0.0.1:%d", port+80))
-				contenders = append(contenders, freshAt(func(base int) contender {
-					relayH2, relayGRPC := fmt.Sprintf("127.0.0.1:%d", base+70), fmt.Sprintf("127.0.0.1:%d", base+80)
-					return contender{name: "authproxy sidecar (h2c: relay), static", procs: procs, pids: c.pids, proc: c.proc,
-						h2: "http://" + relayH2 + "/", grpc: relayGRPC, grpcGo: relayGRPC, grpcGoArgs: []string{"-insecure"}}
-				}))
-			}
 			port++
 		}
 	}
@@ -476,7 +451,7 @@ func ghz(c contender, caFile string) result {
 // 1,000 idle HTTP/2 (h2c) client connections open.
 func memory(contenders []contender, idleRSS, peakRSS map[string]int64) string {
 	var b strings.Builder
-	b.WriteString("### Memory\n\n| contender | procs | RSS idle before the loads, MiB | peak RSS during the loads, MiB | RSS after the loads, MiB | RSS with 1,000 idle HTTP/2 connections (h2c; gRPC for h2c: grpc)¹, MiB | per idle connection, KiB |\n|---|---|---|---|---|---|---|\n")
+	b.WriteString("### Memory\n\n| contender | procs | RSS idle before the loads, MiB | peak RSS during the loads, MiB | RSS after the loads, MiB | RSS with 1,000 idle HTTP/2 connections (h2c)¹, MiB | per idle connection, KiB |\n|---|---|---|---|---|---|---|\n")
 	afterLoads := map[string]int64{} // by process, before any idle connections of this test
 	for _, c := range contenders {
 		if c.procs != "" {
@@ -486,7 +461,7 @@ func memory(contenders []contender, idleRSS, peakRSS map[string]int64) string {
 		}
 	}
 	for _, c := range contenders {
-		if c.procs == "" || (c.h2 == "" && !c.grpcNative) {
+		if c.procs == "" || c.h2 == "" {
 			continue // direct; the forward listeners share the sidecars' processes
 		}
 		key := c.process()
@@ -517,23 +492,9 @@ func memory(contenders []contender, idleRSS, peakRSS map[string]int64) string {
 	return b.String()
 }
 
-// idleConn opens one client connection to the contender and leaves it idle
-// after one request: h2c with net/http, or grpc-go to an h2c: grpc
-// listener. It returns what closes it.
+// idleConn opens one h2c client connection to the contender and leaves it
+// idle after one request. It returns what closes it.
 func idleConn(c contender) (func(), error) {
-	if c.grpcNative {
-		conn, err := grpc.NewClient(c.grpcGo, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return nil, err
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if _, err := testpb.NewTestServiceClient(conn).UnaryCall(ctx, &testpb.SimpleRequest{}); err != nil {
-			conn.Close()
-			return nil, err
-		}
-		return func() { conn.Close() }, nil
-	}
 	tr := &http.Transport{Proxy: nil, Protocols: new(http.Protocols)}
 	tr.Protocols.SetUnencryptedHTTP2(true)
 	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(c.h2)
@@ -604,19 +565,16 @@ func writeConfig(path, kind string, port int, caFile, proxyCA string) {
 listeners:
   - {name: app, kind: sidecar, address: "127.0.0.1:%[1]d", upstream: "https://127.0.0.1:18443"}
   - {name: grpc, kind: sidecar, address: "127.0.0.1:%[2]d", upstream: "https://127.0.0.1:18444"}
-  - {name: grpcn, kind: sidecar, address: "127.0.0.1:%[8]d", upstream: "https://127.0.0.1:18444", h2c: grpc}
-  - {name: apprelay, kind: sidecar, address: "127.0.0.1:%[9]d", upstream: "https://127.0.0.1:18443", h2c: relay}
-  - {name: grpcrelay, kind: sidecar, address: "127.0.0.1:%[10]d", upstream: "https://127.0.0.1:18444", h2c: relay}
   - {name: fwd, kind: forward, address: "127.0.0.1:%[3]d"}
 ca: {cert_file: %[5]q, key_file: %[6]q, generate: true}
 upstream: {ca_file: %[4]q, resolve: {upstream.bench.test: 127.0.0.1}}
 injectors:
   %[7]s
 routes:
-  - {name: all, listeners: [app, grpc, grpcn, apprelay, grpcrelay], match: {path: /*}, injector: tok}
+  - {name: all, listeners: [app, grpc], match: {path: /*}, injector: tok}
   - {name: fwd-https, listeners: [fwd], match: {host: "127.0.0.1:18443"}, injector: tok}
   - {name: fwd-grpc, listeners: [fwd], match: {host: "upstream.bench.test:18444"}, injector: tok}
-`, port, port+50, port+20, caFile, proxyCA, proxyCA+".key", injector, port+60, port+70, port+80)
+`, port, port+50, port+20, caFile, proxyCA, proxyCA+".key", injector)
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		die("%v", err)
 	}
