@@ -110,7 +110,7 @@ func (c *core) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 		x.inBody = r.Body
 	}
 	x.inTrailer = r.Trailer
-	c.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
+	c.rp.ServeHTTP(asSent{w}, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
 }
 
 func (c *core) rewrite(pr *httputil.ProxyRequest) {

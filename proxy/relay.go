@@ -215,8 +215,9 @@ func (c *core) bridge(scheme, addr string) http.Handler {
 	})
 }
 
-// asSent keeps the HTTP/2 server under the bridge from adding a Date or a
-// sniffed Content-Type to a response the upstream sent without them.
+// asSent keeps the server under the HTTP/1.1 engine (net/http) and under
+// the bridge (x/net/http2) from adding a Date or a sniffed Content-Type to
+// a response the upstream sent without them.
 type asSent struct{ http.ResponseWriter }
 
 func (w asSent) WriteHeader(code int) {
