@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -195,5 +196,44 @@ func TestExpectContinueIsAnswered(t *testing.T) {
 				t.Errorf("curl: %v: %s", err, strings.TrimSpace(string(out)))
 			}
 		})
+	}
+}
+
+// grpcurl, a gRPC client that knows no service in advance, works through
+// the forward listener (HTTPS_PROXY, interception): server reflection
+// (list, describe) and then a call, with the credential injected.
+func TestGRPCurlThroughTheForwardListener(t *testing.T) {
+	bin, err := exec.LookPath("grpcurl")
+	if err != nil {
+		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+		bin = strings.TrimSpace(string(gopath)) + "/bin/grpcurl"
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatal("grpcurl is needed (.ci/run installs it with go install)")
+		}
+	}
+	e := newEnv(t)
+	_, grpcPort := e.grpcUpstream()
+	cfg := strings.Replace(grpcConfig(grpcPort), "path: /grpc.testing.TestService/*", "path: /*", 1)
+	p := e.start(cfg, nil, nil)
+	target := "grpc.authproxy.test:" + grpcPort
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, append([]string{"-cacert", e.caCert, "-max-time", "20"}, args...)...)
+		cmd.Env = []string{"HTTPS_PROXY=http://" + p.addr("fwd"), "PATH=/usr/bin:/bin"}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("grpcurl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	if out := run(target, "list"); !strings.Contains(out, "grpc.testing.TestService") {
+		t.Errorf("list: %s", out)
+	}
+	if out := run(target, "describe", "grpc.testing.TestService"); !strings.Contains(out, "rpc UnaryCall") {
+		t.Errorf("describe: %s", out)
+	}
+	out := run("-d", `{"fill_username": true, "payload": {"body": "aGk="}}`, target, "grpc.testing.TestService/UnaryCall")
+	if !strings.Contains(out, `"username": "Bearer `+secretToken+`"`) || !strings.Contains(out, `"body": "aGk="`) {
+		t.Errorf("call: %s", out)
 	}
 }

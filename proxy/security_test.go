@@ -18,9 +18,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -640,41 +643,65 @@ routes:
 }
 
 // A client that cancels calls as a deadline does, 10,000 of them spread
-// over 10 s on one connection, is never cut off. (The calls are cancelled
-// by the client alone, 20 ms in: with a grpc-timeout the upstream's own
-// deadline would race the client's.)
+// over 10 s on one connection, is never cut off, on a sidecar (h2c) and
+// through the forward listener (intercepted h2); and once they are over,
+// the proxy's goroutines are back to what they were before
+// (go.uber.org/goleak, against a baseline taken with the connections
+// open). The calls are cancelled by the client alone, 20 ms in: with a
+// grpc-timeout the upstream's own deadline would race the client's.
 func TestRelayWellBehavedCancellationIsNotCutOff(t *testing.T) {
-	e := newEnv(t)
-	echo, grpcPort := e.grpcUpstream()
-	echo.OnCall = func(ctx context.Context) { <-ctx.Done() } // never answers in time
-	p := e.start(grpcConfig(grpcPort), nil, nil)
-	client := grpcClient(t, p.addr("grpc"))
-	var cancelled, other atomic.Int64
-	var wg sync.WaitGroup
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for range 1000 { // 10 calls every 10 ms
-		<-tick.C
-		for range 10 {
-			wg.Go(func() {
-				ctx, cancel := context.WithCancel(context.Background())
-				defer time.AfterFunc(20*time.Millisecond, cancel).Stop()
-				_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{})
-				if status.Code(err) == codes.Canceled {
-					cancelled.Add(1)
-				} else {
-					other.Add(1)
-					t.Logf("call: %v", err)
+	for _, listener := range []string{"sidecar", "forward"} {
+		t.Run(listener, func(t *testing.T) {
+			e := newEnv(t)
+			echo, grpcPort := e.grpcUpstream()
+			p := e.start(grpcConfig(grpcPort), nil, nil)
+			var client testpb.TestServiceClient
+			if listener == "sidecar" {
+				client = grpcClient(t, p.addr("grpc"))
+			} else {
+				useEnvProxy(t, p.addr("fwd"))
+				conn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
+				if err != nil {
+					t.Fatal(err)
 				}
-			})
-		}
-	}
-	wg.Wait()
-	if cancelled.Load() != 10_000 || other.Load() != 0 {
-		t.Errorf("%d calls cancelled, %d ended otherwise; want all 10,000 cancelled", cancelled.Load(), other.Load())
-	}
-	if strings.Contains(p.logs.String(), "resets streams faster") {
-		t.Errorf("the well-behaved connection was cut off")
+				t.Cleanup(func() { conn.Close() })
+				client = testpb.NewTestServiceClient(conn)
+			}
+			// Warm up: both connections open, then the baseline.
+			if _, err := client.UnaryCall(context.Background(), &testpb.SimpleRequest{}); err != nil {
+				t.Fatal(err)
+			}
+			baseline := goleak.IgnoreCurrent()
+			echo.OnCall = func(ctx context.Context) { <-ctx.Done() } // never answers in time
+			var cancelled, other atomic.Int64
+			var wg sync.WaitGroup
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for range 1000 { // 10 calls every 10 ms
+				<-tick.C
+				for range 10 {
+					wg.Go(func() {
+						ctx, cancel := context.WithCancel(context.Background())
+						defer time.AfterFunc(20*time.Millisecond, cancel).Stop()
+						_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{})
+						if status.Code(err) == codes.Canceled {
+							cancelled.Add(1)
+						} else {
+							other.Add(1)
+							t.Logf("call: %v", err)
+						}
+					})
+				}
+			}
+			wg.Wait()
+			if cancelled.Load() != 10_000 || other.Load() != 0 {
+				t.Errorf("%d calls cancelled, %d ended otherwise; want all 10,000 cancelled", cancelled.Load(), other.Load())
+			}
+			if strings.Contains(p.logs.String(), "resets streams faster") {
+				t.Errorf("the well-behaved connection was cut off")
+			}
+			goleak.VerifyNone(t, baseline)
+		})
 	}
 }
 

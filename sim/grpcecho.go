@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -77,6 +78,7 @@ func (e *GRPCEcho) NewServer(tlsCfg *tls.Config) *grpc.Server {
 	}
 	s := grpc.NewServer(opts...)
 	testpb.RegisterTestServiceServer(s, e)
+	reflection.Register(s) // as grpcurl and load tools expect
 	return s
 }
 
