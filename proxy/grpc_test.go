@@ -25,6 +25,7 @@ import (
 
 	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/sim"
+	"github.com/authproxy/authproxy/tokencache"
 )
 
 // grpcUpstream starts a real grpc-go TLS server that rejects calls without
@@ -88,44 +89,65 @@ var grpcModes = []struct{ name, protocol string }{
 	{"upstream_protocol http2", "http2"},
 }
 
-func TestGRPCThroughSidecar(t *testing.T) {
-	for _, m := range grpcModes {
-		t.Run(m.name, func(t *testing.T) {
-			e := newEnv(t)
-			echo, grpcPort := e.grpcUpstream()
-			p := e.start(grpcConfigWith(grpcPort, m.protocol), nil, nil)
-			conn, err := grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
+// The gRPC exercise on a sidecar (h2c) and through the forward listener
+// (HTTPS_PROXY, interception), with a static, an oauth2 and an odil route,
+// and for the static route with both upstream_protocol settings that
+// carry gRPC. (openOBD's own calls are covered by the openOBD tests, on
+// both listeners.)
+func TestGRPCExerciseOnBothListenersAndCredentialKinds(t *testing.T) {
+	for _, kind := range []string{"static", "oauth2", "odil"} {
+		modes := grpcModes
+		if kind != "static" {
+			modes = modes[:1]
+		}
+		for _, m := range modes {
+			for _, listener := range []string{"sidecar", "forward"} {
+				t.Run(kind+"/"+m.name+"/"+listener, func(t *testing.T) {
+					e := newEnv(t)
+					e.injEnv = injectors.Env{Cache: tokencache.New(tokencache.Options{})}
+					echo, grpcPort := e.grpcUpstream()
+					yaml, valid := credentialKinds(t, e)[kind]()
+					echo.AuthorizeMD = func(md metadata.MD) bool {
+						h := http.Header{}
+						for k, vs := range md {
+							for _, v := range vs {
+								h.Add(k, v)
+							}
+						}
+						return valid(h)
+					}
+					cfg := grpcConfigWith(grpcPort, m.protocol)
+					cfg = cfg[:strings.Index(cfg, "injectors:\n")] + "injectors:\n" + yaml + "\n" + cfg[strings.Index(cfg, "routes:\n"):]
+					cfg = strings.Replace(cfg, "resolve: {grpc.authproxy.test: 127.0.0.1}", "resolve: {grpc.authproxy.test: 127.0.0.1, auth.authproxy.test: 127.0.0.1, odil.authproxy.test: 127.0.0.1}", 1)
+					p := e.start(cfg, nil, nil)
+					var conn *grpc.ClientConn
+					var err error
+					if listener == "sidecar" {
+						conn, err = grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+					} else {
+						useEnvProxy(t, p.addr("fwd"))
+						// Only the proxy's CA is trusted: every call must be intercepted.
+						conn, err = grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer conn.Close()
+					user := func(u string) bool { return valid(http.Header{"Authorization": {u}}) }
+					if kind == "odil" {
+						user = func(u string) bool { return u == "" } // no authorization at all
+					}
+					exerciseGRPC(t, conn, echo, user)
+				})
 			}
-			defer conn.Close()
-			exerciseGRPC(t, conn, echo)
-		})
-	}
-}
-
-func TestGRPCThroughForwardProxyWithHTTPSProxyEnv(t *testing.T) {
-	for _, protocol := range []string{"auto", "http2"} {
-		t.Run("upstream_protocol "+protocol, func(t *testing.T) {
-			e := newEnv(t)
-			echo, grpcPort := e.grpcUpstream()
-			p := e.start(grpcConfigWith(grpcPort, protocol), nil, nil)
-			useEnvProxy(t, p.addr("fwd"))
-			// Only the proxy's CA is trusted: every call must be intercepted.
-			creds := credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})
-			conn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(creds))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			exerciseGRPC(t, conn, echo)
-		})
+		}
 	}
 }
 
 // exerciseGRPC makes every kind of call the proxy must carry, and checks
 // that a stream's headers reach the client before any message.
-func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho) {
+// user says whether the authorization the upstream saw is the route's.
+func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho, user func(string) bool) {
 	client := testpb.NewTestServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -136,7 +158,7 @@ func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.GetUsername() != "Bearer "+secretToken || string(resp.GetPayload().GetBody()) != "ping" {
+		if !user(resp.GetUsername()) || string(resp.GetPayload().GetBody()) != "ping" {
 			t.Errorf("upstream saw authorization %q, payload %q", resp.GetUsername(), resp.GetPayload().GetBody())
 		}
 	})
@@ -211,7 +233,7 @@ func exerciseGRPC(t *testing.T, conn *grpc.ClientConn, echo *sim.GRPCEcho) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(resp.GetPayload().GetBody(), body) || resp.GetUsername() != "Bearer "+secretToken {
+		if !bytes.Equal(resp.GetPayload().GetBody(), body) || !user(resp.GetUsername()) {
 			t.Errorf("echoed %d bytes, upstream saw %q", len(resp.GetPayload().GetBody()), resp.GetUsername())
 		}
 	})

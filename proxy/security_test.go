@@ -102,7 +102,16 @@ type listenerWorld struct {
 
 // newListenerWorld serves h behind routes matching path on every listener.
 func newListenerWorld(t *testing.T, h http.Handler, path string) *listenerWorld {
-	e := newEnv(t)
+	return newListenerWorldOn(t, newEnv(t), h, path, fmt.Sprintf(`  bearer:
+    kind: static
+    headers:
+      Authorization: {value: %q, prefix: "Bearer "}
+      X-Api-Key: {value: key-1}`, secretToken))
+}
+
+// newListenerWorldOn is newListenerWorld in e, with the routes' injector
+// (named bearer) given as YAML.
+func newListenerWorldOn(t *testing.T, e *env, h http.Handler, path, injector string) *listenerWorld {
 	up := e.httpsUpstream(h)
 	plain := httptest.NewServer(h)
 	t.Cleanup(plain.Close)
@@ -112,18 +121,14 @@ listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s"}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}
 ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
-upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, plain.authproxy.test: 127.0.0.1}}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, plain.authproxy.test: 127.0.0.1, auth.authproxy.test: 127.0.0.1, odil.authproxy.test: 127.0.0.1}}
 injectors:
-  bearer:
-    kind: static
-    headers:
-      Authorization: {value: %[2]q, prefix: "Bearer "}
-      X-Api-Key: {value: key-1}
+%[2]s
 routes:
   - {name: api, listeners: [app], match: {path: %[3]q}, injector: bearer, strip_headers: [X-Client-Secret]}
   - {name: fwd-api, listeners: [fwd], match: {host: api.authproxy.test, path: %[3]q}, injector: bearer, strip_headers: [X-Client-Secret]}
   - {name: fwd-plain, listeners: [fwd], match: {host: plain.authproxy.test, path: %[3]q}, injector: bearer, strip_headers: [X-Client-Secret], allow_plaintext: true}
-`, w.upPort, secretToken, path), nil, nil)
+`, w.upPort, injector, path), nil, nil)
 	return w
 }
 

@@ -33,6 +33,9 @@ type GRPCEcho struct {
 	// Authorize, when set, decides instead whether a call's authorization
 	// metadata value is good (an OAuth2 token still valid, say).
 	Authorize func(authorization string) bool
+	// AuthorizeMD, when set, decides from the whole metadata (a credential
+	// in another header, such as ODIL's session).
+	AuthorizeMD func(md metadata.MD) bool
 	// OnCall, when set, sees the context of every test-service call that
 	// passed the check (its metadata and deadline).
 	OnCall func(ctx context.Context)
@@ -91,6 +94,10 @@ func (e *GRPCEcho) check(ctx context.Context, method string) error {
 	md, _ := metadata.FromIncomingContext(ctx)
 	got := md.Get("authorization")
 	switch {
+	case e.AuthorizeMD != nil:
+		if !e.AuthorizeMD(md) {
+			return status.Error(codes.Unauthenticated, "sim: missing or wrong credential")
+		}
 	case e.Authorize != nil:
 		if len(got) != 1 || !e.Authorize(got[0]) {
 			return status.Error(codes.Unauthenticated, "sim: missing or wrong authorization")

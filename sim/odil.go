@@ -175,3 +175,11 @@ func (o *ODIL) api(w http.ResponseWriter, r *http.Request) {
 		Session: session, Renewed: renewed,
 	})
 }
+
+// Valid reports whether session is one the server would take now.
+func (o *ODIL) Valid(session string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	_, ok := o.sessions[session]
+	return ok
+}
