@@ -1,7 +1,6 @@
 package h2relay
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -24,12 +23,12 @@ type conn struct {
 	server bool
 	pool   *pool // upstream connections only
 	data   any   // client connections: ServeConnWith's data
-	br     *bufio.Reader
+	br     *connReader
 	fr     *http2.Framer
 
 	wmu  sync.Mutex
 	lazy *time.Timer // flushSoon's
-	bw   *bufio.Writer
+	bw   *connWriter
 	enc  *hpack.Encoder
 	hbuf bytes.Buffer
 
@@ -82,8 +81,7 @@ type half struct {
 func newConn(r *Relay, nc net.Conn, server bool) *conn {
 	c := &conn{
 		r: r, nc: nc, server: server,
-		br:       bufio.NewReaderSize(nc, 8<<10),
-		bw:       bufio.NewWriterSize(nc, 8<<10),
+		bw:       &connWriter{nc: nc},
 		streams:  map[uint32]*half{},
 		sendWin:  65535,
 		initWin:  65535,
@@ -92,6 +90,7 @@ func newConn(r *Relay, nc net.Conn, server bool) *conn {
 		nextID:   1,
 		blocked:  map[*half]struct{}{},
 	}
+	c.br = &connReader{nc: nc, idle: c.idleForRead, rearm: c.rearmRead}
 	c.maxStreams = 100 // until the upstream's SETTINGS say
 	c.resetTokens = resetBurst
 	c.fr = http2.NewFramer(c.bw, c.br)
@@ -281,7 +280,10 @@ func (c *conn) writeErr(err error) {
 // readLoop reads and acts on frames until the connection ends.
 func (c *conn) readLoop() {
 	fl := &flusher{}
-	defer func() { fl.flush() }()
+	defer func() {
+		fl.flush()
+		c.br.release()
+	}()
 	for {
 		f, err := c.fr.ReadFrame()
 		if err != nil {
@@ -525,6 +527,26 @@ func (c *conn) armIdle() {
 // busy (c.mu held): a stream is open, or one is being opened on a slot
 // Relay.upstream reserved.
 func (c *conn) busy() bool { return len(c.streams)+c.reserved > 0 }
+
+// rearmRead sets the read deadline after a kick: none, or the second a
+// finishing connection waits for its peer's close.
+func (c *conn) rearmRead() {
+	c.mu.Lock()
+	finishing := c.goingAway
+	c.mu.Unlock()
+	var d time.Time
+	if finishing {
+		d = time.Now().Add(time.Second)
+	}
+	_ = c.nc.SetReadDeadline(d)
+}
+
+// idleForRead tells the reader whether it may read without a buffer.
+func (c *conn) idleForRead() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.busy()
+}
 
 // writeHeaders encodes fields and writes them as HEADERS and
 // CONTINUATION frames no larger than the peer takes; c.mu and c.wmu are

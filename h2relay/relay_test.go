@@ -303,3 +303,55 @@ func TestRelayResetsTheClientWhenTheUpstreamBreaksAStream(t *testing.T) {
 		t.Errorf("got RST_STREAM %d %v, want stream 1 INTERNAL_ERROR", rst.StreamID, rst.ErrCode)
 	}
 }
+
+// A connection with no stream holds no read or write buffer, on either
+// side, even when its last stream ended while its reader waited: 16 KiB
+// less for every idle client connection.
+func TestIdleConnectionsHoldNoBuffers(t *testing.T) {
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "ok")
+	}), Protocols: new(http.Protocols)}
+	up.Protocols.SetUnencryptedHTTP2(true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = up.Serve(ln) }()
+	defer up.Close()
+	var d net.Dialer
+	r := &Relay{Handler: to{ln.Addr().String()},
+		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }}
+	c := dialRelay(t, r)
+	held := func() (n int) {
+		var conns []*conn
+		r.mu.Lock()
+		for cc := range r.clients {
+			conns = append(conns, cc)
+		}
+		for _, p := range r.pools {
+			p.mu.Lock()
+			conns = append(conns, p.conns...)
+			p.mu.Unlock()
+		}
+		r.mu.Unlock()
+		for _, cc := range conns {
+			if cc.br.has.Load() {
+				n++
+			}
+			cc.wmu.Lock()
+			if cc.bw.bw != nil {
+				n++
+			}
+			cc.wmu.Unlock()
+		}
+		return n
+	}
+	for i := uint32(1); i <= 5; i += 2 {
+		c.headers(i, false)
+		_ = c.fr.WriteData(i, true, []byte("body"))
+		c.flush()
+		c.next(func(f http2.Frame) bool { return f.Header().StreamID == i && f.Header().Flags.Has(http2.FlagDataEndStream) })
+		waitFor(t, func() bool { return held() == 0 }, "idle connections to give their buffers back")
+	}
+}

@@ -884,6 +884,9 @@ func (c *conn) settle(h *half) {
 	}
 	closeNow := empty && c.goingAway
 	c.mu.Unlock()
+	if empty && !closeNow {
+		c.br.kick() // the reader gives its buffer back while the connection idles
+	}
 	if h == h.s.client {
 		h.s.end()
 	}

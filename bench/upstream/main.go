@@ -15,7 +15,6 @@ import (
 	"os"
 	"time"
 
-	"google.golang.org/grpc/reflection"
 
 	"github.com/authproxy/authproxy/sim"
 )
@@ -61,7 +60,6 @@ func main() {
 	s := &http.Server{Addr: *tlsAddr, Handler: mux, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
 	go func() { log.Fatal(p.ListenAndServe()) }()
 	gs := (&sim.GRPCEcho{Authorization: *want}).NewServer(tlsCfg)
-	reflection.Register(gs)
 	gl, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {
 		log.Fatal(err)
