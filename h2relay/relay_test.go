@@ -351,7 +351,9 @@ func TestIdleConnectionsHoldNoBuffers(t *testing.T) {
 		c.headers(i, false)
 		_ = c.fr.WriteData(i, true, []byte("body"))
 		c.flush()
-		c.next(func(f http2.Frame) bool { return f.Header().StreamID == i && f.Header().Flags.Has(http2.FlagDataEndStream) })
+		c.next(func(f http2.Frame) bool {
+			return f.Header().StreamID == i && f.Header().Flags.Has(http2.FlagDataEndStream)
+		})
 		waitFor(t, func() bool { return held() == 0 }, "idle connections to give their buffers back")
 	}
 }

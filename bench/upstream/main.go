@@ -15,7 +15,6 @@ import (
 	"os"
 	"time"
 
-
 	"github.com/authproxy/authproxy/sim"
 )
 
