@@ -115,6 +115,17 @@ type Immediate interface {
 	InjectsWithoutWaiting()
 }
 
+// Prompt is implemented by injectors that can often add the credential
+// without waiting (a valid token in the cache, a session token in hand).
+// TryInject does what Inject does when it need not wait and reports true;
+// when it would have to wait it changes nothing and reports false. The
+// frame relay calls it on the connection's reading goroutine, and only a
+// stream it reports false for is decided on a goroutine of its own. An
+// error is a failure, as Inject's.
+type Prompt interface {
+	TryInject(req *Request) (bool, error)
+}
+
 // PathParamUser is implemented by injectors whose templates read path
 // values; the proxy checks that every route using the injector captures
 // them.

@@ -419,6 +419,19 @@ func (o *OAuth2) Inject(req *Request) error {
 	return nil
 }
 
+// TryInject implements Prompt: the cached token, if it is valid.
+func (o *OAuth2) TryInject(req *Request) (bool, error) {
+	key, _, err := o.lookup(req)
+	if err != nil {
+		return true, err
+	}
+	tok, ok := o.cache.Peek(key)
+	if ok {
+		req.Header[o.header] = []string{tok.Value.Reveal()}
+	}
+	return ok, nil
+}
+
 // ObserveResponse implements ResponseObserver: a 401, or a gRPC
 // UNAUTHENTICATED status in the response headers, drops the token that was
 // sent, so the request is retried once with a fresh one.

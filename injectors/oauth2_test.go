@@ -448,3 +448,26 @@ func TestOAuth2AnswersOfRealServers(t *testing.T) {
 		t.Error("a code that is not a plain word would reach the client")
 	}
 }
+
+// TryInject adds the token only when the cache holds a valid one, and
+// then exactly what Inject adds; it never asks the issuer.
+func TestOAuth2TryInjectNeverWaits(t *testing.T) {
+	ts := &sim.TokenServer{ClientID: "c", ClientSecret: "s"}
+	tokenURL, env := tokenEndpoint(t, ts, nil)
+	o, err := NewOAuth2("obh", OAuth2Config{TokenURL: tokenURL, ClientID: secretValue("c"), ClientSecret: secretValue("s")}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := newRequest(t, "https://api.example.com/", nil)
+	if done, err := o.TryInject(req); done || err != nil || req.Header.Get("Authorization") != "" || ts.Calls() != 0 {
+		t.Fatalf("before any token: done=%v err=%v header %q, %d token requests", done, err, req.Header.Get("Authorization"), ts.Calls())
+	}
+	if err := o.Inject(req); err != nil {
+		t.Fatal(err)
+	}
+	want := req.Header.Get("Authorization")
+	again := newRequest(t, "https://api.example.com/", nil)
+	if done, err := o.TryInject(again); !done || err != nil || again.Header.Get("Authorization") != want || ts.Calls() != 1 {
+		t.Errorf("with a token cached: done=%v err=%v header %q (want %q), %d token requests", done, err, again.Header.Get("Authorization"), want, ts.Calls())
+	}
+}

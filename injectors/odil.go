@@ -186,11 +186,24 @@ func (o *ODIL) Inject(req *Request) error {
 	if err != nil {
 		return tokenErr(req, err)
 	}
+	o.set(req, tok)
+	return nil
+}
+
+// TryInject implements Prompt: the current session, if there is one.
+func (o *ODIL) TryInject(req *Request) (bool, error) {
+	tok, ok := o.cache.Peek(o.key)
+	if ok {
+		o.set(req, tok)
+	}
+	return ok, nil
+}
+
+func (o *ODIL) set(req *Request, tok tokencache.Token) {
 	req.Header[o.header] = []string{tok.Value.Reveal()}
 	for _, h := range o.entity {
 		req.Header[h.name] = h.value
 	}
-	return nil
 }
 
 // ObserveResponse implements ResponseObserver. A renewed session in the

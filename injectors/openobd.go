@@ -176,21 +176,38 @@ func (o *OpenOBD) Run(ctx context.Context) error {
 
 // Inject implements Injector.
 func (o *OpenOBD) Inject(req *Request) error {
+	_, err := o.inject(req, true)
+	return err
+}
+
+// TryInject implements Prompt: the controller token if the cache holds a
+// valid one, a session's token if the proxy has it.
+func (o *OpenOBD) TryInject(req *Request) (bool, error) { return o.inject(req, false) }
+
+// inject adds the credential, waiting for one (wait) or reporting false
+// when it would have to.
+func (o *OpenOBD) inject(req *Request, wait bool) (bool, error) {
 	path := req.URL.Path
 	switch {
 	case path == obdController+"getSessionControllerToken":
-		return nil // the application's own credentials call: nothing to add
+		return true, nil // the application's own credentials call: nothing to add
 	case strings.HasPrefix(path, obdController):
-		tok, err := o.cache.Get(req.Context(), o.ctlKey, o.fetchController)
-		if err != nil {
-			return tokenErr(req, err)
+		tok, ok := o.cache.Peek(o.ctlKey)
+		if !ok && !wait {
+			return false, nil
+		}
+		if !ok {
+			var err error
+			if tok, err = o.cache.Get(req.Context(), o.ctlKey, o.fetchController); err != nil {
+				return true, tokenErr(req, err)
+			}
 		}
 		req.Header["Authorization"] = []string{"Bearer " + tok.Value.Reveal()}
-		return nil
+		return true, nil
 	}
 	s, err := o.pick(req)
 	if err != nil {
-		return err
+		return true, err
 	}
 	var bearer string
 	if path == obdSessionSvc+"authenticate" {
@@ -198,16 +215,29 @@ func (o *OpenOBD) Inject(req *Request) error {
 		bearer = s.authToken
 		s.mu.Unlock()
 		if bearer == "" {
-			return fmt.Errorf("%w: openOBD session %s has already spent its authentication token; the proxy holds its session token", ErrFailedPrecondition, s.id)
+			return true, fmt.Errorf("%w: openOBD session %s has already spent its authentication token; the proxy holds its session token", ErrFailedPrecondition, s.id)
 		}
-	} else if bearer, err = o.ensureToken(req.Context(), s); err != nil {
-		return err
+	} else {
+		s.mu.Lock()
+		bearer = s.token
+		if s.ended != "" {
+			bearer = ""
+		}
+		s.mu.Unlock()
+		if bearer == "" && !wait {
+			return false, nil
+		}
+		if bearer == "" {
+			if bearer, err = o.ensureToken(req.Context(), s); err != nil {
+				return true, err
+			}
+		}
 	}
 	req.Header["Authorization"] = []string{"Bearer " + bearer}
 	if req.Sidecar { // the application cannot reach grpc_endpoint itself
 		req.URL.Scheme, req.URL.Host, req.Host = "https", s.endpoint, s.endpoint
 	}
-	return nil
+	return true, nil
 }
 
 // ObserveResponse implements ResponseObserver: it drops a controller

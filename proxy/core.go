@@ -172,12 +172,26 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 // and has the route's injector add its own; nil and no error for a request
 // that matched no route. An error means out must not be sent.
 func prepare(out *http.Request, x *exchange) (*injectors.Request, error) {
-	rt := x.route
-	var strip []string
-	if rt != nil {
-		strip = rt.strip
+	ireq, err := strip(out, x)
+	if err != nil || ireq == nil {
+		return ireq, err
 	}
-	forwardTrailers(out, x.inTrailer, strip)
+	if err := x.route.injector.Inject(ireq); err != nil {
+		return nil, &routeError{route: x.route.name, err: err}
+	}
+	return ireq, nil
+}
+
+// strip is prepare's first half: it removes the client's credentials
+// from out (head and declared trailers) and returns the injector's view
+// of the request, still without a credential.
+func strip(out *http.Request, x *exchange) (*injectors.Request, error) {
+	rt := x.route
+	var stripHeaders []string
+	if rt != nil {
+		stripHeaders = rt.strip
+	}
+	forwardTrailers(out, x.inTrailer, stripHeaders)
 	if rt == nil {
 		return nil, nil
 	}
@@ -194,12 +208,8 @@ func prepare(out *http.Request, x *exchange) (*injectors.Request, error) {
 			delete(out.Header, h)
 		}
 	}
-	ireq := &injectors.Request{Request: out, Route: rt.name, Params: x.params, Stripped: stripped,
-		ClientHost: x.clientHost, Sidecar: x.sidecar, ListenerAddr: x.listenerAddr}
-	if err := rt.injector.Inject(ireq); err != nil {
-		return nil, &routeError{route: rt.name, err: err}
-	}
-	return ireq, nil
+	return &injectors.Request{Request: out, Route: rt.name, Params: x.params, Stripped: stripped,
+		ClientHost: x.clientHost, Sidecar: x.sidecar, ListenerAddr: x.listenerAddr}, nil
 }
 
 // forwardTrailers makes out send the trailers its client declared, less

@@ -55,11 +55,13 @@ func (c *core) dialH2(ctx context.Context, scheme, addr string) (net.Conn, error
 	return nc, err
 }
 
-// matched is a stream's request and route, kept in Request.Data when Open
-// returns ErrWouldBlock, so that its second call does not match again.
+// matched is a stream's request, route and stripped head, kept in
+// Request.Data when Open returns ErrWouldBlock, so that its second call
+// neither matches nor strips again.
 type matched struct {
-	r *http.Request
-	x *exchange
+	r    *http.Request
+	x    *exchange
+	ireq *injectors.Request // nil for a request no route matched
 }
 
 func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
@@ -79,25 +81,44 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 		if err != nil {
 			return nil, err
 		}
-		m = &matched{r, x}
-	}
-	r, x := m.r, m.x
-	if req.Inline && x.route != nil {
-		if _, ok := x.route.injector.(injectors.Immediate); !ok {
-			req.Data = m
-			return nil, h2relay.ErrWouldBlock // it may fetch a credential
+		// r is the proxy's own: it becomes the request sent upstream.
+		if x.join {
+			(&httputil.ProxyRequest{In: r, Out: r}).SetURL(x.target)
+		} else {
+			r.URL.Scheme, r.URL.Host = x.target.Scheme, x.target.Host
 		}
+		r.RequestURI = ""
+		ireq, err := strip(r, x)
+		if err != nil {
+			return nil, err
+		}
+		m = &matched{r, x, ireq}
 	}
-	// r is the proxy's own: it becomes the request sent upstream.
-	if x.join {
-		(&httputil.ProxyRequest{In: r, Out: r}).SetURL(x.target)
-	} else {
-		r.URL.Scheme, r.URL.Host = x.target.Scheme, x.target.Host
-	}
-	r.RequestURI = ""
-	ireq, err := prepare(r, x)
-	if err != nil {
-		return nil, err
+	r, x, ireq := m.r, m.x, m.ireq
+	if rt := x.route; rt != nil {
+		switch _, immediate := rt.injector.(injectors.Immediate); {
+		case req.Inline && !immediate:
+			// On the connection's reading goroutine nothing may wait: a
+			// credential in hand is added now, one to fetch on a
+			// goroutine of the stream's own.
+			p, ok := rt.injector.(injectors.Prompt)
+			if !ok {
+				req.Data = m
+				return nil, h2relay.ErrWouldBlock
+			}
+			done, err := p.TryInject(ireq)
+			if err != nil {
+				return nil, &routeError{route: rt.name, err: err}
+			}
+			if !done {
+				req.Data = m
+				return nil, h2relay.ErrWouldBlock
+			}
+		default:
+			if err := rt.injector.Inject(ireq); err != nil {
+				return nil, &routeError{route: rt.name, err: err}
+			}
+		}
 	}
 	t := relayTarget(r, x)
 	rt := x.route

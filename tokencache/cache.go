@@ -161,11 +161,7 @@ func (c *Cache) Get(ctx context.Context, key string, fetch FetchFunc) (Token, er
 	e.mu.Lock()
 	e.fetch = fetch
 	if e.validLocked(now) {
-		tok := e.tok
-		e.usedAt = now
-		if !now.Before(e.refreshAt) && e.call == nil && !now.Before(e.retryAt) {
-			c.startLocked(e)
-		}
+		tok := c.hitLocked(e, now)
 		e.mu.Unlock()
 		return tok, nil
 	}
@@ -190,6 +186,33 @@ func (c *Cache) Get(ctx context.Context, key string, fetch FetchFunc) (Token, er
 	case <-ctx.Done():
 		return Token{}, ctx.Err()
 	}
+}
+
+// Peek returns key's token when the cache holds a valid one, as Get would
+// at once (starting a due refresh in the background), and false when Get
+// would have to fetch or fail: it never fetches and never waits.
+func (c *Cache) Peek(key string) (Token, bool) {
+	e, ok := c.entries.Get(key)
+	if !ok {
+		return Token{}, false
+	}
+	now := c.opts.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.validLocked(now) {
+		return Token{}, false
+	}
+	return c.hitLocked(e, now), true
+}
+
+// hitLocked (e.mu held) is a use of e's valid token: it starts a refresh
+// that is due, in the background.
+func (c *Cache) hitLocked(e *entry, now time.Time) Token {
+	e.usedAt = now
+	if !now.Before(e.refreshAt) && e.call == nil && !now.Before(e.retryAt) {
+		c.startLocked(e)
+	}
+	return e.tok
 }
 
 // Invalidate drops key's token if it is still value (an upstream refused

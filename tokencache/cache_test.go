@@ -423,3 +423,40 @@ func TestErrorSaysWhetherATokenWasEverObtained(t *testing.T) {
 		t.Errorf("expired: %v, want %v", err, ErrExpired)
 	}
 }
+
+// Peek never fetches and never waits: nothing before the first Get, the
+// valid token after it, nothing once it has expired; a due refresh starts
+// in the background as for Get.
+func TestPeekNeverFetches(t *testing.T) {
+	clk := newClock()
+	iss := &issuer{clock: clk, life: 100 * time.Second}
+	c := newCache(clk, Options{RefreshFraction: 0.8, MinMargin: 5 * time.Second})
+	if _, ok := c.Peek("k"); ok || iss.calls.Load() != 0 {
+		t.Fatalf("Peek of an unknown key: ok=%v, %d fetches", ok, iss.calls.Load())
+	}
+	if _, err := c.Get(context.Background(), "k", iss.fetch); err != nil {
+		t.Fatal(err)
+	}
+	c.wg.Wait()
+	if tok, ok := c.Peek("k"); !ok || tok.Value.Reveal() != "tok-1" {
+		t.Fatalf("Peek after Get: %q %v", tok.Value.Reveal(), ok)
+	}
+	iss.gate = make(chan struct{})
+	clk.Advance(85 * time.Second) // due a refresh, still valid
+	if tok, ok := c.Peek("k"); !ok || tok.Value.Reveal() != "tok-1" {
+		t.Fatalf("Peek during the refresh: %q %v, want the valid token at once", tok.Value.Reveal(), ok)
+	}
+	close(iss.gate)
+	c.wg.Wait()
+	if n := iss.calls.Load(); n != 2 {
+		t.Errorf("%d fetches, want 1 + the refresh Peek started", n)
+	}
+	clk.Advance(200 * time.Second)
+	if _, ok := c.Peek("k"); ok {
+		t.Error("Peek returned an expired token")
+	}
+	c.wg.Wait()
+	if n := iss.calls.Load(); n != 2 {
+		t.Errorf("Peek of an expired token fetched (%d fetches)", n)
+	}
+}

@@ -32,7 +32,7 @@ var (
 	only     = flag.String("scenarios", "", "comma-separated scenario keys to run (default: all): "+strings.Join(scenarioKeys, ", "))
 )
 
-var scenarioKeys = []string{"h1-1", "h1-64", "h2", "grpc", "grpc-go", "grpc-bidi", "fwd-h1", "fwd-h2", "memory"}
+var scenarioKeys = []string{"h1-1", "h1-64", "h2", "grpc", "grpc-go", "grpc-bidi", "fwd-h1", "fwd-h2", "odil", "openobd", "memory"}
 
 // want reports whether the scenario with this key is to run.
 func want(key string) bool {
@@ -56,6 +56,10 @@ type contender struct {
 	grpcGo            string   // host:port for bench/load -mode grpc ("" = not in that scenario)
 	grpcGoArgs        []string // extra bench/load flags
 	grpcGoEnv         []string // extra environment (HTTPS_PROXY)
+	// The simulated upstreams: an ODIL API URL for h2load (with extra),
+	// and an openOBD target for bench/load -mode openobd with its flags.
+	odil, obd string
+	obdArgs   []string
 	// fresh starts a new process with the same config and GOMAXPROCS on
 	// other ports and returns this contender pointed at it, and what stops
 	// it (memory: idle connections, measured where no other listener has
@@ -99,20 +103,29 @@ func main() {
 	upstreamBin := bin("upstream", "./bench/upstream")
 	loadBin = bin("load", "./bench/load")
 	caFile := filepath.Join(dir, "upstream-ca.pem")
-	for _, port := range []int{18080, 18443, 18444, 18150, 18151, 18152, 18160, 18161, 18162, 18103, 18123, 18153, 18163, 18173, 18183, 18170, 18171, 18172, 18180, 18181, 18182, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18300} {
+	for _, port := range []int{18080, 18443, 18444, 18445, 18446, 18150, 18151, 18152, 18160, 18161, 18162, 18103, 18123, 18153, 18163, 18173, 18183, 18170, 18171, 18172, 18180, 18181, 18182, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18300} {
 		if listening(fmt.Sprintf("127.0.0.1:%d", port)) {
-			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18444, 18100-18103, 18120-18123, 18150-18153, 18160-18163, 18170-18173, 18180-18183, 18210-18221, 18300", port)
+			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18446, 18100-18103, 18120-18123, 18150-18153, 18160-18163, 18170-18173, 18180-18183, 18210-18221, 18300", port)
 		}
 	}
-	up := start(dir, "upstream", nil, upstreamBin, "-plain", "127.0.0.1:18080", "-tls", "127.0.0.1:18443", "-grpc", "127.0.0.1:18444", "-ca", caFile)
+	odilSession := filepath.Join(dir, "odil-session")
+	up := start(dir, "upstream", nil, upstreamBin, "-plain", "127.0.0.1:18080", "-tls", "127.0.0.1:18443", "-grpc", "127.0.0.1:18444", "-ca", caFile,
+		"-odil", "127.0.0.1:18445", "-odil-session", odilSession, "-openobd", "127.0.0.1:18446")
 	atExit(func() { stop(up) })
 	waitPort("127.0.0.1:18443")
+	waitPort("127.0.0.1:18445")
+	waitPort("127.0.0.1:18446")
+	session, err := os.ReadFile(odilSession)
+	if err != nil {
+		die("%v", err)
+	}
 
 	var contenders []contender
 	const freshBase = 18103 // the memory test's fresh processes
 	contenders = append(contenders, contender{name: "direct (TLS)", h1: "https://127.0.0.1:18443/", h2: "https://127.0.0.1:18443/", grpc: "127.0.0.1:18444",
 		pids: func() []int { return nil }, extra: []string{"Authorization: Bearer bench-token"},
-		grpcGo: "127.0.0.1:18444", grpcGoArgs: []string{"-ca", caFile, "-authorization", "Bearer bench-token"}})
+		grpcGo: "127.0.0.1:18444", grpcGoArgs: []string{"-ca", caFile, "-authorization", "Bearer bench-token"},
+		odil: "https://127.0.0.1:18445/api/bench", obd: "127.0.0.1:18446", obdArgs: []string{"-ca", caFile, "-obd-secret", "bench-secret"}})
 	var forwards []contender
 	port := 18100
 	for _, kind := range []string{"static", "oauth2"} {
@@ -154,6 +167,8 @@ func main() {
 			if kind == "static" {
 				c.grpc = fmt.Sprintf("127.0.0.1:%d", port+50)
 				c.grpcGo, c.grpcGoArgs = c.grpc, []string{"-insecure"}
+				c.odil = fmt.Sprintf("http://127.0.0.1:%d/api/bench", port+60)
+				c.obd, c.obdArgs = fmt.Sprintf("127.0.0.1:%d", port+70), []string{"-insecure"}
 				// The same process serves a forward listener too; only one
 				// load runs at a time, so its CPU counts for one contender.
 				fwd := fmt.Sprintf("http://127.0.0.1:%d", port+20)
@@ -207,6 +222,18 @@ func main() {
 			func(c contender) result { return forwardLoad(c, caFile, "-conns", "8") }, forwarding},
 		{"fwd-h2", "HTTPS through a forward proxy, 2 CONNECT tunnels × 32 HTTP/2 streams in flight (bench/load)",
 			func(c contender) result { return forwardLoad(c, caFile, "-h2", "-conns", "2", "-c", "32") }, forwarding},
+		{"odil", "ODIL simulator: HTTP/2, 4 connections × 16 streams, the session renewed by every response (h2load; the sidecar takes h2c)",
+			func(c contender) result {
+				if isDirect(c) {
+					c.extra = []string{"Session: " + string(session)}
+				}
+				c.h2 = c.odil
+				return h2load(c, dir)
+			}, func(c contender) bool { return c.odil != "" }},
+		{"openobd", "openOBD simulator: gRPC unary session calls, 2 connections × 32 in flight, the session token rotated every second over the token stream (bench/load; the sidecar takes h2c)",
+			func(c contender) result {
+				return runLoad(c, nil, append([]string{"-mode", "openobd", "-target", c.obd, "-conns", "2", "-c", "32"}, c.obdArgs...)...)
+			}, func(c contender) bool { return c.obd != "" }},
 	} {
 		if want(s.key) {
 			scenarios = append(scenarios, s)
@@ -566,15 +593,21 @@ listeners:
   - {name: app, kind: sidecar, address: "127.0.0.1:%[1]d", upstream: "https://127.0.0.1:18443"}
   - {name: grpc, kind: sidecar, address: "127.0.0.1:%[2]d", upstream: "https://127.0.0.1:18444"}
   - {name: fwd, kind: forward, address: "127.0.0.1:%[3]d"}
+  - {name: odil, kind: sidecar, address: "127.0.0.1:%[8]d", upstream: "https://upstream.bench.test:18445"}
+  - {name: obd, kind: sidecar, address: "127.0.0.1:%[9]d", upstream: "https://upstream.bench.test:18446"}
 ca: {cert_file: %[5]q, key_file: %[6]q, generate: true}
 upstream: {ca_file: %[4]q, resolve: {upstream.bench.test: 127.0.0.1}}
 injectors:
   %[7]s
+  odil: {kind: odil, base_url: "https://upstream.bench.test:18445/", api_code: "TR:SB:bench", username: {value: bench}, password: {value: bench-password}, sas: {key_name: {value: odil-key}, key: {value: bench-odil-key}}}
+  obd: {kind: openobd, endpoint: "upstream.bench.test:18446", client_id: {value: bench}, client_secret: {value: bench-secret}, cluster_id: "001"}
 routes:
   - {name: all, listeners: [app, grpc], match: {path: /*}, injector: tok}
+  - {name: odil, listeners: [odil], match: {path: /api/*}, injector: odil}
+  - {name: obd, listeners: [obd], match: {path: /*}, injector: obd}
   - {name: fwd-https, listeners: [fwd], match: {host: "127.0.0.1:18443"}, injector: tok}
   - {name: fwd-grpc, listeners: [fwd], match: {host: "upstream.bench.test:18444"}, injector: tok}
-`, port, port+50, port+20, caFile, proxyCA, proxyCA+".key", injector)
+`, port, port+50, port+20, caFile, proxyCA, proxyCA+".key", injector, port+60, port+70)
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		die("%v", err)
 	}

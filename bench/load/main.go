@@ -35,6 +35,8 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/authproxy/authproxy/openobd/pb"
 )
 
 type report struct {
@@ -47,7 +49,7 @@ type report struct {
 }
 
 func main() {
-	mode := flag.String("mode", "https", "https (net/http, optionally through -proxy), grpc (unary calls) or grpc-bidi (round trips on one long-lived bidi stream per worker); grpc-go takes its proxy from HTTPS_PROXY")
+	mode := flag.String("mode", "https", "https (net/http, optionally through -proxy), grpc (unary calls), grpc-bidi (round trips on one long-lived bidi stream per worker) or openobd (unary session calls in one openOBD session); grpc-go takes its proxy from HTTPS_PROXY")
 	target := flag.String("url", "", "https: the URL to GET")
 	grpcTarget := flag.String("target", "", "grpc: host:port of grpc.testing.TestService")
 	proxy := flag.String("proxy", "", "https: forward proxy URL (CONNECT); empty = direct")
@@ -58,6 +60,7 @@ func main() {
 	auth := flag.String("authorization", "", "Authorization to send (direct runs)")
 	insecure := flag.Bool("insecure", false, "grpc: cleartext HTTP/2 (h2c), as to a sidecar")
 	duration := flag.Duration("duration", 5*time.Second, "length of the load")
+	obdSecret := flag.String("obd-secret", "", "openobd: the client secret (client bench, cluster 001), for a direct run that gets its own controller and session tokens; without it the proxy adds them")
 	flag.Parse()
 	if *concurrency == 0 {
 		*concurrency = *conns
@@ -81,6 +84,12 @@ func main() {
 	switch *mode {
 	case "https":
 		call = httpsCaller(*target, *proxy, *auth, tlsCfg, *conns, *h2)
+	case "openobd":
+		creds := credentials.NewTLS(tlsCfg)
+		if *insecure {
+			creds = insecureCreds.NewCredentials()
+		}
+		call = openobdCaller(*grpcTarget, creds, *conns, *obdSecret)
 	case "grpc", "grpc-bidi":
 		creds := credentials.NewTLS(tlsCfg)
 		if *insecure {
@@ -259,5 +268,63 @@ func bidiCaller(target, auth string, creds credentials.TransportCredentials, str
 			return fmt.Errorf("echo of %d bytes, want 64", len(resp.GetPayload().GetBody()))
 		}
 		return nil
+	}
+}
+
+// openobdCaller starts one openOBD session at target and returns a caller
+// of session/assertAuthenticationPossible in it. With secret (a direct
+// run) it gets the controller token, starts the session and spends its
+// authentication token itself, and sends the session token it got (the
+// simulator keeps superseded tokens valid, so it need not follow the token
+// stream); without, it sends no credential and names the session with
+// x-openobd-session-id, and the proxy does the rest.
+func openobdCaller(target string, creds credentials.TransportCredentials, conns int, secret string) func(context.Context) error {
+	clients := make([]pb.SessionClient, conns)
+	var first *grpc.ClientConn
+	for i := range clients {
+		cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			log.Fatal(err)
+		}
+		if first == nil {
+			first = cc
+		}
+		clients[i] = pb.NewSessionClient(cc)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ctl := pb.NewSessionControllerClient(first)
+	ctlCtx := ctx
+	if secret != "" {
+		tok, err := ctl.GetSessionControllerToken(ctx, &pb.Authenticate{ClientId: "bench", ClientSecret: secret, ClusterId: "001"})
+		if err != nil {
+			log.Fatalf("controller token: %v", err)
+		}
+		ctlCtx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok.Value)
+	}
+	info, err := ctl.StartSessionOnTicket(ctlCtx, &pb.TicketId{Value: "bench"})
+	if err != nil {
+		log.Fatalf("starting a session: %v", err)
+	}
+	md := metadata.Pairs("x-openobd-session-id", info.Id)
+	if secret != "" {
+		auth := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+info.AuthenticationToken)
+		tok, err := clients[0].Authenticate(auth, &pb.EmptyMessage{})
+		if err != nil {
+			log.Fatalf("authenticate: %v", err)
+		}
+		md = metadata.Pairs("authorization", "Bearer "+tok.Value)
+	}
+	var (
+		mu   sync.Mutex
+		next int
+	)
+	return func(ctx context.Context) error {
+		mu.Lock()
+		c := clients[next%len(clients)]
+		next++
+		mu.Unlock()
+		_, err := c.AssertAuthenticationPossible(metadata.NewOutgoingContext(ctx, md), &pb.EmptyMessage{})
+		return err
 	}
 }

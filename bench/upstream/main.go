@@ -1,10 +1,12 @@
 // Command upstream is the benchmark harness's upstream: a small fixed
 // response over plain HTTP/1.1 (-plain), over TLS with HTTP/2 and HTTP/1.1
 // (-tls), an OAuth2 token endpoint at /token on the TLS port, and a TLS
-// gRPC echo service with reflection (-grpc). It writes
-// its CA certificate to -ca so proxies can trust it. It requires the
-// Authorization header the proxies add (401 otherwise), so a contender that
-// forgets to add it cannot look fast.
+// gRPC echo service with reflection (-grpc), the ODIL simulator (-odil,
+// with a session for direct clients written to -odil-session) and the
+// openOBD simulator (-openobd: controller and session endpoint on one port,
+// session tokens rotated every second). It writes its CA certificate to -ca
+// so proxies can trust it. It requires the credential the proxies add (401
+// otherwise), so a contender that forgets to add it cannot look fast.
 package main
 
 import (
@@ -15,6 +17,9 @@ import (
 	"os"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/authproxy/authproxy/sim"
 )
 
@@ -24,6 +29,9 @@ func main() {
 	caOut := flag.String("ca", "upstream-ca.pem", "where to write the CA certificate")
 	want := flag.String("want", "Bearer bench-token", "the Authorization value required")
 	grpcAddr := flag.String("grpc", "127.0.0.1:18444", "TLS gRPC address (grpc.testing.TestService, with reflection)")
+	odilAddr := flag.String("odil", "", "TLS address of the ODIL simulator (key odil-key, API code TR:SB:bench, user bench)")
+	odilSession := flag.String("odil-session", "", "where to write an ODIL session for direct clients")
+	obdAddr := flag.String("openobd", "", "TLS gRPC address of the openOBD simulator (client bench, cluster 001; its endpoint is upstream.bench.test:PORT)")
 	flag.Parse()
 
 	dir, err := os.MkdirTemp("", "bench-upstream")
@@ -64,6 +72,28 @@ func main() {
 		log.Fatal(err)
 	}
 	go func() { log.Fatal(gs.Serve(gl)) }()
+	if *odilAddr != "" {
+		odil := &sim.ODIL{KeyName: "odil-key", Key: "bench-odil-key", APICode: "TR:SB:bench", Username: "bench", Password: "bench-password"}
+		if *odilSession != "" {
+			if err := os.WriteFile(*odilSession, []byte(odil.NewSession()), 0o600); err != nil {
+				log.Fatal(err)
+			}
+		}
+		osrv := &http.Server{Addr: *odilAddr, Handler: odil, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
+		go func() { log.Fatal(osrv.ListenAndServeTLS("", "")) }()
+	}
+	if *obdAddr != "" {
+		_, port, _ := net.SplitHostPort(*obdAddr)
+		obd := &sim.OpenOBD{ClientID: "bench", ClientSecret: "bench-secret", ClusterID: "001",
+			RotateEvery: time.Second, Grace: time.Hour, Endpoints: []string{"upstream.bench.test:" + port}}
+		obs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
+		obd.Register(obs)
+		ol, err := net.Listen("tcp", *obdAddr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go func() { log.Fatal(obs.Serve(ol)) }()
+	}
 	log.Printf("upstream: plain %s, tls %s", *plain, *tlsAddr)
 	log.Fatal(s.ListenAndServeTLS("", ""))
 }
