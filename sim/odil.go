@@ -108,13 +108,7 @@ func (o *ODIL) create(w http.ResponseWriter, r *http.Request) {
 		odilError(w, http.StatusBadRequest, "uri:TR:ErrorCodes:AuthenticationFailed", "Authentication failed")
 		return
 	}
-	s := newSessionID()
-	o.mu.Lock()
-	if o.sessions == nil {
-		o.sessions = map[string]time.Time{}
-	}
-	o.sessions[s] = o.now()
-	o.mu.Unlock()
+	s := o.NewSession()
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"BackendCode": "5E2D903E-0EC2-47E4-810D-D334A9335E84", "Session": s, "UserClaims": nil, "UserData": nil})
 }

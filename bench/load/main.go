@@ -211,15 +211,9 @@ func grpcCaller(target, auth string, creds credentials.TransportCredentials, con
 		clients[i] = testpb.NewTestServiceClient(cc)
 	}
 	payload := []byte("hello")
-	var (
-		mu   sync.Mutex
-		next int
-	)
+	pick := roundRobin(clients)
 	return func(ctx context.Context) error {
-		mu.Lock()
-		c := clients[next%len(clients)]
-		next++
-		mu.Unlock()
+		c := pick()
 		if auth != "" {
 			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth)
 		}
@@ -315,16 +309,24 @@ func openobdCaller(target string, creds credentials.TransportCredentials, conns 
 		}
 		md = metadata.Pairs("authorization", "Bearer "+tok.Value)
 	}
+	pick := roundRobin(clients)
+	return func(ctx context.Context) error {
+		c := pick()
+		_, err := c.AssertAuthenticationPossible(metadata.NewOutgoingContext(ctx, md), &pb.EmptyMessage{})
+		return err
+	}
+}
+
+// roundRobin hands out items in turn, safely from many goroutines.
+func roundRobin[T any](items []T) func() T {
 	var (
 		mu   sync.Mutex
 		next int
 	)
-	return func(ctx context.Context) error {
+	return func() T {
 		mu.Lock()
-		c := clients[next%len(clients)]
+		defer mu.Unlock()
 		next++
-		mu.Unlock()
-		_, err := c.AssertAuthenticationPossible(metadata.NewOutgoingContext(ctx, md), &pb.EmptyMessage{})
-		return err
+		return items[(next-1)%len(items)]
 	}
 }
