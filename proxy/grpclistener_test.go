@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -147,13 +148,18 @@ func TestGRPCListenerSplitsConnections(t *testing.T) {
 	}
 }
 
+// On shutdown a call in flight finishes within timeouts.shutdown and is cut
+// past it, on a sidecar and through the forward listener alike, while the
+// listener stops accepting at once.
 func TestGRPCListenerShutdown(t *testing.T) {
 	for _, tc := range []struct {
-		name, bound string
-		release     bool
+		name, bound, listener string
+		release               bool
 	}{
-		{"calls in flight finish", "10s", true},
-		{"calls past the bound are cut", "300ms", false},
+		{"calls in flight finish", "10s", "sidecar", true},
+		{"calls past the bound are cut", "300ms", "sidecar", false},
+		{"forward: calls in flight finish", "10s", "forward", true},
+		{"forward: calls past the bound are cut", "300ms", "forward", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -170,7 +176,20 @@ func TestGRPCListenerShutdown(t *testing.T) {
 			}
 			cfg := strings.Replace(grpcConfig(grpcPort), "timeouts: {shutdown: 5s}", "timeouts: {shutdown: "+tc.bound+"}", 1)
 			p := e.start(cfg, nil, nil)
-			client := grpcClient(t, p.addr("grpc"))
+			listener := "grpc"
+			var client testpb.TestServiceClient
+			if tc.listener == "sidecar" {
+				client = grpcClient(t, p.addr("grpc"))
+			} else {
+				listener = "fwd"
+				useEnvProxy(t, p.addr("fwd"))
+				conn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				client = testpb.NewTestServiceClient(conn)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			done := make(chan error, 1)
@@ -193,7 +212,7 @@ func TestGRPCListenerShutdown(t *testing.T) {
 			}
 			stopped := make(chan error, 1)
 			go func() { stopped <- p.stop() }()
-			waitRefused(t, p.addr("grpc"))
+			waitRefused(t, p.addr(listener))
 			if tc.release {
 				select {
 				case err := <-stopped:
