@@ -90,12 +90,29 @@ func staleConnErr(err error) bool {
 		errors.As(err, &op) && (op.Op == "read" || op.Op == "write")
 }
 
+// countingReader counts what it reads and, while limit is set (a
+// response head is being read), refuses to read past it.
 type countingReader struct {
-	r io.Reader
-	n int
+	r     io.Reader
+	n     int
+	limit int
 }
 
+// MaxResponseHeaderBytes bounds an upstream's response head on every
+// HTTP/1.1 connection (fast path and http.Transport alike).
+const MaxResponseHeaderBytes = 1 << 20
+
+// ErrResponseHeaderTooLarge: an upstream's response head exceeded
+// MaxResponseHeaderBytes.
+var ErrResponseHeaderTooLarge = errors.New("response header exceeds 1 MiB")
+
 func (c *countingReader) Read(p []byte) (int, error) {
+	if c.limit > 0 {
+		if c.n >= c.limit {
+			return 0, ErrResponseHeaderTooLarge
+		}
+		p = p[:min(len(p), c.limit-c.n)]
+	}
 	n, err := c.r.Read(p)
 	c.n += n
 	return n, err
@@ -103,6 +120,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 func (t *h1Fast) send(fc *fastConn, req *http.Request) (*http.Response, error) {
 	fc.rc.n = 0
+	fc.rc.limit = MaxResponseHeaderBytes + fc.br.Size() // the head, and what the buffer takes of the body
+	defer func() { fc.rc.limit = 0 }()
 	stop := context.AfterFunc(req.Context(), func() { fc.conn.SetDeadline(aLongTimeAgo) })
 	if err := req.Write(fc.bw); err != nil {
 		stop()

@@ -1,9 +1,11 @@
 package transport
 
 import (
+	"bufio"
 	"context"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -258,4 +260,58 @@ func TestH1FastBoundsAndExpiresIdleConnections(t *testing.T) {
 		t.Errorf("%d connections closed right after the requests, want 2", closed)
 	}
 	s.waitClosed(t, 3) // the idle one, after idle_conn_timeout
+}
+
+// An upstream's response head is bounded on both HTTP/1.1 paths (the fast
+// path and http.Transport): a 3 MiB head, which each would otherwise read
+// whole, is refused.
+func TestResponseHeadIsBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				br := bufio.NewReader(c)
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				_, _ = io.Copy(io.Discard, req.Body)
+				bw := bufio.NewWriter(c)
+				bw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n")
+				for i := 0; i < 3<<10; i++ {
+					fmt.Fprintf(bw, "X-Pad-%d: %s\r\n", i, strings.Repeat("p", 1000))
+				}
+				bw.WriteString("\r\nok")
+				_ = bw.Flush()
+			}()
+		}
+	}()
+	u, err := New(config.Upstream{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	for _, method := range []string{"GET", "POST"} { // fast path, http.Transport
+		req, _ := http.NewRequest(method, "http://"+ln.Addr().String()+"/", strings.NewReader(""))
+		if method == "GET" {
+			req.Body = nil
+		}
+		resp, err := u.H1.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+			t.Errorf("%s: a 3 MiB response head was read whole", method)
+		} else if !strings.Contains(err.Error(), "exceed") {
+			t.Errorf("%s: %v, want the head refused as too large", method, err)
+		}
+	}
 }

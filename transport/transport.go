@@ -97,13 +97,14 @@ func New(cfg config.Upstream) (*Set, error) {
 	}
 	base := func() *http.Transport {
 		return &http.Transport{
-			Proxy:                 nil,
-			DialContext:           dial,
-			TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
-			TLSHandshakeTimeout:   cfg.TLSHandshakeTimeout.D(10 * time.Second),
-			ResponseHeaderTimeout: time.Duration(cfg.ResponseHeaderTimeout),
-			IdleConnTimeout:       cfg.IdleConnTimeout.D(90 * time.Second),
-			MaxIdleConnsPerHost:   perHost,
+			Proxy:                  nil,
+			DialContext:            dial,
+			TLSClientConfig:        &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+			TLSHandshakeTimeout:    cfg.TLSHandshakeTimeout.D(10 * time.Second),
+			ResponseHeaderTimeout:  time.Duration(cfg.ResponseHeaderTimeout),
+			IdleConnTimeout:        cfg.IdleConnTimeout.D(90 * time.Second),
+			MaxIdleConnsPerHost:    perHost,
+			MaxResponseHeaderBytes: MaxResponseHeaderBytes,
 			// Bodies pass through as they are: no Accept-Encoding is added
 			// and nothing is decompressed.
 			DisableCompression: true,
