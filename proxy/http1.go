@@ -1,84 +1,22 @@
 package proxy
 
+// The HTTP/1.1 engine: net/http's server in front (sidecar, plain forward
+// and intercepted HTTP/1.1 requests), httputil.ReverseProxy, and the
+// keep-alive pool of HTTP/1.1 connections upstream.
+
 import (
 	"context"
 	"errors"
 	"io"
 	"log"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
-	"net/url"
-	"slices"
-	"strings"
 	"sync"
 
 	"github.com/authproxy/authproxy/config"
-	"github.com/authproxy/authproxy/injectors"
-	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/transport"
 )
-
-// routeRT is a route ready to serve: its injector and where it sends.
-type routeRT struct {
-	name           string
-	injector       injectors.Injector
-	observer       injectors.ResponseObserver // nil unless the injector observes responses
-	upstream       *url.URL                   // sidecar target (scheme http for h2c); nil on forward listeners
-	h2c            bool
-	protocol       string // config.Protocol*: upstream protocol over TLS and plain HTTP
-	allowPlaintext bool
-	tlsUpgrade     bool
-	strip          []string // canonical names of client headers to remove
-	stripLower     []string // the same in lower case, as HTTP/2 carries them
-}
-
-func newRouteRT(ref config.RouteRef, inj injectors.Injector) *routeRT {
-	r := ref.Route
-	rt := &routeRT{
-		name:           r.Name,
-		injector:       inj,
-		allowPlaintext: r.AllowPlaintext,
-		tlsUpgrade:     r.TLSUpgrade,
-		protocol:       r.UpstreamProtocol,
-	}
-	rt.observer, _ = inj.(injectors.ResponseObserver)
-	if ref.Upstream != nil {
-		u := *ref.Upstream
-		if u.Scheme == "h2c" {
-			rt.h2c = true
-			u.Scheme = "http"
-		}
-		rt.upstream = &u
-	}
-	seen := map[string]bool{}
-	for _, h := range append(append([]string{"Authorization", "Proxy-Authorization"}, r.StripHeaders...), inj.Headers()...) {
-		c := http.CanonicalHeaderKey(h)
-		if !seen[c] {
-			seen[c] = true
-			rt.strip = append(rt.strip, c)
-			rt.stripLower = append(rt.stripLower, strings.ToLower(c))
-		}
-	}
-	return rt
-}
-
-// exchange is one request on its way upstream: the matched route (nil when
-// an unmatched request passes through untouched) and where it goes.
-type exchange struct {
-	route  *routeRT
-	params route.Params
-	target *url.URL // scheme and host to send to (sidecar: also base path)
-	join   bool     // join target's path with the request path (sidecar)
-	h2c    bool
-
-	clientHost   string // the Host the client sent
-	sidecar      bool
-	listenerAddr string
-	inBody       io.Closer   // the client's request body (ReverseProxy hands the transport a copy that does not close it)
-	inTrailer    http.Header // the client's request trailers, filled in as its body ends (ReverseProxy's copy is not)
-}
 
 type exchangeKey struct{}
 
@@ -168,110 +106,6 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 	return c.roundTripOnce(tr, out, rt, inBody)
 }
 
-// prepare strips the client's credentials from out, which the caller owns,
-// and has the route's injector add its own; nil and no error for a request
-// that matched no route. An error means out must not be sent.
-func prepare(out *http.Request, x *exchange) (*injectors.Request, error) {
-	ireq, err := strip(out, x)
-	if err != nil || ireq == nil {
-		return ireq, err
-	}
-	if err := x.route.injector.Inject(ireq); err != nil {
-		return nil, &routeError{route: x.route.name, err: err}
-	}
-	return ireq, nil
-}
-
-// strip is prepare's first half: it removes the client's credentials
-// from out (head and declared trailers) and returns the injector's view
-// of the request, still without a credential.
-func strip(out *http.Request, x *exchange) (*injectors.Request, error) {
-	rt := x.route
-	var stripHeaders []string
-	if rt != nil {
-		stripHeaders = rt.strip
-	}
-	forwardTrailers(out, x.inTrailer, stripHeaders)
-	if rt == nil {
-		return nil, nil
-	}
-	if out.URL.Scheme != "https" && !rt.allowPlaintext {
-		return nil, &routeError{route: rt.name, err: ErrPlaintext}
-	}
-	var stripped http.Header
-	for _, h := range rt.strip {
-		if v, ok := out.Header[h]; ok {
-			if stripped == nil {
-				stripped = http.Header{}
-			}
-			stripped[h] = v
-			delete(out.Header, h)
-		}
-	}
-	return &injectors.Request{Request: out, Route: rt.name, Params: x.params, Stripped: stripped,
-		ClientHost: x.clientHost, Sidecar: x.sidecar, ListenerAddr: x.listenerAddr}, nil
-}
-
-// forwardTrailers makes out send the trailers its client declared, less
-// strip (the credential headers stripped from its head): they are copied
-// from the client's (from, or out.Trailer itself when out is the client's
-// request) once its body has ended, when the server has read them and
-// before the transport sends them. Trailers a client did not declare are
-// not sent.
-func forwardTrailers(out *http.Request, from http.Header, strip []string) {
-	if decl, ok := out.Header["Trailer"]; ok && len(strip) > 0 { // as the relay forwards it
-		var keep []string
-		for _, v := range decl {
-			for name := range strings.SplitSeq(v, ",") {
-				if name = strings.TrimSpace(name); name != "" && !slices.Contains(strip, http.CanonicalHeaderKey(name)) {
-					keep = append(keep, name)
-				}
-			}
-		}
-		if len(keep) == 0 {
-			delete(out.Header, "Trailer")
-		} else {
-			out.Header["Trailer"] = []string{strings.Join(keep, ", ")}
-		}
-	}
-	if len(out.Trailer) == 0 {
-		return
-	}
-	if from == nil {
-		from = out.Trailer
-	}
-	to := make(http.Header, len(out.Trailer))
-	for k := range out.Trailer {
-		if !slices.Contains(strip, http.CanonicalHeaderKey(k)) {
-			to[k] = nil
-		}
-	}
-	out.Trailer = to
-	if out.Body == nil || out.Body == http.NoBody {
-		return
-	}
-	out.Body = &atBodyEnd{ReadCloser: out.Body, fn: func() {
-		for k := range to {
-			to[k] = from[k]
-		}
-	}}
-}
-
-// atBodyEnd calls fn once when the body returns io.EOF.
-type atBodyEnd struct {
-	io.ReadCloser
-	fn   func()
-	once sync.Once
-}
-
-func (b *atBodyEnd) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF {
-		b.once.Do(b.fn)
-	}
-	return n, err
-}
-
 // transport picks the upstream transport of the HTTP/1.1 engine: the
 // keep-alive pool of HTTP/1.1 connections, net/http's HTTP/2 client for
 // h2c upstreams, and its ALPN-negotiated client for routes that ask for
@@ -352,16 +186,26 @@ var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 func (bufferPool) Get() []byte  { return *buffers.Get().(*[]byte) }
 func (bufferPool) Put(b []byte) { buffers.Put(&b) }
 
-// splitHost splits a Host header or authority into a lower-case host name
-// and a port ("" when absent, or defPort when given).
-func splitHost(hostport, defPort string) (host, port string) {
-	host, port, err := net.SplitHostPort(hostport)
-	if err != nil {
-		host, port = hostport, ""
+// asSent keeps the server under the HTTP/1.1 engine (net/http) and under
+// the bridge (x/net/http2) from adding a Date or a sniffed Content-Type to
+// a response the upstream sent without them.
+type asSent struct{ http.ResponseWriter }
+
+func (w asSent) WriteHeader(code int) {
+	h := w.Header()
+	for _, k := range []string{"Date", "Content-Type"} {
+		if _, ok := h[k]; !ok {
+			h[k] = nil
+		}
 	}
-	if port == "" {
-		port = defPort
-	}
-	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
-	return strings.ToLower(host), port
+	w.ResponseWriter.WriteHeader(code)
 }
+
+func (w asSent) Write(p []byte) (int, error) {
+	if _, ok := w.Header()["Date"]; !ok { // a body with no WriteHeader first
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w asSent) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -1,5 +1,9 @@
 package proxy
 
+// The HTTP/2 engine: the frame relay (package h2relay) on every listener —
+// h2c on sidecars, h2 on intercepted CONNECTs — deciding each stream with
+// the same pipeline, and its bridge to HTTP/1.1 upstreams.
+
 import (
 	"bytes"
 	"context"
@@ -235,27 +239,3 @@ func (c *core) bridge(scheme, addr string) http.Handler {
 		rp.ServeHTTP(asSent{w}, r)
 	})
 }
-
-// asSent keeps the server under the HTTP/1.1 engine (net/http) and under
-// the bridge (x/net/http2) from adding a Date or a sniffed Content-Type to
-// a response the upstream sent without them.
-type asSent struct{ http.ResponseWriter }
-
-func (w asSent) WriteHeader(code int) {
-	h := w.Header()
-	for _, k := range []string{"Date", "Content-Type"} {
-		if _, ok := h[k]; !ok {
-			h[k] = nil
-		}
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w asSent) Write(p []byte) (int, error) {
-	if _, ok := w.Header()["Date"]; !ok { // a body with no WriteHeader first
-		w.WriteHeader(http.StatusOK)
-	}
-	return w.ResponseWriter.Write(p)
-}
-
-func (w asSent) Unwrap() http.ResponseWriter { return w.ResponseWriter }
