@@ -53,6 +53,13 @@ func (r *Relay) upstream(ctx context.Context, t *Target) (*conn, error) {
 		if r.h1only == nil {
 			r.h1only = map[string]time.Time{}
 		}
+		if len(r.h1only) >= 1024 { // wildcard routes: forget what has expired
+			for addr, at := range r.h1only {
+				if time.Since(at) >= h1Memory {
+					delete(r.h1only, addr)
+				}
+			}
+		}
 		r.h1only[t.Addr] = time.Now()
 		r.mu.Unlock()
 		r.log().Info("upstream speaks only HTTP/1.1: bridging its streams", "upstream", t.Addr)
