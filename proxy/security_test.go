@@ -527,10 +527,10 @@ func TestHeaderBlockLimitOnEveryListener(t *testing.T) {
 	}
 }
 
-// h2Counter is a cleartext HTTP/2 upstream that counts the HEADERS frames
-// it receives (every stream the relay sent, even one reset at once) and
-// answers each with an empty 200.
-func h2Counter(t *testing.T) (string, *atomic.Int64) {
+// h2Counter is an HTTP/2 upstream (cleartext, or TLS with tlsCfg) that
+// counts the HEADERS frames it receives (every stream the relay sent, even
+// one reset at once) and answers each with an empty 200.
+func h2Counter(t *testing.T, tlsCfg *tls.Config) (string, *atomic.Int64) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -542,6 +542,11 @@ func h2Counter(t *testing.T) (string, *atomic.Int64) {
 			nc, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			if tlsCfg != nil {
+				cfg := tlsCfg.Clone()
+				cfg.NextProtos = []string{"h2"}
+				nc = tls.Server(nc, cfg)
 			}
 			go func() {
 				defer nc.Close()
@@ -590,19 +595,40 @@ func h2Counter(t *testing.T) (string, *atomic.Int64) {
 // it runs at once but not the rate: against this instant upstream it
 // forwarded 41,823 of the 100,000.)
 func TestRelayRapidResetIsCutOff(t *testing.T) {
+	for _, listener := range []string{"sidecar", "forward"} {
+		t.Run(listener, func(t *testing.T) { rapidReset(t, listener) })
+	}
+}
+
+func rapidReset(t *testing.T, listener string) {
 	e := newEnv(t)
-	upAddr, upstreamStreams := h2Counter(t)
+	upAddr, upstreamStreams := h2Counter(t, nil)
+	tlsCfg, err := e.pki.ServerTLS(upstreamNames...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsAddr, tlsStreams := h2Counter(t, tlsCfg)
 	p := e.start(fmt.Sprintf(`
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "h2c://%[1]s"}
+  - {name: fwd, kind: forward, address: 127.0.0.1:0}
+ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1}}
 injectors:
   bearer: {kind: static, headers: {Authorization: {value: %[2]q, prefix: "Bearer "}}}
 routes:
-  - {name: api, match: {path: /v1/*}, injector: bearer, allow_plaintext: true}
+  - {name: api, listeners: [app], match: {path: /v1/*}, injector: bearer, allow_plaintext: true}
+  - {name: fwd-api, listeners: [fwd], match: {host: api.authproxy.test, path: /v1/*}, injector: bearer}
 `, upAddr, secretToken), nil, nil)
 	c := dialH2C(t, p.addr("app"))
-	const pairs = 100_000
 	head := request("GET", "http", "localhost", "/v1/x")
+	if listener == "forward" {
+		target := "api.authproxy.test:" + port(t, tlsAddr)
+		c = dialInterceptedH2(t, p.addr("fwd"), target, e.proxyCA)
+		head = request("GET", "https", target, "/v1/x")
+		upstreamStreams = tlsStreams
+	}
+	const pairs = 100_000
 	stop := make(chan struct{})
 	wrote := make(chan int, 1)
 	go func() {
