@@ -86,6 +86,22 @@ func TestInterceptedConnectionTimeouts(t *testing.T) {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		waitClosed(t, raw, 10*time.Second)
 	})
+	t.Run("HTTP/2: no preface after the handshake", func(t *testing.T) {
+		raw := connectTo(t, p.addr("fwd"), target)
+		tc := tls.Client(raw, &tls.Config{ServerName: "api.authproxy.test", RootCAs: e.proxyCA, NextProtos: []string{"h2"}})
+		if err := tc.Handshake(); err != nil || tc.ConnectionState().NegotiatedProtocol != "h2" {
+			t.Fatalf("handshake: %v (ALPN %q)", err, tc.ConnectionState().NegotiatedProtocol)
+		}
+		waitClosed(t, tc, 10*time.Second)
+	})
+	t.Run("HTTP/2: idle after a request", func(t *testing.T) {
+		c := dialInterceptedH2(t, p.addr("fwd"), target, e.proxyCA)
+		c.headers(1, request("GET", "https", target, "/v1/x"), true, false)
+		if a := c.read(1); a.status != 200 {
+			t.Fatalf("request: %+v", a)
+		}
+		waitClosed(t, c.nc, 10*time.Second)
+	})
 	t.Run("sidecar header read", func(t *testing.T) {
 		c, err := net.Dial("tcp", p.addr("app"))
 		if err != nil {
