@@ -2,9 +2,15 @@ package h2relay
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
 
 	"github.com/authproxy/authproxy/grpcframe"
 )
@@ -77,5 +83,114 @@ func TestTapReframesMessagesHoweverTheyAreCut(t *testing.T) {
 	endOnly.end(nil)
 	if calls != 1 || trailer.Get("Grpc-Status") != "0" {
 		t.Errorf("End called %d times with %v, want once with the trailers", calls, trailer)
+	}
+}
+
+// tapping is a Handler whose streams go to an h2c upstream with a Tap that
+// rewrites every message with fn, counting the messages and the end.
+type tapping struct {
+	addr  string
+	fn    func([]byte) []byte
+	seen  *atomic.Int64
+	ended *atomic.Int64
+}
+
+func (h tapping) Open(*Request) (*Target, error) {
+	return &Target{Scheme: "http", Addr: h.addr, Method: "POST", Authority: "up.test", Path: "/x", Header: http.Header{},
+		Tap: func(int, http.Header) *Tap {
+			return &Tap{
+				Message: func(_ bool, msg []byte) []byte { h.seen.Add(1); return h.fn(msg) },
+				End:     func(tr http.Header) { h.ended.Add(1) },
+			}
+		}}, nil
+}
+
+func (tapping) Reply(*Request, *Target, error) Reply { return Reply{Status: http.StatusBadGateway} }
+
+// A long tapped response whose messages a rewrite makes longer, or
+// shorter, crosses the relay whole to a client that reads slowly: flow
+// control holds on both hops (no FLOW_CONTROL error, no stall), whatever
+// the rewrite does to the byte count.
+func TestTapKeepsFlowControlOnBothHops(t *testing.T) {
+	const messages, size = 4000, 200 // 800 KiB: past every window
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Trailer", "Grpc-Status")
+		msg := bytes.Repeat([]byte("m"), size)
+		for i := 0; i < messages; i++ {
+			if _, err := w.Write(grpcframe.Append(nil, 0, msg)); err != nil {
+				return
+			}
+		}
+		w.Header().Set("Grpc-Status", "0")
+	}), Protocols: new(http.Protocols)}
+	up.Protocols.SetUnencryptedHTTP2(true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = up.Serve(ln) }()
+	defer up.Close()
+	var d net.Dialer
+	dial := func(ctx context.Context, _, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	for _, tc := range []struct {
+		name string
+		fn   func([]byte) []byte
+		out  int // bytes of each message as the client gets it
+	}{
+		{"longer", func(m []byte) []byte { return append(append([]byte(nil), m...), "-rewritten-longer"...) }, size + 17},
+		{"shorter", func(m []byte) []byte { return m[:size/4] }, size / 4},
+		{"unchanged", func(m []byte) []byte { return m }, size},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var seen, ended atomic.Int64
+			r := &Relay{Handler: tapping{addr: ln.Addr().String(), fn: tc.fn, seen: &seen, ended: &ended}, Dial: dial}
+			c := dialRelay(t, r)
+			c.headers(1, true)
+			var body int
+			for done := false; !done; {
+				f := c.next(func(http2.Frame) bool { return true })
+				switch f := f.(type) {
+				case *http2.DataFrame:
+					body += len(f.Data())
+					time.Sleep(20 * time.Microsecond) // a slow reader
+					if n := len(f.Data()); n > 0 {
+						_ = c.fr.WriteWindowUpdate(0, uint32(n))
+						_ = c.fr.WriteWindowUpdate(1, uint32(n))
+						c.flush()
+					}
+					done = f.StreamEnded()
+				case *http2.MetaHeadersFrame:
+					done = f.StreamEnded()
+				case *http2.RSTStreamFrame:
+					t.Fatalf("stream reset: %v", f.ErrCode)
+				case *http2.GoAwayFrame:
+					t.Fatalf("GOAWAY %v", f.ErrCode)
+				}
+			}
+			if want := messages * (5 + tc.out); body != want {
+				t.Errorf("the client got %d bytes, want %d", body, want)
+			}
+			if seen.Load() != messages || ended.Load() != 1 {
+				t.Errorf("the tap saw %d messages and %d ends, want %d and 1", seen.Load(), ended.Load(), messages)
+			}
+			// Every byte the upstream sent has been given back, once: what it
+			// may still send and what is due to be granted add up to the
+			// relay's window exactly (a rewrite's extra bytes credited would
+			// push it over, dropped ones under).
+			r.mu.Lock()
+			for _, p := range r.pools {
+				p.mu.Lock()
+				for _, uc := range p.conns {
+					uc.mu.Lock()
+					if got := uc.recvWin + uc.unacked; got != connWindow {
+						t.Errorf("the upstream's window and the credit due add up to %d, want %d", got, connWindow)
+					}
+					uc.mu.Unlock()
+				}
+				p.mu.Unlock()
+			}
+			r.mu.Unlock()
+		})
 	}
 }
