@@ -29,6 +29,7 @@ import (
 // File is the configuration file as written.
 type File struct {
 	Log        Log                  `yaml:"log"`
+	Admin      *Admin               `yaml:"admin"`
 	Listeners  []Listener           `yaml:"listeners"`
 	CA         *CA                  `yaml:"ca"`
 	Upstream   Upstream             `yaml:"upstream"`
@@ -43,6 +44,17 @@ type File struct {
 type Log struct {
 	Level  string `yaml:"level"`  // debug, info (default), warn, error
 	Format string `yaml:"format"` // text (default) or json
+}
+
+// Admin is the operator's listener: liveness and readiness for probes,
+// and the Go profiler when asked for. Off when absent.
+type Admin struct {
+	Address string `yaml:"address"` // host:port, loopback unless AllowRemoteClients
+	// AllowRemoteClients permits a non-loopback address (a probe from the
+	// kubelet reaches the pod's IP, not its loopback).
+	AllowRemoteClients bool `yaml:"allow_remote_clients"`
+	// PProf serves /debug/pprof/ (CPU and heap profiles of the proxy).
+	PProf bool `yaml:"pprof"`
 }
 
 // Listener is one address the proxy serves.
@@ -113,6 +125,10 @@ type Timeouts struct {
 	Idle         Duration `yaml:"idle"`          // default 120s
 	TLSHandshake Duration `yaml:"tls_handshake"` // intercepted connections, default 10s
 	Shutdown     Duration `yaml:"shutdown"`      // drain bound on SIGINT/SIGTERM, default 30s
+	// ShutdownDelay: on SIGINT/SIGTERM readiness turns false at once and
+	// the listeners keep serving this long before the drain starts, so
+	// that load balancers stop sending first (default 0).
+	ShutdownDelay Duration `yaml:"shutdown_delay"`
 }
 
 // Retry configures the one retry of a request whose credential an
@@ -355,6 +371,18 @@ func (c *Config) validate() []error {
 		}
 	}
 
+	if a := c.Admin; a != nil {
+		if err := checkAddress(a.Address, a.AllowRemoteClients, "the admin listener shows the proxy's state and profiles"); err != nil {
+			add("admin.address", "%v", err)
+		} else {
+			for j, other := range bound {
+				if other != "" && sameSocket(other, a.Address) {
+					add("admin.address", "%s is also the address of listeners[%d] (%q): two listeners cannot share a socket", a.Address, j, c.Listeners[j].Name)
+					break
+				}
+			}
+		}
+	}
 	if hasForward && (c.CA == nil || c.CA.CertFile == "" || c.CA.KeyFile == "") {
 		add("ca", "a forward listener needs ca.cert_file and ca.key_file (create them with `authproxy ca init`)")
 	}
@@ -509,6 +537,12 @@ func (c *Config) validate() []error {
 }
 
 func checkListenAddress(addr string, allowRemote bool) error {
+	return checkAddress(addr, allowRemote, "a listener that adds credentials must not be reachable by others")
+}
+
+// checkAddress checks a listen address; off loopback it needs allowRemote,
+// and why says what would be exposed.
+func checkAddress(addr string, allowRemote bool, why string) error {
 	if addr == "" {
 		return errors.New("required (for example 127.0.0.1:15001)")
 	}
@@ -527,7 +561,7 @@ func checkListenAddress(addr string, allowRemote bool) error {
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil || !ip.IsLoopback() {
-		return fmt.Errorf("%q is not a loopback address; a listener that adds credentials must not be reachable by others (set allow_remote_clients: true if it must)", addr)
+		return fmt.Errorf("%q is not a loopback address; %s (set allow_remote_clients: true if it must)", addr, why)
 	}
 	return nil
 }

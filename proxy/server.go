@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/authproxy/authproxy/ca"
@@ -35,6 +36,8 @@ type Options struct {
 	// Listeners are pre-bound listeners by listener name (socket
 	// activation, tests); the others are bound by Run.
 	Listeners map[string]net.Listener
+	// Admin is the admin listener, pre-bound; nil: Run binds admin.address.
+	Admin net.Listener
 }
 
 // Server runs every configured listener. Build it with New, then Run it.
@@ -45,6 +48,13 @@ type Server struct {
 	runners   []injectors.Runner
 	warnings  []string // injectors' StartWarnings, logged by Run
 	shutdown  time.Duration
+	delay     time.Duration // timeouts.shutdown_delay
+
+	admin     *http.Server // nil without an admin listener
+	adminAddr string
+	adminLn   net.Listener
+	serving   atomic.Bool // every listener is bound and served (readiness)
+	stopping  atomic.Bool // shutdown has started (readiness false)
 
 	ready chan struct{}
 	mu    sync.Mutex
@@ -85,9 +95,14 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		log:      logger,
 		up:       up,
 		shutdown: t.Shutdown.D(30 * time.Second),
+		delay:    time.Duration(t.ShutdownDelay),
 		ready:    make(chan struct{}),
 		addrs:    map[string]net.Addr{},
 		own:      &ownAddrs{},
+	}
+	if a := cfg.Admin; a != nil {
+		s.admin = s.newAdminServer(a.PProf, t.ReadHeader.D(10*time.Second))
+		s.adminAddr, s.adminLn = a.Address, opts.Admin
 	}
 	c := newCore(up, logger)
 	c.maxReplay = cfg.Retry.MaxBodyBytes
@@ -198,6 +213,15 @@ func checkPathParams(cfg *config.Config, injs map[string]injectors.Injector) err
 // Ready is closed once every listener is bound.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
+// AdminAddr returns the admin listener's bound address, after Ready (nil
+// without one).
+func (s *Server) AdminAddr() net.Addr {
+	if s.adminLn == nil {
+		return nil
+	}
+	return s.adminLn.Addr()
+}
+
 // Addr returns the bound address of a listener, after Ready.
 func (s *Server) Addr(name string) net.Addr {
 	s.mu.Lock()
@@ -221,6 +245,14 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("listener %q: %w", l.name, err)
 		}
 		l.ln = ln
+	}
+	if s.admin != nil && s.adminLn == nil {
+		ln, err := net.Listen("tcp", s.adminAddr)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		s.adminLn = ln
 	}
 	s.mu.Lock()
 	bound := make([]net.Addr, 0, len(s.listeners))
@@ -248,8 +280,8 @@ func (s *Server) Run(ctx context.Context) error {
 	// One slot per server that may report a failure, so none blocks: a
 	// sidecar has two (net/http and the relay, on one socket), a forward
 	// listener two (net/http, and the HTTP/1.1 server of intercepted
-	// connections).
-	servers := 2 * len(s.listeners)
+	// connections), and the admin listener one.
+	servers := 2*len(s.listeners) + 1
 	errc := make(chan error, servers)
 	for _, r := range s.runners {
 		wg.Go(func() {
@@ -294,10 +326,28 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 	}
 
+	var adminDone chan struct{}
+	if s.admin != nil {
+		adminDone = make(chan struct{})
+		s.log.Info("listening", "listener", "admin", "address", s.adminLn.Addr().String())
+		go func() {
+			defer close(adminDone)
+			if err := s.admin.Serve(s.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("admin listener: %w", err)
+			}
+		}()
+	}
+	s.serving.Store(true)
+
 	var runErr error
 	select {
 	case <-ctx.Done():
 	case runErr = <-errc:
+	}
+	s.stopping.Store(true) // readiness turns false at once
+	if s.delay > 0 && runErr == nil {
+		s.log.Info("shutting down: not ready; listeners serve until the shutdown delay ends", "shutdown_delay", s.delay.String())
+		time.Sleep(s.delay)
 	}
 	s.log.Info("shutting down", "drain_bound", s.shutdown.String())
 	sctx, cancel := context.WithTimeout(context.Background(), s.shutdown)
@@ -326,6 +376,14 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	drain.Wait()
 	serving.Wait()
+	if s.admin != nil { // the last to go: liveness answers through the drain
+		actx, acancel := context.WithTimeout(context.Background(), time.Second)
+		if s.admin.Shutdown(actx) != nil {
+			_ = s.admin.Close()
+		}
+		acancel()
+		<-adminDone
+	}
 	stopRunners()
 	wg.Wait()
 	s.up.Close()
@@ -338,6 +396,9 @@ func (s *Server) closeListeners() {
 		if l.ln != nil {
 			_ = l.ln.Close()
 		}
+	}
+	if s.adminLn != nil {
+		_ = s.adminLn.Close()
 	}
 }
 

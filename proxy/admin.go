@@ -1,0 +1,60 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+	"net/http/pprof"
+	"time"
+)
+
+// The admin listener (config admin): /healthz answers while the process
+// serves; /readyz once every listener is bound, until shutdown starts;
+// /debug/pprof/ only with admin.pprof. Its pages show no credential and
+// no request.
+
+// adminHandler is the admin listener's mux.
+func (s *Server) adminHandler(withPProf bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		plain(w, http.StatusOK, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case s.stopping.Load():
+			plain(w, http.StatusServiceUnavailable, "not ready: shutting down\n")
+		case !s.serving.Load():
+			plain(w, http.StatusServiceUnavailable, "not ready: starting\n")
+		default:
+			plain(w, http.StatusOK, "ready\n")
+		}
+	})
+	if withPProf {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		plain(w, http.StatusNotFound, "authproxy admin: /healthz, /readyz"+map[bool]string{true: ", /debug/pprof/"}[withPProf]+"\n")
+	})
+	return mux
+}
+
+func plain(w http.ResponseWriter, status int, body string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, body)
+}
+
+// newAdminServer is the admin listener's http.Server.
+func (s *Server) newAdminServer(withPProf bool, readHeader time.Duration) *http.Server {
+	return &http.Server{
+		Handler:           s.adminHandler(withPProf),
+		MaxHeaderBytes:    maxHeaderBytes,
+		ReadHeaderTimeout: readHeader,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          stdLogger(s.log.With("listener", "admin")),
+	}
+}

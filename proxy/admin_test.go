@@ -1,0 +1,85 @@
+package proxy_test
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/sim"
+)
+
+func adminGet(t *testing.T, r *running, path string) (int, string) {
+	t.Helper()
+	resp, err := h1Client().Get("http://" + r.srv.AdminAddr().String() + path)
+	if err != nil {
+		t.Fatalf("admin %s: %v", path, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(body)
+}
+
+// The admin listener answers liveness and readiness; on shutdown readiness
+// turns false at once while the listeners keep serving for
+// timeouts.shutdown_delay (a probe loop sees 503 while a request through
+// the sidecar still succeeds), and only then do they stop. The profiler is
+// served only when asked for.
+func TestAdminHealthReadinessAndShutdownDelay(t *testing.T) {
+	e := newEnv(t)
+	up := e.httpsUpstream(&sim.Echo{})
+	cfg := strings.Replace(sidecarConfig(port(t, up.URL), "deny"), "listeners:\n", "admin: {address: 127.0.0.1:0}\ntimeouts: {shutdown_delay: 1s}\nlisteners:\n", 1)
+	p := e.start(cfg, nil, nil)
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/debug/pprof/": 404, "/metrics-or-anything": 404} {
+		if st, body := adminGet(t, p, path); st != want {
+			t.Errorf("%s: %d %q, want %d", path, st, body, want)
+		}
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- p.stop() }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, body := adminGet(t, p, "/readyz")
+		if st == http.StatusServiceUnavailable && body == "not ready: shutting down\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("readiness still %d %q after 5 s of shutdown", st, body)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Not ready, still serving: the delay is for load balancers to notice.
+	if err := getOK(h1Client(), "http://"+p.addr("app")+"/v1/during-the-delay"); err != nil {
+		t.Errorf("a request during the shutdown delay: %v", err)
+	}
+	if st, _ := adminGet(t, p, "/healthz"); st != 200 {
+		t.Errorf("liveness during shutdown: %d", st)
+	}
+	select {
+	case err := <-stopped:
+		t.Fatalf("Run returned (%v) before the shutdown delay ended", err)
+	default:
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	waitRefused(t, p.addr("app"))
+	if !strings.Contains(p.logs.String(), "shutting down: not ready") {
+		t.Errorf("the delay is not logged:\n%s", p.logs.String())
+	}
+}
+
+func TestAdminProfilerIsOptIn(t *testing.T) {
+	e := newEnv(t)
+	up := e.httpsUpstream(&sim.Echo{})
+	cfg := strings.Replace(sidecarConfig(port(t, up.URL), "deny"), "listeners:\n", "admin: {address: 127.0.0.1:0, pprof: true}\nlisteners:\n", 1)
+	p := e.start(cfg, nil, nil)
+	st, body := adminGet(t, p, "/debug/pprof/")
+	if st != 200 || !strings.Contains(body, "goroutine") {
+		t.Errorf("/debug/pprof/: %d %.200q", st, body)
+	}
+	if st, body := adminGet(t, p, "/debug/pprof/heap?debug=1"); st != 200 || strings.Contains(body, secretToken) {
+		t.Errorf("heap profile: %d (or it shows the secret)", st)
+	}
+}
