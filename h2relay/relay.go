@@ -155,6 +155,13 @@ type Relay struct {
 	// UpstreamIdleTimeout closes an upstream connection without streams.
 	PrefaceTimeout, IdleTimeout, UpstreamIdleTimeout time.Duration
 	Log                                              *slog.Logger
+	// OnStreamEnd, when set, is called once a client's stream is over,
+	// with the status of the answer it got (0: reset before one) and when
+	// its head arrived; t is nil when no upstream was chosen.
+	OnStreamEnd func(req *Request, t *Target, status int, began time.Time)
+	// OnConn, when set, is told of client connections opening (+1) and
+	// closing (-1).
+	OnConn func(delta int)
 
 	mu          sync.Mutex
 	clients     map[*conn]struct{}
@@ -208,6 +215,10 @@ func (r *Relay) ServeConnWith(nc net.Conn, data any) {
 	}
 	r.clients[c] = struct{}{}
 	r.mu.Unlock()
+	if r.OnConn != nil {
+		r.OnConn(1)
+		defer r.OnConn(-1)
+	}
 	defer func() {
 		r.mu.Lock()
 		delete(r.clients, c)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -20,7 +21,10 @@ type stream struct {
 	cancel context.CancelFunc
 	client *half
 
+	began time.Time // when its head arrived
+
 	mu          sync.Mutex
+	status      int   // the final status the client got (0: none yet)
 	up          *half // the current upstream leg; nil while it opens
 	target      *Target
 	answered    bool // a final response head (or a local reply) went to the client
@@ -92,7 +96,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	req.Context, req.RemoteAddr, req.ConnData = ctx, c.nc.RemoteAddr().String(), c.data
-	s := &stream{r: c.r, req: req, cancel: cancel, reqEnded: f.StreamEnded(), preEnd: f.StreamEnded()}
+	s := &stream{r: c.r, req: req, cancel: cancel, reqEnded: f.StreamEnded(), preEnd: f.StreamEnded(), began: time.Now()}
 	a := &half{c: c, id: id, s: s, sendWin: c.initWin, recvWin: streamWindow, recvEnd: f.StreamEnded()}
 	s.client = a
 	c.streams[id] = a
@@ -578,7 +582,7 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		}
 		s.mu.Lock()
 	}
-	s.answered = true
+	s.answered, s.status = true, code
 	s.keep, s.replay = false, nil
 	var tap *Tap
 	if t.Tap != nil {
@@ -644,7 +648,7 @@ func (s *stream) sendHeld(b *half, h *heldResponse, end bool, fl *flusher) bool 
 		b.c.creditConn(int64(len(h.body)), fl)
 		return false
 	}
-	s.answered = true
+	s.answered, s.status = true, h.code
 	s.keep, s.replay, s.pre = false, nil, nil
 	s.mu.Unlock()
 	a.c.sendHead(a, h.fields, false, fl)
@@ -703,6 +707,9 @@ func (s *stream) replyLocal(t *Target, err error) {
 	s.mu.Unlock()
 	drop()
 	rep := s.r.Handler.Reply(s.req, t, err)
+	s.mu.Lock()
+	s.status = rep.Status
+	s.mu.Unlock()
 	fields := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(rep.Status)}}
 	for k, vs := range rep.Header {
 		for _, v := range vs {
@@ -781,9 +788,13 @@ func (s *stream) end() {
 	b := s.up
 	drop := s.dropHeldLocked()
 	s.pre, s.replay = nil, nil
+	status, t := s.status, s.target
 	s.mu.Unlock()
 	drop()
 	s.cancel()
+	if fn := s.r.OnStreamEnd; fn != nil {
+		fn(s.req, t, status, s.began)
+	}
 	if b != nil {
 		b.c.resetHalf(b, http2.ErrCodeCancel, nil)
 	}

@@ -222,16 +222,21 @@ func Kinds() []string {
 	return out
 }
 
+// CacheOptions are the token cache's options as token_cache configures
+// them; now is the clock (nil: time.Now).
+func CacheOptions(tc config.TokenCache, now func() time.Time) tokencache.Options {
+	return tokencache.Options{
+		Size: tc.Size, RefreshFraction: tc.RefreshFraction, MinMargin: time.Duration(tc.MinMargin),
+		FetchTimeout: time.Duration(tc.FetchTimeout), MinBackoff: time.Duration(tc.MinBackoff),
+		MaxBackoff: time.Duration(tc.MaxBackoff), Now: now,
+	}
+}
+
 // BuildAll builds every injector block of the config. Errors name their
 // YAML path (injectors.<name>.…) and are all reported together.
 func BuildAll(cfg *config.Config, env Env) (map[string]Injector, error) {
 	if env.Cache == nil {
-		tc := cfg.TokenCache
-		env.Cache = tokencache.New(tokencache.Options{
-			Size: tc.Size, RefreshFraction: tc.RefreshFraction, MinMargin: time.Duration(tc.MinMargin),
-			FetchTimeout: time.Duration(tc.FetchTimeout), MinBackoff: time.Duration(tc.MinBackoff),
-			MaxBackoff: time.Duration(tc.MaxBackoff), Now: env.Now,
-		})
+		env.Cache = tokencache.New(CacheOptions(cfg.TokenCache, env.Now))
 	}
 	var errs []error
 	if env.Transport == nil {
@@ -304,6 +309,14 @@ func tokenErr(req *Request, err error) error {
 	return fmt.Errorf("%w: %w", ErrCredentialUnavailable, err)
 }
 
+// ErrTimeout is wrapped, besides ErrCredentialUnavailable, by the error of
+// a request to an issuer that timed out (metrics tell it apart).
+var ErrTimeout = errors.New("timed out")
+
+type timedOut struct{ error }
+
+func (t timedOut) Unwrap() []error { return []error{t.error, ErrTimeout} }
+
 // issuerErr describes a request to a credential issuer that got no answer,
 // as ErrCredentialUnavailable naming the injector and the request ("token
 // request to https://…"): "timed out" for a deadline, else the transport's
@@ -315,7 +328,7 @@ func issuerErr(injector, request string, err error, scrub func(string) string) e
 		err = ue.Err
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%w: injector %q: %s timed out", ErrCredentialUnavailable, injector, request)
+		return timedOut{fmt.Errorf("%w: injector %q: %s timed out", ErrCredentialUnavailable, injector, request)}
 	}
 	msg := err.Error()
 	if scrub != nil {

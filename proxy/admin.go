@@ -28,6 +28,9 @@ func (s *Server) adminHandler(withPProf bool) http.Handler {
 			plain(w, http.StatusOK, "ready\n")
 		}
 	})
+	if s.metrics != nil {
+		mux.Handle("GET /metrics", s.metrics.Handler())
+	}
 	if withPProf {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -36,7 +39,7 @@ func (s *Server) adminHandler(withPProf bool) http.Handler {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
-		plain(w, http.StatusNotFound, "authproxy admin: /healthz, /readyz"+map[bool]string{true: ", /debug/pprof/"}[withPProf]+"\n")
+		plain(w, http.StatusNotFound, "authproxy admin: /healthz, /readyz, /metrics"+map[bool]string{true: ", /debug/pprof/"}[withPProf]+"\n")
 	})
 	return mux
 }

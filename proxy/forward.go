@@ -20,6 +20,7 @@ import (
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/h2relay"
+	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/transport"
 )
@@ -44,6 +45,8 @@ type forward struct {
 	handshakeTimeout time.Duration
 	idleTimeout      time.Duration
 
+	metrics  *metrics.Metrics
+	name     string         // the listener's
 	dest     *destPolicy    // where tunnels and untouched forwards may go
 	relay    *h2relay.Relay // serves intercepted connections that negotiated h2
 	mitm     *http.Server   // serves intercepted HTTP/1.1 connections
@@ -169,6 +172,8 @@ func (f *forward) handleConnect(host string, pctx *goproxy.ProxyCtx) (*goproxy.C
 			pctx.Resp = refusal(pctx.Req, http.StatusServiceUnavailable, "authproxy: shutting down\n")
 			return goproxy.RejectConnect, host
 		}
+		f.metrics.Connect(f.name, "intercepted")
+		f.log.Debug("CONNECT intercepted", "target", target)
 		it := &interception{target: target, hostname: hostname, port: port}
 		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
 			f.intercept(client, it)
@@ -177,13 +182,16 @@ func (f *forward) handleConnect(host string, pctx *goproxy.ProxyCtx) (*goproxy.C
 	if f.tunnel {
 		addr, err := f.dest.check(pctx.Req.Context(), hostname, port)
 		if err != nil {
+			f.metrics.Connect(f.name, "refused")
 			f.log.Warn("CONNECT refused", "target", target, "reason", err)
 			pctx.Resp = refusal(pctx.Req, http.StatusForbidden, "authproxy: CONNECT refused: "+strings.TrimPrefix(err.Error(), ErrDestinationRefused.Error()+": ")+"\n")
 			return goproxy.RejectConnect, host
 		}
+		f.metrics.Connect(f.name, "tunnelled")
 		f.log.Debug("CONNECT tunnelled", "target", target, "address", addr)
 		return &goproxy.ConnectAction{Action: goproxy.ConnectAccept}, addr // the address checked is the one dialled
 	}
+	f.metrics.Connect(f.name, "refused")
 	f.log.Info("CONNECT refused: no route matches the target", "target", target)
 	pctx.Resp = refusal(pctx.Req, http.StatusForbidden,
 		fmt.Sprintf("authproxy: CONNECT to %s refused: no route matches this host\n", target))

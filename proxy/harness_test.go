@@ -24,6 +24,7 @@ import (
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/sim"
 )
@@ -88,7 +89,8 @@ func useEnvProxy(t testing.TB, addr string) {
 
 // env is one test's world: an upstream PKI, a proxy CA, and a temp dir.
 type env struct {
-	injEnv  injectors.Env // for injectors.BuildAll (a test may set a clock or cache)
+	injEnv  injectors.Env    // for injectors.BuildAll (a test may set a clock or cache)
+	metrics *metrics.Metrics // for proxy.Options (nil: none)
 	t       testing.TB
 	dir     string
 	pki     *sim.PKI
@@ -178,6 +180,7 @@ func (e *env) start(yamlText string, override map[string]injectors.Injector, pre
 	srv, err := proxy.New(cfg, injs, proxy.Options{
 		Logger:    logger,
 		Listeners: pre,
+		Metrics:   e.metrics,
 	})
 	if err != nil {
 		e.t.Fatalf("proxy.New: %v", err)

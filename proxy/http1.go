@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/transport"
 )
 
@@ -23,6 +24,7 @@ type exchangeKey struct{}
 // core sends requests upstream: it strips the client's credentials, calls
 // the injector, and round-trips. It is shared by every listener.
 type core struct {
+	metrics   *metrics.Metrics // nil: none
 	up        *transport.Set
 	log       *slog.Logger
 	rp        *httputil.ReverseProxy
@@ -44,6 +46,7 @@ func newCore(up *transport.Set, logger *slog.Logger) *core {
 
 // serve forwards r as described by x, through httputil.ReverseProxy.
 func (c *core) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
+	noteRoute(r, x)
 	if r.Body != nil && r.Body != http.NoBody {
 		x.inBody = r.Body
 	}
@@ -69,9 +72,16 @@ func (c *core) roundTrip(out *http.Request) (*http.Response, error) {
 // sends a request whose injector failed.
 func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 	rt := x.route
-	ireq, err := prepare(out, x)
+	ireq, err := strip(out, x)
 	if err != nil {
 		return nil, err
+	}
+	if rt != nil {
+		err := rt.injector.Inject(ireq)
+		c.injected(rt, err)
+		if err != nil {
+			return nil, &routeError{route: rt.name, err: err}
+		}
 	}
 	tr := c.transport(out, x)
 	var rec replayer
@@ -99,7 +109,9 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	if err := rt.injector.Inject(ireq); err != nil {
+	err = rt.injector.Inject(ireq)
+	c.injected(rt, err)
+	if err != nil {
 		return nil, &routeError{route: rt.name, err: err}
 	}
 	c.log.Debug("retrying with a fresh credential", "route", rt.name, "method", out.Method, "host", out.Host, "path", out.URL.Path)
@@ -166,6 +178,9 @@ func (c *core) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		return // the client went away; nobody is left to answer
 	}
 	c.logFailure(r, err)
+	if ri := infoOf(r); ri != nil {
+		c.upstreamFailed(ri.listener, ri.route, err)
+	}
 	writeError(w, r, err)
 }
 

@@ -27,7 +27,8 @@ import (
 // stripping and injection as the HTTP/1.1 engine; package h2relay then
 // moves its frames.
 type relayHandler struct {
-	core *core
+	core     *core
+	listener string // its name, for the metrics
 	// exchangeFor matches a request; connData is the connection's
 	// (h2relay.Request.ConnData: an intercepted CONNECT's target).
 	exchangeFor func(r *http.Request, connData any) (*exchange, error)
@@ -111,15 +112,18 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 				return nil, h2relay.ErrWouldBlock
 			}
 			done, err := p.TryInject(ireq)
-			if err != nil {
-				return nil, &routeError{route: rt.name, err: err}
-			}
-			if !done {
+			if !done && err == nil {
 				req.Data = m
 				return nil, h2relay.ErrWouldBlock
 			}
+			h.core.injected(rt, err)
+			if err != nil {
+				return nil, &routeError{route: rt.name, err: err}
+			}
 		default:
-			if err := rt.injector.Inject(ireq); err != nil {
+			err := rt.injector.Inject(ireq)
+			h.core.injected(rt, err)
+			if err != nil {
 				return nil, &routeError{route: rt.name, err: err}
 			}
 		}
@@ -150,7 +154,9 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 		}
 	}
 	t.Retry = func() (*h2relay.Target, error) {
-		if err := rt.injector.Inject(ireq); err != nil {
+		err := rt.injector.Inject(ireq)
+		h.core.injected(rt, err)
+		if err != nil {
 			return nil, &routeError{route: rt.name, err: err}
 		}
 		h.core.log.Debug("retrying with a fresh credential", "route", rt.name, "method", r.Method, "host", r.Host, "path", r.URL.Path)
@@ -198,11 +204,14 @@ func (h relayHandler) Reply(req *h2relay.Request, t *h2relay.Target, err error) 
 	}
 	if errors.Is(err, h2relay.ErrUpstream) {
 		err = &upstreamError{err: err}
+		route := ""
 		if t != nil {
 			if x, ok := t.Data.(*exchange); ok && x.route != nil {
-				err = &routeError{route: x.route.name, err: err}
+				route = x.route.name
+				err = &routeError{route: route, err: err}
 			}
 		}
+		h.core.upstreamFailed(h.listener, route, err)
 	}
 	r := &http.Request{Method: req.Method, Host: req.Authority, URL: &url.URL{Path: req.Path}, Header: req.Header}
 	if u, perr := url.ParseRequestURI(req.Path); perr == nil {

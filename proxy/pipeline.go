@@ -22,6 +22,7 @@ import (
 type routeRT struct {
 	name           string
 	injector       injectors.Injector
+	injectorName   string
 	observer       injectors.ResponseObserver // nil unless the injector observes responses
 	upstream       *url.URL                   // sidecar target (scheme http for h2c); nil on forward listeners
 	h2c            bool
@@ -37,6 +38,7 @@ func newRouteRT(ref config.RouteRef, inj injectors.Injector) *routeRT {
 	rt := &routeRT{
 		name:           r.Name,
 		injector:       inj,
+		injectorName:   r.Injector,
 		allowPlaintext: r.AllowPlaintext,
 		tlsUpgrade:     r.TLSUpgrade,
 		protocol:       r.UpstreamProtocol,
@@ -78,23 +80,12 @@ type exchange struct {
 	inTrailer    http.Header // the client's request trailers, filled in as its body ends (ReverseProxy's copy is not)
 }
 
-// prepare strips the client's credentials from out, which the caller owns,
-// and has the route's injector add its own; nil and no error for a request
-// that matched no route. An error means out must not be sent.
-func prepare(out *http.Request, x *exchange) (*injectors.Request, error) {
-	ireq, err := strip(out, x)
-	if err != nil || ireq == nil {
-		return ireq, err
-	}
-	if err := x.route.injector.Inject(ireq); err != nil {
-		return nil, &routeError{route: x.route.name, err: err}
-	}
-	return ireq, nil
-}
-
-// strip is prepare's first half: it removes the client's credentials
-// from out (head and declared trailers) and returns the injector's view
-// of the request, still without a credential.
+// strip removes the client's credentials from out, which the caller owns
+// (head and declared trailers), and returns the injector's view of the
+// request, still without a credential; nil and no error for a request no
+// route matched. An error means out must not be sent. The engine then has
+// the route's injector add the credential, and never sends the request
+// when that fails.
 func strip(out *http.Request, x *exchange) (*injectors.Request, error) {
 	rt := x.route
 	var stripHeaders []string

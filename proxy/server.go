@@ -25,6 +25,7 @@ import (
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/h2relay"
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/transport"
 )
@@ -38,6 +39,9 @@ type Options struct {
 	Listeners map[string]net.Listener
 	// Admin is the admin listener, pre-bound; nil: Run binds admin.address.
 	Admin net.Listener
+	// Metrics receives what the proxy does (served at the admin
+	// listener's /metrics); nil records nothing.
+	Metrics *metrics.Metrics
 }
 
 // Server runs every configured listener. Build it with New, then Run it.
@@ -50,6 +54,7 @@ type Server struct {
 	shutdown  time.Duration
 	delay     time.Duration // timeouts.shutdown_delay
 
+	metrics   *metrics.Metrics
 	admin     *http.Server // nil without an admin listener
 	adminAddr string
 	adminLn   net.Listener
@@ -100,11 +105,13 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		addrs:    map[string]net.Addr{},
 		own:      &ownAddrs{},
 	}
+	s.metrics = opts.Metrics
 	if a := cfg.Admin; a != nil {
 		s.admin = s.newAdminServer(a.PProf, t.ReadHeader.D(10*time.Second))
 		s.adminAddr, s.adminLn = a.Address, opts.Admin
 	}
 	c := newCore(up, logger)
+	c.metrics = opts.Metrics
 	c.maxReplay = cfg.Retry.MaxBodyBytes
 	if c.maxReplay == 0 {
 		c.maxReplay = defaultMaxReplayBody
@@ -145,9 +152,10 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 				sc.pass = u
 			}
 			handler = sc
-			ln.relay = newRelay(c, relayHandler{core: c, exchangeFor: func(r *http.Request, _ any) (*exchange, error) {
+			ln.relay = newRelay(c, relayHandler{core: c, listener: l.Name, exchangeFor: func(r *http.Request, _ any) (*exchange, error) {
 				return sc.exchangeFor(r)
 			}}, cfg, l.Name)
+			observeRelay(opts.Metrics, l.Name, ln.relay)
 		case config.KindForward:
 			if authority == nil {
 				return nil, config.Errorf("ca", "a forward listener needs a CA")
@@ -156,16 +164,25 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 			dest := &destPolicy{allowNets: nets, allowHosts: hosts, lookup: up.Lookup,
 				timeout: cfg.Upstream.DialTimeout.D(10 * time.Second), own: s.own}
 			ln.fwd = newForward(c, table, l.Unmatched == config.UnmatchedTunnel, dest, authority, t, logger.With("listener", l.Name))
-			ln.fwd.relay = newRelay(c, relayHandler{core: c, exchangeFor: ln.fwd.interceptedExchange}, cfg, l.Name)
+			ln.fwd.relay = newRelay(c, relayHandler{core: c, listener: l.Name, exchangeFor: ln.fwd.interceptedExchange}, cfg, l.Name)
+			observeRelay(opts.Metrics, l.Name, ln.fwd.relay)
+			ln.fwd.metrics, ln.fwd.name = opts.Metrics, l.Name
+			ln.fwd.mitm.Handler = instrument(opts.Metrics, l.Name, ln.fwd.mitm.Handler)
+			if opts.Metrics != nil {
+				ln.fwd.mitm.ConnState = connStates(opts.Metrics, l.Name, ln.fwd.mitm.ConnState)
+			}
 			handler = ln.fwd
 		}
 		ln.srv = &http.Server{
-			Handler:           handler,
+			Handler:           instrument(opts.Metrics, l.Name, handler),
 			Protocols:         protocols,
 			MaxHeaderBytes:    maxHeaderBytes,
 			ReadHeaderTimeout: t.ReadHeader.D(10 * time.Second),
 			IdleTimeout:       t.Idle.D(120 * time.Second),
 			ErrorLog:          stdLogger(logger.With("listener", l.Name)),
+		}
+		if opts.Metrics != nil {
+			ln.srv.ConnState = connStates(opts.Metrics, l.Name, nil)
 		}
 		if pre, ok := opts.Listeners[l.Name]; ok {
 			ln.ln = pre

@@ -426,6 +426,17 @@ func (s *TokenServer) Revoke(token string) {
 	s.mu.Unlock()
 }
 
+// Issued lists the tokens the server has issued and not revoked.
+func (s *TokenServer) Issued() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.issued))
+	for tok := range s.issued {
+		out = append(out, tok)
+	}
+	return out
+}
+
 // Valid reports whether token was issued here and is still live.
 func (s *TokenServer) Valid(token string) bool {
 	s.mu.Lock()

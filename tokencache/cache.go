@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,6 +54,28 @@ type Options struct {
 	ScanInterval time.Duration // default 1s
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Observer, when set, is told of lookups, fetches and evictions (for
+	// metrics); its calls must not block.
+	Observer Observer
+}
+
+// Observer sees what the cache does, by the name that begins each key (the
+// text before its first NUL: the injector's name, by convention).
+type Observer interface {
+	// Looked is a Get or Peek: hit when a valid token was there.
+	Looked(name string, hit bool)
+	// Fetched is the end of a fetch that took d.
+	Fetched(name string, d time.Duration, err error)
+	// Evicted is a key dropped to make room.
+	Evicted(name string)
+}
+
+// KeyName is the name a key begins with: what precedes its first NUL.
+func KeyName(key string) string {
+	if i := strings.IndexByte(key, 0); i >= 0 {
+		return key[:i]
+	}
+	return key
 }
 
 func (o *Options) defaults() {
@@ -131,7 +154,11 @@ type call struct {
 // New builds a cache. It starts no goroutines.
 func New(opts Options) *Cache {
 	opts.defaults()
-	entries, err := lru.New[string, *entry](opts.Size)
+	var onEvict func(string, *entry)
+	if ob := opts.Observer; ob != nil {
+		onEvict = func(key string, _ *entry) { ob.Evicted(KeyName(key)) }
+	}
+	entries, err := lru.NewWithEvict[string, *entry](opts.Size, onEvict)
 	if err != nil {
 		panic(err) // only for a non-positive size, which defaults() rules out
 	}
@@ -160,7 +187,9 @@ func (c *Cache) Get(ctx context.Context, key string, fetch FetchFunc) (Token, er
 	now := c.opts.Now()
 	e.mu.Lock()
 	e.fetch = fetch
-	if e.validLocked(now) {
+	valid := e.validLocked(now)
+	c.looked(key, valid)
+	if valid {
 		tok := c.hitLocked(e, now)
 		e.mu.Unlock()
 		return tok, nil
@@ -194,15 +223,46 @@ func (c *Cache) Get(ctx context.Context, key string, fetch FetchFunc) (Token, er
 func (c *Cache) Peek(key string) (Token, bool) {
 	e, ok := c.entries.Get(key)
 	if !ok {
+		c.looked(key, false)
 		return Token{}, false
 	}
 	now := c.opts.Now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.validLocked(now) {
+	valid := e.validLocked(now)
+	c.looked(key, valid)
+	if !valid {
 		return Token{}, false
 	}
 	return c.hitLocked(e, now), true
+}
+
+func (c *Cache) looked(key string, hit bool) {
+	if c.opts.Observer != nil {
+		c.opts.Observer.Looked(KeyName(key), hit)
+	}
+}
+
+// Soonest reports, per key name, when the soonest of its valid tokens
+// expires (tokens without an expiry are left out).
+func (c *Cache) Soonest() map[string]time.Time {
+	now := c.opts.Now()
+	out := map[string]time.Time{}
+	for _, key := range c.entries.Keys() {
+		e, ok := c.entries.Peek(key)
+		if !ok {
+			continue
+		}
+		e.mu.Lock()
+		if e.validLocked(now) && !e.tok.Expiry.IsZero() {
+			name := KeyName(key)
+			if at, ok := out[name]; !ok || e.tok.Expiry.Before(at) {
+				out[name] = e.tok.Expiry
+			}
+		}
+		e.mu.Unlock()
+	}
+	return out
 }
 
 // hitLocked (e.mu held) is a use of e's valid token: it starts a refresh
@@ -282,8 +342,12 @@ func (c *Cache) startLocked(e *entry) {
 	go func() {
 		defer c.wg.Done()
 		ctx, cancel := context.WithTimeout(c.base, c.opts.FetchTimeout)
+		began := time.Now()
 		tok, err := fetch(ctx)
 		cancel()
+		if ob := c.opts.Observer; ob != nil {
+			ob.Fetched(KeyName(e.key), time.Since(began), err)
+		}
 		now := c.opts.Now()
 		e.mu.Lock()
 		if err == nil {

@@ -24,7 +24,9 @@ import (
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/proxy"
+	"github.com/authproxy/authproxy/tokencache"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -93,15 +95,31 @@ func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
 // load reads the config and builds the injectors, reporting every problem.
 // The injectors log to the config's log on stderr.
 func load(path string, stderr io.Writer) (*config.Config, map[string]injectors.Injector, error) {
+	cfg, injs, _, err := loadWith(path, stderr, false)
+	return cfg, injs, err
+}
+
+// loadWith is load; with metrics, and an admin listener configured, the
+// token cache reports to a new *metrics.Metrics, which it returns.
+func loadWith(path string, stderr io.Writer, withMetrics bool) (*config.Config, map[string]injectors.Injector, *metrics.Metrics, error) {
 	cfg, err := config.Load(path)
 	if cfg == nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	injs, ierr := injectors.BuildAll(cfg, injectors.Env{Log: newLogger(cfg.Log, stderr)})
+	env := injectors.Env{Log: newLogger(cfg.Log, stderr)}
+	var m *metrics.Metrics
+	if withMetrics && cfg.Admin != nil {
+		m = metrics.New(versionString())
+		opts := injectors.CacheOptions(cfg.TokenCache, nil)
+		opts.Observer = m
+		env.Cache = tokencache.New(opts)
+		m.WatchCache(env.Cache)
+	}
+	injs, ierr := injectors.BuildAll(cfg, env)
 	if err = errors.Join(err, ierr); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return cfg, injs, nil
+	return cfg, injs, m, nil
 }
 
 func printProblems(stderr io.Writer, path string, err error) {
@@ -157,7 +175,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if !ok {
 		return 2
 	}
-	cfg, injs, err := load(path, stderr)
+	cfg, injs, m, err := loadWith(path, stderr, true)
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1
@@ -169,7 +187,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	} else if created {
 		logger.Info("created a new interception CA (ca.generate); clients must trust it", "cert_file", cfg.CA.CertFile)
 	}
-	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger})
+	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger, Metrics: m})
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1

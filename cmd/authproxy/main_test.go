@@ -146,6 +146,7 @@ func TestRunServesIgnoresProxyEnvAndStopsOnSIGTERM(t *testing.T) {
 
 	cfg := filepath.Join(dir, "c.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+admin: {address: "127.0.0.1:0"}
 listeners:
   - {name: app, kind: sidecar, address: "127.0.0.1:0", upstream: "https://api.authproxy.test:%s"}
   - {name: fwd, kind: forward, address: "127.0.0.1:0"}
@@ -168,16 +169,20 @@ routes:
 	defer cmd.Process.Kill()
 	var logs syncBuffer
 	addrRE := regexp.MustCompile(`listener=app kind=sidecar address=(\S+)`)
+	adminRE := regexp.MustCompile(`listener=admin address=(\S+)`)
 	sc := bufio.NewScanner(stderr)
-	var appAddr string
+	var appAddr, adminAddr string
 	deadline := time.Now().Add(20 * time.Second)
-	for appAddr == "" && time.Now().Before(deadline) && sc.Scan() {
+	for (appAddr == "" || adminAddr == "") && time.Now().Before(deadline) && sc.Scan() {
 		logs.WriteString(sc.Text() + "\n")
 		if m := addrRE.FindStringSubmatch(sc.Text()); m != nil {
 			appAddr = m[1]
 		}
+		if m := adminRE.FindStringSubmatch(sc.Text()); m != nil {
+			adminAddr = m[1]
+		}
 	}
-	if appAddr == "" {
+	if appAddr == "" || adminAddr == "" {
 		t.Fatalf("the proxy did not report its sidecar address:\n%s", logs.String())
 	}
 	rest := make(chan struct{})
@@ -197,6 +202,17 @@ routes:
 	}
 	if _, err := os.Stat(filepath.Join(dir, "gen", "ca.key")); err != nil {
 		t.Errorf("ca.generate did not create the CA: %v", err)
+	}
+	// The admin listener: ready, and metrics that counted the request.
+	resp, err = (&http.Client{Transport: &http.Transport{Proxy: nil}}).Get("http://" + adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := `authproxy_requests_total{listener="app",protocol="http1",route="api",status_class="2xx"} 1`; !strings.Contains(string(body), want) ||
+		!strings.Contains(string(body), "authproxy_build_info{") {
+		t.Errorf("/metrics lacks %s or the build info:\n%.3000s", want, body)
 	}
 
 	// SIGHUP is ignored, with a log line, and the proxy goes on serving.

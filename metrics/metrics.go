@@ -1,0 +1,212 @@
+// Package metrics holds the proxy's Prometheus metrics (prefix authproxy_).
+// Labels are bounded: listener, route, injector and listener-kind names
+// from the configuration, protocols, status classes and outcome words;
+// never a token, scope, VIN, session, host or path. A nil *Metrics is
+// valid and records nothing.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/tokencache"
+)
+
+// Metrics is the proxy's registry and its instruments.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests         *prometheus.CounterVec
+	duration         *prometheus.HistogramVec
+	upstreamFailures *prometheus.CounterVec
+	injections       *prometheus.CounterVec
+	fetches          *prometheus.CounterVec
+	fetchDuration    *prometheus.HistogramVec
+	lookups          *prometheus.CounterVec
+	evictions        *prometheus.CounterVec
+	connections      *prometheus.GaugeVec
+	connects         *prometheus.CounterVec
+}
+
+// New builds the registry, with Go's and the process's collectors and
+// authproxy_build_info.
+func New(version string) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
+	f(collectors.NewGoCollector())
+	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "authproxy_build_info", Help: "The proxy's version and Go version (always 1)."}, []string{"version", "go_version"})
+	build.WithLabelValues(version, runtime.Version()).Set(1)
+	f(build)
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_requests_total",
+		Help: "Requests (HTTP/2 streams) answered, by listener, route (\"\" when none matched), protocol and status class (\"reset\" for a stream reset before an answer)."},
+		[]string{"listener", "route", "protocol", "status_class"})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "authproxy_request_duration_seconds",
+		Help: "Time from a request's head to the end of its answer, by listener and protocol.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)},
+		[]string{"listener", "protocol"})
+	m.upstreamFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_upstream_failures_total",
+		Help: "Requests the proxy answered itself because the upstream could not be reached or failed before answering, by listener and route."},
+		[]string{"listener", "route"})
+	m.injections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_injections_total",
+		Help: "Credentials added (ok) or not (rejected, unavailable, timeout, bad_request, precondition, error), by injector."},
+		[]string{"injector", "outcome"})
+	m.fetches = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_token_fetches_total",
+		Help: "Token, session and controller-token requests to issuers, by injector and outcome (ok, rejected, unavailable, timeout)."},
+		[]string{"injector", "outcome"})
+	m.fetchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "authproxy_token_fetch_duration_seconds",
+		Help: "Time an issuer took to answer, by injector.", Buckets: prometheus.ExponentialBuckets(0.005, 3, 8)}, []string{"injector"})
+	m.lookups = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_token_cache_lookups_total",
+		Help: "Token cache lookups, by injector and result (hit: a valid token was there; miss: it had to be fetched, or could not be)."},
+		[]string{"injector", "result"})
+	m.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_token_cache_evictions_total",
+		Help: "Tokens dropped from the bounded cache to make room, by injector."}, []string{"injector"})
+	m.connections = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "authproxy_connections_open",
+		Help: "Client connections open, by listener and protocol (http1, h2)."}, []string{"listener", "protocol"})
+	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_connect_total",
+		Help: "CONNECTs on forward listeners, by listener and decision (intercepted, tunnelled, refused)."}, []string{"listener", "decision"})
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.upstreamFailures, m.injections, m.fetches, m.fetchDuration,
+		m.lookups, m.evictions, m.connections, m.connects} {
+		f(c)
+	}
+	return m
+}
+
+// Handler serves the exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// WatchCache adds the cache's size and, per injector, the seconds until
+// its soonest token expires, read at each scrape.
+func (m *Metrics) WatchCache(c *tokencache.Cache) {
+	if m == nil || c == nil {
+		return
+	}
+	m.reg.MustRegister(cacheCollector{c})
+}
+
+type cacheCollector struct{ c *tokencache.Cache }
+
+var (
+	entriesDesc = prometheus.NewDesc("authproxy_token_cache_entries", "Keys in the token cache.", nil, nil)
+	expiryDesc  = prometheus.NewDesc("authproxy_token_expiry_seconds", "Seconds until the soonest valid token of an injector expires.", []string{"injector"}, nil)
+)
+
+func (cc cacheCollector) Describe(ch chan<- *prometheus.Desc) { ch <- entriesDesc; ch <- expiryDesc }
+
+func (cc cacheCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(entriesDesc, prometheus.GaugeValue, float64(cc.c.Len()))
+	now := time.Now()
+	for name, at := range cc.c.Soonest() {
+		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, at.Sub(now).Seconds(), name)
+	}
+}
+
+// Request records an answered request: status 0 is a stream reset before
+// any answer.
+func (m *Metrics) Request(listener, route, protocol string, status int, d time.Duration) {
+	if m == nil {
+		return
+	}
+	class := "reset"
+	if status > 0 {
+		class = strconv.Itoa(status/100) + "xx"
+	}
+	m.requests.WithLabelValues(listener, route, protocol, class).Inc()
+	m.duration.WithLabelValues(listener, protocol).Observe(d.Seconds())
+}
+
+// UpstreamFailure records a request the upstream failed.
+func (m *Metrics) UpstreamFailure(listener, route string) {
+	if m == nil {
+		return
+	}
+	m.upstreamFailures.WithLabelValues(listener, route).Inc()
+}
+
+// Injection records an injector's call: err nil is ok.
+func (m *Metrics) Injection(injector string, err error) {
+	if m == nil {
+		return
+	}
+	m.injections.WithLabelValues(injector, Outcome(err)).Inc()
+}
+
+// Outcome names an injector's or issuer's result.
+func Outcome(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, injectors.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, injectors.ErrCredentialRejected):
+		return "rejected"
+	case errors.Is(err, injectors.ErrCredentialUnavailable):
+		return "unavailable"
+	case errors.Is(err, injectors.ErrBadRequest):
+		return "bad_request"
+	case errors.Is(err, injectors.ErrFailedPrecondition):
+		return "precondition"
+	}
+	return "error"
+}
+
+// Looked implements tokencache.Observer.
+func (m *Metrics) Looked(name string, hit bool) {
+	if m == nil {
+		return
+	}
+	result := "miss"
+	if hit {
+		result = "hit"
+	}
+	m.lookups.WithLabelValues(name, result).Inc()
+}
+
+// Fetched implements tokencache.Observer.
+func (m *Metrics) Fetched(name string, d time.Duration, err error) {
+	if m == nil {
+		return
+	}
+	outcome := Outcome(err)
+	if outcome != "ok" && outcome != "rejected" && outcome != "timeout" {
+		outcome = "unavailable"
+	}
+	m.fetches.WithLabelValues(name, outcome).Inc()
+	m.fetchDuration.WithLabelValues(name).Observe(d.Seconds())
+}
+
+// Evicted implements tokencache.Observer.
+func (m *Metrics) Evicted(name string) {
+	if m == nil {
+		return
+	}
+	m.evictions.WithLabelValues(name).Inc()
+}
+
+// Conn records a client connection opening (+1) or closing (-1).
+func (m *Metrics) Conn(listener, protocol string, delta int) {
+	if m == nil {
+		return
+	}
+	m.connections.WithLabelValues(listener, protocol).Add(float64(delta))
+}
+
+// Connect records a forward listener's decision on a CONNECT.
+func (m *Metrics) Connect(listener, decision string) {
+	if m == nil {
+		return
+	}
+	m.connects.WithLabelValues(listener, decision).Inc()
+}
+
+var _ tokencache.Observer = (*Metrics)(nil)
