@@ -44,6 +44,13 @@ type File struct {
 type Log struct {
 	Level  string `yaml:"level"`  // debug, info (default), warn, error
 	Format string `yaml:"format"` // text (default) or json
+	// Access logs one line per request (at info): listener, route,
+	// injector, method, host, path and query keys, status, duration, bytes
+	// each way, upstream, protocol, and the reason of an answer the proxy
+	// gave itself; never a header or query value.
+	Access bool `yaml:"access"`
+	// AccessSample is the fraction of requests logged (default 1).
+	AccessSample float64 `yaml:"access_sample"`
 }
 
 // Admin is the operator's listener: liveness and readiness for probes,
@@ -284,6 +291,9 @@ func (c *Config) validate() []error {
 	case "", "text", "json":
 	default:
 		add("log.format", "unknown format %q (known: text, json)", c.Log.Format)
+	}
+	if s := c.Log.AccessSample; s < 0 || s > 1 {
+		add("log.access_sample", "must be a fraction from 0 (exclusive) to 1, not %v", s)
 	}
 
 	listeners := map[string]*Listener{}

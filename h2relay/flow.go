@@ -10,6 +10,9 @@ import (
 // credited as it leaves.
 func (c *conn) send(h *half, data []byte, end bool, fl *flusher) {
 	n := int64(len(data))
+	if h == h.s.client {
+		h.s.out.Add(n)
+	}
 	c.mu.Lock()
 	if c.closed || h.reset || h.sentEnd {
 		c.mu.Unlock()

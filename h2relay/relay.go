@@ -96,6 +96,13 @@ type Tap struct {
 // window, so a message being read never stalls the upstream.
 const MaxTapMessage = streamWindow / 2
 
+// StreamEnd is what OnStreamEnd learns of a stream.
+type StreamEnd struct {
+	Status  int       // the final status the client got; 0: reset before one
+	Began   time.Time // when its head arrived
+	In, Out int64     // DATA bytes from the client, and to it
+}
+
 // Reply is a response the relay writes itself.
 type Reply struct {
 	Status int
@@ -155,10 +162,9 @@ type Relay struct {
 	// UpstreamIdleTimeout closes an upstream connection without streams.
 	PrefaceTimeout, IdleTimeout, UpstreamIdleTimeout time.Duration
 	Log                                              *slog.Logger
-	// OnStreamEnd, when set, is called once a client's stream is over,
-	// with the status of the answer it got (0: reset before one) and when
-	// its head arrived; t is nil when no upstream was chosen.
-	OnStreamEnd func(req *Request, t *Target, status int, began time.Time)
+	// OnStreamEnd, when set, is called once a client's stream is over; t
+	// is nil when no upstream was chosen.
+	OnStreamEnd func(req *Request, t *Target, end StreamEnd)
 	// OnConn, when set, is told of client connections opening (+1) and
 	// closing (-1).
 	OnConn func(delta int)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -21,7 +22,9 @@ type stream struct {
 	cancel context.CancelFunc
 	client *half
 
-	began time.Time // when its head arrived
+	began time.Time    // when its head arrived
+	in    int64        // DATA bytes from the client, under mu
+	out   atomic.Int64 // DATA bytes to the client
 
 	mu          sync.Mutex
 	status      int   // the final status the client got (0: none yet)
@@ -371,6 +374,7 @@ func (c *conn) onData(f *http2.DataFrame, fl *flusher) error {
 // the leg opens.
 func (s *stream) requestData(data []byte, end bool, fl *flusher) {
 	s.mu.Lock()
+	s.in += int64(len(data))
 	if end {
 		s.reqEnded = true
 	}
@@ -788,12 +792,12 @@ func (s *stream) end() {
 	b := s.up
 	drop := s.dropHeldLocked()
 	s.pre, s.replay = nil, nil
-	status, t := s.status, s.target
+	status, t, in := s.status, s.target, s.in
 	s.mu.Unlock()
 	drop()
 	s.cancel()
 	if fn := s.r.OnStreamEnd; fn != nil {
-		fn(s.req, t, status, s.began)
+		fn(s.req, t, StreamEnd{Status: status, Began: s.began, In: in, Out: s.out.Load()})
 	}
 	if b != nil {
 		b.c.resetHalf(b, http2.ErrCodeCancel, nil)

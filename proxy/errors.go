@@ -141,6 +141,7 @@ func errorReply(r *http.Request, err error) (status int, header http.Header, bod
 
 // writeError answers a request that will not be forwarded.
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	noteFailure(r, err)
 	status, header, body := errorReply(r, err)
 	maps.Copy(w.Header(), header)
 	w.WriteHeader(status)

@@ -173,7 +173,7 @@ func (f *forward) handleConnect(host string, pctx *goproxy.ProxyCtx) (*goproxy.C
 			return goproxy.RejectConnect, host
 		}
 		f.metrics.Connect(f.name, "intercepted")
-		f.log.Debug("CONNECT intercepted", "target", target)
+		f.log.Info("CONNECT intercepted", "target", target)
 		it := &interception{target: target, hostname: hostname, port: port}
 		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
 			f.intercept(client, it)
@@ -188,7 +188,7 @@ func (f *forward) handleConnect(host string, pctx *goproxy.ProxyCtx) (*goproxy.C
 			return goproxy.RejectConnect, host
 		}
 		f.metrics.Connect(f.name, "tunnelled")
-		f.log.Debug("CONNECT tunnelled", "target", target, "address", addr)
+		f.log.Info("CONNECT tunnelled", "target", target, "address", addr)
 		return &goproxy.ConnectAction{Action: goproxy.ConnectAccept}, addr // the address checked is the one dialled
 	}
 	f.metrics.Connect(f.name, "refused")

@@ -24,11 +24,13 @@ type exchangeKey struct{}
 // core sends requests upstream: it strips the client's credentials, calls
 // the injector, and round-trips. It is shared by every listener.
 type core struct {
-	metrics   *metrics.Metrics // nil: none
-	up        *transport.Set
-	log       *slog.Logger
-	rp        *httputil.ReverseProxy
-	maxReplay int64 // retry.max_body_bytes
+	metrics      *metrics.Metrics // nil: none
+	access       bool             // log.access
+	accessSample float64          // log.access_sample
+	up           *transport.Set
+	log          *slog.Logger
+	rp           *httputil.ReverseProxy
+	maxReplay    int64 // retry.max_body_bytes
 }
 
 func newCore(up *transport.Set, logger *slog.Logger) *core {
@@ -46,7 +48,7 @@ func newCore(up *transport.Set, logger *slog.Logger) *core {
 
 // serve forwards r as described by x, through httputil.ReverseProxy.
 func (c *core) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
-	noteRoute(r, x)
+	noteExchange(r, x)
 	if r.Body != nil && r.Body != http.NoBody {
 		x.inBody = r.Body
 	}
@@ -179,7 +181,11 @@ func (c *core) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	c.logFailure(r, err)
 	if ri := infoOf(r); ri != nil {
-		c.upstreamFailed(ri.listener, ri.route, err)
+		route := ""
+		if ri.x != nil && ri.x.route != nil {
+			route = ri.x.route.name
+		}
+		c.upstreamFailed(ri.listener, route, err)
 	}
 	writeError(w, r, err)
 }

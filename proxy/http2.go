@@ -64,9 +64,10 @@ func (c *core) dialH2(ctx context.Context, scheme, addr string) (net.Conn, error
 // Request.Data when Open returns ErrWouldBlock, so that its second call
 // neither matches nor strips again.
 type matched struct {
-	r    *http.Request
-	x    *exchange
-	ireq *injectors.Request // nil for a request no route matched
+	r      *http.Request
+	x      *exchange
+	ireq   *injectors.Request // nil for a request no route matched
+	reason string             // why the proxy answered itself, for the access log
 }
 
 func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
@@ -97,7 +98,8 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 		if err != nil {
 			return nil, err
 		}
-		m = &matched{r, x, ireq}
+		m = &matched{r: r, x: x, ireq: ireq}
+		req.Data = m
 	}
 	r, x, ireq := m.r, m.x, m.ireq
 	if rt := x.route; rt != nil {
@@ -218,6 +220,11 @@ func (h relayHandler) Reply(req *h2relay.Request, t *h2relay.Target, err error) 
 		r.URL = u
 	}
 	h.core.logFailure(r, err)
+	if m, ok := req.Data.(*matched); ok {
+		m.reason = reasonOf(err)
+	} else {
+		req.Data = &matched{reason: reasonOf(err)}
+	}
 	status, header, body := errorReply(r, err)
 	return h2relay.Reply{Status: status, Header: header, Body: body}
 }

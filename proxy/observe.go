@@ -3,24 +3,92 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/authproxy/authproxy/h2relay"
+	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/metrics"
 )
 
-// What the engines report to the metrics (package metrics; a nil
-// *metrics.Metrics records nothing): each request with its listener,
-// route, protocol and status, each injection, each upstream failure, and
-// client connections.
+// What the engines report once a request is over — to the metrics
+// (package metrics; a nil *metrics.Metrics records nothing) and to the
+// access log (log.access) — and as it goes: injections, upstream
+// failures, client connections.
 
-// reqInfo travels in an HTTP/1.1 request's context: the engine notes the
-// route it matched and whether the upstream failed.
+// done is one finished request, as both engines describe it.
+type done struct {
+	listener, protocol string
+	route              *routeRT // nil when none matched
+	method, host       string
+	url                *url.URL // path and query keys are logged, never query values
+	status             int      // 0: an HTTP/2 stream reset before any answer
+	took               time.Duration
+	in, out            int64  // body bytes from the client, and to it
+	upstream           string // host:port the request went to ("" if none)
+	reason             string // why the proxy answered itself ("" if it did not)
+}
+
+// finished records a request that is over.
+func (c *core) finished(d done) {
+	route, injector := "", ""
+	if d.route != nil {
+		route, injector = d.route.name, d.route.injectorName
+	}
+	c.metrics.Request(d.listener, route, d.protocol, d.status, d.took)
+	if !c.access || (c.accessSample < 1 && rand.Float64() >= c.accessSample) {
+		return
+	}
+	path, keys := "", ""
+	if d.url != nil {
+		path = d.url.EscapedPath()
+		if q, err := url.ParseQuery(d.url.RawQuery); err == nil && len(q) > 0 {
+			ks := make([]string, 0, len(q))
+			for k := range q {
+				ks = append(ks, k)
+			}
+			slices.Sort(ks)
+			keys = strings.Join(ks, ",")
+		}
+	}
+	c.log.Info("request", "listener", d.listener, "route", route, "injector", injector,
+		"method", d.method, "host", d.host, "path", path, "query_keys", keys,
+		"status", d.status, "duration", d.took.Round(time.Microsecond).String(),
+		"bytes_in", d.in, "bytes_out", d.out, "upstream", d.upstream, "protocol", d.protocol, "reason", d.reason)
+}
+
+// reasonOf names why the proxy answered a request itself.
+func reasonOf(err error) string {
+	for _, r := range []struct {
+		err  error
+		word string
+	}{
+		{ErrNoRoute, "no_route"}, {ErrMisdirected, "misdirected"}, {ErrDestinationRefused, "destination_refused"},
+		{ErrUnsafePath, "unsafe_path"}, {ErrPlaintext, "plaintext"}, {ErrUpstream, "upstream"}, {h2relay.ErrUpstream, "upstream"},
+		{h2relay.ErrHeaderTooLarge, "header_too_large"},
+		{injectors.ErrBadRequest, "bad_request"}, {injectors.ErrFailedPrecondition, "precondition"},
+		{injectors.ErrTimeout, "credential_timeout"}, {injectors.ErrCredentialRejected, "credential_rejected"},
+		{injectors.ErrCredentialUnavailable, "credential_unavailable"},
+	} {
+		if errors.Is(err, r.err) {
+			return r.word
+		}
+	}
+	return "error"
+}
+
+// reqInfo travels in an HTTP/1.1 request's context: what the engine
+// learns of it on the way.
 type reqInfo struct {
 	listener string
-	route    string
+	x        *exchange
+	reason   string
 }
 
 type reqInfoKey struct{}
@@ -30,17 +98,25 @@ func infoOf(r *http.Request) *reqInfo {
 	return ri
 }
 
-// noteRoute records the route a request of the HTTP/1.1 engine matched.
-func noteRoute(r *http.Request, x *exchange) {
-	if ri := infoOf(r); ri != nil && x.route != nil {
-		ri.route = x.route.name
+// noteExchange records where a request of the HTTP/1.1 engine goes.
+func noteExchange(r *http.Request, x *exchange) {
+	if ri := infoOf(r); ri != nil {
+		ri.x = x
+	}
+}
+
+// noteFailure records why the proxy answered a request itself.
+func noteFailure(r *http.Request, err error) {
+	if ri := infoOf(r); ri != nil {
+		ri.reason = reasonOf(err)
 	}
 }
 
 // instrument wraps a listener's HTTP/1.1 handler: each request (not a
-// CONNECT, counted as a decision) is recorded with its status and time.
-func instrument(m *metrics.Metrics, listener string, h http.Handler) http.Handler {
-	if m == nil {
+// CONNECT, which is a decision, logged and counted as one) is recorded
+// when it is over.
+func (c *core) instrument(listener string, h http.Handler) http.Handler {
+	if c.metrics == nil && !c.access {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -51,15 +127,32 @@ func instrument(m *metrics.Metrics, listener string, h http.Handler) http.Handle
 		began := time.Now()
 		ri := &reqInfo{listener: listener}
 		sw := &statusWriter{ResponseWriter: w}
+		var body *countingBody
+		if r.Body != nil && r.Body != http.NoBody {
+			body = &countingBody{ReadCloser: r.Body}
+			r.Body = body
+		}
 		h.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, ri)))
-		m.Request(listener, ri.route, "http1", sw.status, time.Since(began))
+		d := done{listener: listener, protocol: "http1", method: r.Method, host: r.Host, url: r.URL,
+			status: sw.status, took: time.Since(began), out: sw.n, reason: ri.reason}
+		if body != nil {
+			d.in = body.n
+		}
+		if x := ri.x; x != nil {
+			d.route = x.route
+			if x.target != nil {
+				d.upstream = x.target.Host
+			}
+		}
+		c.finished(d)
 	})
 }
 
-// statusWriter notes the final status a handler sent.
+// statusWriter notes the final status a handler sent, and the body bytes.
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	n      int64
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -73,10 +166,24 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
-	return w.ResponseWriter.Write(p)
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// countingBody counts a request body's bytes as they are read.
+type countingBody struct {
+	io.ReadCloser
+	n int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n += int64(n)
+	return n, err
+}
 
 // connStates counts a net/http server's client connections.
 func connStates(m *metrics.Metrics, listener string, next func(net.Conn, http.ConnState)) func(net.Conn, http.ConnState) {
@@ -94,21 +201,32 @@ func connStates(m *metrics.Metrics, listener string, next func(net.Conn, http.Co
 }
 
 // observeRelay has a listener's relay report its streams and connections.
-func observeRelay(m *metrics.Metrics, listener string, r *h2relay.Relay) {
-	if m == nil {
+func (c *core) observeRelay(listener string, r *h2relay.Relay) {
+	if c.metrics != nil {
+		r.OnConn = func(delta int) { c.metrics.Conn(listener, "h2", delta) }
+	}
+	if c.metrics == nil && !c.access {
 		return
 	}
-	r.OnConn = func(delta int) { m.Conn(listener, "h2", delta) }
-	r.OnStreamEnd = func(req *h2relay.Request, t *h2relay.Target, status int, began time.Time) {
-		route := ""
-		if t != nil {
-			if x, ok := t.Data.(*exchange); ok && x.route != nil {
-				route = x.route.name
-			}
-		} else if mt, ok := req.Data.(*matched); ok && mt.x.route != nil {
-			route = mt.x.route.name
+	r.OnStreamEnd = func(req *h2relay.Request, t *h2relay.Target, end h2relay.StreamEnd) {
+		d := done{listener: listener, protocol: "h2", method: req.Method, host: req.Authority,
+			status: end.Status, took: time.Since(end.Began), in: end.In, out: end.Out}
+		if u, err := url.ParseRequestURI(req.Path); err == nil {
+			d.url = u
 		}
-		m.Request(listener, route, "h2", status, time.Since(began))
+		if mt, ok := req.Data.(*matched); ok {
+			d.reason = mt.reason
+			if mt.x != nil {
+				d.route = mt.x.route
+			}
+		}
+		if t != nil {
+			d.upstream = t.Addr
+			if x, ok := t.Data.(*exchange); ok {
+				d.route = x.route
+			}
+		}
+		c.finished(d)
 	}
 }
 

@@ -112,6 +112,10 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	}
 	c := newCore(up, logger)
 	c.metrics = opts.Metrics
+	c.access, c.accessSample = cfg.Log.Access, cfg.Log.AccessSample
+	if c.accessSample == 0 {
+		c.accessSample = 1
+	}
 	c.maxReplay = cfg.Retry.MaxBodyBytes
 	if c.maxReplay == 0 {
 		c.maxReplay = defaultMaxReplayBody
@@ -155,7 +159,7 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 			ln.relay = newRelay(c, relayHandler{core: c, listener: l.Name, exchangeFor: func(r *http.Request, _ any) (*exchange, error) {
 				return sc.exchangeFor(r)
 			}}, cfg, l.Name)
-			observeRelay(opts.Metrics, l.Name, ln.relay)
+			c.observeRelay(l.Name, ln.relay)
 		case config.KindForward:
 			if authority == nil {
 				return nil, config.Errorf("ca", "a forward listener needs a CA")
@@ -165,16 +169,16 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 				timeout: cfg.Upstream.DialTimeout.D(10 * time.Second), own: s.own}
 			ln.fwd = newForward(c, table, l.Unmatched == config.UnmatchedTunnel, dest, authority, t, logger.With("listener", l.Name))
 			ln.fwd.relay = newRelay(c, relayHandler{core: c, listener: l.Name, exchangeFor: ln.fwd.interceptedExchange}, cfg, l.Name)
-			observeRelay(opts.Metrics, l.Name, ln.fwd.relay)
+			c.observeRelay(l.Name, ln.fwd.relay)
 			ln.fwd.metrics, ln.fwd.name = opts.Metrics, l.Name
-			ln.fwd.mitm.Handler = instrument(opts.Metrics, l.Name, ln.fwd.mitm.Handler)
+			ln.fwd.mitm.Handler = c.instrument(l.Name, ln.fwd.mitm.Handler)
 			if opts.Metrics != nil {
 				ln.fwd.mitm.ConnState = connStates(opts.Metrics, l.Name, ln.fwd.mitm.ConnState)
 			}
 			handler = ln.fwd
 		}
 		ln.srv = &http.Server{
-			Handler:           instrument(opts.Metrics, l.Name, handler),
+			Handler:           c.instrument(l.Name, handler),
 			Protocols:         protocols,
 			MaxHeaderBytes:    maxHeaderBytes,
 			ReadHeaderTimeout: t.ReadHeader.D(10 * time.Second),
