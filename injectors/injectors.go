@@ -236,7 +236,9 @@ func CacheOptions(tc config.TokenCache, now func() time.Time) tokencache.Options
 // YAML path (injectors.<name>.…) and are all reported together.
 func BuildAll(cfg *config.Config, env Env) (map[string]Injector, error) {
 	if env.Cache == nil {
-		env.Cache = tokencache.New(CacheOptions(cfg.TokenCache, env.Now))
+		opts := CacheOptions(cfg.TokenCache, env.Now)
+		opts.Log = env.Log
+		env.Cache = tokencache.New(opts)
 	}
 	var errs []error
 	if env.Transport == nil {

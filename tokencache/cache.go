@@ -7,8 +7,11 @@ package tokencache
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -57,6 +60,11 @@ type Options struct {
 	// Observer, when set, is told of lookups, fetches and evictions (for
 	// metrics); its calls must not block.
 	Observer Observer
+	// Log, when set, gets a line for each token fetched (its key's name,
+	// a fingerprint of the key, the token's lifetime) at info, and one for
+	// each change between fetching and failing: the first failure at warn,
+	// the recovery at info; repeated failures only at debug.
+	Log *slog.Logger
 }
 
 // Observer sees what the cache does, by the name that begins each key (the
@@ -350,6 +358,7 @@ func (c *Cache) startLocked(e *entry) {
 		}
 		now := c.opts.Now()
 		e.mu.Lock()
+		c.logFetch(e, tok, err, now)
 		if err == nil {
 			e.tok, e.has = tok, true
 			e.fetchedAt, e.usedAt = now, now
@@ -365,6 +374,33 @@ func (c *Cache) startLocked(e *entry) {
 		e.mu.Unlock()
 		close(cl.done)
 	}()
+}
+
+// logFetch logs a fetch's end (e.mu held, before e records it).
+func (c *Cache) logFetch(e *entry, tok Token, err error, now time.Time) {
+	l := c.opts.Log
+	if l == nil {
+		return
+	}
+	sum := sha256.Sum256([]byte(e.key))
+	args := []any{"injector", KeyName(e.key), "key", hex.EncodeToString(sum[:4])}
+	switch {
+	case err == nil:
+		life := "none"
+		if !tok.Expiry.IsZero() {
+			life = tok.Expiry.Sub(now).Round(time.Second).String()
+		}
+		args = append(args, "lifetime", life)
+		if e.failures > 0 {
+			l.Info("token fetched: the issuer answers again", append(args, "after_failures", e.failures)...)
+			return
+		}
+		l.Info("token fetched", args...)
+	case e.failures == 0:
+		l.Warn("token fetch failing", append(args, "err", err)...)
+	default:
+		l.Debug("token fetch failed again", append(args, "failures", e.failures+1, "err", err)...)
+	}
 }
 
 // refreshTime is when a token fetched at now is refreshed: after

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -459,4 +461,64 @@ func TestPeekNeverFetches(t *testing.T) {
 	if n := iss.calls.Load(); n != 2 {
 		t.Errorf("Peek of an expired token fetched (%d fetches)", n)
 	}
+}
+
+// The log says each fetch, with a fingerprint of its key and the token's
+// lifetime; a failure once when the fetches start failing (at warn), not
+// for each retry, and once when they recover. No token value appears.
+func TestFetchesAreLoggedOncePerStateChange(t *testing.T) {
+	clk := newClock()
+	iss := &issuer{clock: clk, life: 100 * time.Second}
+	var buf syncLog
+	c := newCache(clk, Options{MinBackoff: time.Second, MaxBackoff: time.Second, Log: slog.New(slog.NewTextHandler(&buf, nil))})
+	key := "fleet\x00scope-a"
+	if _, err := c.Get(context.Background(), key, iss.fetch); err != nil {
+		t.Fatal(err)
+	}
+	c.wg.Wait()
+	iss.fail.Store(true)
+	for i := 0; i < 3; i++ {
+		clk.Advance(200 * time.Second) // expired, and past the backoff
+		if _, err := c.Get(context.Background(), key, iss.fetch); err == nil {
+			t.Fatal("a failing issuer gave a token")
+		}
+	}
+	iss.fail.Store(false)
+	clk.Advance(2 * time.Second)
+	if _, err := c.Get(context.Background(), key, iss.fetch); err != nil {
+		t.Fatal(err)
+	}
+	c.wg.Wait()
+	logs := buf.String()
+	for want, n := range map[string]int{
+		`level=INFO msg="token fetched" injector=fleet key=`: 1,
+		`lifetime=1m40s`: 2,
+		`level=WARN msg="token fetch failing" injector=fleet`:          1,
+		`msg="token fetched: the issuer answers again" injector=fleet`: 1,
+		`after_failures=3`: 1,
+	} {
+		if got := strings.Count(logs, want); got != n {
+			t.Errorf("%q appears %d times, want %d:\n%s", want, got, n, logs)
+		}
+	}
+	if strings.Contains(logs, "tok-") || strings.Contains(logs, "scope-a") {
+		t.Errorf("the log shows a token or the key:\n%s", logs)
+	}
+}
+
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncLog) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncLog) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

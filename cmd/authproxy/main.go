@@ -111,7 +111,7 @@ func loadWith(path string, stderr io.Writer, withMetrics bool) (*config.Config, 
 	if withMetrics && cfg.Admin != nil {
 		m = metrics.New(versionString())
 		opts := injectors.CacheOptions(cfg.TokenCache, nil)
-		opts.Observer = m
+		opts.Observer, opts.Log = m, env.Log
 		env.Cache = tokencache.New(opts)
 		m.WatchCache(env.Cache)
 	}
