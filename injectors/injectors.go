@@ -126,6 +126,54 @@ type Prompt interface {
 	TryInject(req *Request) (bool, error)
 }
 
+// Warmer is implemented by injectors that hold credentials known at start
+// (a fixed scope set, an ODIL session, the openOBD controller token). With
+// warm: true on its block, the proxy calls Warm as it starts, and is not
+// ready until Warmed reports them held and valid.
+type Warmer interface {
+	// CanWarm says why not when the credentials depend on the request
+	// ("" when they do not); BuildAll refuses warm: true then.
+	CanWarm() string
+	// Warm fetches them, trying again after failures, until they are held
+	// or ctx ends.
+	Warm(ctx context.Context) error
+	// Warmed reports whether they are held and valid now (not a use).
+	Warmed() bool
+}
+
+// takeWarm reads and removes an injector block's warm key (common to
+// every kind, so the kinds' strict decoders do not see it).
+func takeWarm(n *yaml.Node) (bool, error) {
+	var rest []*yaml.Node
+	warm := false
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value != "warm" {
+			rest = append(rest, n.Content[i], n.Content[i+1])
+			continue
+		}
+		if err := n.Content[i+1].Decode(&warm); err != nil {
+			return false, config.Errorf("warm", "expected true or false")
+		}
+	}
+	n.Content = rest
+	return warm, nil
+}
+
+// WarmNames lists the injectors whose blocks say warm: true, sorted.
+func WarmNames(cfg *config.Config) []string {
+	var out []string
+	for name, n := range cfg.Injectors {
+		if n.Kind != yaml.MappingNode {
+			continue
+		}
+		if warm, err := takeWarm(&n); err == nil && warm {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // PathParamUser is implemented by injectors whose templates read path
 // values; the proxy checks that every route using the injector captures
 // them.
@@ -285,12 +333,17 @@ func build(n *yaml.Node, bld builder) (Injector, error) {
 	if n.Kind != yaml.MappingNode {
 		return nil, config.Errorf("", "expected a mapping with a kind (one of %s)", strings.Join(Kinds(), ", "))
 	}
+	warm, err := takeWarm(n)
+	if err != nil {
+		return nil, err
+	}
 	var kind string
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		if n.Content[i].Value == "kind" {
 			kind = n.Content[i+1].Value
 		}
 	}
+
 	b, ok := kinds[kind]
 	switch {
 	case kind == "":
@@ -298,7 +351,18 @@ func build(n *yaml.Node, bld builder) (Injector, error) {
 	case !ok:
 		return nil, config.Errorf("kind", "unknown injector kind %q (known: %s)", kind, strings.Join(Kinds(), ", "))
 	}
-	return b(n, bld)
+	inj, err := b(n, bld)
+	if err != nil || !warm {
+		return inj, err
+	}
+	w, ok := inj.(Warmer)
+	if !ok {
+		return nil, config.Errorf("warm", "a %s injector cannot be warmed", kind)
+	}
+	if why := w.CanWarm(); why != "" {
+		return nil, config.Errorf("warm", "no credential is known before a request arrives: %s", why)
+	}
+	return inj, nil
 }
 
 // tokenErr is what a token-based injector returns when it has no token:

@@ -419,6 +419,20 @@ func (o *OAuth2) Inject(req *Request) error {
 	return nil
 }
 
+// CanWarm implements Warmer: only a fixed scope set is known at start.
+func (o *OAuth2) CanWarm() string {
+	if !o.static {
+		return "its scopes or audience read the request"
+	}
+	return ""
+}
+
+// Warm implements Warmer.
+func (o *OAuth2) Warm(ctx context.Context) error { return o.cache.Warm(ctx, o.staticKey, o.staticFetch) }
+
+// Warmed implements Warmer.
+func (o *OAuth2) Warmed() bool { return o.cache.Has(o.staticKey) }
+
 // TryInject implements Prompt: the cached token, if it is valid.
 func (o *OAuth2) TryInject(req *Request) (bool, error) {
 	key, _, err := o.lookup(req)

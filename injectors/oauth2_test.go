@@ -471,3 +471,40 @@ func TestOAuth2TryInjectNeverWaits(t *testing.T) {
 		t.Errorf("with a token cached: done=%v err=%v header %q (want %q), %d token requests", done, err, again.Header.Get("Authorization"), want, ts.Calls())
 	}
 }
+
+// warm: true is taken by every kind whose credentials are known at start,
+// and refused, naming the block's warm key, where they depend on the
+// request.
+func TestWarmIsRefusedWhereCredentialsDependOnTheRequest(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: https://api.example.com}
+injectors:
+  fixed: {kind: oauth2, warm: true, token_url: "https://auth.example/token", client_id: {value: c}, client_secret: {value: s}}
+  mounts: {kind: oauth2, warm: true, token_url: "https://auth.example/token", client_id: {value: c}, client_secret: {value: s}, scopes: ["mount:{mount}"]}
+  plain: {kind: static, warm: true, headers: {X-Key: {value: k}}}
+  car: {kind: viss, warm: true, agts_url: "https://v.example/agts", ats_url: "https://v.example/ats", vin: "{header:X-Vin}", context: Independent+OEM+Cloud, proof: {value: p}, purpose: x}
+  bad: {kind: static, warm: maybe, headers: {X-Key: {value: k}}}
+routes:
+  - {name: a, match: {path: "/mounts/{mount}/*"}, injector: mounts}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	injs, err := BuildAll(cfg, Env{})
+	for _, want := range []string{
+		`injectors.mounts.warm: no credential is known before a request arrives: its scopes or audience read the request`,
+		`injectors.car.warm: no credential is known before a request arrives: its tokens are per vehicle`,
+		`injectors.bad.warm: expected true or false`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v\nwant %s", err, want)
+		}
+	}
+	if injs["fixed"] == nil || injs["plain"] == nil {
+		t.Errorf("warm blocks that can warm were not built: %v", injs)
+	}
+	if got := WarmNames(cfg); strings.Join(got, ",") != "car,fixed,mounts,plain" {
+		t.Errorf("WarmNames: %v", got)
+	}
+}

@@ -190,6 +190,15 @@ func (o *ODIL) Inject(req *Request) error {
 	return nil
 }
 
+// CanWarm implements Warmer: the session is known at start.
+func (o *ODIL) CanWarm() string { return "" }
+
+// Warm implements Warmer: it creates the session.
+func (o *ODIL) Warm(ctx context.Context) error { return o.cache.Warm(ctx, o.key, o.fetchFn) }
+
+// Warmed implements Warmer.
+func (o *ODIL) Warmed() bool { return o.cache.Has(o.key) }
+
 // TryInject implements Prompt: the current session, if there is one.
 func (o *ODIL) TryInject(req *Request) (bool, error) {
 	tok, ok := o.cache.Peek(o.key)

@@ -180,6 +180,18 @@ func (o *OpenOBD) Inject(req *Request) error {
 	return err
 }
 
+// CanWarm implements Warmer: the controller token is known at start
+// (sessions come from the application's calls).
+func (o *OpenOBD) CanWarm() string { return "" }
+
+// Warm implements Warmer: it fetches the controller token.
+func (o *OpenOBD) Warm(ctx context.Context) error {
+	return o.cache.Warm(ctx, o.ctlKey, o.fetchController)
+}
+
+// Warmed implements Warmer.
+func (o *OpenOBD) Warmed() bool { return o.cache.Has(o.ctlKey) }
+
 // TryInject implements Prompt: the controller token if the cache holds a
 // valid one, a session's token if the proxy has it.
 func (o *OpenOBD) TryInject(req *Request) (bool, error) { return o.inject(req, false) }

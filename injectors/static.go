@@ -1,6 +1,7 @@
 package injectors
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"sort"
@@ -95,6 +96,16 @@ func NewStatic(cfg StaticConfig, lookupEnv func(string) (string, bool)) (*Static
 
 // Headers implements Injector.
 func (s *Static) Headers() []string { return s.names }
+
+// CanWarm implements Warmer: the values are read at start, so a static
+// injector is always warm.
+func (s *Static) CanWarm() string { return "" }
+
+// Warm implements Warmer: there is nothing to fetch.
+func (s *Static) Warm(context.Context) error { return nil }
+
+// Warmed implements Warmer.
+func (s *Static) Warmed() bool { return true }
 
 // InjectsWithoutWaiting implements Immediate.
 func (s *Static) InjectsWithoutWaiting() {}

@@ -212,6 +212,16 @@ func NewVISS(name string, cfg VISSConfig, env Env) (*VISS, error) {
 // Headers implements Injector.
 func (v *VISS) Headers() []string { return []string{v.header} }
 
+// CanWarm implements Warmer: VISS tokens are per vehicle, known only from
+// a request.
+func (v *VISS) CanWarm() string { return "its tokens are per vehicle (VIN), named by each request" }
+
+// Warm implements Warmer (never called: CanWarm refuses).
+func (v *VISS) Warm(context.Context) error { return nil }
+
+// Warmed implements Warmer.
+func (v *VISS) Warmed() bool { return false }
+
 // PathParams implements PathParamUser.
 func (v *VISS) PathParams() []string { return v.vin.pathParams() }
 

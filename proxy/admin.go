@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"time"
 )
 
@@ -24,6 +25,8 @@ func (s *Server) adminHandler(withPProf bool) http.Handler {
 			plain(w, http.StatusServiceUnavailable, "not ready: shutting down\n")
 		case !s.serving.Load():
 			plain(w, http.StatusServiceUnavailable, "not ready: starting\n")
+		case s.notWarm() != "":
+			plain(w, http.StatusServiceUnavailable, "not ready: injector "+strconv.Quote(s.notWarm())+" does not hold its credentials yet\n")
 		default:
 			plain(w, http.StatusOK, "ready\n")
 		}

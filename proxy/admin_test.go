@@ -1,9 +1,11 @@
 package proxy_test
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -81,5 +83,72 @@ func TestAdminProfilerIsOptIn(t *testing.T) {
 	}
 	if st, body := adminGet(t, p, "/debug/pprof/heap?debug=1"); st != 200 || strings.Contains(body, secretToken) {
 		t.Errorf("heap profile: %d (or it shows the secret)", st)
+	}
+}
+
+// An injector with warm: true fetches its token as the proxy starts, with
+// no request, and readiness waits for it: while the issuer fails, /readyz
+// names the injector; once it answers, the proxy is ready and the first
+// request costs no fetch.
+func TestWarmInjectorsGateReadiness(t *testing.T) {
+	e := newEnv(t)
+	ts := &sim.TokenServer{ClientID: "fleet-app", ClientSecret: secretToken}
+	var down atomic.Bool
+	down.Store(true)
+	auth := e.httpsUpstream(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "maintenance", http.StatusServiceUnavailable)
+			return
+		}
+		ts.ServeHTTP(w, r)
+	}))
+	up := e.httpsUpstream(ts.RequireToken(&sim.Echo{}))
+	p := e.start(fmt.Sprintf(`
+admin: {address: 127.0.0.1:0}
+token_cache: {min_backoff: 20ms, max_backoff: 50ms}
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://api.authproxy.test:%s"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, auth.authproxy.test: 127.0.0.1}}
+injectors:
+  fleet:
+    kind: oauth2
+    warm: true
+    token_url: "https://auth.authproxy.test:%s/token"
+    client_id: {value: fleet-app}
+    client_secret: {value: %q}
+  plain: {kind: static, warm: true, headers: {X-Key: {value: k}}}
+routes:
+  - {name: api, match: {path: /v1/*}, injector: fleet}
+  - {name: other, match: {path: /v2/*}, injector: plain}
+`, port(t, up.URL), port(t, auth.URL), secretToken), nil, nil)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st, body := adminGet(t, p, "/readyz")
+		if st != http.StatusServiceUnavailable || body != "not ready: injector \"fleet\" does not hold its credentials yet\n" {
+			t.Fatalf("while the issuer fails: %d %q", st, body)
+		}
+		if strings.Contains(p.logs.String(), "token fetch failing") || time.Now().After(deadline) {
+			break
+		}
+	}
+	down.Store(false)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if st, _ := adminGet(t, p, "/readyz"); st == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not ready 5 s after the issuer recovered")
+		}
+	}
+	if n := ts.Calls(); n != 1 {
+		t.Errorf("%d token requests before any request, want 1", n)
+	}
+	if err := getOK(h1Client(), "http://"+p.addr("app")+"/v1/x"); err != nil {
+		t.Fatal(err)
+	}
+	if n := ts.Calls(); n != 1 {
+		t.Errorf("%d token requests after the first request, want still 1", n)
+	}
+	if !strings.Contains(p.logs.String(), `injector warm: its credentials are held" injector=fleet`) {
+		t.Errorf("warming is not logged:\n%s", p.logs.String())
 	}
 }

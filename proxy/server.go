@@ -58,6 +58,7 @@ type Server struct {
 	admin     *http.Server // nil without an admin listener
 	adminAddr string
 	adminLn   net.Listener
+	warm      []warmer    // injectors with warm: true
 	serving   atomic.Bool // every listener is bound and served (readiness)
 	stopping  atomic.Bool // shutdown has started (readiness false)
 
@@ -194,6 +195,11 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		s.listeners = append(s.listeners, ln)
 	}
 
+	for _, name := range injectors.WarmNames(cfg) {
+		if w, ok := injs[name].(injectors.Warmer); ok {
+			s.warm = append(s.warm, warmer{name: name, w: w})
+		}
+	}
 	seen := map[injectors.Runner]bool{}
 	for _, name := range slices.Sorted(maps.Keys(injs)) {
 		if w, ok := injs[name].(injectors.StartWarner); ok {
@@ -311,6 +317,13 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		})
 	}
+	for _, w := range s.warm {
+		wg.Go(func() {
+			if w.w.Warm(runCtx) == nil {
+				s.log.Info("injector warm: its credentials are held", "injector", w.name)
+			}
+		})
+	}
 	var serving sync.WaitGroup
 	for _, l := range s.listeners {
 		s.log.Info("listening", "listener", l.name, "kind", l.kind, "address", l.ln.Addr().String())
@@ -410,6 +423,23 @@ func (s *Server) Run(ctx context.Context) error {
 	s.up.Close()
 	s.log.Info("stopped")
 	return runErr
+}
+
+// warmer is an injector that readiness waits for.
+type warmer struct {
+	name string
+	w    injectors.Warmer
+}
+
+// notWarm names the first warm injector that does not hold its
+// credentials ("" when all do).
+func (s *Server) notWarm() string {
+	for _, w := range s.warm {
+		if !w.w.Warmed() {
+			return w.name
+		}
+	}
+	return ""
 }
 
 func (s *Server) closeListeners() {

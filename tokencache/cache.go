@@ -225,6 +225,36 @@ func (c *Cache) Get(ctx context.Context, key string, fetch FetchFunc) (Token, er
 	}
 }
 
+// Has reports whether the cache holds a valid token for key, and is not a
+// use of it: nothing is counted, refreshed or kept from idling out (for
+// readiness probes).
+func (c *Cache) Has(key string) bool {
+	e, ok := c.entries.Peek(key)
+	if !ok {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.validLocked(c.opts.Now())
+}
+
+// Warm fetches key's token unless the cache holds a valid one, and tries
+// again after each failure (waiting at least MinBackoff, as the cache
+// would) until it has one or ctx ends.
+func (c *Cache) Warm(ctx context.Context, key string, fetch FetchFunc) error {
+	for {
+		_, err := c.Get(ctx, key, fetch)
+		if err == nil || ctx.Err() != nil {
+			return ctx.Err()
+		}
+		select {
+		case <-time.After(c.opts.MinBackoff):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // Peek returns key's token when the cache holds a valid one, as Get would
 // at once (starting a due refresh in the background), and false when Get
 // would have to fetch or fail: it never fetches and never waits.
