@@ -428,7 +428,9 @@ func (o *OAuth2) CanWarm() string {
 }
 
 // Warm implements Warmer.
-func (o *OAuth2) Warm(ctx context.Context) error { return o.cache.Warm(ctx, o.staticKey, o.staticFetch) }
+func (o *OAuth2) Warm(ctx context.Context) error {
+	return o.cache.Warm(ctx, o.staticKey, o.staticFetch)
+}
 
 // Warmed implements Warmer.
 func (o *OAuth2) Warmed() bool { return o.cache.Has(o.staticKey) }
