@@ -174,6 +174,23 @@ func WarmNames(cfg *config.Config) []string {
 	return out
 }
 
+// Reporter is implemented by injectors that hold sessions of their own
+// (openOBD), for the status page.
+type Reporter interface {
+	Sessions() []SessionReport
+}
+
+// SessionReport describes a session an injector holds: never a token.
+type SessionReport struct {
+	ID, State, Endpoint string
+	Since               time.Time // when the proxy learned of it
+	Ended               string    // why it ended ("" while live)
+	Stream              string    // its token stream: open, connecting, closed…
+	Rotations           int       // tokens received over the stream
+	LastRotation        time.Time
+	Reconnects          int
+}
+
 // PathParamUser is implemented by injectors whose templates read path
 // values; the proxy checks that every route using the injector captures
 // them.

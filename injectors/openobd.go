@@ -101,6 +101,13 @@ type obdSession struct {
 	ended      string // why it ended; "" while live
 	cancel     context.CancelFunc
 	authing    chan struct{} // closed when a proxy-side authenticate finishes
+
+	// For the status page.
+	learnedAt    time.Time
+	streamUp     bool      // the token stream is open
+	reconnects   int       // token stream reconnections
+	rotations    int       // tokens received over the stream
+	lastRotation time.Time // when the latest arrived
 }
 
 var (
@@ -252,6 +259,34 @@ func (o *OpenOBD) inject(req *Request, wait bool) (bool, error) {
 	return true, nil
 }
 
+// Sessions implements Reporter: the openOBD sessions the proxy knows, with
+// their token streams; never a token.
+func (o *OpenOBD) Sessions() []SessionReport {
+	var out []SessionReport
+	for _, id := range o.sessions.Keys() {
+		s, ok := o.sessions.Peek(id)
+		if !ok {
+			continue
+		}
+		s.mu.Lock()
+		r := SessionReport{ID: s.id, State: s.state, Endpoint: s.endpoint, Since: s.learnedAt, Ended: s.ended,
+			Rotations: s.rotations, LastRotation: s.lastRotation, Reconnects: s.reconnects}
+		switch {
+		case s.ended != "":
+			r.Stream = "closed"
+		case s.streamUp:
+			r.Stream = "open"
+		case s.streaming:
+			r.Stream = "connecting"
+		default:
+			r.Stream = "not started (no session token yet)"
+		}
+		s.mu.Unlock()
+		out = append(out, r)
+	}
+	return out
+}
+
 // ObserveResponse implements ResponseObserver: it drops a controller
 // token the controller refused, and reads the messages of a body it is
 // given through TapMessages.
@@ -357,7 +392,7 @@ func (o *OpenOBD) watch(req *Request, compressed bool, msg []byte, list bool) []
 func (o *OpenOBD) learn(info *pb.SessionInfo, rewrite bool, addr string) {
 	s, ok := o.sessions.Get(info.Id)
 	if !ok {
-		s = &obdSession{id: info.Id, endpoint: normalizeHostPort(info.GrpcEndpoint), seen: map[string]bool{}}
+		s = &obdSession{id: info.Id, endpoint: normalizeHostPort(info.GrpcEndpoint), seen: map[string]bool{}, learnedAt: time.Now()}
 		if prev, found, _ := o.sessions.PeekOrAdd(info.Id, s); found {
 			s = prev
 		}
@@ -565,13 +600,22 @@ func (o *OpenOBD) stream(ctx context.Context, s *obdSession) {
 				s.mu.Lock()
 				s.token = m.Value
 				s.seen[m.Value] = true
+				s.streamUp = true
+				s.rotations++
+				s.lastRotation = time.Now()
 				s.mu.Unlock()
 				backoff = 100 * time.Millisecond
 			}
 		}
+		s.mu.Lock()
+		s.streamUp = false
+		s.mu.Unlock()
 		if ctx.Err() != nil {
 			return
 		}
+		s.mu.Lock()
+		s.reconnects++
+		s.mu.Unlock()
 		if code := status.Code(err); code != codes.Unavailable && code != codes.Internal && code != codes.Unknown {
 			s.end(fmt.Sprintf("token stream: %s: %s", code, o.secrets.excerpt([]byte(status.Convert(err).Message()), tok)))
 			return

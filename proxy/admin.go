@@ -4,7 +4,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/pprof"
-	"strconv"
 	"time"
 )
 
@@ -20,20 +19,16 @@ func (s *Server) adminHandler(withPProf bool) http.Handler {
 		plain(w, http.StatusOK, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		switch {
-		case s.stopping.Load():
-			plain(w, http.StatusServiceUnavailable, "not ready: shutting down\n")
-		case !s.serving.Load():
-			plain(w, http.StatusServiceUnavailable, "not ready: starting\n")
-		case s.notWarm() != "":
-			plain(w, http.StatusServiceUnavailable, "not ready: injector "+strconv.Quote(s.notWarm())+" does not hold its credentials yet\n")
-		default:
-			plain(w, http.StatusOK, "ready\n")
+		if why := s.readiness(); why != "" {
+			plain(w, http.StatusServiceUnavailable, "not ready: "+why+"\n")
+			return
 		}
+		plain(w, http.StatusOK, "ready\n")
 	})
 	if s.metrics != nil {
 		mux.Handle("GET /metrics", s.metrics.Handler())
 	}
+	mux.HandleFunc("GET /status", s.serveStatus)
 	if withPProf {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -42,7 +37,7 @@ func (s *Server) adminHandler(withPProf bool) http.Handler {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
-		plain(w, http.StatusNotFound, "authproxy admin: /healthz, /readyz, /metrics"+map[bool]string{true: ", /debug/pprof/"}[withPProf]+"\n")
+		plain(w, http.StatusNotFound, "authproxy admin: /healthz, /readyz, /metrics, /status"+map[bool]string{true: ", /debug/pprof/"}[withPProf]+"\n")
 	})
 	return mux
 }

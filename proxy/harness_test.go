@@ -181,6 +181,7 @@ func (e *env) start(yamlText string, override map[string]injectors.Injector, pre
 		Logger:    logger,
 		Listeners: pre,
 		Metrics:   e.metrics,
+		Cache:     e.injEnv.Cache,
 	})
 	if err != nil {
 		e.t.Fatalf("proxy.New: %v", err)

@@ -26,6 +26,7 @@ type exchangeKey struct{}
 type core struct {
 	metrics      *metrics.Metrics // nil: none
 	access       bool             // log.access
+	observed     bool             // metrics, the access log or the status page want each request
 	accessSample float64          // log.access_sample
 	up           *transport.Set
 	log          *slog.Logger

@@ -40,6 +40,7 @@ func (c *core) finished(d done) {
 	route, injector := "", ""
 	if d.route != nil {
 		route, injector = d.route.name, d.route.injectorName
+		d.route.requests.Add(1)
 	}
 	c.metrics.Request(d.listener, route, d.protocol, d.status, d.took)
 	if !c.access || (c.accessSample < 1 && rand.Float64() >= c.accessSample) {
@@ -116,7 +117,7 @@ func noteFailure(r *http.Request, err error) {
 // CONNECT, which is a decision, logged and counted as one) is recorded
 // when it is over.
 func (c *core) instrument(listener string, h http.Handler) http.Handler {
-	if c.metrics == nil && !c.access {
+	if !c.observed {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -205,7 +206,7 @@ func (c *core) observeRelay(listener string, r *h2relay.Relay) {
 	if c.metrics != nil {
 		r.OnConn = func(delta int) { c.metrics.Conn(listener, "h2", delta) }
 	}
-	if c.metrics == nil && !c.access {
+	if !c.observed {
 		return
 	}
 	r.OnStreamEnd = func(req *h2relay.Request, t *h2relay.Target, end h2relay.StreamEnd) {

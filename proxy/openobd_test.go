@@ -51,6 +51,7 @@ func newOBDWorld(t *testing.T, rewrite bool, endpoints int, extra ...string) *ob
 	}
 	e.injEnv = injectors.Env{Cache: tokencache.New(tokencache.Options{MinBackoff: 10 * time.Millisecond})}
 	w.p = e.start(fmt.Sprintf(`
+admin: {address: 127.0.0.1:0}
 listeners:
   - {name: obd, kind: sidecar, address: 127.0.0.1:0, host: grpc.openobd.test, upstream: "https://grpc.openobd.test:%[1]s"}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/injectors"
@@ -23,6 +24,7 @@ type routeRT struct {
 	name           string
 	injector       injectors.Injector
 	injectorName   string
+	requests       atomic.Int64               // answered, for the status page
 	observer       injectors.ResponseObserver // nil unless the injector observes responses
 	upstream       *url.URL                   // sidecar target (scheme http for h2c); nil on forward listeners
 	h2c            bool

@@ -27,6 +27,7 @@ import (
 	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/route"
+	"github.com/authproxy/authproxy/tokencache"
 	"github.com/authproxy/authproxy/transport"
 )
 
@@ -42,6 +43,9 @@ type Options struct {
 	// Metrics receives what the proxy does (served at the admin
 	// listener's /metrics); nil records nothing.
 	Metrics *metrics.Metrics
+	// Cache is the injectors' token cache, whose credentials the admin
+	// listener's /status describes; nil shows none.
+	Cache *tokencache.Cache
 }
 
 // Server runs every configured listener. Build it with New, then Run it.
@@ -58,7 +62,8 @@ type Server struct {
 	admin     *http.Server // nil without an admin listener
 	adminAddr string
 	adminLn   net.Listener
-	warm      []warmer    // injectors with warm: true
+	warm      []warmer // injectors with warm: true
+	status    *statusSource
 	serving   atomic.Bool // every listener is bound and served (readiness)
 	stopping  atomic.Bool // shutdown has started (readiness false)
 
@@ -71,6 +76,7 @@ type Server struct {
 type listener struct {
 	name, kind, address string
 	srv                 *http.Server
+	sc                  *sidecar       // sidecar listeners only
 	fwd                 *forward       // forward listeners only
 	relay               *h2relay.Relay // sidecars: relays their h2c connections (forward: fwd.relay)
 	ln                  net.Listener
@@ -114,6 +120,8 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	c := newCore(up, logger)
 	c.metrics = opts.Metrics
 	c.access, c.accessSample = cfg.Log.Access, cfg.Log.AccessSample
+	c.observed = c.metrics != nil || c.access || cfg.Admin != nil
+	s.status = newStatusSource(cfg, injs, opts.Cache)
 	if c.accessSample == 0 {
 		c.accessSample = 1
 	}
@@ -132,7 +140,9 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 			if !ok {
 				return nil, config.Errorf(config.Join(ref.Path, "injector"), "injector %q was not built", ref.Route.Injector)
 			}
-			entries = append(entries, route.Entry[*routeRT]{Pattern: ref.Pattern, Value: newRouteRT(ref, inj)})
+			rt := newRouteRT(ref, inj)
+			s.status.routes = append(s.status.routes, rt)
+			entries = append(entries, route.Entry[*routeRT]{Pattern: ref.Pattern, Value: rt})
 		}
 		table, conflicts := route.NewTable(entries)
 		if len(conflicts) > 0 {
@@ -145,6 +155,7 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		switch l.Kind {
 		case config.KindSidecar:
 			sc := &sidecar{core: c, table: table}
+			ln.sc = sc
 			if l.Host != "" {
 				sc.host, sc.port = splitHost(l.Host, "")
 			}
@@ -289,8 +300,8 @@ func (s *Server) Run(ctx context.Context) error {
 	s.own.set(bound)
 	for _, l := range s.listeners {
 		s.addrs[l.name] = l.ln.Addr()
-		if sc, ok := l.srv.Handler.(*sidecar); ok {
-			sc.addr = l.ln.Addr().String()
+		if l.sc != nil {
+			l.sc.addr = l.ln.Addr().String()
 		}
 		if l.fwd != nil {
 			l.ln = &trackingListener{Listener: l.ln, set: &l.fwd.conns}

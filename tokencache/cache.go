@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -151,6 +152,8 @@ type entry struct {
 	failures  int
 	retryAt   time.Time
 	lastErr   error
+	fetches   int // ended fetches, successful or not
+	replaced  int // Replace calls since the last fetch (a rolling session's renewals)
 }
 
 type call struct {
@@ -357,7 +360,53 @@ func (c *Cache) Replace(key, old string, tok Token) bool {
 	}
 	e.tok = tok
 	e.usedAt = c.opts.Now()
+	e.replaced++
 	return true
+}
+
+// Entry describes one key of the cache, for a status page: never its
+// token.
+type Entry struct {
+	Name string // the key's name (its injector)
+	// Key is the rest of the key, its parts joined with " | " (a scope
+	// set, a VIN and context, an API code): not secret.
+	Key        string
+	Valid      bool      // a valid token is held
+	Refreshing bool      // a fetch is in flight
+	Expiry     time.Time // of the token held (zero: none, or no expiry)
+	RefreshAt  time.Time // when it is refreshed in the background
+	FetchedAt  time.Time // when the token held was fetched
+	Failures   int       // consecutive failed fetches
+	RetryAt    time.Time // no fetch before then, after failures
+	LastErr    string    // the latest failure's message (the injectors' are scrubbed)
+	Fetches    int       // ended fetches
+	Renewals   int       // Replace calls since the last fetch
+}
+
+// Entries describes every key, sorted by name and key.
+func (c *Cache) Entries() []Entry {
+	var out []Entry
+	for _, key := range c.entries.Keys() {
+		e, ok := c.entries.Peek(key)
+		if !ok {
+			continue
+		}
+		name := KeyName(key)
+		rest := strings.ReplaceAll(strings.TrimPrefix(strings.TrimPrefix(key, name), "\x00"), "\x00", " | ")
+		e.mu.Lock()
+		en := Entry{Name: name, Key: rest, Valid: e.validLocked(c.opts.Now()), Refreshing: e.call != nil,
+			FetchedAt: e.fetchedAt, Failures: e.failures, RetryAt: e.retryAt, Fetches: e.fetches, Renewals: e.replaced}
+		if e.has {
+			en.Expiry, en.RefreshAt = e.tok.Expiry, e.refreshAt
+		}
+		if e.lastErr != nil {
+			en.LastErr = e.lastErr.Error()
+		}
+		e.mu.Unlock()
+		out = append(out, en)
+	}
+	slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Name+"\x00"+a.Key, b.Name+"\x00"+b.Key) })
+	return out
 }
 
 func (e *entry) validLocked(now time.Time) bool {
@@ -389,6 +438,10 @@ func (c *Cache) startLocked(e *entry) {
 		now := c.opts.Now()
 		e.mu.Lock()
 		c.logFetch(e, tok, err, now)
+		e.fetches++
+		if err == nil {
+			e.replaced = 0
+		}
 		if err == nil {
 			e.tok, e.has = tok, true
 			e.fetchedAt, e.usedAt = now, now

@@ -95,16 +95,17 @@ func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
 // load reads the config and builds the injectors, reporting every problem.
 // The injectors log to the config's log on stderr.
 func load(path string, stderr io.Writer) (*config.Config, map[string]injectors.Injector, error) {
-	cfg, injs, _, err := loadWith(path, stderr, false)
+	cfg, injs, _, _, err := loadWith(path, stderr, false)
 	return cfg, injs, err
 }
 
 // loadWith is load; with metrics, and an admin listener configured, the
-// token cache reports to a new *metrics.Metrics, which it returns.
-func loadWith(path string, stderr io.Writer, withMetrics bool) (*config.Config, map[string]injectors.Injector, *metrics.Metrics, error) {
+// token cache reports to a new *metrics.Metrics; it returns both (for
+// /metrics and /status).
+func loadWith(path string, stderr io.Writer, withMetrics bool) (*config.Config, map[string]injectors.Injector, *metrics.Metrics, *tokencache.Cache, error) {
 	cfg, err := config.Load(path)
 	if cfg == nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	env := injectors.Env{Log: newLogger(cfg.Log, stderr)}
 	var m *metrics.Metrics
@@ -117,9 +118,9 @@ func loadWith(path string, stderr io.Writer, withMetrics bool) (*config.Config, 
 	}
 	injs, ierr := injectors.BuildAll(cfg, env)
 	if err = errors.Join(err, ierr); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	return cfg, injs, m, nil
+	return cfg, injs, m, env.Cache, nil
 }
 
 func printProblems(stderr io.Writer, path string, err error) {
@@ -175,7 +176,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if !ok {
 		return 2
 	}
-	cfg, injs, m, err := loadWith(path, stderr, true)
+	cfg, injs, m, cache, err := loadWith(path, stderr, true)
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1
@@ -187,7 +188,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	} else if created {
 		logger.Info("created a new interception CA (ca.generate); clients must trust it", "cert_file", cfg.CA.CertFile)
 	}
-	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger, Metrics: m})
+	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger, Metrics: m, Cache: cache})
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1

@@ -1,0 +1,112 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/openobd/pb"
+)
+
+// The admin listener's /status shows, for a person in a real browser and
+// as JSON, each injector with the credentials it holds (key, state,
+// lifetime) and openOBD's sessions with their token streams, the routes
+// with request counts and the listeners; never a token or the secret.
+func TestStatusPageInARealBrowser(t *testing.T) {
+	browser, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium is needed (.ci/run installs Debian's chromium)")
+	}
+	w := newOBDWorld(t, true, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	app := dialPlain(t, w.p.addr("obd"))
+	info, err := pb.NewSessionControllerClient(app).StartSessionOnTicket(ctx, &pb.TicketId{Value: "status-page"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	session := dialPlain(t, info.GrpcEndpoint)
+	pingPong(t, ctx, pb.NewCanClient(session), 300*time.Millisecond) // the token stream rotates meanwhile
+
+	var view struct {
+		Ready     string
+		Injectors []struct {
+			Name, Kind  string
+			Credentials []struct{ Key, State string }
+			Sessions    []struct {
+				ID, Stream string
+				Rotations  int
+			}
+		}
+		Routes []struct {
+			Name     string
+			Requests int64
+		}
+		Listeners []struct{ Name, Kind, Address string }
+	}
+	st, body := adminGet(t, w.p, "/status?format=json")
+	if st != 200 || json.Unmarshal([]byte(body), &view) != nil {
+		t.Fatalf("/status?format=json: %d %.500s", st, body)
+	}
+	if len(view.Injectors) != 1 || view.Injectors[0].Name != "obd" || view.Injectors[0].Kind != "openobd" {
+		t.Fatalf("injectors: %+v", view.Injectors)
+	}
+	in := view.Injectors[0]
+	if len(in.Credentials) != 1 || in.Credentials[0].Key != "controller" || in.Credentials[0].State != "valid" {
+		t.Errorf("credentials: %+v", in.Credentials)
+	}
+	if len(in.Sessions) != 1 || in.Sessions[0].ID != info.Id || in.Sessions[0].Stream != "open" || in.Sessions[0].Rotations < 1 {
+		t.Errorf("sessions: %+v", in.Sessions)
+	}
+	if len(view.Routes) != 1 || view.Routes[0].Name != "openobd" || view.Routes[0].Requests < 1 {
+		t.Errorf("routes: %+v", view.Routes)
+	}
+	if len(view.Listeners) != 2 || view.Listeners[0].Address != w.p.addr("obd") {
+		t.Errorf("listeners: %+v", view.Listeners)
+	}
+
+	url := "http://" + w.p.srv.AdminAddr().String() + "/status"
+	run := func(args ...string) []byte {
+		t.Helper()
+		cctx, ccancel := context.WithTimeout(ctx, 20*time.Second)
+		defer ccancel()
+		cmd := exec.CommandContext(cctx, browser, append([]string{"--headless", "--no-sandbox", "--disable-gpu",
+			"--user-data-dir=" + t.TempDir()}, args...)...)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("chromium %v: %v", args, err)
+		}
+		return out
+	}
+	dom := string(run("--dump-dom", url))
+	for _, want := range []string{"<h3>obd", "openobd", "controller", "valid", info.Id, "open", "Routes", "openobd</td>", w.p.addr("obd")} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("the rendered page lacks %q", want)
+		}
+	}
+	var secrets []string
+	secrets = append(secrets, secretToken)
+	if tok, ok := w.e.injEnv.Cache.Peek("obd\x00controller"); ok {
+		secrets = append(secrets, tok.Value.Reveal())
+	}
+	for _, s := range secrets {
+		if strings.Contains(dom, s) || strings.Contains(body, s) {
+			t.Errorf("the status page shows a token or the secret")
+		}
+	}
+	shot := filepath.Join(t.TempDir(), "status.png")
+	run("--screenshot="+shot, "--window-size=1200,800", "--hide-scrollbars", url)
+	png, err := os.ReadFile(shot)
+	if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) || len(png) < 10_000 {
+		t.Errorf("screenshot: %d bytes, err %v", len(png), err)
+	}
+	if dst := os.Getenv("AUTHPROXY_STATUS_SCREENSHOT"); dst != "" { // docs/status.png is made this way
+		_ = os.WriteFile(dst, png, 0o644)
+	}
+}
