@@ -319,11 +319,15 @@ func (c *conn) readLoop() {
 
 // logEnd logs a connection the relay ends for breaking the protocol.
 func (c *conn) logEnd(err error) {
-	side := "client"
-	if !c.server {
-		side = "upstream"
+	c.r.log().Info("HTTP/2 connection ended: protocol error", "side", c.side(), "remote", c.nc.RemoteAddr().String(), "err", err)
+}
+
+// side names the connection's side: client or upstream.
+func (c *conn) side() string {
+	if c.server {
+		return "client"
 	}
-	c.r.log().Info("HTTP/2 connection ended: protocol error", "side", side, "remote", c.nc.RemoteAddr().String(), "err", err)
+	return "upstream"
 }
 
 func (c *conn) handle(f http2.Frame, fl *flusher) error {
@@ -368,6 +372,9 @@ func (c *conn) handle(f http2.Frame, fl *flusher) error {
 		}
 		c.onReset(f.StreamID, f.ErrCode, fl)
 	case *http2.GoAwayFrame:
+		if fn := c.r.OnGoAway; fn != nil {
+			fn(c.side(), "received", f.ErrCode)
+		}
 		c.onGoAway(f.LastStreamID, fl)
 	case *http2.PushPromiseFrame:
 		return http2.ConnectionError(http2.ErrCodeProtocol) // push is off
@@ -427,6 +434,9 @@ func (c *conn) chargeReset(fl *flusher) error {
 
 // sendGoAway tells the peer the connection is ending.
 func (c *conn) sendGoAway(code http2.ErrCode) {
+	if fn := c.r.OnGoAway; fn != nil {
+		fn(c.side(), "sent", code)
+	}
 	c.mu.Lock()
 	last := c.lastID
 	c.goingAway = true

@@ -22,6 +22,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // Request is the head of a client's stream, as a Handler sees it.
@@ -168,6 +170,13 @@ type Relay struct {
 	// OnConn, when set, is told of client connections opening (+1) and
 	// closing (-1).
 	OnConn func(delta int)
+	// OnGoAway, when set, is told of each GOAWAY the relay sends or
+	// receives, on the client side or the upstream side.
+	OnGoAway func(side, direction string, code http2.ErrCode)
+	// OnRefused, when set, is told of each client stream refused with
+	// REFUSED_STREAM: max_streams, going_away, or upstream_goaway (the
+	// upstream did not take it).
+	OnRefused func(reason string)
 
 	mu          sync.Mutex
 	clients     map[*conn]struct{}

@@ -119,13 +119,17 @@ func (c *rawClient) next(want func(http2.Frame) bool) http2.Frame {
 func TestRelayRefusesStreamsOverTheLimit(t *testing.T) {
 	h := stuck{release: make(chan struct{})}
 	defer close(h.release)
-	c := dialRelay(t, &Relay{Handler: h, MaxConcurrentStreams: 2})
+	refused := make(chan string, 4)
+	c := dialRelay(t, &Relay{Handler: h, MaxConcurrentStreams: 2, OnRefused: func(reason string) { refused <- reason }})
 	c.headers(1, true)
 	c.headers(3, true)
 	c.headers(5, true)
 	rst := c.next(func(f http2.Frame) bool { _, ok := f.(*http2.RSTStreamFrame); return ok }).(*http2.RSTStreamFrame)
 	if rst.StreamID != 5 || rst.ErrCode != http2.ErrCodeRefusedStream {
 		t.Errorf("got RST_STREAM %d %v, want stream 5 refused", rst.StreamID, rst.ErrCode)
+	}
+	if r := <-refused; r != "max_streams" {
+		t.Errorf("OnRefused(%q), want max_streams", r)
 	}
 }
 
@@ -150,7 +154,9 @@ func TestRelayEndsConnectionsThatBreakTheProtocol(t *testing.T) {
 			h := stuck{release: make(chan struct{})}
 			defer close(h.release)
 			logs := &lockedBuffer{}
-			c := dialRelay(t, &Relay{Handler: h, Log: slog.New(slog.NewTextHandler(logs, nil))})
+			goaways := make(chan string, 4)
+			c := dialRelay(t, &Relay{Handler: h, Log: slog.New(slog.NewTextHandler(logs, nil)),
+				OnGoAway: func(side, direction string, code http2.ErrCode) { goaways <- side + " " + direction + " " + code.String() }})
 			tc.send(c)
 			f := c.next(func(f http2.Frame) bool {
 				switch f := f.(type) {
@@ -165,6 +171,9 @@ func TestRelayEndsConnectionsThatBreakTheProtocol(t *testing.T) {
 			case *http2.GoAwayFrame:
 				if f.ErrCode != tc.want {
 					t.Errorf("GOAWAY %v, want %v", f.ErrCode, tc.want)
+				}
+				if g := <-goaways; g != "client sent "+tc.want.String() {
+					t.Errorf("OnGoAway(%s), want client sent %v", g, tc.want)
 				}
 				waitFor(t, func() bool { return strings.Contains(logs.String(), "protocol error") }, "the log to say why the connection ended")
 			case *http2.RSTStreamFrame:

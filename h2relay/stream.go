@@ -87,8 +87,15 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 	}
 	c.lastID = id
 	if c.goingAway || c.closed || uint32(len(c.streams)) >= c.r.maxStreams() {
+		reason := "max_streams"
+		if c.goingAway || c.closed {
+			reason = "going_away"
+		}
 		c.mu.Unlock()
 		c.writeReset(id, http2.ErrCodeRefusedStream, fl)
+		if fn := c.r.OnRefused; fn != nil {
+			fn(reason)
+		}
 		return nil
 	}
 	req, err := requestOf(f)
@@ -931,6 +938,9 @@ func (c *conn) onGoAway(last uint32, fl *flusher) {
 	}
 	for _, b := range refused {
 		b.c.onReset(b.id, http2.ErrCodeRefusedStream, fl)
+		if fn := c.r.OnRefused; fn != nil {
+			fn("upstream_goaway")
+		}
 	}
 	if empty {
 		c.finish()

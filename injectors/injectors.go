@@ -174,6 +174,23 @@ func WarmNames(cfg *config.Config) []string {
 	return out
 }
 
+// Events counts what injectors do besides fetching (for metrics): event
+// is a fixed word ("rotation", "reconnect", "renewal", "session_expired").
+type Events interface {
+	Event(injector, event string)
+}
+
+type noEvents struct{}
+
+func (noEvents) Event(string, string) {}
+
+func eventsOf(env Env) Events {
+	if env.Events == nil {
+		return noEvents{}
+	}
+	return env.Events
+}
+
 // Reporter is implemented by injectors that hold sessions of their own
 // (openOBD), for the status page.
 type Reporter interface {
@@ -243,6 +260,8 @@ type Env struct {
 	Now func() time.Time
 	// Log receives what an injector notices while it runs (nil discards).
 	Log *slog.Logger
+	// Events counts injectors' events (nil: none).
+	Events Events
 }
 
 // builder is what each kind's build function receives.
@@ -325,6 +344,9 @@ func BuildAll(cfg *config.Config, env Env) (map[string]Injector, error) {
 	}
 	if env.Log == nil {
 		env.Log = slog.New(slog.DiscardHandler)
+	}
+	if env.Events == nil {
+		env.Events = noEvents{}
 	}
 	blocks := cfg.Injectors
 	names := make([]string, 0, len(blocks))

@@ -62,6 +62,7 @@ const (
 // ODIL injects a rolling ODIL session. It is safe for concurrent use.
 type ODIL struct {
 	name       string
+	events     Events
 	cache      *tokencache.Cache
 	client     *http.Client
 	now        func() time.Time
@@ -89,7 +90,7 @@ var (
 func NewODIL(name string, cfg ODILConfig, env Env) (*ODIL, error) {
 	var errs []error
 	add := func(path, format string, args ...any) { errs = append(errs, config.Errorf(path, format, args...)) }
-	o := &ODIL{name: name, cache: env.Cache, client: noRedirects(env.HTTPClient), now: env.Now,
+	o := &ODIL{name: name, events: eventsOf(env), cache: env.Cache, client: noRedirects(env.HTTPClient), now: env.Now,
 		apiCode: cfg.APICode, header: http.CanonicalHeaderKey(cfg.SessionHeader), idle: time.Duration(cfg.SessionIdleTimeout)}
 	if o.now == nil {
 		o.now = time.Now
@@ -222,7 +223,9 @@ func (o *ODIL) set(req *Request, tok tokencache.Token) {
 func (o *ODIL) ObserveResponse(req *Request, resp *http.Response) bool {
 	sent := req.Header.Get(o.header)
 	if renewed := resp.Header.Get(o.header); renewed != "" && renewed != sent {
-		o.cache.Replace(o.key, sent, tokencache.Token{Value: config.NewSecret(renewed), IdleTimeout: o.idle})
+		if o.cache.Replace(o.key, sent, tokencache.Token{Value: config.NewSecret(renewed), IdleTimeout: o.idle}) {
+			o.events.Event(o.name, "renewal")
+		}
 	}
 	if resp.StatusCode != http.StatusBadRequest {
 		return false
@@ -231,6 +234,7 @@ func (o *ODIL) ObserveResponse(req *Request, resp *http.Response) bool {
 	if json.Unmarshal(peekBody(resp, MaxObservedBody), &e) != nil || (e.Code != odilSessionExpired && e.Code != odilSessionInvalid) {
 		return false
 	}
+	o.events.Event(o.name, "session_expired") // the next request creates a session
 	return o.cache.Invalidate(o.key, sent)
 }
 

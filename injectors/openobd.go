@@ -57,6 +57,7 @@ const (
 
 // OpenOBD is the openOBD injector. It is safe for concurrent use.
 type OpenOBD struct {
+	events   Events
 	name     string
 	cache    *tokencache.Cache
 	tr       *transport.Set
@@ -153,6 +154,7 @@ func NewOpenOBD(name string, cfg OpenOBDConfig, env Env) (*OpenOBD, error) {
 	o.ctlKey = name + "\x00controller"
 	o.secrets.add(o.secret.Reveal())
 	o.log = env.Log
+	o.events = eventsOf(env)
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
@@ -604,6 +606,7 @@ func (o *OpenOBD) stream(ctx context.Context, s *obdSession) {
 				s.rotations++
 				s.lastRotation = time.Now()
 				s.mu.Unlock()
+				o.events.Event(o.name, "rotation")
 				backoff = 100 * time.Millisecond
 			}
 		}
@@ -616,6 +619,7 @@ func (o *OpenOBD) stream(ctx context.Context, s *obdSession) {
 		s.mu.Lock()
 		s.reconnects++
 		s.mu.Unlock()
+		o.events.Event(o.name, "reconnect")
 		if code := status.Code(err); code != codes.Unavailable && code != codes.Internal && code != codes.Unknown {
 			s.end(fmt.Sprintf("token stream: %s: %s", code, o.secrets.excerpt([]byte(status.Convert(err).Message()), tok)))
 			return

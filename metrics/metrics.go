@@ -35,6 +35,10 @@ type Metrics struct {
 	evictions        *prometheus.CounterVec
 	connections      *prometheus.GaugeVec
 	connects         *prometheus.CounterVec
+	refreshFailures  *prometheus.CounterVec
+	events           *prometheus.CounterVec
+	goaways          *prometheus.CounterVec
+	refused          *prometheus.CounterVec
 }
 
 // New builds the registry, with Go's and the process's collectors and
@@ -73,8 +77,19 @@ func New(version string) *Metrics {
 		Help: "Client connections open, by listener and protocol (http1, h2)."}, []string{"listener", "protocol"})
 	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_connect_total",
 		Help: "CONNECTs on forward listeners, by listener and decision (intercepted, tunnelled, refused)."}, []string{"listener", "decision"})
+	m.refreshFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_token_refresh_failures_total",
+		Help: "Background refreshes of still-valid tokens that failed (the valid token is served meanwhile), by injector."}, []string{"injector"})
+	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_injector_events_total",
+		Help: "What injectors do besides fetching, by injector and event: rotation and reconnect (openOBD token streams), renewal and session_expired (ODIL's rolling session)."},
+		[]string{"injector", "event"})
+	m.goaways = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_http2_goaways_total",
+		Help: "HTTP/2 GOAWAY frames, by listener, side (client, upstream), direction (sent, received) and error code."},
+		[]string{"listener", "side", "direction", "code"})
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_http2_refused_streams_total",
+		Help: "HTTP/2 streams refused with REFUSED_STREAM, by listener and reason (max_streams, going_away, upstream_goaway)."},
+		[]string{"listener", "reason"})
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.upstreamFailures, m.injections, m.fetches, m.fetchDuration,
-		m.lookups, m.evictions, m.connections, m.connects} {
+		m.lookups, m.evictions, m.connections, m.connects, m.refreshFailures, m.events, m.goaways, m.refused} {
 		f(c)
 	}
 	return m
@@ -109,6 +124,47 @@ func (cc cacheCollector) Collect(ch chan<- prometheus.Metric) {
 	for name, at := range cc.c.Soonest() {
 		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, at.Sub(now).Seconds(), name)
 	}
+}
+
+// WatchSessions adds, read at each scrape, the sessions an injector
+// holds (live and ended) and its token streams open.
+func (m *Metrics) WatchSessions(injector string, r injectors.Reporter) {
+	if m == nil {
+		return
+	}
+	m.reg.MustRegister(sessionCollector{injector, r})
+}
+
+type sessionCollector struct {
+	name string
+	r    injectors.Reporter
+}
+
+var (
+	sessionsDesc = prometheus.NewDesc("authproxy_openobd_sessions", "openOBD sessions the proxy knows, by injector and state (live, ended).", []string{"injector", "state"}, nil)
+	streamsDesc  = prometheus.NewDesc("authproxy_openobd_token_streams_open", "openOBD session token streams open, by injector.", []string{"injector"}, nil)
+)
+
+func (sc sessionCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- sessionsDesc
+	ch <- streamsDesc
+}
+
+func (sc sessionCollector) Collect(ch chan<- prometheus.Metric) {
+	var live, ended, open float64
+	for _, s := range sc.r.Sessions() {
+		if s.Ended != "" {
+			ended++
+		} else {
+			live++
+		}
+		if s.Stream == "open" {
+			open++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, live, sc.name, "live")
+	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, ended, sc.name, "ended")
+	ch <- prometheus.MustNewConstMetric(streamsDesc, prometheus.GaugeValue, open, sc.name)
 }
 
 // Request records an answered request: status 0 is a stream reset before
@@ -173,9 +229,12 @@ func (m *Metrics) Looked(name string, hit bool) {
 }
 
 // Fetched implements tokencache.Observer.
-func (m *Metrics) Fetched(name string, d time.Duration, err error) {
+func (m *Metrics) Fetched(name string, d time.Duration, refresh bool, err error) {
 	if m == nil {
 		return
+	}
+	if refresh && err != nil {
+		m.refreshFailures.WithLabelValues(name).Inc()
 	}
 	outcome := Outcome(err)
 	if outcome != "ok" && outcome != "rejected" && outcome != "timeout" {
@@ -209,4 +268,31 @@ func (m *Metrics) Connect(listener, decision string) {
 	m.connects.WithLabelValues(listener, decision).Inc()
 }
 
-var _ tokencache.Observer = (*Metrics)(nil)
+// Event implements injectors.Events.
+func (m *Metrics) Event(injector, event string) {
+	if m == nil {
+		return
+	}
+	m.events.WithLabelValues(injector, event).Inc()
+}
+
+// GoAway records an HTTP/2 GOAWAY on a listener's client or upstream side.
+func (m *Metrics) GoAway(listener, side, direction, code string) {
+	if m == nil {
+		return
+	}
+	m.goaways.WithLabelValues(listener, side, direction, code).Inc()
+}
+
+// Refused records an HTTP/2 stream refused with REFUSED_STREAM.
+func (m *Metrics) Refused(listener, reason string) {
+	if m == nil {
+		return
+	}
+	m.refused.WithLabelValues(listener, reason).Inc()
+}
+
+var (
+	_ tokencache.Observer = (*Metrics)(nil)
+	_ injectors.Events    = (*Metrics)(nil)
+)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/authproxy/authproxy/h2relay"
 	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/metrics"
@@ -205,6 +207,10 @@ func connStates(m *metrics.Metrics, listener string, next func(net.Conn, http.Co
 func (c *core) observeRelay(listener string, r *h2relay.Relay) {
 	if c.metrics != nil {
 		r.OnConn = func(delta int) { c.metrics.Conn(listener, "h2", delta) }
+		r.OnGoAway = func(side, direction string, code http2.ErrCode) {
+			c.metrics.GoAway(listener, side, direction, code.String())
+		}
+		r.OnRefused = func(reason string) { c.metrics.Refused(listener, reason) }
 	}
 	if !c.observed {
 		return

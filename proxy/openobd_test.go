@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/openobd/pb"
 	"github.com/authproxy/authproxy/sim"
 	"github.com/authproxy/authproxy/tokencache"
@@ -49,7 +50,8 @@ func newOBDWorld(t *testing.T, rewrite bool, endpoints int, extra ...string) *ob
 		w.sessions[name] = name + ".openobd.test:" + p
 		w.sim.Endpoints = append(w.sim.Endpoints, w.sessions[name])
 	}
-	e.injEnv = injectors.Env{Cache: tokencache.New(tokencache.Options{MinBackoff: 10 * time.Millisecond})}
+	e.metrics = metrics.New("test")
+	e.injEnv = injectors.Env{Cache: tokencache.New(tokencache.Options{MinBackoff: 10 * time.Millisecond, Observer: e.metrics}), Events: e.metrics}
 	w.p = e.start(fmt.Sprintf(`
 admin: {address: 127.0.0.1:0}
 listeners:

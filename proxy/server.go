@@ -206,6 +206,11 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		s.listeners = append(s.listeners, ln)
 	}
 
+	for _, name := range slices.Sorted(maps.Keys(injs)) {
+		if r, ok := injs[name].(injectors.Reporter); ok {
+			opts.Metrics.WatchSessions(name, r)
+		}
+	}
 	for _, name := range injectors.WarmNames(cfg) {
 		if w, ok := injs[name].(injectors.Warmer); ok {
 			s.warm = append(s.warm, warmer{name: name, w: w})

@@ -71,6 +71,23 @@ func TestStatusPageInARealBrowser(t *testing.T) {
 		t.Errorf("listeners: %+v", view.Listeners)
 	}
 
+	// The same world, as the metrics see it.
+	fams := scrape(t, w.p)
+	for _, c := range []struct {
+		family string
+		labels map[string]string
+		min    float64
+	}{
+		{"authproxy_openobd_sessions", map[string]string{"injector": "obd", "state": "live"}, 1},
+		{"authproxy_openobd_token_streams_open", map[string]string{"injector": "obd"}, 1},
+		{"authproxy_injector_events_total", map[string]string{"injector": "obd", "event": "rotation"}, 1},
+		{"authproxy_token_fetches_total", map[string]string{"injector": "obd", "outcome": "ok"}, 1},
+	} {
+		if got := value(fams, c.family, c.labels); got < c.min {
+			t.Errorf("%s%v = %v, want at least %v", c.family, c.labels, got, c.min)
+		}
+	}
+
 	url := "http://" + w.p.srv.AdminAddr().String() + "/status"
 	run := func(args ...string) []byte {
 		t.Helper()

@@ -73,8 +73,9 @@ type Options struct {
 type Observer interface {
 	// Looked is a Get or Peek: hit when a valid token was there.
 	Looked(name string, hit bool)
-	// Fetched is the end of a fetch that took d.
-	Fetched(name string, d time.Duration, err error)
+	// Fetched is the end of a fetch that took d; refresh: a background
+	// refresh of a token that was still valid.
+	Fetched(name string, d time.Duration, refresh bool, err error)
 	// Evicted is a key dropped to make room.
 	Evicted(name string)
 }
@@ -424,6 +425,7 @@ func (c *Cache) startLocked(e *entry) {
 	cl := &call{done: make(chan struct{})}
 	e.call = cl
 	fetch := e.fetch
+	refresh := e.validLocked(c.opts.Now())
 	c.wg.Add(1)
 	c.fetches.Add(1)
 	go func() {
@@ -433,7 +435,7 @@ func (c *Cache) startLocked(e *entry) {
 		tok, err := fetch(ctx)
 		cancel()
 		if ob := c.opts.Observer; ob != nil {
-			ob.Fetched(KeyName(e.key), time.Since(began), err)
+			ob.Fetched(KeyName(e.key), time.Since(began), refresh, err)
 		}
 		now := c.opts.Now()
 		e.mu.Lock()

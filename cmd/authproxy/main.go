@@ -111,6 +111,7 @@ func loadWith(path string, stderr io.Writer, withMetrics bool) (*config.Config, 
 	var m *metrics.Metrics
 	if withMetrics && cfg.Admin != nil {
 		m = metrics.New(versionString())
+		env.Events = m
 		opts := injectors.CacheOptions(cfg.TokenCache, nil)
 		opts.Observer, opts.Log = m, env.Log
 		env.Cache = tokencache.New(opts)
