@@ -156,7 +156,9 @@ func TestRelayEndsConnectionsThatBreakTheProtocol(t *testing.T) {
 			logs := &lockedBuffer{}
 			goaways := make(chan string, 4)
 			c := dialRelay(t, &Relay{Handler: h, Log: slog.New(slog.NewTextHandler(logs, nil)),
-				OnGoAway: func(side, direction string, code http2.ErrCode) { goaways <- side + " " + direction + " " + code.String() }})
+				OnGoAway: func(side, direction string, code http2.ErrCode) {
+					goaways <- side + " " + direction + " " + code.String()
+				}})
 			tc.send(c)
 			f := c.next(func(f http2.Frame) bool {
 				switch f := f.(type) {
