@@ -100,7 +100,9 @@ type listenerWorld struct {
 	upPort, plainPort string
 }
 
-// newListenerWorld serves h behind routes matching path on every listener.
+// newListenerWorld serves h behind routes matching path on every listener,
+// with the access log on, so each engine's recording wrapper is on the
+// path every test takes.
 func newListenerWorld(t *testing.T, h http.Handler, path string) *listenerWorld {
 	return newListenerWorldOn(t, newEnv(t), h, path, fmt.Sprintf(`  bearer:
     kind: static
@@ -117,6 +119,7 @@ func newListenerWorldOn(t *testing.T, e *env, h http.Handler, path, injector str
 	t.Cleanup(plain.Close)
 	w := &listenerWorld{e: e, upPort: port(t, up.URL), plainPort: port(t, plain.URL)}
 	w.p = e.start(fmt.Sprintf(`
+log: {access: true} # every request through the handlers that record it, as in production
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s"}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}

@@ -313,6 +313,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
+	s.serving.Store(true) // every listener is bound: connections wait in their backlogs
 	close(s.ready)
 
 	for _, w := range s.warnings {
@@ -387,7 +388,6 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	s.serving.Store(true)
 
 	var runErr error
 	select {
