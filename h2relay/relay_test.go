@@ -319,20 +319,11 @@ func TestRelayResetsTheClientWhenTheUpstreamBreaksAStream(t *testing.T) {
 // side, even when its last stream ended while its reader waited: 16 KiB
 // less for every idle client connection.
 func TestIdleConnectionsHoldNoBuffers(t *testing.T) {
-	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := h2cUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		_, _ = io.WriteString(w, "ok")
-	}), Protocols: new(http.Protocols)}
-	up.Protocols.SetUnencryptedHTTP2(true)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = up.Serve(ln) }()
-	defer up.Close()
-	var d net.Dialer
-	r := &Relay{Handler: to{ln.Addr().String()},
-		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }}
+	})
+	r := &Relay{Handler: to{addr}, Dial: dialTCP}
 	c := dialRelay(t, r)
 	held := func() (n int) {
 		var conns []*conn
@@ -367,4 +358,25 @@ func TestIdleConnectionsHoldNoBuffers(t *testing.T) {
 		})
 		waitFor(t, func() bool { return held() == 0 }, "idle connections to give their buffers back")
 	}
+}
+
+// h2cUpstream serves h over cleartext HTTP/2 on loopback until the test
+// ends, and returns its address.
+func h2cUpstream(t *testing.T, h http.HandlerFunc) string {
+	t.Helper()
+	up := &http.Server{Handler: h, Protocols: new(http.Protocols)}
+	up.Protocols.SetUnencryptedHTTP2(true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = up.Serve(ln) }()
+	t.Cleanup(func() { up.Close() })
+	return ln.Addr().String()
+}
+
+// dialTCP is a Relay's Dial for cleartext upstreams.
+func dialTCP(ctx context.Context, _, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
 }

@@ -2,9 +2,7 @@ package h2relay
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
-	"net"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -113,7 +111,7 @@ func (tapping) Reply(*Request, *Target, error) Reply { return Reply{Status: http
 // the rewrite does to the byte count.
 func TestTapKeepsFlowControlOnBothHops(t *testing.T) {
 	const messages, size = 4000, 200 // 800 KiB: past every window
-	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := h2cUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/grpc")
 		w.Header().Set("Trailer", "Grpc-Status")
 		msg := bytes.Repeat([]byte("m"), size)
@@ -123,16 +121,7 @@ func TestTapKeepsFlowControlOnBothHops(t *testing.T) {
 			}
 		}
 		w.Header().Set("Grpc-Status", "0")
-	}), Protocols: new(http.Protocols)}
-	up.Protocols.SetUnencryptedHTTP2(true)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = up.Serve(ln) }()
-	defer up.Close()
-	var d net.Dialer
-	dial := func(ctx context.Context, _, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	})
 	for _, tc := range []struct {
 		name string
 		fn   func([]byte) []byte
@@ -144,7 +133,7 @@ func TestTapKeepsFlowControlOnBothHops(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var seen, ended atomic.Int64
-			r := &Relay{Handler: tapping{addr: ln.Addr().String(), fn: tc.fn, seen: &seen, ended: &ended}, Dial: dial}
+			r := &Relay{Handler: tapping{addr: addr, fn: tc.fn, seen: &seen, ended: &ended}, Dial: dialTCP}
 			c := dialRelay(t, r)
 			c.headers(1, true)
 			var body int

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -121,18 +120,11 @@ func TestGRPCExerciseOnBothListenersAndCredentialKinds(t *testing.T) {
 					cfg = strings.Replace(cfg, "resolve: {grpc.authproxy.test: 127.0.0.1}", "resolve: {grpc.authproxy.test: 127.0.0.1, auth.authproxy.test: 127.0.0.1, odil.authproxy.test: 127.0.0.1}", 1)
 					p := e.start(cfg, nil, nil)
 					var conn *grpc.ClientConn
-					var err error
 					if listener == "sidecar" {
-						conn, err = grpc.NewClient(p.addr("grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+						conn = dialPlain(t, p.addr("grpc"))
 					} else {
-						useEnvProxy(t, p.addr("fwd"))
-						// Only the proxy's CA is trusted: every call must be intercepted.
-						conn, err = grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
+						conn = e.forwardGRPC(t, p, grpcPort) // only the proxy's CA: every call is intercepted
 					}
-					if err != nil {
-						t.Fatal(err)
-					}
-					defer conn.Close()
 					user := func(u string) bool { return valid(http.Header{"Authorization": {u}}) }
 					if kind == "odil" {
 						user = func(u string) bool { return u == "" } // no authorization at all
@@ -445,13 +437,7 @@ func injectorFailure(t *testing.T, injErr error, wantCode codes.Code, wantStatus
 	}
 
 	// Forward-proxy (intercepted) path: the same status.
-	useEnvProxy(t, p.addr("fwd"))
-	fconn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fconn.Close()
-	_, err = testpb.NewTestServiceClient(fconn).UnaryCall(ctx, &testpb.SimpleRequest{})
+	_, err = testpb.NewTestServiceClient(e.forwardGRPC(t, p, grpcPort)).UnaryCall(ctx, &testpb.SimpleRequest{})
 	if st := status.Convert(err); st.Code() != wantCode {
 		t.Errorf("intercepted gRPC client got %v, want %v", err, wantCode)
 	}
@@ -462,4 +448,18 @@ func injectorFailure(t *testing.T, injErr error, wantCode codes.Code, wantStatus
 	if !strings.Contains(p.logs.String(), injErr.Error()) {
 		t.Errorf("the log lacks the injector's detail %q:\n%s", injErr, p.logs.String())
 	}
+}
+
+// forwardGRPC is a gRPC client of the upstream at grpcPort through p's
+// forward listener (HTTPS_PROXY, interception), trusting only the proxy's
+// CA, closed at the end of the test.
+func (e *env) forwardGRPC(t testing.TB, p *running, grpcPort string) *grpc.ClientConn {
+	t.Helper()
+	useEnvProxy(t, p.addr("fwd"))
+	conn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }

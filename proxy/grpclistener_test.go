@@ -17,7 +17,6 @@ import (
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -182,13 +181,7 @@ func TestGRPCListenerShutdown(t *testing.T) {
 				client = grpcClient(t, p.addr("grpc"))
 			} else {
 				listener = "fwd"
-				useEnvProxy(t, p.addr("fwd"))
-				conn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { conn.Close() })
-				client = testpb.NewTestServiceClient(conn)
+				client = testpb.NewTestServiceClient(e.forwardGRPC(t, p, grpcPort))
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()

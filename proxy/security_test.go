@@ -21,9 +21,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -693,13 +691,7 @@ func TestRelayWellBehavedCancellationIsNotCutOff(t *testing.T) {
 			if listener == "sidecar" {
 				client = grpcClient(t, p.addr("grpc"))
 			} else {
-				useEnvProxy(t, p.addr("fwd"))
-				conn, err := grpc.NewClient("grpc.authproxy.test:"+grpcPort, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.proxyCA})))
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { conn.Close() })
-				client = testpb.NewTestServiceClient(conn)
+				client = testpb.NewTestServiceClient(e.forwardGRPC(t, p, grpcPort))
 			}
 			// Warm up: both connections open, then the baseline.
 			if _, err := client.UnaryCall(context.Background(), &testpb.SimpleRequest{}); err != nil {
