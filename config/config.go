@@ -30,6 +30,7 @@ import (
 type File struct {
 	Log        Log                  `yaml:"log"`
 	Admin      *Admin               `yaml:"admin"`
+	Reload     Reload               `yaml:"reload"`
 	Listeners  []Listener           `yaml:"listeners"`
 	CA         *CA                  `yaml:"ca"`
 	Upstream   Upstream             `yaml:"upstream"`
@@ -63,6 +64,16 @@ type Admin struct {
 	// PProf serves /debug/pprof/ (CPU and heap profiles of the proxy).
 	PProf bool `yaml:"pprof"`
 }
+
+// Reload says how the configuration is reloaded: on SIGHUP always, and
+// with Watch (default true) whenever the config file or a secret file of
+// an injector changes.
+type Reload struct {
+	Watch *bool `yaml:"watch"`
+}
+
+// Watching reports whether file changes trigger a reload.
+func (r Reload) Watching() bool { return r.Watch == nil || *r.Watch }
 
 // Listener is one address the proxy serves.
 type Listener struct {

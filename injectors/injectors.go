@@ -4,6 +4,10 @@
 package injectors
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"slices"
+
 	"context"
 	"errors"
 	"fmt"
@@ -157,6 +161,72 @@ func takeWarm(n *yaml.Node) (bool, error) {
 	}
 	n.Content = rest
 	return warm, nil
+}
+
+// Fingerprints sums each injector block as a reload compares it: its YAML,
+// and what its secrets are now (the contents of every file it names under
+// a file or *_file key, the values of its env keys). Equal sums mean the
+// running instance may go on serving the block.
+func Fingerprints(cfg *config.Config, lookupEnv func(string) (string, bool)) map[string]string {
+	out := map[string]string{}
+	for name, n := range cfg.Injectors {
+		h := sha256.New()
+		text, _ := yaml.Marshal(&n)
+		h.Write(text)
+		walkSecrets(&n, func(kind, ref string) {
+			fmt.Fprintf(h, "\x00%s\x00%s\x00", kind, ref)
+			switch kind {
+			case "file":
+				b, err := os.ReadFile(ref)
+				if err != nil {
+					fmt.Fprintf(h, "error: %v", err)
+				}
+				h.Write(b)
+			case "env":
+				v, _ := lookupEnv(ref)
+				h.Write([]byte(v))
+			}
+		})
+		out[name] = hex.EncodeToString(h.Sum(nil))
+	}
+	return out
+}
+
+// SecretFiles lists the files the injector blocks name (file and *_file
+// keys), for a watcher.
+func SecretFiles(cfg *config.Config) []string {
+	var out []string
+	for _, n := range cfg.Injectors {
+		walkSecrets(&n, func(kind, ref string) {
+			if kind == "file" {
+				out = append(out, ref)
+			}
+		})
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+// walkSecrets calls fn for every file and env a block names.
+func walkSecrets(n *yaml.Node, fn func(kind, ref string)) {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i].Value, n.Content[i+1]
+			switch {
+			case v.Kind == yaml.ScalarNode && (k == "file" || strings.HasSuffix(k, "_file")) && v.Value != "":
+				fn("file", v.Value)
+			case v.Kind == yaml.ScalarNode && k == "env" && v.Value != "":
+				fn("env", v.Value)
+			default:
+				walkSecrets(v, fn)
+			}
+		}
+	case yaml.SequenceNode:
+		for _, c := range n.Content {
+			walkSecrets(c, fn)
+		}
+	}
 }
 
 // WarmNames lists the injectors whose blocks say warm: true, sorted.

@@ -8,9 +8,11 @@ package metrics
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/http"
 	"runtime"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +41,11 @@ type Metrics struct {
 	events           *prometheus.CounterVec
 	goaways          *prometheus.CounterVec
 	refused          *prometheus.CounterVec
+	reloads          *prometheus.CounterVec
+	lastReload       prometheus.Gauge
+
+	sessMu   sync.Mutex
+	sessions map[string]injectors.Reporter // by injector
 }
 
 // New builds the registry, with Go's and the process's collectors and
@@ -88,8 +95,13 @@ func New(version string) *Metrics {
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_http2_refused_streams_total",
 		Help: "HTTP/2 streams refused with REFUSED_STREAM, by listener and reason (max_streams, going_away, upstream_goaway)."},
 		[]string{"listener", "reason"})
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_config_reloads_total",
+		Help: "Configuration reloads, by outcome (ok; rejected: invalid, or a change that needs a restart)."}, []string{"outcome"})
+	m.lastReload = prometheus.NewGauge(prometheus.GaugeOpts{Name: "authproxy_config_last_reload_success_timestamp_seconds",
+		Help: "When the configuration last loaded: at start, then at each good reload (Unix time)."})
+	m.lastReload.SetToCurrentTime()
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.upstreamFailures, m.injections, m.fetches, m.fetchDuration,
-		m.lookups, m.evictions, m.connections, m.connects, m.refreshFailures, m.events, m.goaways, m.refused} {
+		m.lookups, m.evictions, m.connections, m.connects, m.refreshFailures, m.events, m.goaways, m.refused, m.reloads, m.lastReload} {
 		f(c)
 	}
 	return m
@@ -127,18 +139,22 @@ func (cc cacheCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // WatchSessions adds, read at each scrape, the sessions an injector
-// holds (live and ended) and its token streams open.
+// holds (live and ended) and its token streams open; a later call for the
+// same name (a reload's new instance) replaces the earlier.
 func (m *Metrics) WatchSessions(injector string, r injectors.Reporter) {
 	if m == nil {
 		return
 	}
-	m.reg.MustRegister(sessionCollector{injector, r})
+	m.sessMu.Lock()
+	defer m.sessMu.Unlock()
+	if m.sessions == nil {
+		m.sessions = map[string]injectors.Reporter{}
+		m.reg.MustRegister(sessionCollector{m})
+	}
+	m.sessions[injector] = r
 }
 
-type sessionCollector struct {
-	name string
-	r    injectors.Reporter
-}
+type sessionCollector struct{ m *Metrics }
 
 var (
 	sessionsDesc = prometheus.NewDesc("authproxy_openobd_sessions", "openOBD sessions the proxy knows, by injector and state (live, ended).", []string{"injector", "state"}, nil)
@@ -151,20 +167,38 @@ func (sc sessionCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (sc sessionCollector) Collect(ch chan<- prometheus.Metric) {
-	var live, ended, open float64
-	for _, s := range sc.r.Sessions() {
-		if s.Ended != "" {
-			ended++
-		} else {
-			live++
+	sc.m.sessMu.Lock()
+	reporters := maps.Clone(sc.m.sessions)
+	sc.m.sessMu.Unlock()
+	for name, r := range reporters {
+		var live, ended, open float64
+		for _, s := range r.Sessions() {
+			if s.Ended != "" {
+				ended++
+			} else {
+				live++
+			}
+			if s.Stream == "open" {
+				open++
+			}
 		}
-		if s.Stream == "open" {
-			open++
-		}
+		ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, live, name, "live")
+		ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, ended, name, "ended")
+		ch <- prometheus.MustNewConstMetric(streamsDesc, prometheus.GaugeValue, open, name)
 	}
-	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, live, sc.name, "live")
-	ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, ended, sc.name, "ended")
-	ch <- prometheus.MustNewConstMetric(streamsDesc, prometheus.GaugeValue, open, sc.name)
+}
+
+// Reload records a configuration reload: err nil is a good one.
+func (m *Metrics) Reload(err error) {
+	if m == nil {
+		return
+	}
+	if err != nil {
+		m.reloads.WithLabelValues("rejected").Inc()
+		return
+	}
+	m.reloads.WithLabelValues("ok").Inc()
+	m.lastReload.SetToCurrentTime()
 }
 
 // Request records an answered request: status 0 is a stream reset before

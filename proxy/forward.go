@@ -36,7 +36,7 @@ import (
 // apply the listener's limits and drain gracefully on shutdown.
 type forward struct {
 	core   *core
-	table  *route.Table[*routeRT]
+	table  atomic.Pointer[route.Table[*routeRT]] // swapped whole by a reload
 	tunnel bool
 	ca     *ca.CA
 	gp     *goproxy.ProxyHttpServer
@@ -63,10 +63,11 @@ type interceptionKey struct{}
 
 func newForward(c *core, table *route.Table[*routeRT], tunnel bool, dest *destPolicy, authority *ca.CA, t config.Timeouts, log *slog.Logger) *forward {
 	f := &forward{
-		core: c, table: table, tunnel: tunnel, dest: dest, ca: authority, log: log,
+		core: c, tunnel: tunnel, dest: dest, ca: authority, log: log,
 		handshakeTimeout: t.TLSHandshake.D(10 * time.Second), idleTimeout: t.Idle.D(120 * time.Second),
 		mitmLn: newConnQueue(),
 	}
+	f.table.Store(table)
 	gp := goproxy.NewProxyHttpServer()
 	gp.KeepAcceptEncoding = true // bodies pass through untouched
 	gp.Logger = goproxyLogger{log}
@@ -126,7 +127,7 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 	hostname, port := splitHost(r.URL.Host, defaultPort(scheme))
 	target := &url.URL{Scheme: scheme, Host: r.URL.Host}
 	x := &exchange{target: target, clientHost: r.Host}
-	rt, params, err := matchRoute(f.table, hostname, port, r.Method, r.URL.EscapedPath())
+	rt, params, err := matchRoute(f.table.Load(), hostname, port, r.Method, r.URL.EscapedPath())
 	if err != nil {
 		f.core.logFailure(r, err)
 		writeError(w, r, err)
@@ -144,7 +145,7 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 		f.core.logFailure(r, ErrNoRoute)
 		writeError(w, r, ErrNoRoute)
 		return
-	} else if !f.table.MatchesHost(hostname, port) { // a host no route names: the policy decides
+	} else if !f.table.Load().MatchesHost(hostname, port) { // a host no route names: the policy decides
 		addr, err := f.dest.check(r.Context(), hostname, port)
 		if err != nil {
 			f.log.Warn("untouched forward refused", "target", net.JoinHostPort(hostname, port), "reason", err)
@@ -167,7 +168,7 @@ func defaultPort(scheme string) string {
 func (f *forward) handleConnect(host string, pctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
 	hostname, port := splitHost(host, "443")
 	target := net.JoinHostPort(hostname, port)
-	if f.table.MatchesHost(hostname, port) {
+	if f.table.Load().MatchesHost(hostname, port) {
 		if f.draining.Load() {
 			pctx.Resp = refusal(pctx.Req, http.StatusServiceUnavailable, "authproxy: shutting down\n")
 			return goproxy.RejectConnect, host
@@ -270,7 +271,7 @@ func (f *forward) interceptedExchange(r *http.Request, conn any) (*exchange, err
 	if h, p := splitHost(r.Host, it.port); h != it.hostname || p != it.port {
 		return nil, ErrMisdirected
 	}
-	rt, params, err := matchRoute(f.table, it.hostname, it.port, r.Method, r.URL.EscapedPath())
+	rt, params, err := matchRoute(f.table.Load(), it.hostname, it.port, r.Method, r.URL.EscapedPath())
 	if err != nil {
 		return nil, err
 	}

@@ -54,15 +54,26 @@ type Server struct {
 	up        *transport.Set
 	listeners []*listener
 	runners   []injectors.Runner
-	warnings  []string // injectors' StartWarnings, logged by Run
-	shutdown  time.Duration
-	delay     time.Duration // timeouts.shutdown_delay
+	cfg       *config.Config
+	injs      map[string]injectors.Injector
+	cache     *tokencache.Cache
+
+	// Background work, started by Run and by reloads.
+	bgMu     sync.Mutex
+	bgCtx    context.Context // nil until Run starts it
+	bg       sync.WaitGroup
+	running  map[injectors.Runner]context.CancelFunc
+	reload   sync.Mutex // one reload at a time
+	warnings []string   // injectors' StartWarnings, logged by Run
+	shutdown time.Duration
+	delay    time.Duration // timeouts.shutdown_delay
 
 	metrics   *metrics.Metrics
 	admin     *http.Server // nil without an admin listener
 	adminAddr string
 	adminLn   net.Listener
-	warm      []warmer // injectors with warm: true
+	rmu       sync.RWMutex // guards warm and status, which reloads replace
+	warm      []warmer     // injectors with warm: true
 	status    *statusSource
 	serving   atomic.Bool // every listener is bound and served (readiness)
 	stopping  atomic.Bool // shutdown has started (readiness false)
@@ -104,6 +115,9 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	}
 	t := cfg.Timeouts
 	s := &Server{
+		cfg:      cfg,
+		injs:     injs,
+		cache:    opts.Cache,
 		log:      logger,
 		up:       up,
 		shutdown: t.Shutdown.D(30 * time.Second),
@@ -130,31 +144,21 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		c.maxReplay = defaultMaxReplayBody
 	}
 
-	if err := checkPathParams(cfg, injs); err != nil {
+	tables, routes, err := buildTables(cfg, injs)
+	if err != nil {
 		return nil, err
 	}
+	s.status.routes = routes
 	for _, l := range cfg.Listeners {
-		var entries []route.Entry[*routeRT]
-		for _, ref := range cfg.RoutesByListener[l.Name] {
-			inj, ok := injs[ref.Route.Injector]
-			if !ok {
-				return nil, config.Errorf(config.Join(ref.Path, "injector"), "injector %q was not built", ref.Route.Injector)
-			}
-			rt := newRouteRT(ref, inj)
-			s.status.routes = append(s.status.routes, rt)
-			entries = append(entries, route.Entry[*routeRT]{Pattern: ref.Pattern, Value: rt})
-		}
-		table, conflicts := route.NewTable(entries)
-		if len(conflicts) > 0 {
-			return nil, fmt.Errorf("listener %q: routes overlap (run `authproxy check`)", l.Name)
-		}
+		table := tables[l.Name]
 		ln := &listener{name: l.Name, kind: l.Kind, address: l.Address}
 		var handler http.Handler
 		protocols := new(http.Protocols)
 		protocols.SetHTTP1(true) // HTTP/2 goes to the relay
 		switch l.Kind {
 		case config.KindSidecar:
-			sc := &sidecar{core: c, table: table}
+			sc := &sidecar{core: c}
+			sc.table.Store(table)
 			ln.sc = sc
 			if l.Host != "" {
 				sc.host, sc.port = splitHost(l.Host, "")
@@ -227,6 +231,33 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		}
 	}
 	return s, nil
+}
+
+// buildTables builds every listener's route table, and returns the routes.
+func buildTables(cfg *config.Config, injs map[string]injectors.Injector) (map[string]*route.Table[*routeRT], []*routeRT, error) {
+	if err := checkPathParams(cfg, injs); err != nil {
+		return nil, nil, err
+	}
+	tables := map[string]*route.Table[*routeRT]{}
+	var routes []*routeRT
+	for _, l := range cfg.Listeners {
+		var entries []route.Entry[*routeRT]
+		for _, ref := range cfg.RoutesByListener[l.Name] {
+			inj, ok := injs[ref.Route.Injector]
+			if !ok {
+				return nil, nil, config.Errorf(config.Join(ref.Path, "injector"), "injector %q was not built", ref.Route.Injector)
+			}
+			rt := newRouteRT(ref, inj)
+			routes = append(routes, rt)
+			entries = append(entries, route.Entry[*routeRT]{Pattern: ref.Pattern, Value: rt})
+		}
+		table, conflicts := route.NewTable(entries)
+		if len(conflicts) > 0 {
+			return nil, nil, fmt.Errorf("listener %q: routes overlap (run `authproxy check`)", l.Name)
+		}
+		tables[l.Name] = table
+	}
+	return tables, routes, nil
 }
 
 // checkPathParams makes sure every route captures the path values its
@@ -320,7 +351,9 @@ func (s *Server) Run(ctx context.Context) error {
 		s.log.Warn(w)
 	}
 	runCtx, stopRunners := context.WithCancel(context.WithoutCancel(ctx))
-	var wg sync.WaitGroup
+	s.bgMu.Lock()
+	s.bgCtx = runCtx
+	s.bgMu.Unlock()
 	// One slot per server that may report a failure, so none blocks: a
 	// sidecar has two (net/http and the relay, on one socket), a forward
 	// listener two (net/http, and the HTTP/1.1 server of intercepted
@@ -328,18 +361,10 @@ func (s *Server) Run(ctx context.Context) error {
 	servers := 2*len(s.listeners) + 1
 	errc := make(chan error, servers)
 	for _, r := range s.runners {
-		wg.Go(func() {
-			if err := r.Run(runCtx); err != nil && !errors.Is(err, context.Canceled) {
-				s.log.Error("background work ended", "err", err)
-			}
-		})
+		s.startRunner(r)
 	}
 	for _, w := range s.warm {
-		wg.Go(func() {
-			if w.w.Warm(runCtx) == nil {
-				s.log.Info("injector warm: its credentials are held", "injector", w.name)
-			}
-		})
+		s.startWarm(w)
 	}
 	var serving sync.WaitGroup
 	for _, l := range s.listeners {
@@ -435,10 +460,55 @@ func (s *Server) Run(ctx context.Context) error {
 		<-adminDone
 	}
 	stopRunners()
-	wg.Wait()
+	s.bg.Wait()
 	s.up.Close()
 	s.log.Info("stopped")
 	return runErr
+}
+
+// startRunner runs an injector's background work until the server stops
+// or a reload retires the injector.
+func (s *Server) startRunner(r injectors.Runner) {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.running == nil {
+		s.running = map[injectors.Runner]context.CancelFunc{}
+	}
+	if _, ok := s.running[r]; ok || s.bgCtx == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(s.bgCtx)
+	s.running[r] = cancel
+	s.bg.Go(func() {
+		if err := r.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			s.log.Error("background work ended", "err", err)
+		}
+	})
+}
+
+// stopRunner ends an injector's background work.
+func (s *Server) stopRunner(r injectors.Runner) {
+	s.bgMu.Lock()
+	cancel := s.running[r]
+	delete(s.running, r)
+	s.bgMu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+func (s *Server) startWarm(w warmer) {
+	s.bgMu.Lock()
+	ctx := s.bgCtx
+	s.bgMu.Unlock()
+	if ctx == nil {
+		return
+	}
+	s.bg.Go(func() {
+		if w.w.Warm(ctx) == nil {
+			s.log.Info("injector warm: its credentials are held", "injector", w.name)
+		}
+	})
 }
 
 // warmer is an injector that readiness waits for.
@@ -450,6 +520,8 @@ type warmer struct {
 // notWarm names the first warm injector that does not hold its
 // credentials ("" when all do).
 func (s *Server) notWarm() string {
+	s.rmu.RLock()
+	defer s.rmu.RUnlock()
 	for _, w := range s.warm {
 		if !w.w.Warmed() {
 			return w.name

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"sync/atomic"
 	"net/http"
 	"net/url"
 
@@ -14,7 +15,7 @@ import (
 type sidecar struct {
 	addr    string // the listener's bound address
 	core    *core
-	table   *route.Table[*routeRT]
+	table   atomic.Pointer[route.Table[*routeRT]] // swapped whole by a reload
 	host    string   // matching host override ("" = the request's Host)
 	port    string   // its port, if any
 	pass    *url.URL // upstream for unmatched requests; nil = deny
@@ -37,7 +38,7 @@ func (s *sidecar) exchangeFor(r *http.Request) (*exchange, error) {
 	if hostname == "" {
 		hostname, port = splitHost(r.Host, "")
 	}
-	rt, params, err := matchRoute(s.table, hostname, port, r.Method, r.URL.EscapedPath())
+	rt, params, err := matchRoute(s.table.Load(), hostname, port, r.Method, r.URL.EscapedPath())
 	if err != nil {
 		return nil, err
 	}

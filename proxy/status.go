@@ -99,7 +99,9 @@ func (s *Server) statusView() statusView {
 		v.Listeners = append(v.Listeners, statusListener{Name: l.name, Kind: l.kind, Address: addr})
 	}
 	s.mu.Unlock()
+	s.rmu.RLock()
 	src := s.status
+	s.rmu.RUnlock()
 	at := map[string]int{} // a route served by several listeners is one row
 	for _, rt := range src.routes {
 		i, ok := at[rt.name]

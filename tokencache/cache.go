@@ -136,7 +136,8 @@ type Cache struct {
 	wg      sync.WaitGroup // fetches in flight
 	running atomic.Bool
 
-	fetches atomic.Int64
+	fetches    atomic.Int64
+	forgetting atomic.Bool
 }
 
 type entry struct {
@@ -166,16 +167,22 @@ type call struct {
 // New builds a cache. It starts no goroutines.
 func New(opts Options) *Cache {
 	opts.defaults()
+	c := &Cache{opts: opts}
 	var onEvict func(string, *entry)
 	if ob := opts.Observer; ob != nil {
-		onEvict = func(key string, _ *entry) { ob.Evicted(KeyName(key)) }
+		onEvict = func(key string, _ *entry) {
+			if !c.forgetting.Load() { // Forget is no eviction
+				ob.Evicted(KeyName(key))
+			}
+		}
 	}
 	entries, err := lru.NewWithEvict[string, *entry](opts.Size, onEvict)
 	if err != nil {
 		panic(err) // only for a non-positive size, which defaults() rules out
 	}
-	base, stop := context.WithCancel(context.Background())
-	return &Cache{opts: opts, entries: entries, base: base, stop: stop}
+	c.entries = entries
+	c.base, c.stop = context.WithCancel(context.Background())
+	return c
 }
 
 // Len reports how many keys the cache holds.
@@ -363,6 +370,18 @@ func (c *Cache) Replace(key, old string, tok Token) bool {
 	e.usedAt = c.opts.Now()
 	e.replaced++
 	return true
+}
+
+// Forget drops every key that name begins, so its next lookup fetches
+// afresh (an injector replaced by a reload starts with no tokens).
+func (c *Cache) Forget(name string) {
+	c.forgetting.Store(true)
+	defer c.forgetting.Store(false)
+	for _, key := range c.entries.Keys() {
+		if KeyName(key) == name {
+			c.entries.Remove(key)
+		}
+	}
 }
 
 // Entry describes one key of the cache, for a status page: never its

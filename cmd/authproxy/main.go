@@ -100,28 +100,32 @@ func load(path string, stderr io.Writer) (*config.Config, map[string]injectors.I
 }
 
 // loadWith is load; with metrics, and an admin listener configured, the
-// token cache reports to a new *metrics.Metrics; it returns both (for
-// /metrics and /status).
-func loadWith(path string, stderr io.Writer, withMetrics bool) (*config.Config, map[string]injectors.Injector, *metrics.Metrics, *tokencache.Cache, error) {
+// token cache reports to a new *metrics.Metrics. It returns the metrics
+// and the injectors' environment (the one token cache of the process, for
+// /status and reloads).
+func loadWith(path string, stderr io.Writer, withMetrics bool) (*config.Config, map[string]injectors.Injector, *metrics.Metrics, injectors.Env, error) {
 	cfg, err := config.Load(path)
 	if cfg == nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, injectors.Env{}, err
 	}
 	env := injectors.Env{Log: newLogger(cfg.Log, stderr)}
 	var m *metrics.Metrics
 	if withMetrics && cfg.Admin != nil {
 		m = metrics.New(versionString())
 		env.Events = m
-		opts := injectors.CacheOptions(cfg.TokenCache, nil)
-		opts.Observer, opts.Log = m, env.Log
-		env.Cache = tokencache.New(opts)
-		m.WatchCache(env.Cache)
 	}
+	opts := injectors.CacheOptions(cfg.TokenCache, nil)
+	opts.Log = env.Log
+	if m != nil {
+		opts.Observer = m
+	}
+	env.Cache = tokencache.New(opts) // one for the process: reloads keep it
+	m.WatchCache(env.Cache)
 	injs, ierr := injectors.BuildAll(cfg, env)
 	if err = errors.Join(err, ierr); err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, injectors.Env{}, err
 	}
-	return cfg, injs, m, env.Cache, nil
+	return cfg, injs, m, env, nil
 }
 
 func printProblems(stderr io.Writer, path string, err error) {
@@ -177,7 +181,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if !ok {
 		return 2
 	}
-	cfg, injs, m, cache, err := loadWith(path, stderr, true)
+	cfg, injs, m, env, err := loadWith(path, stderr, true)
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1
@@ -189,7 +193,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	} else if created {
 		logger.Info("created a new interception CA (ca.generate); clients must trust it", "cert_file", cfg.CA.CertFile)
 	}
-	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger, Metrics: m, Cache: cache})
+	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger, Metrics: m, Cache: env.Cache})
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1
@@ -200,8 +204,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 		<-ctx.Done()
 		stop() // a second signal now ends the process at once
 	}()
-	// SIGHUP would end the process and cut requests in flight; there is no
-	// reload yet, so it is ignored, and said so.
+	// SIGHUP reloads the configuration and secrets; so do changes to the
+	// files (reload.watch).
+	rl := newReloader(path, cfg, injs, srv, env, m, logger)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -209,12 +214,15 @@ func cmdRun(args []string, stderr io.Writer) int {
 		for {
 			select {
 			case <-hup:
-				logger.Warn("SIGHUP ignored: this version does not reload its configuration or secrets; restart to apply changes")
+				rl.reload("SIGHUP")
 			case <-ctx.Done():
 				return
 			}
 		}
 	}()
+	if cfg.Reload.Watching() {
+		go rl.watch(ctx)
+	}
 	logger.Info("authproxy starting", "version", versionString(), "config", path)
 	if err := srv.Run(ctx); err != nil {
 		logger.Error("authproxy stopped", "err", err)

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/metrics"
+	"github.com/authproxy/authproxy/proxy"
+)
+
+// reloader applies the config file to the running server on SIGHUP and,
+// with reload.watch, when the file or a secret file changes. A new config
+// is loaded, validated and built whole before anything changes; an
+// injector whose block and secrets did not change stays the running
+// instance, with its tokens, sessions and streams.
+type reloader struct {
+	path string
+	srv  *proxy.Server
+	env  injectors.Env // shares the running injectors' cache and transport
+	m    *metrics.Metrics
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	injs   map[string]injectors.Injector
+	prints map[string]string
+}
+
+func newReloader(path string, cfg *config.Config, injs map[string]injectors.Injector, srv *proxy.Server, env injectors.Env, m *metrics.Metrics, log *slog.Logger) *reloader {
+	return &reloader{path: path, srv: srv, env: env, m: m, log: log, injs: injs, prints: injectors.Fingerprints(cfg, os.LookupEnv)}
+}
+
+// reload loads the file and applies it, or logs why not (each problem
+// with its YAML path) and keeps the running configuration.
+func (rl *reloader) reload(why string) {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	cfg, err := config.Load(rl.path)
+	var injs map[string]injectors.Injector
+	if err == nil {
+		injs, err = injectors.BuildAll(cfg, rl.env)
+	}
+	if err == nil {
+		prints := injectors.Fingerprints(cfg, os.LookupEnv)
+		for name := range injs {
+			if old, ok := rl.injs[name]; ok && rl.prints[name] == prints[name] {
+				injs[name] = old // unchanged: keeps its tokens, sessions and streams
+			}
+		}
+		if err = rl.srv.Reload(cfg, injs); err == nil {
+			rl.injs, rl.prints = injs, prints
+		}
+	}
+	rl.m.Reload(err)
+	if err != nil {
+		for _, p := range config.Flatten(err) {
+			rl.log.Error("reload rejected; the running configuration goes on serving", "trigger", why, "problem", p)
+		}
+		return
+	}
+	rl.log.Info("reload applied", "trigger", why)
+}
+
+// watch reloads when the config file or a secret file of the running
+// configuration changes, until ctx ends. It watches their directories, so
+// that Kubernetes' swap of a mounted volume's ..data link is seen, and
+// waits for changes to settle (300 ms) before it reloads.
+func (rl *reloader) watch(ctx context.Context) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		rl.log.Error("cannot watch the config and secret files; reload with SIGHUP", "err", err)
+		return
+	}
+	defer w.Close()
+	watched := map[string]bool{}
+	add := func() {
+		files := []string{rl.path}
+		if cfg, err := config.Load(rl.path); err == nil {
+			files = append(files, injectors.SecretFiles(cfg)...)
+		}
+		for _, f := range files {
+			dir := filepath.Dir(f)
+			if !watched[dir] {
+				if err := w.Add(dir); err != nil {
+					rl.log.Warn("cannot watch a directory; changes there need SIGHUP", "dir", dir, "err", err)
+					continue
+				}
+				watched[dir] = true
+			}
+		}
+	}
+	add()
+	var settle *time.Timer
+	fire := make(chan struct{}, 1)
+	for {
+		select {
+		case <-ctx.Done():
+			if settle != nil {
+				settle.Stop()
+			}
+			return
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			if ev.Op == fsnotify.Chmod {
+				continue
+			}
+			if settle == nil {
+				settle = time.AfterFunc(300*time.Millisecond, func() {
+					select {
+					case fire <- struct{}{}:
+					default:
+					}
+				})
+			} else {
+				settle.Reset(300 * time.Millisecond)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			rl.log.Warn("file watch error", "err", err)
+		case <-fire:
+			rl.reload("a watched file changed")
+			add()
+		}
+	}
+}
