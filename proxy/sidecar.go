@@ -2,9 +2,9 @@ package proxy
 
 import (
 	"fmt"
-	"sync/atomic"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 
 	"github.com/authproxy/authproxy/route"
 )
@@ -16,9 +16,9 @@ type sidecar struct {
 	addr    string // the listener's bound address
 	core    *core
 	table   atomic.Pointer[route.Table[*routeRT]] // swapped whole by a reload
-	host    string   // matching host override ("" = the request's Host)
-	port    string   // its port, if any
-	pass    *url.URL // upstream for unmatched requests; nil = deny
+	host    string                                // matching host override ("" = the request's Host)
+	port    string                                // its port, if any
+	pass    *url.URL                              // upstream for unmatched requests; nil = deny
 	passH2C bool
 }
 
