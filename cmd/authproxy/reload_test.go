@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -13,6 +14,11 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/sim"
@@ -76,6 +82,15 @@ func TestReloadUnderLoad(t *testing.T) {
 		}
 		fmt.Fprintf(w, "key=%s", r.Header.Get("X-Key"))
 	})
+	echo := &sim.GRPCEcho{}
+	gs := echo.NewServer(tlsCfg)
+	gl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(gl) }()
+	defer gs.Stop()
+	grpcPort := gl.Addr().String()[strings.LastIndex(gl.Addr().String(), ":")+1:]
 	up := httptest.NewUnstartedServer(mux)
 	up.TLS, up.EnableHTTP2 = tlsCfg, true
 	up.StartTLS()
@@ -91,14 +106,16 @@ func TestReloadUnderLoad(t *testing.T) {
 admin: {address: "127.0.0.1:0"}
 listeners:
   - {name: app, kind: sidecar, address: "127.0.0.1:0", upstream: "https://api.authproxy.test:%[1]s"%[4]s}
+  - {name: grpc, kind: sidecar, address: "127.0.0.1:0", upstream: "https://api.authproxy.test:%[5]s"}
 upstream: {ca_file: %[2]q, resolve: {api.authproxy.test: 127.0.0.1, auth.authproxy.test: 127.0.0.1}}
 injectors:
   key: {kind: static, headers: {X-Key: {file: %[3]q}}}
   fleet: {kind: oauth2, token_url: "https://auth.authproxy.test:%[1]s/token", client_id: {value: fleet-app}, client_secret: {value: fleet-secret}}
 routes:
-  - {name: static, match: {path: /static/*}, injector: key}
-  - {name: oauth, match: {path: /oauth/*}, injector: fleet}
-`, port, pki.CAFile, filepath.Join(secrets, "token"), listenerExtra)
+  - {name: static, listeners: [app], match: {path: /static/*}, injector: key}
+  - {name: oauth, listeners: [app], match: {path: /oauth/*}, injector: fleet}
+  - {name: calls, listeners: [grpc], match: {path: /grpc.testing.TestService/*}, injector: key}
+`, port, pki.CAFile, filepath.Join(secrets, "token"), listenerExtra, grpcPort)
 		if err := os.WriteFile(path+".tmp", []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -188,6 +205,46 @@ routes:
 	for !streamStarted.Load() {
 		time.Sleep(5 * time.Millisecond)
 	}
+	// A gRPC bidi stream, open across every reload.
+	gconn, err := grpc.NewClient(srv.Addr("grpc").String(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithNoProxy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gconn.Close()
+	bidi, err := testpb.NewTestServiceClient(gconn).FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bidiDone := make(chan error, 1)
+	var rounds atomic.Int64
+	go func() {
+		for {
+			select {
+			case <-stop:
+				if err := bidi.CloseSend(); err != nil {
+					bidiDone <- err
+					return
+				}
+				_, err := bidi.Recv()
+				if err == io.EOF {
+					err = nil
+				}
+				bidiDone <- err
+				return
+			default:
+			}
+			if err := bidi.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("ping")}}); err != nil {
+				bidiDone <- err
+				return
+			}
+			if _, err := bidi.Recv(); err != nil {
+				bidiDone <- err
+				return
+			}
+			rounds.Add(1)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
 
 	// 1. The secret file rotates: the watcher reloads, the next requests carry it.
 	rotate(t, secrets, "v2", "tok-two")
@@ -214,6 +271,9 @@ routes:
 	rl.reload("test")
 	close(stop)
 	wg.Wait()
+	if err := <-bidiDone; err != nil || rounds.Load() < 10 {
+		t.Errorf("the gRPC bidi stream across the reloads: %v after %d round trips", err, rounds.Load())
+	}
 	if body := <-streamed; !strings.Contains(body, "chunk 19") {
 		t.Errorf("the streaming response did not survive the reloads: %q", body)
 	}
