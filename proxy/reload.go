@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"reflect"
 	"slices"
 	"strings"
@@ -11,16 +13,21 @@ import (
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/route"
 )
 
 // ErrNeedsRestart is Reload's error for a configuration that changes more
 // than injectors and routes.
 var ErrNeedsRestart = errors.New("needs a restart")
 
-// Reload applies a new configuration's injectors and routes to the running
-// server, or nothing: cfg must differ from the running one only in its
-// injectors and routes (listeners, upstream, timeouts, CA, token cache,
-// retry, log and admin need a restart), and is checked whole first.
+// Reload applies a new configuration's listeners, injectors and routes to
+// the running server, or nothing: cfg must differ from the running one
+// only in those (upstream, timeouts, CA, token cache, retry, log and admin
+// need a restart), and is checked whole first. An unchanged listener keeps
+// its socket and connections; a new one is bound and served; a removed
+// one stops accepting and drains within timeouts.shutdown; a changed one
+// is both (on the same address, connections arriving between the two are
+// refused).
 // Requests in flight finish with the routes and injectors they started
 // with. An injector of injs that is the running instance (the caller reuses
 // those whose block and secrets did not change) keeps its tokens,
@@ -31,10 +38,13 @@ func (s *Server) Reload(cfg *config.Config, injs map[string]injectors.Injector) 
 	s.reload.Lock()
 	defer s.reload.Unlock()
 	if changed := staticChanges(s.cfg, cfg); len(changed) > 0 {
-		return fmt.Errorf("%w: %s changed (only injectors and routes are reloaded)", ErrNeedsRestart, strings.Join(changed, ", "))
+		return fmt.Errorf("%w: %s changed (only listeners, injectors and routes are reloaded)", ErrNeedsRestart, strings.Join(changed, ", "))
 	}
 	tables, routes, err := buildTables(cfg, injs)
 	if err != nil {
+		return err
+	}
+	if err := s.reloadListeners(cfg, tables); err != nil {
 		return err
 	}
 	old := s.injs
@@ -54,6 +64,7 @@ func (s *Server) Reload(cfg *config.Config, injs map[string]injectors.Injector) 
 			}
 		}
 	}
+	s.mu.Lock()
 	for _, l := range s.listeners {
 		t := tables[l.name]
 		if l.sc != nil {
@@ -63,6 +74,7 @@ func (s *Server) Reload(cfg *config.Config, injs map[string]injectors.Injector) 
 			l.fwd.table.Store(t)
 		}
 	}
+	s.mu.Unlock()
 	// Background work: the new instances' starts now; the retired ones'
 	// ends once requests still using them have had the drain bound.
 	inUse := map[injectors.Runner]bool{}
@@ -102,6 +114,132 @@ func (s *Server) Reload(cfg *config.Config, injs map[string]injectors.Injector) 
 	return nil
 }
 
+// reloadListeners applies cfg's listeners: it binds the new ones, drains
+// the removed ones, and keeps the rest. Nothing changes if a new one
+// cannot be built or bound.
+func (s *Server) reloadListeners(cfg *config.Config, tables map[string]*route.Table[*routeRT]) error {
+	s.mu.Lock()
+	current := slices.Clone(s.listeners)
+	s.mu.Unlock()
+	byName := map[string]*listener{}
+	for _, l := range current {
+		byName[l.name] = l
+	}
+	var kept, added, removed []*listener
+	wanted := map[string]bool{}
+	for _, c := range cfg.Listeners {
+		wanted[c.Name] = true
+		if old, ok := byName[c.Name]; ok && reflect.DeepEqual(old.conf, c) {
+			kept = append(kept, old)
+			continue
+		}
+		nl, err := s.buildListener(cfg, c, tables[c.Name])
+		if err != nil {
+			return err
+		}
+		added = append(added, nl)
+		if old, ok := byName[c.Name]; ok {
+			removed = append(removed, old)
+		}
+	}
+	for _, l := range current {
+		if !wanted[l.name] {
+			removed = append(removed, l)
+		}
+	}
+	if len(added) == 0 && len(removed) == 0 {
+		return nil
+	}
+	// Bind the new listeners whose address no leaving one holds; should
+	// one fail, nothing has changed.
+	held := func(addr string) bool {
+		for _, r := range removed {
+			if r.address == addr {
+				return true
+			}
+		}
+		return false
+	}
+	var later []*listener
+	for _, nl := range added {
+		if held(nl.address) {
+			later = append(later, nl)
+			continue
+		}
+		ln, err := net.Listen("tcp", nl.address)
+		if err != nil {
+			for _, b := range added {
+				if b.ln != nil {
+					_ = b.ln.Close()
+				}
+			}
+			return config.Errorf("listeners", "listener %q: %v", nl.name, err)
+		}
+		nl.ln = ln
+	}
+	// The leaving listeners stop accepting now (their sockets close at
+	// once) and drain in the background.
+	for _, r := range removed {
+		ctx, cancel := context.WithTimeout(context.Background(), s.shutdown)
+		go func() { defer cancel(); s.drainListener(ctx, r) }()
+	}
+	var failed error
+	for _, nl := range later { // on an address a leaving listener held
+		var ln net.Listener
+		var err error
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if ln, err = net.Listen("tcp", nl.address); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			failed = errors.Join(failed, config.Errorf("listeners", "listener %q: %v (its old socket was closed to bind it again)", nl.name, err))
+			continue
+		}
+		nl.ln = ln
+	}
+	next := slices.Clone(kept)
+	for _, nl := range added {
+		if nl.ln != nil {
+			next = append(next, nl)
+		}
+	}
+	s.mu.Lock()
+	s.listeners = next
+	bound := make([]net.Addr, 0, len(next))
+	for _, l := range next {
+		bound = append(bound, l.ln.Addr())
+	}
+	s.own.set(bound)
+	for _, nl := range added {
+		if nl.ln == nil {
+			continue
+		}
+		s.addrs[nl.name] = nl.ln.Addr()
+		if nl.sc != nil {
+			nl.sc.addr = nl.ln.Addr().String()
+		}
+		if nl.fwd != nil {
+			nl.ln = &trackingListener{Listener: nl.ln, set: &nl.fwd.conns}
+		}
+	}
+	for _, r := range removed {
+		if !wanted[r.name] {
+			delete(s.addrs, r.name)
+		}
+	}
+	s.mu.Unlock()
+	for _, nl := range added {
+		if nl.ln != nil {
+			s.serveListener(nl)
+		}
+	}
+	for _, r := range removed {
+		s.log.Info("listener stopped by a reload; draining", "listener", r.name)
+	}
+	return failed
+}
+
 // staticChanges names the parts of the configuration, other than
 // injectors and routes, that differ.
 func staticChanges(a, b *config.Config) []string {
@@ -110,7 +248,7 @@ func staticChanges(a, b *config.Config) []string {
 		name string
 		a, b any
 	}{
-		{"log", a.Log, b.Log}, {"admin", a.Admin, b.Admin}, {"listeners", a.Listeners, b.Listeners},
+		{"log", a.Log, b.Log}, {"admin", a.Admin, b.Admin},
 		{"ca", a.CA, b.CA}, {"upstream", a.Upstream, b.Upstream}, {"timeouts", a.Timeouts, b.Timeouts},
 		{"token_cache", a.TokenCache, b.TokenCache}, {"retry", a.Retry, b.Retry},
 	} {

@@ -54,6 +54,9 @@ type Server struct {
 	up        *transport.Set
 	listeners []*listener
 	runners   []injectors.Runner
+	core      *core
+	authority *ca.CA
+	opts      Options
 	cfg       *config.Config
 	injs      map[string]injectors.Injector
 	cache     *tokencache.Cache
@@ -63,8 +66,10 @@ type Server struct {
 	bgCtx    context.Context // nil until Run starts it
 	bg       sync.WaitGroup
 	running  map[injectors.Runner]context.CancelFunc
-	reload   sync.Mutex // one reload at a time
-	warnings []string   // injectors' StartWarnings, logged by Run
+	reload   sync.Mutex     // one reload at a time
+	servers  sync.WaitGroup // the goroutines serving listeners
+	errc     chan error     // Run's, for a listener's failure
+	warnings []string       // injectors' StartWarnings, logged by Run
 	shutdown time.Duration
 	delay    time.Duration // timeouts.shutdown_delay
 
@@ -86,6 +91,7 @@ type Server struct {
 
 type listener struct {
 	name, kind, address string
+	conf                config.Listener // as configured, for reloads
 	srv                 *http.Server
 	sc                  *sidecar       // sidecar listeners only
 	fwd                 *forward       // forward listeners only
@@ -149,60 +155,11 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		return nil, err
 	}
 	s.status.routes = routes
+	s.core, s.authority, s.opts = c, authority, opts
 	for _, l := range cfg.Listeners {
-		table := tables[l.Name]
-		ln := &listener{name: l.Name, kind: l.Kind, address: l.Address}
-		var handler http.Handler
-		protocols := new(http.Protocols)
-		protocols.SetHTTP1(true) // HTTP/2 goes to the relay
-		switch l.Kind {
-		case config.KindSidecar:
-			sc := &sidecar{core: c}
-			sc.table.Store(table)
-			ln.sc = sc
-			if l.Host != "" {
-				sc.host, sc.port = splitHost(l.Host, "")
-			}
-			if l.Unmatched == config.UnmatchedPass {
-				u, _ := url.Parse(l.Upstream)
-				if u.Scheme == "h2c" {
-					sc.passH2C = true
-					u.Scheme = "http"
-				}
-				sc.pass = u
-			}
-			handler = sc
-			ln.relay = newRelay(c, relayHandler{core: c, listener: l.Name, exchangeFor: func(r *http.Request, _ any) (*exchange, error) {
-				return sc.exchangeFor(r)
-			}}, cfg, l.Name)
-			c.observeRelay(l.Name, ln.relay)
-		case config.KindForward:
-			if authority == nil {
-				return nil, config.Errorf("ca", "a forward listener needs a CA")
-			}
-			nets, hosts, _ := config.ParseTunnelAllow(l.TunnelAllow) // validated by config
-			dest := &destPolicy{allowNets: nets, allowHosts: hosts, lookup: up.Lookup,
-				timeout: cfg.Upstream.DialTimeout.D(10 * time.Second), own: s.own}
-			ln.fwd = newForward(c, table, l.Unmatched == config.UnmatchedTunnel, dest, authority, t, logger.With("listener", l.Name))
-			ln.fwd.relay = newRelay(c, relayHandler{core: c, listener: l.Name, exchangeFor: ln.fwd.interceptedExchange}, cfg, l.Name)
-			c.observeRelay(l.Name, ln.fwd.relay)
-			ln.fwd.metrics, ln.fwd.name = opts.Metrics, l.Name
-			ln.fwd.mitm.Handler = c.instrument(l.Name, ln.fwd.mitm.Handler)
-			if opts.Metrics != nil {
-				ln.fwd.mitm.ConnState = connStates(opts.Metrics, l.Name, ln.fwd.mitm.ConnState)
-			}
-			handler = ln.fwd
-		}
-		ln.srv = &http.Server{
-			Handler:           c.instrument(l.Name, handler),
-			Protocols:         protocols,
-			MaxHeaderBytes:    maxHeaderBytes,
-			ReadHeaderTimeout: t.ReadHeader.D(10 * time.Second),
-			IdleTimeout:       t.Idle.D(120 * time.Second),
-			ErrorLog:          stdLogger(logger.With("listener", l.Name)),
-		}
-		if opts.Metrics != nil {
-			ln.srv.ConnState = connStates(opts.Metrics, l.Name, nil)
+		ln, err := s.buildListener(cfg, l, tables[l.Name])
+		if err != nil {
+			return nil, err
 		}
 		if pre, ok := opts.Listeners[l.Name]; ok {
 			ln.ln = pre
@@ -231,6 +188,65 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		}
 	}
 	return s, nil
+}
+
+// buildListener builds a listener of cfg (not yet bound) serving table.
+func (s *Server) buildListener(cfg *config.Config, l config.Listener, table *route.Table[*routeRT]) (*listener, error) {
+	c, authority, opts, logger, up, t := s.core, s.authority, s.opts, s.log, s.up, cfg.Timeouts
+	ln := &listener{name: l.Name, kind: l.Kind, address: l.Address, conf: l}
+	var handler http.Handler
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true) // HTTP/2 goes to the relay
+	switch l.Kind {
+	case config.KindSidecar:
+		sc := &sidecar{core: c}
+		sc.table.Store(table)
+		ln.sc = sc
+		if l.Host != "" {
+			sc.host, sc.port = splitHost(l.Host, "")
+		}
+		if l.Unmatched == config.UnmatchedPass {
+			u, _ := url.Parse(l.Upstream)
+			if u.Scheme == "h2c" {
+				sc.passH2C = true
+				u.Scheme = "http"
+			}
+			sc.pass = u
+		}
+		handler = sc
+		ln.relay = newRelay(c, relayHandler{core: c, listener: l.Name, exchangeFor: func(r *http.Request, _ any) (*exchange, error) {
+			return sc.exchangeFor(r)
+		}}, cfg, l.Name)
+		c.observeRelay(l.Name, ln.relay)
+	case config.KindForward:
+		if authority == nil {
+			return nil, config.Errorf("ca", "a forward listener needs a CA")
+		}
+		nets, hosts, _ := config.ParseTunnelAllow(l.TunnelAllow) // validated by config
+		dest := &destPolicy{allowNets: nets, allowHosts: hosts, lookup: up.Lookup,
+			timeout: cfg.Upstream.DialTimeout.D(10 * time.Second), own: s.own}
+		ln.fwd = newForward(c, table, l.Unmatched == config.UnmatchedTunnel, dest, authority, t, logger.With("listener", l.Name))
+		ln.fwd.relay = newRelay(c, relayHandler{core: c, listener: l.Name, exchangeFor: ln.fwd.interceptedExchange}, cfg, l.Name)
+		c.observeRelay(l.Name, ln.fwd.relay)
+		ln.fwd.metrics, ln.fwd.name = opts.Metrics, l.Name
+		ln.fwd.mitm.Handler = c.instrument(l.Name, ln.fwd.mitm.Handler)
+		if opts.Metrics != nil {
+			ln.fwd.mitm.ConnState = connStates(opts.Metrics, l.Name, ln.fwd.mitm.ConnState)
+		}
+		handler = ln.fwd
+	}
+	ln.srv = &http.Server{
+		Handler:           c.instrument(l.Name, handler),
+		Protocols:         protocols,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ReadHeaderTimeout: t.ReadHeader.D(10 * time.Second),
+		IdleTimeout:       t.Idle.D(120 * time.Second),
+		ErrorLog:          stdLogger(logger.With("listener", l.Name)),
+	}
+	if opts.Metrics != nil {
+		ln.srv.ConnState = connStates(opts.Metrics, l.Name, nil)
+	}
+	return ln, nil
 }
 
 // buildTables builds every listener's route table, and returns the routes.
@@ -366,40 +382,11 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, w := range s.warm {
 		s.startWarm(w)
 	}
-	var serving sync.WaitGroup
+	s.mu.Lock()
+	s.errc = errc
+	s.mu.Unlock()
 	for _, l := range s.listeners {
-		s.log.Info("listening", "listener", l.name, "kind", l.kind, "address", l.ln.Addr().String())
-		httpLn := l.ln
-		var h2Ln net.Listener // connections that open with the HTTP/2 preface
-		if l.relay != nil {
-			split := newSplitter(l.ln, l.srv.ReadHeaderTimeout)
-			httpLn, h2Ln = split.h1, split.h2
-			serving.Go(split.run)
-			serving.Go(func() {
-				for {
-					c, err := h2Ln.Accept()
-					if err != nil {
-						if !errors.Is(err, net.ErrClosed) {
-							errc <- fmt.Errorf("listener %q: %w", l.name, err)
-						}
-						return
-					}
-					go l.relay.ServeConn(c)
-				}
-			})
-		}
-		if l.fwd != nil {
-			serving.Go(func() {
-				if err := l.fwd.mitm.Serve(l.fwd.mitmLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-					errc <- fmt.Errorf("listener %q: intercepted connections: %w", l.name, err)
-				}
-			})
-		}
-		serving.Go(func() {
-			if err := l.srv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("listener %q: %w", l.name, err)
-			}
-		})
+		s.serveListener(l)
 	}
 
 	var adminDone chan struct{}
@@ -428,29 +415,14 @@ func (s *Server) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), s.shutdown)
 	defer cancel()
 	var drain sync.WaitGroup
-	for _, l := range s.listeners {
-		drain.Go(func() {
-			if l.fwd != nil {
-				l.fwd.draining.Store(true)
-			}
-			if l.relay != nil {
-				drain.Go(func() {
-					if l.relay.Shutdown(sctx) != nil {
-						s.log.Warn("HTTP/2 streams still in flight at the drain bound; closing them", "listener", l.name)
-					}
-				})
-			}
-			if err := l.srv.Shutdown(sctx); err != nil {
-				s.log.Warn("requests still in flight at the drain bound; closing them", "listener", l.name)
-				_ = l.srv.Close()
-			}
-			if l.fwd != nil {
-				l.fwd.drain(sctx)
-			}
-		})
+	s.mu.Lock()
+	listeners := slices.Clone(s.listeners)
+	s.mu.Unlock()
+	for _, l := range listeners {
+		drain.Go(func() { s.drainListener(sctx, l) })
 	}
 	drain.Wait()
-	serving.Wait()
+	s.servers.Wait()
 	if s.admin != nil { // the last to go: liveness answers through the drain
 		actx, acancel := context.WithTimeout(context.Background(), time.Second)
 		if s.admin.Shutdown(actx) != nil {
@@ -464,6 +436,79 @@ func (s *Server) Run(ctx context.Context) error {
 	s.up.Close()
 	s.log.Info("stopped")
 	return runErr
+}
+
+// serveListener serves a bound listener: HTTP/1.1 through net/http, HTTP/2
+// (told by a connection's first bytes) through the relay.
+func (s *Server) serveListener(l *listener) {
+	s.log.Info("listening", "listener", l.name, "kind", l.kind, "address", l.ln.Addr().String())
+	httpLn := l.ln
+	if l.relay != nil {
+		split := newSplitter(l.ln, l.srv.ReadHeaderTimeout)
+		httpLn = split.h1
+		h2Ln := split.h2 // connections that open with the HTTP/2 preface
+		s.servers.Go(split.run)
+		s.servers.Go(func() {
+			for {
+				c, err := h2Ln.Accept()
+				if err != nil {
+					if !errors.Is(err, net.ErrClosed) {
+						s.fail(fmt.Errorf("listener %q: %w", l.name, err))
+					}
+					return
+				}
+				go l.relay.ServeConn(c)
+			}
+		})
+	}
+	if l.fwd != nil {
+		s.servers.Go(func() {
+			if err := l.fwd.mitm.Serve(l.fwd.mitmLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.fail(fmt.Errorf("listener %q: intercepted connections: %w", l.name, err))
+			}
+		})
+	}
+	s.servers.Go(func() {
+		if err := l.srv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.fail(fmt.Errorf("listener %q: %w", l.name, err))
+		}
+	})
+}
+
+// fail reports a listener's failure to Run, which then stops (one is
+// enough).
+func (s *Server) fail(err error) {
+	s.mu.Lock()
+	errc := s.errc
+	s.mu.Unlock()
+	select {
+	case errc <- err:
+	default:
+	}
+}
+
+// drainListener stops a listener: no new connections, requests in flight
+// finish until ctx ends, then what is left is closed.
+func (s *Server) drainListener(ctx context.Context, l *listener) {
+	if l.fwd != nil {
+		l.fwd.draining.Store(true)
+	}
+	var wg sync.WaitGroup
+	if l.relay != nil {
+		wg.Go(func() {
+			if l.relay.Shutdown(ctx) != nil {
+				s.log.Warn("HTTP/2 streams still in flight at the drain bound; closing them", "listener", l.name)
+			}
+		})
+	}
+	if err := l.srv.Shutdown(ctx); err != nil {
+		s.log.Warn("requests still in flight at the drain bound; closing them", "listener", l.name)
+		_ = l.srv.Close()
+	}
+	if l.fwd != nil {
+		l.fwd.drain(ctx)
+	}
+	wg.Wait()
 }
 
 // startRunner runs an injector's background work until the server stops

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -101,11 +102,13 @@ func TestReloadUnderLoad(t *testing.T) {
 	secrets := filepath.Join(dir, "secrets")
 	rotate(t, secrets, "v1", "tok-one")
 	path := filepath.Join(dir, "config.yaml")
-	write := func(listenerExtra string) {
+	write := func(extraListeners, extraTop string) {
 		cfg := fmt.Sprintf(`
 admin: {address: "127.0.0.1:0"}
+%[6]s
 listeners:
-  - {name: app, kind: sidecar, address: "127.0.0.1:0", upstream: "https://api.authproxy.test:%[1]s"%[4]s}
+  - {name: app, kind: sidecar, address: "127.0.0.1:0", upstream: "https://api.authproxy.test:%[1]s"}
+%[4]s
   - {name: grpc, kind: sidecar, address: "127.0.0.1:0", upstream: "https://api.authproxy.test:%[5]s"}
 upstream: {ca_file: %[2]q, resolve: {api.authproxy.test: 127.0.0.1, auth.authproxy.test: 127.0.0.1}}
 injectors:
@@ -115,7 +118,7 @@ routes:
   - {name: static, listeners: [app], match: {path: /static/*}, injector: key}
   - {name: oauth, listeners: [app], match: {path: /oauth/*}, injector: fleet}
   - {name: calls, listeners: [grpc], match: {path: /grpc.testing.TestService/*}, injector: key}
-`, port, pki.CAFile, filepath.Join(secrets, "token"), listenerExtra, grpcPort)
+`, port, pki.CAFile, filepath.Join(secrets, "token"), extraListeners, grpcPort, extraTop)
 		if err := os.WriteFile(path+".tmp", []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -123,7 +126,7 @@ routes:
 			t.Fatal(err)
 		}
 	}
-	write("")
+	write("", "")
 
 	var logs syncBuffer
 	cfg, injs, m, env, err := loadWith(path, &logs, true)
@@ -262,12 +265,36 @@ routes:
 		t.Errorf("after a broken config: %d %s", st, body)
 	}
 
-	// 3. A listener change needs a restart: refused, said so.
-	write(", allow_remote_clients: true")
-	waitBody(t, logs.String, "listeners changed (only injectors and routes are reloaded)")
+	// 3. A new listener is bound and served, the others untouched; removed,
+	// it stops accepting.
+	write(`  - {name: extra, kind: sidecar, address: "127.0.0.1:0", upstream: "https://api.authproxy.test:`+port+`"}`, "")
+	extraRE := regexp.MustCompile(`listening listener=extra kind=sidecar address=(\S+)`)
+	waitBody(t, logs.String, "listening listener=extra")
+	extra := extraRE.FindStringSubmatch(logs.String())[1]
+	if resp, err := h1.Get("http://" + extra + "/static/x"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("the listener a reload added (no route is on it): %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	write("", "")
+	waitBody(t, logs.String, `listener stopped by a reload; draining" listener=extra`)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c, err := net.Dial("tcp", extra)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the removed listener still accepts connections")
+		}
+	}
 
-	// 4. SIGHUP's path, with the config as it was: applied.
-	write("")
+	// 4. A change that needs a restart is refused, and said so.
+	write("", "timeouts: {idle: 1m}")
+	waitBody(t, logs.String, "timeouts changed (only listeners, injectors and routes are reloaded)")
+
+	// 5. SIGHUP's path, with the config as it was: applied.
+	write("", "")
 	rl.reload("test")
 	close(stop)
 	wg.Wait()
@@ -292,7 +319,7 @@ routes:
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}()
-	for outcome, least := range map[string]int{"ok": 2, "rejected": 2} { // the watcher may also see step 4's write
+	for outcome, least := range map[string]int{"ok": 4, "rejected": 2} { // the watcher may also see step 5's write
 		var n int
 		_, _ = fmt.Sscanf(metricsText[strings.Index(metricsText, `authproxy_config_reloads_total{outcome="`+outcome+`"} `)+len(`authproxy_config_reloads_total{outcome="`+outcome+`"} `):], "%d", &n)
 		if !strings.Contains(metricsText, `authproxy_config_reloads_total{outcome="`+outcome+`"}`) || n < least {
@@ -302,7 +329,7 @@ routes:
 	if strings.Contains(logs.String(), "tok-one") || strings.Contains(logs.String(), "tok-two") || strings.Contains(logs.String(), "fleet-secret") {
 		t.Errorf("a secret appears in the log")
 	}
-	t.Logf("%d requests across 4 reload attempts, %d failed", sent.Load(), failed.Load())
+	t.Logf("%d requests and %d bidi round trips across the reloads, %d failed", sent.Load(), rounds.Load(), failed.Load())
 }
 
 // waitBody waits up to 10 s for f's result to contain want.
