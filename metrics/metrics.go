@@ -7,12 +7,17 @@ package metrics
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
 	"maps"
+	"net"
 	"net/http"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,8 +70,8 @@ func New(version string) *Metrics {
 		Help: "Time from a request's head to the end of its answer, by listener and protocol.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)},
 		[]string{"listener", "protocol"})
 	m.upstreamFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_upstream_failures_total",
-		Help: "Requests the proxy answered itself because the upstream could not be reached or failed before answering, by listener and route."},
-		[]string{"listener", "route"})
+		Help: "Requests the proxy answered itself because the upstream could not be reached or failed before answering, by listener, route and reason (refused, timeout, tls, reset, no_http2, other)."},
+		[]string{"listener", "route", "reason"})
 	m.injections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_injections_total",
 		Help: "Credentials added (ok) or not (rejected, unavailable, timeout, bad_request, precondition, error), by injector."},
 		[]string{"injector", "outcome"})
@@ -215,12 +220,36 @@ func (m *Metrics) Request(listener, route, protocol string, status int, d time.D
 	m.duration.WithLabelValues(listener, protocol).Observe(d.Seconds())
 }
 
-// UpstreamFailure records a request the upstream failed.
-func (m *Metrics) UpstreamFailure(listener, route string) {
+// UpstreamFailure records a request the upstream failed, and why (a word
+// of UpstreamReason's).
+func (m *Metrics) UpstreamFailure(listener, route, reason string) {
 	if m == nil {
 		return
 	}
-	m.upstreamFailures.WithLabelValues(listener, route).Inc()
+	m.upstreamFailures.WithLabelValues(listener, route, reason).Inc()
+}
+
+// UpstreamReason names why an upstream failed: refused (nothing listens),
+// timeout, tls (the handshake or the certificate), reset (the stream or
+// connection ended before an answer), no_http2, other.
+func UpstreamReason(err error) string {
+	var ne net.Error
+	var ce *tls.CertificateVerificationError
+	var ae tls.AlertError
+	var re tls.RecordHeaderError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.As(err, &ce), errors.As(err, &ae), errors.As(err, &re), strings.Contains(err.Error(), "x509:"), strings.Contains(err.Error(), "tls:"):
+		return "tls"
+	case strings.Contains(err.Error(), "did not negotiate HTTP/2"):
+		return "no_http2"
+	case errors.Is(err, syscall.ECONNRESET), strings.Contains(err.Error(), "stream error"), strings.Contains(err.Error(), "connection closed"), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "reset"
+	}
+	return "other"
 }
 
 // Injection records an injector's call: err nil is ok.

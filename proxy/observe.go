@@ -245,6 +245,6 @@ func (c *core) injected(rt *routeRT, err error) {
 // upstreamFailed records a failure of the upstream, if err is one.
 func (c *core) upstreamFailed(listener, route string, err error) {
 	if errors.Is(err, ErrUpstream) || errors.Is(err, h2relay.ErrUpstream) {
-		c.metrics.UpstreamFailure(listener, route)
+		c.metrics.UpstreamFailure(listener, route, metrics.UpstreamReason(err))
 	}
 }

@@ -53,6 +53,7 @@ type statusCredential struct {
 	State       string  `json:"state"` // valid, refreshing, serving stale, failing, expired
 	ExpiresIn   string  `json:"expires_in,omitempty"`
 	NextRefresh string  `json:"next_refresh,omitempty"`
+	Age         string  `json:"age,omitempty"` // since the token held was fetched (an ODIL session's age)
 	Left        float64 `json:"lifetime_left"` // fraction of the lifetime left, 0 to 1
 	Fetches     int     `json:"fetches"`
 	Failures    int     `json:"failures"`
@@ -158,6 +159,9 @@ func credentialOf(e tokencache.Entry, now time.Time) statusCredential {
 	} else if e.Valid {
 		c.Left = 1 // no expiry: a session kept alive by use
 	}
+	if e.Valid && !e.FetchedAt.IsZero() {
+		c.Age = now.Sub(e.FetchedAt).Round(time.Second).String()
+	}
 	if e.Valid && !e.RefreshAt.IsZero() && e.RefreshAt.After(now) {
 		c.NextRefresh = e.RefreshAt.Sub(now).Round(time.Second).String()
 	}
@@ -228,10 +232,10 @@ th{background:#f3f3f3;font-weight:600} .key{font-family:ui-monospace,monospace;f
 <h2>Injectors</h2>
 {{range .Injectors}}
 <h3>{{.Name}} <span class="muted">({{.Kind}}{{if .Warm}}, warm{{end}})</span></h3>
-{{if .Credentials}}<table><tr><th>credential</th><th>state</th><th>lifetime left</th><th>expires in</th><th>next refresh</th><th>fetches</th><th>failures</th><th>renewals</th><th>last error</th></tr>
+{{if .Credentials}}<table><tr><th>credential</th><th>state</th><th>lifetime left</th><th>expires in</th><th>next refresh</th><th>age</th><th>fetches</th><th>failures</th><th>renewals</th><th>last error</th></tr>
 {{range .Credentials}}<tr><td class="key">{{if .Key}}{{.Key}}{{else}}(default){{end}}</td><td class="state-{{.State}}">{{.State}}</td>
 <td><span class="bar {{level .Left}}"><span style="width:{{pct .Left}}%"></span></span> {{pct .Left}}%</td>
-<td>{{.ExpiresIn}}</td><td>{{.NextRefresh}}</td><td>{{.Fetches}}</td><td>{{.Failures}}</td><td>{{.Renewals}}</td><td>{{.LastError}}</td></tr>
+<td>{{.ExpiresIn}}</td><td>{{.NextRefresh}}</td><td>{{.Age}}</td><td>{{.Fetches}}</td><td>{{.Failures}}</td><td>{{.Renewals}}</td><td>{{.LastError}}</td></tr>
 {{end}}</table>{{else}}<p class="muted">no credential held</p>{{end}}
 {{if .Sessions}}<table><tr><th>session</th><th>state</th><th>endpoint</th><th>token stream</th><th>rotations</th><th>last rotation</th><th>reconnects</th><th>known since</th><th>ended</th></tr>
 {{range .Sessions}}<tr><td class="key">{{.ID}}</td><td>{{.State}}</td><td class="key">{{.Endpoint}}</td><td>{{.Stream}}</td><td>{{.Rotations}}</td><td>{{fmtTime .LastRotation}}</td><td>{{.Reconnects}}</td><td>{{fmtTime .Since}}</td><td>{{.Ended}}</td></tr>
