@@ -68,6 +68,17 @@ func (rl *reloader) reload(why string) {
 	rl.log.Info("reload applied", "trigger", why)
 }
 
+// matters reports whether a change to name is one to the config or a
+// secret file: one of them, or a Kubernetes volume's ..data link (whose
+// swap changes every file of the volume at once).
+func (rl *reloader) matters(name string, relevant map[string]bool) bool {
+	abs, err := filepath.Abs(name)
+	if err != nil {
+		return false
+	}
+	return relevant[abs] || filepath.Base(abs) == "..data"
+}
+
 // watch reloads when the config file or a secret file of the running
 // configuration changes, until ctx ends. It watches their directories, so
 // that Kubernetes' swap of a mounted volume's ..data link is seen, and
@@ -79,13 +90,17 @@ func (rl *reloader) watch(ctx context.Context) {
 		return
 	}
 	defer w.Close()
-	watched := map[string]bool{}
+	watched := map[string]bool{}  // directories
+	relevant := map[string]bool{} // the files whose changes count
 	add := func() {
 		files := []string{rl.path}
 		if cfg, err := config.Load(rl.path); err == nil {
 			files = append(files, injectors.SecretFiles(cfg)...)
 		}
 		for _, f := range files {
+			if abs, err := filepath.Abs(f); err == nil {
+				relevant[abs] = true
+			}
 			dir := filepath.Dir(f)
 			if !watched[dir] {
 				if err := w.Add(dir); err != nil {
@@ -110,8 +125,8 @@ func (rl *reloader) watch(ctx context.Context) {
 			if !ok {
 				return
 			}
-			if ev.Op == fsnotify.Chmod {
-				continue
+			if ev.Op == fsnotify.Chmod || !rl.matters(ev.Name, relevant) {
+				continue // other files in the same directories (a log file, say)
 			}
 			if settle == nil {
 				settle = time.AfterFunc(300*time.Millisecond, func() {

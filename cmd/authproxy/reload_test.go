@@ -249,6 +249,22 @@ routes:
 		}
 	}()
 
+	// 0. Other files in the watched directories do not count: a log file
+	// written there must not make the proxy reload (and log, and reload…).
+	for i := 0; i < 5; i++ {
+		if err := os.WriteFile(filepath.Join(dir, "proxy.log"), []byte(strings.Repeat("x", i)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(secrets, "other"), []byte(strings.Repeat("y", i)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(400 * time.Millisecond) // past the 300 ms a change settles for
+	if strings.Contains(logs.String(), "a watched file changed") {
+		t.Fatalf("a change to an unrelated file reloaded the config:\n%s", logs.String())
+	}
+
 	// 1. The secret file rotates: the watcher reloads, the next requests carry it.
 	rotate(t, secrets, "v2", "tok-two")
 	waitBody(t, func() string { _, b := get(h1, "/static/x"); return b }, "key=tok-two")
