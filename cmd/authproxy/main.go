@@ -15,11 +15,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
@@ -37,7 +39,10 @@ const usage = `usage:
   authproxy check -config FILE      validate the config and print every problem
   authproxy ca init -config FILE    create the interception CA (ca.cert_file, ca.key_file)
   authproxy ca export -config FILE  print the CA certificate for clients to trust
-  authproxy version                 print the version
+  authproxy health [-addr HOST:PORT] exit 0 when the admin listener says ready (a container HEALTHCHECK)
+  authproxy version                 print the version (also --version)
+
+-config defaults to $AUTHPROXY_CONFIG; every command takes -h.
 `
 
 func main() {
@@ -56,7 +61,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "ca":
 		return cmdCA(args[1:], stdout, stderr)
-	case "version":
+	case "health":
+		return cmdHealth(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "authproxy", versionString())
 		return 0
 	case "-h", "-help", "--help", "help":
@@ -78,18 +85,24 @@ func versionString() string {
 	return "dev"
 }
 
-func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
+// configFlag parses a command's -config (default $AUTHPROXY_CONFIG). It
+// returns the path, or the exit code when the command is to end now
+// (0 after -h).
+func configFlag(name string, args []string, stderr io.Writer) (string, int) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("config", "", "configuration file (YAML)")
+	path := fs.String("config", os.Getenv("AUTHPROXY_CONFIG"), "configuration file (YAML); default $AUTHPROXY_CONFIG")
 	if err := fs.Parse(args); err != nil {
-		return "", false
+		if errors.Is(err, flag.ErrHelp) {
+			return "", 0
+		}
+		return "", 2
 	}
 	if *path == "" || fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "usage: authproxy %s -config FILE\n", name)
-		return "", false
+		fmt.Fprintf(stderr, "usage: authproxy %s -config FILE (or $AUTHPROXY_CONFIG)\n", name)
+		return "", 2
 	}
-	return *path, true
+	return *path, -1
 }
 
 // load reads the config and builds the injectors, reporting every problem.
@@ -137,9 +150,9 @@ func printProblems(stderr io.Writer, path string, err error) {
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	path, ok := configFlag("check", args, stderr)
-	if !ok {
-		return 2
+	path, code := configFlag("check", args, stderr)
+	if code >= 0 {
+		return code
 	}
 	cfg, injs, err := load(path, stderr)
 	note := ""
@@ -177,9 +190,9 @@ func exists(path string) bool {
 }
 
 func cmdRun(args []string, stderr io.Writer) int {
-	path, ok := configFlag("run", args, stderr)
-	if !ok {
-		return 2
+	path, code := configFlag("run", args, stderr)
+	if code >= 0 {
+		return code
 	}
 	cfg, injs, m, env, err := loadWith(path, stderr, true)
 	if err != nil {
@@ -275,6 +288,10 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 }
 
 func cmdCA(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprint(stderr, "usage: authproxy ca init|export -config FILE (or -cert FILE -key FILE)\n")
+		return 0
+	}
 	if len(args) == 0 || (args[0] != "init" && args[0] != "export") {
 		fmt.Fprint(stderr, "usage: authproxy ca init|export -config FILE\n")
 		return 2
@@ -282,12 +299,18 @@ func cmdCA(args []string, stdout, stderr io.Writer) int {
 	sub := args[0]
 	fs := flag.NewFlagSet("ca "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("config", "", "configuration file naming ca.cert_file and ca.key_file")
+	path := fs.String("config", os.Getenv("AUTHPROXY_CONFIG"), "configuration file naming ca.cert_file and ca.key_file; default $AUTHPROXY_CONFIG")
 	certFile := fs.String("cert", "", "CA certificate file (instead of -config)")
 	keyFile := fs.String("key", "", "CA key file (instead of -config)")
 	force := fs.Bool("force", false, "ca init: replace existing files")
 	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
+	}
+	if *certFile != "" || *keyFile != "" {
+		*path = "" // explicit files win over $AUTHPROXY_CONFIG
 	}
 	if *path != "" {
 		cfg, err := config.Load(*path)
@@ -319,5 +342,43 @@ func cmdCA(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	_, _ = stdout.Write(authority.CertPEM())
+	return 0
+}
+
+// cmdHealth asks the admin listener's /readyz and exits 0 when it says
+// ready: a HEALTHCHECK for the distroless image, which has no shell or
+// curl. -addr defaults to admin.address of -config ($AUTHPROXY_CONFIG),
+// else 127.0.0.1:15000.
+func cmdHealth(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("health", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "", "the admin listener's host:port (default: admin.address of the config, else 127.0.0.1:15000)")
+	path := fs.String("config", os.Getenv("AUTHPROXY_CONFIG"), "configuration file whose admin.address to ask; default $AUTHPROXY_CONFIG")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if *addr == "" && *path != "" {
+		if cfg, _ := config.Load(*path); cfg != nil && cfg.Admin != nil {
+			*addr = cfg.Admin.Address
+		}
+	}
+	if *addr == "" {
+		*addr = "127.0.0.1:15000"
+	}
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + *addr + "/readyz")
+	if err != nil {
+		fmt.Fprintf(stderr, "authproxy health: %v\n", err)
+		return 1
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	fmt.Fprint(stdout, string(body))
+	if resp.StatusCode != http.StatusOK {
+		return 1
+	}
 	return 0
 }

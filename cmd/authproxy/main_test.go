@@ -307,3 +307,36 @@ routes:
 		}
 	}
 }
+
+// Every command takes -h and exits 0; --version prints the version; -config
+// defaults to $AUTHPROXY_CONFIG.
+func TestHelpVersionAndConfigFromTheEnvironment(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"help"}, {"--version"}, {"version"}, {"run", "-h"}, {"check", "-h"},
+		{"ca", "-h"}, {"ca", "init", "-h"}, {"ca", "export", "-h"}, {"health", "-h"}} {
+		cmd := exec.Command(binary, args...)
+		out, err := cmd.CombinedOutput()
+		if err != nil || len(out) == 0 {
+			t.Errorf("authproxy %v: %v, output %q", args, err, out)
+		}
+	}
+	cfg := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(cfg, []byte(`
+listeners:
+  - {name: app, kind: sidecar, address: "127.0.0.1:0", upstream: "https://api.example.com"}
+injectors:
+  tok: {kind: static, headers: {Authorization: {value: x}}}
+routes:
+  - {name: api, match: {path: /v1/*}, injector: tok}
+`), 0o600)
+	cmd := exec.Command(binary, "check")
+	cmd.Env = []string{"AUTHPROXY_CONFIG=" + cfg}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("check with $AUTHPROXY_CONFIG: %v\n%s", err, out)
+	}
+	if err := exec.Command(binary, "check").Run(); err == nil {
+		t.Error("check without a config succeeded")
+	}
+	if err := exec.Command(binary, "health", "-addr", "127.0.0.1:1").Run(); err == nil {
+		t.Error("health with nothing listening succeeded")
+	}
+}
