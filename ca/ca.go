@@ -18,6 +18,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -37,8 +38,10 @@ type CA struct {
 }
 
 // Create generates a new ECDSA P-256 CA valid for ten years and writes it
-// to certFile (mode 0644) and keyFile (mode 0600). It refuses to overwrite
-// existing files unless force is set.
+// to certFile (mode 0644) and keyFile (mode 0600), creating missing
+// directories (mode 0755: the certificate is for clients to read; the key
+// file's own mode keeps it private). It refuses to overwrite existing
+// files unless force is set.
 func Create(certFile, keyFile, commonName string, force bool) error {
 	if !force {
 		for _, f := range []string{certFile, keyFile} {
@@ -50,6 +53,11 @@ func Create(certFile, keyFile, commonName string, force bool) error {
 	certPEM, keyPEM, err := NewCAPEM(commonName, time.Now(), 10*365*24*time.Hour)
 	if err != nil {
 		return err
+	}
+	for _, f := range []string{keyFile, certFile} {
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			return fmt.Errorf("ca: %w", err)
+		}
 	}
 	if err := writeFile(keyFile, keyPEM, 0o600); err != nil {
 		return err

@@ -137,3 +137,23 @@ func TestLoadRefusesAKeyOthersCanRead(t *testing.T) {
 		}
 	}
 }
+
+// ca init into directories that do not exist yet creates them, so that
+// others can read the certificate (clients trust it) while the key stays
+// the owner's alone.
+func TestCreateMakesItsDirectories(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "new", "ca")
+	cert, key := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "private", "ca.key")
+	if err := Create(cert, key, "test", false); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]os.FileMode{dir: 0o755, cert: 0o644, key: 0o600} {
+		st, err := os.Stat(path)
+		if err != nil || st.Mode().Perm()&^0o022 != want&^0o022 || (path == key && st.Mode().Perm() != 0o600) {
+			t.Errorf("%s: %v %v, want %v", path, st.Mode().Perm(), err, want)
+		}
+	}
+	if _, err := Load(cert, key, Options{}); err != nil {
+		t.Errorf("loading what was created: %v", err)
+	}
+}

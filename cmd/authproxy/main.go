@@ -257,17 +257,7 @@ func generateCA(cfg *config.Config) (bool, error) {
 	case certOK || keyOK:
 		return false, fmt.Errorf("only one of %s and %s exists; remove it or restore the other", cfg.CA.CertFile, cfg.CA.KeyFile)
 	}
-	if dir := filepath.Dir(cfg.CA.KeyFile); dir != "" {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return false, err
-		}
-	}
-	if dir := filepath.Dir(cfg.CA.CertFile); dir != "" {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return false, err
-		}
-	}
-	return true, ca.Create(cfg.CA.CertFile, cfg.CA.KeyFile, "authproxy local CA", false)
+	return true, ca.Create(cfg.CA.CertFile, cfg.CA.KeyFile, "authproxy local CA", false) // directories too
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
