@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -266,19 +267,33 @@ type RouteRef struct {
 // returns both the (partial) Config and the joined errors, so a caller can
 // go on to report problems in the injector blocks too; on a YAML syntax
 // error the Config is nil.
+//
+// A relative path in the file — the value of any key named file or ending
+// in _file — is taken relative to the directory of the configuration file,
+// not the working directory, so a config and its secrets move together.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return Parse(data)
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return parse(data, dir)
 }
 
-// Parse is Load on bytes.
-func Parse(data []byte) (*Config, error) {
+// Parse is Load on bytes; relative paths stay relative to the working
+// directory.
+func Parse(data []byte) (*Config, error) { return parse(data, "") }
+
+func parse(data []byte, dir string) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("config: %v", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if dir != "" {
+		resolvePaths(&root, dir)
 	}
 	cfg := &Config{}
 	if len(root.Content) == 0 {
@@ -700,4 +715,31 @@ func orNone(names []string) string {
 		return "none"
 	}
 	return strings.Join(names, ", ")
+}
+
+// resolvePaths rewrites, in place, every relative path in the tree to one
+// under dir. A path is the scalar value of a mapping key named file or
+// ending in _file (cert_file, key_file, ca_file, a secret's file); the
+// injector blocks are resolved here too, before each injector decodes its
+// own block.
+func resolvePaths(n *yaml.Node, dir string) {
+	switch n.Kind {
+	case yaml.DocumentNode, yaml.SequenceNode:
+		for _, c := range n.Content {
+			resolvePaths(c, dir)
+		}
+	case yaml.AliasNode:
+		// The anchor it names is resolved where it is defined.
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if v.Kind == yaml.ScalarNode && (k.Value == "file" || strings.HasSuffix(k.Value, "_file")) {
+				if v.ShortTag() == "!!str" && v.Value != "" && !filepath.IsAbs(v.Value) {
+					v.Value = filepath.Join(dir, v.Value)
+				}
+				continue
+			}
+			resolvePaths(v, dir)
+		}
+	}
 }
