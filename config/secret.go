@@ -48,21 +48,8 @@ func (s SecretSource) IsSet() bool { return s.Value != nil || s.Env != "" || s.F
 // Resolve reads the secret. Errors name the source (variable or file name),
 // never the value. lookupEnv is os.LookupEnv when nil.
 func (s SecretSource) Resolve(lookupEnv func(string) (string, bool)) (Secret, error) {
-	var given []string
-	if s.Value != nil {
-		given = append(given, "value")
-	}
-	if s.Env != "" {
-		given = append(given, "env")
-	}
-	if s.File != "" {
-		given = append(given, "file")
-	}
-	switch {
-	case len(given) == 0:
-		return Secret{}, errors.New("a secret needs exactly one of value, env, file (got none)")
-	case len(given) > 1:
-		return Secret{}, fmt.Errorf("a secret needs exactly one of value, env, file (got %s)", strings.Join(given, " and "))
+	if err := s.Check(); err != nil {
+		return Secret{}, err
 	}
 	if lookupEnv == nil {
 		lookupEnv = os.LookupEnv
@@ -94,4 +81,25 @@ func (s SecretSource) Resolve(lookupEnv func(string) (string, bool)) (Secret, er
 		}
 	}
 	return Secret{v: v}, nil
+}
+
+// Check says whether exactly one source is given, reading nothing.
+func (s SecretSource) Check() error {
+	var given []string
+	if s.Value != nil {
+		given = append(given, "value")
+	}
+	if s.Env != "" {
+		given = append(given, "env")
+	}
+	if s.File != "" {
+		given = append(given, "file")
+	}
+	switch {
+	case len(given) == 0:
+		return errors.New("a secret needs exactly one of value, env, file (got none)")
+	case len(given) > 1:
+		return fmt.Errorf("a secret needs exactly one of value, env, file (got %s)", strings.Join(given, " and "))
+	}
+	return nil
 }

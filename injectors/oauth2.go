@@ -192,12 +192,15 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 	var keyFile *zitadelKey
 	zitadelFile := false // a JSON key file, good or bad: it names the ids
 	if cfg.KeyFile.IsSet() {
-		raw, err := cfg.KeyFile.Resolve(env.LookupEnv)
+		raw, err := env.secret(cfg.KeyFile)
 		switch {
 		case err != nil:
 			add("key_file", "%v", err)
 		case cfg.PrivateKey.IsSet():
 			add("key_file", "give key_file or private_key, not both")
+		case env.SkipSecrets:
+			// Unread, it may be a Zitadel key file, which names the ids.
+			zitadelFile = !cfg.ClientID.IsSet()
 		case strings.HasPrefix(strings.TrimSpace(raw.Reveal()), "{"):
 			zitadelFile = true
 			var k zitadelKey
@@ -259,12 +262,12 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 		o.id, o.keyID = config.NewSecret(keyFile.id()), keyFile.KeyID
 	} else if zitadelFile {
 		// its own error says what is wrong with it
-	} else if o.id, err = cfg.ClientID.Resolve(env.LookupEnv); err != nil {
+	} else if o.id, err = env.secret(cfg.ClientID); err != nil {
 		add("client_id", "%v", err)
 	}
 	switch cfg.AuthStyle {
 	case "client_secret_basic", "client_secret_post":
-		if o.secret, err = cfg.ClientSecret.Resolve(env.LookupEnv); err != nil {
+		if o.secret, err = env.secret(cfg.ClientSecret); err != nil {
 			add("client_secret", "%v", err)
 		}
 		if cfg.PrivateKey.IsSet() {
@@ -281,15 +284,15 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 				add("private_key", "%s needs a key: key_file (a Zitadel key file) or private_key (PEM)", cfg.AuthStyle)
 				break
 			}
-			pemKey, err := cfg.PrivateKey.Resolve(env.LookupEnv)
+			pemKey, err := env.secret(cfg.PrivateKey)
 			if err != nil {
 				add("private_key", "%v", err)
 				break
 			}
 			keyPEM = pemKey.Reveal()
 		}
-		if keyPEM == "" {
-			break // the key file's own error is reported
+		if keyPEM == "" || env.SkipSecrets {
+			break // the key file's own error is reported, or the key was not read
 		}
 		k, err := parseSigningKey([]byte(keyPEM))
 		if err != nil {

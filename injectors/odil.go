@@ -122,14 +122,14 @@ func NewODIL(name string, cfg ODILConfig, env Env) (*ODIL, error) {
 		o.endpoint = endpointOf(o.sessionURL)
 	}
 	var err error
-	if o.username, err = cfg.Username.Resolve(env.LookupEnv); err != nil {
+	if o.username, err = env.secret(cfg.Username); err != nil {
 		add("username", "%v", err)
 	}
-	if o.password, err = cfg.Password.Resolve(env.LookupEnv); err != nil {
+	if o.password, err = env.secret(cfg.Password); err != nil {
 		add("password", "%v", err)
 	}
 	var sasErrs []error
-	o.sas, sasErrs = newSASSigner(cfg.SAS, cfg.BaseURL, env.LookupEnv)
+	o.sas, sasErrs = newSASSigner(cfg.SAS, cfg.BaseURL, env.secret)
 	for _, e := range sasErrs {
 		errs = append(errs, config.Prefix("sas", e))
 	}

@@ -127,10 +127,10 @@ func NewOpenOBD(name string, cfg OpenOBDConfig, env Env) (*OpenOBD, error) {
 		add("endpoint", "required as host:port (grpc.openobd.com:443)")
 	}
 	var err error
-	if o.id, err = cfg.ClientID.Resolve(env.LookupEnv); err != nil {
+	if o.id, err = env.secret(cfg.ClientID); err != nil {
 		add("client_id", "%v", err)
 	}
-	if o.secret, err = cfg.ClientSecret.Resolve(env.LookupEnv); err != nil {
+	if o.secret, err = env.secret(cfg.ClientSecret); err != nil {
 		add("client_secret", "%v", err)
 	}
 	if cfg.ClusterID == "" {

@@ -40,7 +40,7 @@ type sasSigner struct {
 }
 
 // newSASSigner validates cfg; errors are relative to the sas block.
-func newSASSigner(cfg SASConfig, defaultURI string, lookupEnv func(string) (string, bool)) (sasSigner, []error) {
+func newSASSigner(cfg SASConfig, defaultURI string, secret func(config.SecretSource) (config.Secret, error)) (sasSigner, []error) {
 	var errs []error
 	add := func(path, format string, args ...any) { errs = append(errs, config.Errorf(path, format, args...)) }
 	s := sasSigner{format: cfg.Format, uri: cfg.ResourceURI, lifetime: cfg.Lifetime.D(time.Hour)}
@@ -56,13 +56,13 @@ func newSASSigner(cfg SASConfig, defaultURI string, lookupEnv func(string) (stri
 		add("format", "unknown SAS format %q (known: servicebus, servicebus-b64key, apim)", s.format)
 	}
 	if cfg.KeyName.IsSet() || s.format != "servicebus-b64key" { // optional for IoT Hub style
-		name, err := cfg.KeyName.Resolve(lookupEnv)
+		name, err := secret(cfg.KeyName)
 		if err != nil {
 			add("key_name", "%v", err)
 		}
 		s.keyName = name.Reveal()
 	}
-	key, err := cfg.Key.Resolve(lookupEnv)
+	key, err := secret(cfg.Key)
 	if err != nil {
 		add("key", "%v", err)
 	} else if s.format == "servicebus-b64key" {

@@ -56,7 +56,7 @@ func TestSASFormatsMatchReferences(t *testing.T) {
 			refServiceBus(uri, "iothubowner", []byte("secret key"), now.Unix()+3600)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, errs := newSASSigner(tc.cfg, "", nil)
+			s, errs := newSASSigner(tc.cfg, "", Env{}.secret)
 			if len(errs) > 0 {
 				t.Fatal(errs)
 			}
@@ -66,7 +66,7 @@ func TestSASFormatsMatchReferences(t *testing.T) {
 		})
 	}
 	t.Run("apim: HMAC-SHA512 over uid and expiry", func(t *testing.T) {
-		s, errs := newSASSigner(SASConfig{Format: "apim", KeyName: v("53dd860e1b72ff0467190003").src(), Key: v("apim-key").src(), Lifetime: 600e9}, "https://x", nil)
+		s, errs := newSASSigner(SASConfig{Format: "apim", KeyName: v("53dd860e1b72ff0467190003").src(), Key: v("apim-key").src(), Lifetime: 600e9}, "https://x", Env{}.secret)
 		if len(errs) > 0 {
 			t.Fatal(errs)
 		}
@@ -79,8 +79,8 @@ func TestSASFormatsMatchReferences(t *testing.T) {
 		}
 	})
 	t.Run("errors", func(t *testing.T) {
-		_, errs := newSASSigner(SASConfig{Format: "servicebus-b64key", Key: v("not base64!").src()}, "https://x", nil)
-		_, errs2 := newSASSigner(SASConfig{Format: "jwt"}, "https://x", nil)
+		_, errs := newSASSigner(SASConfig{Format: "servicebus-b64key", Key: v("not base64!").src()}, "https://x", Env{}.secret)
+		_, errs2 := newSASSigner(SASConfig{Format: "jwt"}, "https://x", Env{}.secret)
 		all := fmt.Sprint(append(errs, errs2...))
 		for _, want := range []string{"key: the servicebus-b64key format needs a base64 key", `format: unknown SAS format "jwt"`, "key_name: a secret needs exactly one"} {
 			if !strings.Contains(all, want) {

@@ -47,7 +47,7 @@ var _ Injector = (*Static)(nil)
 func buildStatic(n *yaml.Node, b builder) (Injector, error) {
 	var cfg StaticConfig
 	derr := config.DecodeNode(n, "", &cfg)
-	s, err := NewStatic(cfg, b.env.LookupEnv)
+	s, err := newStatic(cfg, b.env.secret)
 	if err = errors.Join(derr, err); err != nil {
 		return nil, err
 	}
@@ -57,6 +57,10 @@ func buildStatic(n *yaml.Node, b builder) (Injector, error) {
 // NewStatic validates cfg and reads its secrets (lookupEnv is os.LookupEnv
 // when nil). Errors name the header, never its value.
 func NewStatic(cfg StaticConfig, lookupEnv func(string) (string, bool)) (*Static, error) {
+	return newStatic(cfg, Env{LookupEnv: lookupEnv}.secret)
+}
+
+func newStatic(cfg StaticConfig, secret func(config.SecretSource) (config.Secret, error)) (*Static, error) {
 	if len(cfg.Headers) == 0 {
 		return nil, config.Errorf("headers", "at least one header is required")
 	}
@@ -74,7 +78,7 @@ func NewStatic(cfg StaticConfig, lookupEnv func(string) (string, bool)) (*Static
 			errs = append(errs, config.Errorf(path, "invalid header name"))
 			continue
 		}
-		secret, err := h.Resolve(lookupEnv)
+		secret, err := secret(h.SecretSource)
 		if err != nil {
 			errs = append(errs, config.Errorf(path, "%v", err))
 			continue

@@ -156,13 +156,13 @@ func NewVISS(name string, cfg VISSConfig, env Env) (*VISS, error) {
 		add("context", "%q must be user+app+device with user in %s, app in %s, device in %s",
 			cfg.Context, strings.Join(vissUsers, "|"), strings.Join(vissApps, "|"), strings.Join(vissDevices, "|"))
 	}
-	if v.proof, err = cfg.Proof.Resolve(env.LookupEnv); err != nil {
+	if v.proof, err = env.secret(cfg.Proof); err != nil {
 		add("proof", "%v", err)
 	}
 	if lt := cfg.LongTerm; lt != nil {
 		if lt.KeyFile == "" {
 			add("long_term.key_file", "required")
-		} else if _, err := os.Stat(lt.KeyFile); err == nil {
+		} else if _, err := os.Stat(lt.KeyFile); err == nil && !env.SkipSecrets {
 			if v.key, err = loadECKey(lt.KeyFile); err != nil {
 				add("long_term.key_file", "%v", err)
 			}

@@ -37,6 +37,7 @@ var version = ""
 const usage = `usage:
   authproxy run -config FILE        run the proxy
   authproxy check -config FILE      validate the config and print every problem
+        [-skip-secrets]             without reading secrets or the CA (lint in CI)
   authproxy ca init -config FILE    create the interception CA (ca.cert_file, ca.key_file)
   authproxy ca export -config FILE  print the CA certificate for clients to trust
   authproxy health [-addr HOST:PORT] exit 0 when the admin listener says ready (a container HEALTHCHECK)
@@ -88,10 +89,13 @@ func versionString() string {
 // configFlag parses a command's -config (default $AUTHPROXY_CONFIG). It
 // returns the path, or the exit code when the command is to end now
 // (0 after -h).
-func configFlag(name string, args []string, stderr io.Writer) (string, int) {
+func configFlag(name string, args []string, stderr io.Writer, more ...func(*flag.FlagSet)) (string, int) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", os.Getenv("AUTHPROXY_CONFIG"), "configuration file (YAML); default $AUTHPROXY_CONFIG")
+	for _, f := range more {
+		f(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return "", 0
@@ -110,6 +114,17 @@ func configFlag(name string, args []string, stderr io.Writer) (string, int) {
 func load(path string, stderr io.Writer) (*config.Config, map[string]injectors.Injector, error) {
 	cfg, injs, _, _, err := loadWith(path, stderr, false)
 	return cfg, injs, err
+}
+
+// lint is load without reading a secret (check -skip-secrets): each
+// secret source is checked for its shape only.
+func lint(path string, stderr io.Writer) (*config.Config, map[string]injectors.Injector, error) {
+	cfg, err := config.Load(path)
+	if cfg == nil {
+		return nil, nil, err
+	}
+	injs, ierr := injectors.BuildAll(cfg, injectors.Env{Log: newLogger(cfg.Log, stderr), SkipSecrets: true})
+	return cfg, injs, errors.Join(err, ierr)
 }
 
 // loadWith is load; with metrics, and an admin listener configured, the
@@ -150,14 +165,21 @@ func printProblems(stderr io.Writer, path string, err error) {
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	path, code := configFlag("check", args, stderr)
+	var skipSecrets bool
+	path, code := configFlag("check", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&skipSecrets, "skip-secrets", false, "read no secret (values from env or file) and not the CA: check the config's shape, for CI")
+	})
 	if code >= 0 {
 		return code
 	}
-	cfg, injs, err := load(path, stderr)
-	note := ""
+	loader, note := load, ""
+	if skipSecrets {
+		loader, note = lint, "; secrets and the CA not read (-skip-secrets)"
+	}
+	cfg, injs, err := loader(path, stderr)
 	if err == nil {
-		if cfg.CA != nil && cfg.CA.Generate && !exists(cfg.CA.CertFile) && !exists(cfg.CA.KeyFile) {
+		generate := cfg.CA != nil && cfg.CA.Generate && !exists(cfg.CA.CertFile) && !exists(cfg.CA.KeyFile)
+		if cfg.CA != nil && (generate || skipSecrets) {
 			// Check the rest against a throwaway CA; run creates the real one.
 			tmp, terr := os.MkdirTemp("", "authproxy-check")
 			if terr != nil {
@@ -167,12 +189,15 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 			defer os.RemoveAll(tmp)
 			caCfg := *cfg.CA
 			caCfg.CertFile, caCfg.KeyFile = filepath.Join(tmp, "ca.crt"), filepath.Join(tmp, "ca.key")
+			caCfg.Generate = true
 			cfg.CA = &caCfg
 			if _, err = generateCA(cfg); err != nil {
 				fmt.Fprintln(stderr, err)
 				return 1
 			}
-			note = "; the CA does not exist yet and will be created by run (ca.generate)"
+			if !skipSecrets {
+				note = "; the CA does not exist yet and will be created by run (ca.generate)"
+			}
 		}
 		_, err = proxy.New(cfg, injs, proxy.Options{})
 	}
