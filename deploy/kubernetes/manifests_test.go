@@ -1,0 +1,309 @@
+// Package kubernetes holds the manifests in this directory; its test
+// decodes each of them strictly into the Kubernetes API types and checks
+// that they fit the proxy they run.
+package kubernetes
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	yamlv3 "gopkg.in/yaml.v3"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/yaml"
+
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/injectors"
+)
+
+// objects decodes every document of a manifest file strictly: an unknown
+// or misspelt field, or a kind not known here, fails.
+func objects(t *testing.T, file string) []any {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yamlv3.NewDecoder(bytes.NewReader(data))
+	var out []any
+	for {
+		var n yamlv3.Node
+		if err := dec.Decode(&n); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		doc, err := yamlv3.Marshal(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tm metav1.TypeMeta
+		if err := yaml.Unmarshal(doc, &tm); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		var obj any
+		switch tm.APIVersion + " " + tm.Kind {
+		case "v1 ConfigMap":
+			obj = &corev1.ConfigMap{}
+		case "v1 Pod":
+			obj = &corev1.Pod{}
+		case "v1 Service":
+			obj = &corev1.Service{}
+		case "apps/v1 Deployment":
+			obj = &appsv1.Deployment{}
+		case "policy/v1 PodDisruptionBudget":
+			obj = &policyv1.PodDisruptionBudget{}
+		case "networking.k8s.io/v1 NetworkPolicy":
+			obj = &networkingv1.NetworkPolicy{}
+		default:
+			t.Fatalf("%s: a %s %s is not known to this test", file, tm.APIVersion, tm.Kind)
+		}
+		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+			t.Fatalf("%s: %s: %v", file, tm.Kind, err)
+		}
+		out = append(out, obj)
+	}
+	return out
+}
+
+func TestManifests(t *testing.T) {
+	files, _ := filepath.Glob("*.yaml")
+	if len(files) < 2 {
+		t.Fatalf("manifests: %v", files)
+	}
+	pods := 0
+	for _, file := range files {
+		t.Run(file, func(t *testing.T) {
+			objs := objects(t, file)
+			configMaps := map[string]*corev1.ConfigMap{}
+			for _, o := range objs {
+				if cm, ok := o.(*corev1.ConfigMap); ok {
+					configMaps[cm.Name] = cm
+				}
+			}
+			var podLabels map[string]string
+			var proxyPorts []corev1.ContainerPort
+			for _, o := range objs {
+				switch o := o.(type) {
+				case *corev1.Pod:
+					checkPod(t, o.Spec, configMaps)
+					pods++
+				case *appsv1.Deployment:
+					sel, err := metav1.LabelSelectorAsSelector(o.Spec.Selector)
+					if err != nil || !sel.Matches(labels.Set(o.Spec.Template.Labels)) {
+						t.Errorf("deployment %s: its selector does not match its template (%v)", o.Name, err)
+					}
+					if o.Spec.Replicas == nil || *o.Spec.Replicas < 2 {
+						t.Errorf("deployment %s: a gateway needs at least 2 replicas", o.Name)
+					}
+					checkPod(t, o.Spec.Template.Spec, configMaps)
+					podLabels = o.Spec.Template.Labels
+					proxyPorts = o.Spec.Template.Spec.Containers[0].Ports
+					pods++
+				}
+			}
+			for _, o := range objs {
+				switch o := o.(type) {
+				case *corev1.Service:
+					if !labels.SelectorFromSet(o.Spec.Selector).Matches(labels.Set(podLabels)) {
+						t.Errorf("service %s selects no gateway pod", o.Name)
+					}
+					for _, p := range o.Spec.Ports {
+						if !hasPort(proxyPorts, p.TargetPort.String()) {
+							t.Errorf("service %s: target port %s is no container port", o.Name, p.TargetPort.String())
+						}
+					}
+				case *policyv1.PodDisruptionBudget:
+					sel, err := metav1.LabelSelectorAsSelector(o.Spec.Selector)
+					if err != nil || !sel.Matches(labels.Set(podLabels)) {
+						t.Errorf("pdb %s selects no gateway pod", o.Name)
+					}
+				case *networkingv1.NetworkPolicy:
+					sel, err := metav1.LabelSelectorAsSelector(&o.Spec.PodSelector)
+					if err != nil || !sel.Matches(labels.Set(podLabels)) {
+						t.Errorf("network policy %s selects no gateway pod", o.Name)
+					}
+					for _, rule := range o.Spec.Ingress {
+						for _, p := range rule.Ports {
+							if p.Port == nil || !hasPort(proxyPorts, p.Port.String()) || p.Port.IntValue() == 15000 {
+								t.Errorf("network policy %s opens %v, not the proxy port", o.Name, p.Port)
+							}
+						}
+						for _, peer := range rule.From {
+							if peer.PodSelector == nil || peer.NamespaceSelector != nil || peer.IPBlock != nil {
+								t.Errorf("network policy %s lets in more than this namespace's pods: %+v", o.Name, peer)
+							}
+						}
+					}
+				}
+			}
+		})
+	}
+	if pods < 2 {
+		t.Errorf("%d pod specs checked, want the sidecar pod and the gateway", pods)
+	}
+}
+
+// checkPod checks the authproxy container of a pod against its config: the
+// config is valid, it is where $AUTHPROXY_CONFIG says, its files are
+// mounted, the probes ask the admin listener's real paths on its port, and
+// the grace period outlasts the drain.
+func checkPod(t *testing.T, spec corev1.PodSpec, configMaps map[string]*corev1.ConfigMap) {
+	t.Helper()
+	var proxy *corev1.Container
+	for i, c := range spec.InitContainers {
+		if c.Name == "authproxy" {
+			proxy = &spec.InitContainers[i]
+			if c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+				t.Error("the authproxy init container is not a native sidecar (restartPolicy: Always)")
+			}
+		}
+	}
+	for i, c := range spec.Containers {
+		if c.Name == "authproxy" {
+			proxy = &spec.Containers[i]
+		}
+	}
+	if proxy == nil {
+		t.Fatal("no authproxy container")
+	}
+	// The config: $AUTHPROXY_CONFIG names a file of a mounted ConfigMap.
+	var cfgPath string
+	for _, e := range proxy.Env {
+		if e.Name == "AUTHPROXY_CONFIG" {
+			cfgPath = e.Value
+		}
+	}
+	volumes := map[string]corev1.Volume{}
+	for _, v := range spec.Volumes {
+		volumes[v.Name] = v
+	}
+	var cfgText string
+	var mounts []string
+	for _, m := range proxy.VolumeMounts {
+		v, ok := volumes[m.Name]
+		if !ok {
+			t.Errorf("mount %s names no volume", m.Name)
+			continue
+		}
+		if m.SubPath != "" {
+			t.Errorf("mount %s uses subPath, which never sees a rotated secret", m.Name)
+		}
+		mounts = append(mounts, m.MountPath)
+		if v.ConfigMap != nil && filepath.Dir(cfgPath) == m.MountPath {
+			cm := configMaps[v.ConfigMap.Name]
+			if cm == nil {
+				t.Fatalf("volume %s: no ConfigMap %s in the file", v.Name, v.ConfigMap.Name)
+			}
+			cfgText = cm.Data[filepath.Base(cfgPath)]
+		}
+	}
+	if cfgText == "" {
+		t.Fatalf("$AUTHPROXY_CONFIG=%q is no file of a mounted ConfigMap", cfgPath)
+	}
+	cfg, err := config.Parse([]byte(cfgText))
+	if err != nil {
+		t.Fatalf("the proxy's config: %v", err)
+	}
+	if _, err := injectors.BuildAll(cfg, injectors.Env{SkipSecrets: true}); err != nil {
+		t.Fatalf("the proxy's injectors: %v", err)
+	}
+	var files []string
+	if cfg.CA != nil {
+		files = append(files, cfg.CA.CertFile, cfg.CA.KeyFile)
+	}
+	for _, n := range cfg.Injectors {
+		files = append(files, fileValues(&n)...)
+	}
+	if len(files) == 0 {
+		t.Error("the config reads no file: the secrets are not mounted")
+	}
+	for _, f := range files {
+		if !filepath.IsAbs(f) || !under(f, mounts) {
+			t.Errorf("%s is not in a mounted volume (%v)", f, mounts)
+		}
+	}
+
+	// The probes: the admin listener's port, its real paths.
+	if cfg.Admin == nil {
+		t.Fatal("no admin listener for the probes")
+	}
+	_, port, _ := net.SplitHostPort(cfg.Admin.Address)
+	probes := map[string]*corev1.Probe{"startup": proxy.StartupProbe, "readiness": proxy.ReadinessProbe, "liveness": proxy.LivenessProbe}
+	want := map[string]string{"startup": "/readyz", "readiness": "/readyz", "liveness": "/healthz"}
+	for kind, p := range probes {
+		if p == nil || p.HTTPGet == nil {
+			t.Errorf("no %s probe over HTTP", kind)
+			continue
+		}
+		if p.HTTPGet.Path != want[kind] {
+			t.Errorf("%s probe asks %s, want %s", kind, p.HTTPGet.Path, want[kind])
+		}
+		if !hasPort(proxy.Ports, p.HTTPGet.Port.String()) || containerPort(proxy.Ports, p.HTTPGet.Port.String()) != port {
+			t.Errorf("%s probe's port %s is not the admin listener's %s", kind, p.HTTPGet.Port.String(), port)
+		}
+	}
+	// The kubelet probes the pod's IP: loopback would never answer.
+	if host, _, _ := net.SplitHostPort(cfg.Admin.Address); host != "0.0.0.0" || !cfg.Admin.AllowRemoteClients {
+		t.Errorf("admin.address %s cannot be probed by the kubelet", cfg.Admin.Address)
+	}
+	drain := cfg.Timeouts.ShutdownDelay.D(0) + cfg.Timeouts.Shutdown.D(30*time.Second)
+	if spec.TerminationGracePeriodSeconds == nil || time.Duration(*spec.TerminationGracePeriodSeconds)*time.Second <= drain {
+		t.Errorf("terminationGracePeriodSeconds does not outlast shutdown_delay + shutdown (%v)", drain)
+	}
+	if sc := proxy.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+		sc.RunAsUser == nil || *sc.RunAsUser != 65532 {
+		t.Error("the proxy does not run as the image's nonroot user on a read-only root")
+	}
+}
+
+// fileValues lists the values of keys named file or ending in _file.
+func fileValues(n *yamlv3.Node) []string {
+	var out []string
+	for i, c := range n.Content {
+		if n.Kind == yamlv3.MappingNode && i%2 == 1 {
+			k := n.Content[i-1].Value
+			if c.Kind == yamlv3.ScalarNode && (k == "file" || strings.HasSuffix(k, "_file")) {
+				out = append(out, c.Value)
+				continue
+			}
+		}
+		out = append(out, fileValues(c)...)
+	}
+	return out
+}
+
+func under(path string, dirs []string) bool {
+	for _, d := range dirs {
+		if strings.HasPrefix(path, d+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func hasPort(ports []corev1.ContainerPort, p string) bool {
+	return containerPort(ports, p) != ""
+}
+
+// containerPort is the number of a container port given by name or number.
+func containerPort(ports []corev1.ContainerPort, p string) string {
+	for _, cp := range ports {
+		if cp.Name == p || strconv.Itoa(int(cp.ContainerPort)) == p {
+			return strconv.Itoa(int(cp.ContainerPort))
+		}
+	}
+	return ""
+}
