@@ -10,12 +10,13 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/authproxy/authproxy/internal/syncbuf"
 )
 
 // stuck is a Handler whose streams never open (a credential that never
@@ -153,7 +154,7 @@ func TestRelayEndsConnectionsThatBreakTheProtocol(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := stuck{release: make(chan struct{})}
 			defer close(h.release)
-			logs := &lockedBuffer{}
+			logs := &syncbuf.Buffer{}
 			goaways := make(chan string, 4)
 			c := dialRelay(t, &Relay{Handler: h, Log: slog.New(slog.NewTextHandler(logs, nil)),
 				OnGoAway: func(side, direction string, code http2.ErrCode) {
@@ -185,23 +186,6 @@ func TestRelayEndsConnectionsThatBreakTheProtocol(t *testing.T) {
 			}
 		})
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func waitFor(t *testing.T, cond func() bool, what string) {

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -24,6 +23,7 @@ import (
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/internal/syncbuf"
 	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/sim"
@@ -147,7 +147,7 @@ func port(t testing.TB, addr string) string {
 // running is a proxy started by env.start.
 type running struct {
 	srv  *proxy.Server
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 	stop func() error // cancels Run and returns its result (once)
 }
 
@@ -164,7 +164,7 @@ func (e *env) start(yamlText string, override map[string]injectors.Injector, pre
 	if err != nil {
 		e.t.Fatalf("config: %v", err)
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	injEnv := e.injEnv
 	if injEnv.Log == nil {
@@ -218,24 +218,6 @@ func (e *env) start(yamlText string, override map[string]injectors.Injector, pre
 		}
 	})
 	return r
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // h1Client talks HTTP/1.1 only, never through an environment proxy.

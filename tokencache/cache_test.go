@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/internal/syncbuf"
 	"github.com/authproxy/authproxy/sim"
 )
 
@@ -469,7 +470,7 @@ func TestPeekNeverFetches(t *testing.T) {
 func TestFetchesAreLoggedOncePerStateChange(t *testing.T) {
 	clk := newClock()
 	iss := &issuer{clock: clk, life: 100 * time.Second}
-	var buf syncLog
+	var buf syncbuf.Buffer
 	c := newCache(clk, Options{MinBackoff: time.Second, MaxBackoff: time.Second, Log: slog.New(slog.NewTextHandler(&buf, nil))})
 	key := "fleet\x00scope-a"
 	if _, err := c.Get(context.Background(), key, iss.fetch); err != nil {
@@ -504,21 +505,4 @@ func TestFetchesAreLoggedOncePerStateChange(t *testing.T) {
 	if strings.Contains(logs, "tok-") || strings.Contains(logs, "scope-a") {
 		t.Errorf("the log shows a token or the key:\n%s", logs)
 	}
-}
-
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncLog) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncLog) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/authproxy/authproxy/internal/syncbuf"
 )
 
 // There is no container engine here, so the image's promises are kept
@@ -93,7 +95,7 @@ routes:
 	}
 	run := exec.Command(bin, "run") // the config from $AUTHPROXY_CONFIG, as in the image
 	asUser(run)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	run.Stderr = &logs
 	if err := run.Start(); err != nil {
 		t.Fatal(err)

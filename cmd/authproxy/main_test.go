@@ -13,12 +13,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/authproxy/authproxy/internal/syncbuf"
 	"github.com/authproxy/authproxy/sim"
 )
 
@@ -167,7 +167,7 @@ routes:
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	addrRE := regexp.MustCompile(`listener=app kind=sidecar address=(\S+)`)
 	adminRE := regexp.MustCompile(`listener=admin address=(\S+)`)
 	sc := bufio.NewScanner(stderr)
@@ -257,26 +257,6 @@ routes:
 	if strings.Contains(logs.String(), token) {
 		t.Errorf("the secret appears in the log:\n%s", logs.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) WriteString(p string) (int, error) { return s.Write([]byte(p)) }
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // check names what is wrong with a config without showing a secret in it,

@@ -21,6 +21,7 @@ import (
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
+	"github.com/authproxy/authproxy/internal/syncbuf"
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/sim"
 )
@@ -128,7 +129,7 @@ routes:
 	}
 	write("", "")
 
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	cfg, injs, m, env, err := loadWith(path, &logs, true)
 	if err != nil {
 		t.Fatal(err)
