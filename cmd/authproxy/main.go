@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"syscall"
 	"time"
 
@@ -55,6 +56,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
+	if slices.Contains(helpArgs, args[0]) {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
 	switch args[0] {
 	case "run":
 		return cmdRun(args[1:], stderr)
@@ -66,9 +71,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdHealth(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "authproxy", versionString())
-		return 0
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, usage)
 		return 0
 	default:
 		fmt.Fprintf(stderr, "authproxy: unknown command %q\n%s", args[0], usage)
@@ -86,6 +88,22 @@ func versionString() string {
 	return "dev"
 }
 
+// helpArgs ask for usage, which is no error (exit 0).
+var helpArgs = []string{"-h", "-help", "--help", "help"}
+
+// parseFlags parses args into fs. It returns -1 to go on, or the exit code
+// when the command is to end now: 0 after -h (fs has printed the usage), 2
+// on a bad flag.
+func parseFlags(fs *flag.FlagSet, args []string) int {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	return -1
+}
+
 // configFlag parses a command's -config (default $AUTHPROXY_CONFIG). It
 // returns the path, or the exit code when the command is to end now
 // (0 after -h).
@@ -96,11 +114,8 @@ func configFlag(name string, args []string, stderr io.Writer, more ...func(*flag
 	for _, f := range more {
 		f(fs)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return "", 0
-		}
-		return "", 2
+	if code := parseFlags(fs, args); code >= 0 {
+		return "", code
 	}
 	if *path == "" || fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "usage: authproxy %s -config FILE (or $AUTHPROXY_CONFIG)\n", name)
@@ -112,31 +127,28 @@ func configFlag(name string, args []string, stderr io.Writer, more ...func(*flag
 // load reads the config and builds the injectors, reporting every problem.
 // The injectors log to the config's log on stderr.
 func load(path string, stderr io.Writer) (*config.Config, map[string]injectors.Injector, error) {
-	cfg, injs, _, _, err := loadWith(path, stderr, false)
+	cfg, injs, _, _, err := loadWith(path, stderr, false, false)
 	return cfg, injs, err
 }
 
 // lint is load without reading a secret (check -skip-secrets): each
 // secret source is checked for its shape only.
 func lint(path string, stderr io.Writer) (*config.Config, map[string]injectors.Injector, error) {
-	cfg, err := config.Load(path)
-	if cfg == nil {
-		return nil, nil, err
-	}
-	injs, ierr := injectors.BuildAll(cfg, injectors.Env{Log: newLogger(cfg.Log, stderr), SkipSecrets: true})
-	return cfg, injs, errors.Join(err, ierr)
+	cfg, injs, _, _, err := loadWith(path, stderr, false, true)
+	return cfg, injs, err
 }
 
 // loadWith is load; with metrics, and an admin listener configured, the
 // token cache reports to a new *metrics.Metrics. It returns the metrics
 // and the injectors' environment (the one token cache of the process, for
-// /status and reloads).
-func loadWith(path string, stderr io.Writer, withMetrics bool) (*config.Config, map[string]injectors.Injector, *metrics.Metrics, injectors.Env, error) {
+// /status and reloads). With skipSecrets it reads no secret
+// (injectors.Env.SkipSecrets).
+func loadWith(path string, stderr io.Writer, withMetrics, skipSecrets bool) (*config.Config, map[string]injectors.Injector, *metrics.Metrics, injectors.Env, error) {
 	cfg, err := config.Load(path)
 	if cfg == nil {
 		return nil, nil, nil, injectors.Env{}, err
 	}
-	env := injectors.Env{Log: newLogger(cfg.Log, stderr)}
+	env := injectors.Env{Log: newLogger(cfg.Log, stderr), SkipSecrets: skipSecrets}
 	var m *metrics.Metrics
 	if withMetrics && cfg.Admin != nil {
 		m = metrics.New(versionString())
@@ -219,7 +231,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if code >= 0 {
 		return code
 	}
-	cfg, injs, m, env, err := loadWith(path, stderr, true)
+	cfg, injs, m, env, err := loadWith(path, stderr, true, false)
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1
@@ -303,7 +315,7 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 }
 
 func cmdCA(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help") {
+	if len(args) == 1 && slices.Contains(helpArgs, args[0]) {
 		fmt.Fprint(stderr, "usage: authproxy ca init|export -config FILE (or -cert FILE -key FILE)\n")
 		return 0
 	}
@@ -318,11 +330,8 @@ func cmdCA(args []string, stdout, stderr io.Writer) int {
 	certFile := fs.String("cert", "", "CA certificate file (instead of -config)")
 	keyFile := fs.String("key", "", "CA key file (instead of -config)")
 	force := fs.Bool("force", false, "ca init: replace existing files")
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code := parseFlags(fs, args[1:]); code >= 0 {
+		return code
 	}
 	if *certFile != "" || *keyFile != "" {
 		*path = "" // explicit files win over $AUTHPROXY_CONFIG
@@ -369,11 +378,8 @@ func cmdHealth(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "", "the admin listener's host:port (default: admin.address of the config, else 127.0.0.1:15000)")
 	path := fs.String("config", os.Getenv("AUTHPROXY_CONFIG"), "configuration file whose admin.address to ask; default $AUTHPROXY_CONFIG")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
 	}
 	if *addr == "" && *path != "" {
 		if cfg, _ := config.Load(*path); cfg != nil && cfg.Admin != nil {
