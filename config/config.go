@@ -717,6 +717,10 @@ func orNone(names []string) string {
 	return strings.Join(names, ", ")
 }
 
+// IsFileKey reports whether a mapping key names a file: file (a secret's
+// source) or any key ending in _file.
+func IsFileKey(k string) bool { return k == "file" || strings.HasSuffix(k, "_file") }
+
 // resolvePaths rewrites, in place, every relative path in the tree to one
 // under dir. A path is the scalar value of a mapping key named file or
 // ending in _file (cert_file, key_file, ca_file, a secret's file); the
@@ -733,7 +737,7 @@ func resolvePaths(n *yaml.Node, dir string) {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
-			if v.Kind == yaml.ScalarNode && (k.Value == "file" || strings.HasSuffix(k.Value, "_file")) {
+			if v.Kind == yaml.ScalarNode && IsFileKey(k.Value) {
 				if v.ShortTag() == "!!str" && v.Value != "" && !filepath.IsAbs(v.Value) {
 					v.Value = filepath.Join(dir, v.Value)
 				}

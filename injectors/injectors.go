@@ -214,7 +214,7 @@ func walkSecrets(n *yaml.Node, fn func(kind, ref string)) {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i].Value, n.Content[i+1]
 			switch {
-			case v.Kind == yaml.ScalarNode && (k == "file" || strings.HasSuffix(k, "_file")) && v.Value != "":
+			case v.Kind == yaml.ScalarNode && config.IsFileKey(k) && v.Value != "":
 				fn("file", v.Value)
 			case v.Kind == yaml.ScalarNode && k == "env" && v.Value != "":
 				fn("env", v.Value)

@@ -224,9 +224,7 @@ func checkPod(t *testing.T, spec corev1.PodSpec, configMaps map[string]*corev1.C
 	if cfg.CA != nil {
 		files = append(files, cfg.CA.CertFile, cfg.CA.KeyFile)
 	}
-	for _, n := range cfg.Injectors {
-		files = append(files, fileValues(&n)...)
-	}
+	files = append(files, injectors.SecretFiles(cfg)...)
 	if len(files) == 0 {
 		t.Error("the config reads no file: the secrets are not mounted")
 	}
@@ -267,22 +265,6 @@ func checkPod(t *testing.T, spec corev1.PodSpec, configMaps map[string]*corev1.C
 		sc.RunAsUser == nil || *sc.RunAsUser != 65532 {
 		t.Error("the proxy does not run as the image's nonroot user on a read-only root")
 	}
-}
-
-// fileValues lists the values of keys named file or ending in _file.
-func fileValues(n *yamlv3.Node) []string {
-	var out []string
-	for i, c := range n.Content {
-		if n.Kind == yamlv3.MappingNode && i%2 == 1 {
-			k := n.Content[i-1].Value
-			if c.Kind == yamlv3.ScalarNode && (k == "file" || strings.HasSuffix(k, "_file")) {
-				out = append(out, c.Value)
-				continue
-			}
-		}
-		out = append(out, fileValues(c)...)
-	}
-	return out
 }
 
 func under(path string, dirs []string) bool {
