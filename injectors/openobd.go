@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -306,7 +305,7 @@ func (o *OpenOBD) ObserveResponse(req *Request, resp *http.Response) bool {
 			resp.Body = grpcframe.NewReader(resp.Body, 0, tap.Message)
 		}
 		if tap.End != nil {
-			resp.Body = &atEOF{ReadCloser: resp.Body, fn: func() { tap.End(resp.Trailer) }}
+			resp.Body = transport.OnEOF(resp.Body, func() { tap.End(resp.Trailer) })
 		}
 	}
 	return false
@@ -717,19 +716,4 @@ func normalizeHostPort(s string) string {
 		s = net.JoinHostPort(strings.Trim(s, "[]"), "443")
 	}
 	return s
-}
-
-// atEOF calls fn once when the body reaches its end (trailers are then in).
-type atEOF struct {
-	io.ReadCloser
-	fn   func()
-	once sync.Once
-}
-
-func (b *atEOF) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF {
-		b.once.Do(b.fn)
-	}
-	return n, err
 }

@@ -11,12 +11,12 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/route"
+	"github.com/authproxy/authproxy/transport"
 )
 
 // routeRT is a route ready to serve: its injector and where it sends.
@@ -153,26 +153,11 @@ func forwardTrailers(out *http.Request, from http.Header, strip []string) {
 	if out.Body == nil || out.Body == http.NoBody {
 		return
 	}
-	out.Body = &atBodyEnd{ReadCloser: out.Body, fn: func() {
+	out.Body = transport.OnEOF(out.Body, func() {
 		for k := range to {
 			to[k] = from[k]
 		}
-	}}
-}
-
-// atBodyEnd calls fn once when the body returns io.EOF.
-type atBodyEnd struct {
-	io.ReadCloser
-	fn   func()
-	once sync.Once
-}
-
-func (b *atBodyEnd) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF {
-		b.once.Do(b.fn)
-	}
-	return n, err
+	})
 }
 
 // splitHost splits a Host header or authority into a lower-case host name
