@@ -63,7 +63,10 @@ type Target struct {
 	// content-length is at most PeekBytes (body is nil otherwise: the head
 	// passes at once). Returning true asks for the request to be sent once
 	// more, to Retry's target; the relay does so if it holds the whole
-	// request body, and otherwise passes the response on.
+	// request body, and otherwise passes the response on. A retry asked
+	// while the client is still sending a body the relay keeps waits for
+	// that body's end, holding the response (if it has a content-length
+	// within the replay bound) in case the body outgrows the bound.
 	Observe   func(status int, header http.Header, body []byte) bool
 	PeekBytes int
 	Retry     func() (*Target, error)

@@ -62,7 +62,9 @@ type heldResponse struct {
 	fields []hpack.HeaderField
 	header http.Header
 	size   int64 // its content-length
+	limit  int   // the most body bytes held
 	body   []byte
+	retry  bool // Observe has seen the head and asked for a retry
 }
 
 // onRequestHeaders opens a stream, or takes a client's trailers.
@@ -459,7 +461,7 @@ func (s *stream) responseData(b *half, data []byte, end bool, fl *flusher) {
 	s.mu.Lock()
 	if h := s.held; h != nil && b == s.up {
 		h.body = append(h.body, data...)
-		if !end && int64(len(h.body)) < h.size && len(h.body) <= s.target.PeekBytes {
+		if !end && int64(len(h.body)) < h.size && len(h.body) <= h.limit {
 			s.mu.Unlock()
 			return
 		}
@@ -582,16 +584,34 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 	t := s.target
 	if t.Observe != nil {
 		header := headerOf(f.RegularFields())
-		if n, err := strconv.ParseInt(header.Get("Content-Length"), 10, 64); !end && t.PeekBytes > 0 && err == nil && n > 0 && n <= int64(t.PeekBytes) {
-			s.held = &heldResponse{code: code, fields: fields, header: header, size: n}
+		n, err := strconv.ParseInt(header.Get("Content-Length"), 10, 64)
+		sized := err == nil && n > 0
+		if !end && t.PeekBytes > 0 && sized && n <= int64(t.PeekBytes) {
+			s.held = &heldResponse{code: code, fields: fields, header: header, size: n, limit: t.PeekBytes}
 			s.mu.Unlock()
 			return
 		}
 		s.mu.Unlock()
-		if s.retryFor(b, t, t.Observe(code, header, nil), end, 0, fl) {
+		retry := t.Observe(code, header, nil)
+		if s.retryFor(b, t, retry, end, 0, fl) {
 			return
 		}
 		s.mu.Lock()
+		// A retry asked for on the head alone while the client is still
+		// sending a body the relay keeps (an upstream may answer before it
+		// reads the body): the response, if small and sized, is held like
+		// a peeked one, so that the retry can wait for the body's end.
+		if limit := s.r.maxReplay(); retry && b == s.up && !s.retried && s.keep && !s.finished && (end || sized && n <= int64(limit)) {
+			h := &heldResponse{code: code, fields: fields, header: header, size: n, limit: limit, retry: true}
+			if !end {
+				s.held = h
+				s.mu.Unlock()
+				return
+			}
+			s.mu.Unlock()
+			s.decideHeld(b, h, end, fl)
+			return
+		}
 	}
 	s.answered, s.status = true, code
 	s.keep, s.replay = false, nil
@@ -634,7 +654,7 @@ func (s *stream) retryFor(b *half, t *Target, retry, end bool, held int, fl *flu
 // the client is still sending a body the relay keeps waits for its end.
 func (s *stream) decideHeld(b *half, h *heldResponse, end bool, fl *flusher) bool {
 	t := s.target
-	retry := t.Observe(h.code, h.header, h.body)
+	retry := h.retry || t.Observe(h.code, h.header, h.body)
 	s.mu.Lock()
 	if retry && end && !s.retried && s.keep && !s.finished && !(s.reqEnded && s.replayEnded) {
 		s.waiting = &waitingRetry{b: b, h: h, end: end}

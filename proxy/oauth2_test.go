@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,6 +25,8 @@ type oauthWorld struct {
 	echo  *sim.Echo
 	cache *tokencache.Cache
 	p     *running
+	// refused gets a value each time the API has answered 401.
+	refused chan struct{}
 }
 
 func newOAuthWorld(t *testing.T, clock *sim.Clock, cacheSize int) *oauthWorld {
@@ -34,7 +37,18 @@ func newOAuthWorld(t *testing.T, clock *sim.Clock, cacheSize int) *oauthWorld {
 		w.ts.Now = clock.Now
 	}
 	auth := e.httpsUpstream(w.ts)
-	api := e.httpsUpstream(w.ts.RequireToken(w.echo))
+	w.refused = make(chan struct{}, 16)
+	guarded := w.ts.RequireToken(w.echo)
+	api := e.httpsUpstream(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: rw}
+		guarded.ServeHTTP(rec, r)
+		if rec.status == http.StatusUnauthorized {
+			select {
+			case w.refused <- struct{}{}:
+			default:
+			}
+		}
+	}))
 	opts := tokencache.Options{Size: cacheSize, MinBackoff: time.Second, MaxBackoff: 4 * time.Second, ScanInterval: 20 * time.Millisecond}
 	if clock != nil {
 		opts.Now = clock.Now
@@ -169,6 +183,58 @@ func TestOAuth2RetriesOnceWhenTheUpstreamRefusesTheToken(t *testing.T) {
 	if st, _ := post([]byte("small")); st != 200 {
 		t.Errorf("next request: %d", st)
 	}
+}
+
+// An upstream may refuse a token on the request head, before the client has
+// sent its body: the retry then waits for the body, which the proxy keeps.
+func TestOAuth2RetriesWhenTheUpstreamRefusesBeforeTheBody(t *testing.T) {
+	for name, c := range map[string]*http.Client{"h2c": h2cClient(), "http1": h1Client()} {
+		t.Run(name, func(t *testing.T) { testRetryBeforeTheBody(t, c) })
+	}
+}
+
+func testRetryBeforeTheBody(t *testing.T, c *http.Client) {
+	clock := sim.NewClock(time.Now())
+	w := newOAuthWorld(t, clock, 0)
+	if st, body := w.get(t, c, "/fleet/warm"); st != 200 {
+		t.Fatalf("first request: %d %s", st, body)
+	}
+	revokeAll(w.ts, t)
+	clock.Advance(5 * time.Second)
+	body := bytes.Repeat([]byte("sent-late "), 2000)
+	sum := sha256.Sum256(body)
+	pr, pw := io.Pipe()
+	go func() {
+		select { // the body is sent only once the upstream has refused the head
+		case <-w.refused:
+			pw.Write(body)
+			pw.Close()
+		case <-time.After(10 * time.Second):
+			pw.CloseWithError(errors.New("the upstream never refused the token"))
+		}
+	}()
+	resp, err := c.Post("http://"+w.p.addr("app")+"/fleet/upload", "application/octet-stream", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := decodeSeen(t, resp)
+	if seen.BodyBytes != int64(len(body)) || seen.BodySHA != hex.EncodeToString(sum[:]) {
+		t.Errorf("the retry carried %d bytes (sha match %v), want the whole body", seen.BodyBytes, seen.BodySHA == hex.EncodeToString(sum[:]))
+	}
+	if n := w.ts.Calls(); n != 2 {
+		t.Errorf("%d token requests, want 2", n)
+	}
+}
+
+// statusRecorder notes the status a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
 }
 
 // revokeAll revokes every token the simulated issuer has handed out.
