@@ -1,6 +1,7 @@
 // Command authproxy is a proxy that adds credentials to outgoing requests,
 // so applications never hold or refresh secrets themselves.
 //
+//	authproxy demo [-once]            run every system offline, on simulators
 //	authproxy run -config FILE        run the proxy
 //	authproxy check -config FILE      validate the config, print every problem
 //	authproxy ca init -config FILE    create the interception CA
@@ -36,6 +37,7 @@ import (
 var version = ""
 
 const usage = `usage:
+  authproxy demo [-once]            run all five systems offline on simulated upstreams
   authproxy run -config FILE        run the proxy
   authproxy check -config FILE      validate the config and print every problem
         [-skip-secrets]             without reading secrets or the CA (lint in CI)
@@ -61,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	switch args[0] {
+	case "demo":
+		return cmdDemo(args[1:], stdout, stderr)
 	case "run":
 		return cmdRun(args[1:], stderr)
 	case "check":

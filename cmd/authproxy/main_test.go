@@ -292,7 +292,7 @@ routes:
 // defaults to $AUTHPROXY_CONFIG.
 func TestHelpVersionAndConfigFromTheEnvironment(t *testing.T) {
 	for _, args := range [][]string{{"-h"}, {"help"}, {"--version"}, {"version"}, {"run", "-h"}, {"check", "-h"},
-		{"ca", "-h"}, {"ca", "init", "-h"}, {"ca", "export", "-h"}, {"health", "-h"}} {
+		{"ca", "-h"}, {"ca", "init", "-h"}, {"ca", "export", "-h"}, {"health", "-h"}, {"demo", "-h"}} {
 		cmd := exec.Command(binary, args...)
 		out, err := cmd.CombinedOutput()
 		if err != nil || len(out) == 0 {
