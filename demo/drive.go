@@ -138,17 +138,17 @@ func (w *World) newDriver(p Proxy) (*driver, error) {
 		return nil, err
 	}
 	d.systems = []*system{obd, {
-		name: "ODIL", mode: "forward, CONNECT + TLS, HTTP/1.1", rec: w.seen["ODIL"],
+		name: "ODIL", mode: "forward, CONNECT, h1", rec: w.seen["ODIL"],
 		issuer: func() string {
 			return fmt.Sprintf("sessions created %d (%d expired upstream)", w.odil.Creates(), d.odilExpiries.Load())
 		},
 	}, {
-		name: "OBH Mobility", mode: "sidecar, HTTP/1.1", rec: w.seen["OBH"],
+		name: "OBH Mobility", mode: "sidecar, h1", rec: w.seen["OBH"],
 		issuer: func() string {
 			return fmt.Sprintf("tokens %d (JWT-bearer, %d mounts)", w.obh.Calls(), len(w.obh.Scopes()))
 		},
 	}, {
-		name: "Obelisk", mode: "forward, CONNECT + TLS, HTTP/2", rec: w.seen["Obelisk"],
+		name: "Obelisk", mode: "forward, CONNECT, h2", rec: w.seen["Obelisk"],
 		issuer: func() string {
 			return fmt.Sprintf("tokens %d (idle %ds, absolute %ds)", w.obelisk.Calls(), obeliskIdle, obeliskValid)
 		},
@@ -158,7 +158,7 @@ func (w *World) newDriver(p Proxy) (*driver, error) {
 			return fmt.Sprintf("AGT %d (long-term, PoP), AT %d", w.viss.AGTRequests(), w.viss.AccessTokensIssued())
 		},
 	}, {
-		name: "static", mode: "forward, CONNECT + TLS, HTTP/1.1", rec: w.seen["static"],
+		name: "static", mode: "forward, CONNECT, h1", rec: w.seen["static"],
 		issuer: func() string { return "fixed header" },
 	}}
 	odil, obh, obelisk, viss, static := d.systems[1], d.systems[2], d.systems[3], d.systems[4], d.systems[5]
@@ -256,9 +256,9 @@ func (d *driver) get(ctx context.Context, s *system, c *http.Client, u string, h
 // it while the proxy's own token stream rotates the session token.
 func (d *driver) openOBD() (*system, error) {
 	w, addr := d.w, d.p.Sidecars["openobd"]
-	s := &system{name: "openOBD", mode: "sidecar, gRPC (h2c)", rec: w.seen["openOBD"],
+	s := &system{name: "openOBD", mode: "sidecar, gRPC h2c", rec: w.seen["openOBD"],
 		issuer: func() string {
-			return fmt.Sprintf("controller tokens %d, session tokens rotated %d (every %v)", w.obd.ControllerTokensIssued(), w.obd.Rotations(), RotateEvery)
+			return fmt.Sprintf("controller tokens %d, session token rotations %d (every %v)", w.obd.ControllerTokensIssued(), w.obd.Rotations(), RotateEvery)
 		}}
 	ctl, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithNoProxy())
 	if err != nil {

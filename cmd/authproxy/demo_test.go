@@ -39,7 +39,7 @@ func TestDemoOnceDrivesEverySystem(t *testing.T) {
 			t.Errorf("%s: %q shows no fingerprint of what the upstream received", name, row)
 		}
 	}
-	for _, want := range []string{"session tokens rotated 1", "sessions created 2 (1 expired upstream)", "tokens 3 (JWT-bearer, 3 mounts)", "AGT 1 (long-term, PoP), AT 1"} {
+	for _, want := range []string{"session token rotations 1", "sessions created 2 (1 expired upstream)", "tokens 3 (JWT-bearer, 3 mounts)", "AGT 1 (long-term, PoP), AT 1"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("the table lacks %q:\n%s", want, stdout)
 		}
