@@ -167,6 +167,20 @@ type TokenCache struct {
 	FetchTimeout    Duration `yaml:"fetch_timeout"`    // bound on one token request, default 15s
 	MinBackoff      Duration `yaml:"min_backoff"`      // first wait after a failed fetch, default 1s
 	MaxBackoff      Duration `yaml:"max_backoff"`      // longest wait, default 60s
+	// Shared, when set, shares tokens between proxies through a
+	// Redis-protocol store (Redis ≥ 7, Valkey).
+	Shared *SharedStore `yaml:"shared"`
+}
+
+// SharedStore is token_cache.shared: the Redis-protocol store that proxies
+// with the same encryption_key and key_prefix share tokens through.
+type SharedStore struct {
+	Address       string       `yaml:"address"` // host:port
+	TLS           bool         `yaml:"tls"`     // TLS, verified against the upstream roots
+	Username      SecretSource `yaml:"username"`
+	Password      SecretSource `yaml:"password"`
+	KeyPrefix     string       `yaml:"key_prefix"`     // default "authproxy:"
+	EncryptionKey SecretSource `yaml:"encryption_key"` // at least 32 characters
 }
 
 // Route matches requests and names the injector that adds their credential.
@@ -440,6 +454,22 @@ func (c *Config) validate() []error {
 	if c.TokenCache.MaxBackoff != 0 && c.TokenCache.MaxBackoff < c.TokenCache.MinBackoff {
 		add("token_cache.max_backoff", "must not be shorter than min_backoff")
 	}
+	if sh := c.TokenCache.Shared; sh != nil {
+		if host, port, err := net.SplitHostPort(sh.Address); err != nil || host == "" || !validPort(port) || port == "0" {
+			add("token_cache.shared.address", "expected host:port, such as 127.0.0.1:6379")
+		}
+		if !sh.EncryptionKey.IsSet() {
+			add("token_cache.shared.encryption_key", "required: every value is sealed with it before it reaches the store (at least 32 characters)")
+		} else if err := sh.EncryptionKey.Check(); err != nil {
+			add("token_cache.shared.encryption_key", "%v", err)
+		}
+		if err := sh.Username.Check(); sh.Username.IsSet() && err != nil {
+			add("token_cache.shared.username", "%v", err)
+		}
+		if err := sh.Password.Check(); sh.Password.IsSet() && err != nil {
+			add("token_cache.shared.password", "%v", err)
+		}
+	}
 	if c.Upstream.MaxIdleConnsPerHost < 0 {
 		add("upstream.max_idle_conns_per_host", "must not be negative")
 	}
@@ -572,6 +602,12 @@ func (c *Config) validate() []error {
 	return errs
 }
 
+// validPort reports whether port is a decimal number from 0 to 65535.
+func validPort(port string) bool {
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 0 && n <= 65535 && port != "" && strings.Trim(port, "0123456789") == ""
+}
+
 func checkListenAddress(addr string, allowRemote bool) error {
 	return checkAddress(addr, allowRemote, "a listener that adds credentials must not be reachable by others")
 }
@@ -586,7 +622,7 @@ func checkAddress(addr string, allowRemote bool, why string) error {
 	if err != nil || port == "" {
 		return fmt.Errorf("%q is not host:port", addr)
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 || strings.Trim(port, "0123456789") != "" {
+	if !validPort(port) {
 		return fmt.Errorf("%q: the port must be a number from 0 to 65535", addr)
 	}
 	if allowRemote {

@@ -24,7 +24,8 @@ func loadAll(path string) error {
 		return err
 	}
 	_, ierr := injectors.BuildAll(cfg, injectors.Env{})
-	return errors.Join(err, ierr)
+	_, serr := injectors.NewStore(cfg, injectors.Env{})
+	return errors.Join(err, ierr, serr)
 }
 
 func errorLines(err error) []string {

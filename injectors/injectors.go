@@ -9,9 +9,11 @@ import (
 	"slices"
 
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -24,6 +26,7 @@ import (
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/tokencache"
+	"github.com/authproxy/authproxy/tokencache/redisstore"
 	"github.com/authproxy/authproxy/transport"
 )
 
@@ -405,6 +408,62 @@ func CacheOptions(tc config.TokenCache, now func() time.Time) tokencache.Options
 		FetchTimeout: time.Duration(tc.FetchTimeout), MinBackoff: time.Duration(tc.MinBackoff),
 		MaxBackoff: time.Duration(tc.MaxBackoff), Now: now,
 	}
+}
+
+// NewStore builds the shared token store of token_cache.shared (nil when
+// there is none), reading its secrets; errors name their YAML path. With
+// SkipSecrets, or when the config's own validation reports the block, it
+// returns nil. env.Log gets the store's state changes.
+func NewStore(cfg *config.Config, env Env) (*redisstore.Store, error) {
+	sh := cfg.TokenCache.Shared
+	if sh == nil || env.SkipSecrets {
+		return nil, nil
+	}
+	if !sh.EncryptionKey.IsSet() || sh.Address == "" || sh.EncryptionKey.Check() != nil {
+		return nil, nil // config validation says what is wrong
+	}
+	var errs []error
+	read := func(path string, src config.SecretSource) string {
+		if !src.IsSet() || src.Check() != nil { // a bad shape is config validation's
+			return ""
+		}
+		v, err := env.secret(src)
+		if err != nil {
+			errs = append(errs, config.Errorf(path, "%v", err))
+		}
+		return v.Reveal()
+	}
+	key := read("token_cache.shared.encryption_key", sh.EncryptionKey)
+	if len(errs) == 0 && len(key) < redisstore.MinKeyLength {
+		errs = append(errs, config.Errorf("token_cache.shared.encryption_key", "%d characters; at least %d are needed", len(key), redisstore.MinKeyLength))
+	}
+	user := read("token_cache.shared.username", sh.Username)
+	pass := read("token_cache.shared.password", sh.Password)
+	set := env.Transport
+	if set == nil {
+		var err error
+		if set, err = transport.New(cfg.Upstream); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	opts := redisstore.Options{
+		Address: sh.Address, Username: user, Password: pass, KeyPrefix: sh.KeyPrefix, EncryptionKey: []byte(key),
+		Dial:         set.Dial,
+		FetchTimeout: time.Duration(cfg.TokenCache.FetchTimeout), MinBackoff: time.Duration(cfg.TokenCache.MinBackoff),
+		MaxBackoff: time.Duration(cfg.TokenCache.MaxBackoff), Log: env.Log,
+	}
+	if sh.TLS {
+		host, _, _ := net.SplitHostPort(sh.Address)
+		opts.TLS = &tls.Config{RootCAs: set.TLS.TLSClientConfig.RootCAs, ServerName: host, MinVersion: tls.VersionTLS12}
+	}
+	st, err := redisstore.New(opts)
+	if err != nil {
+		return nil, config.Errorf("token_cache.shared", "%v", err)
+	}
+	return st, nil
 }
 
 // BuildAll builds every injector block of the config. Errors name their

@@ -119,6 +119,23 @@ func (m *Metrics) Handler() http.Handler {
 
 // WatchCache adds the cache's size and, per injector, the seconds until
 // its soonest token expires, read at each scrape.
+// WatchStore exports the shared token store's state (token_cache.shared):
+// authproxy_token_store_up is 1 while tokens are shared, 0 while the
+// proxy is degraded to its own cache.
+func (m *Metrics) WatchStore(up func() bool) {
+	if m == nil || up == nil {
+		return
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "authproxy_token_store_up",
+		Help: "1 while tokens are shared through token_cache.shared, 0 while the store is unreachable and the proxy uses its own cache."},
+		func() float64 {
+			if up() {
+				return 1
+			}
+			return 0
+		}))
+}
+
 func (m *Metrics) WatchCache(c *tokencache.Cache) {
 	if m == nil || c == nil {
 		return

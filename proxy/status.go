@@ -21,11 +21,14 @@ import (
 // counts, and the listeners.
 
 type statusView struct {
-	Generated string             `json:"generated"`
-	Ready     string             `json:"ready"`
-	Listeners []statusListener   `json:"listeners"`
-	Routes    []statusRoute      `json:"routes"`
-	Injectors []statusInjectorJS `json:"injectors"`
+	Generated string `json:"generated"`
+	Ready     string `json:"ready"`
+	// TokenStore is token_cache.shared's state: "shared", or "degraded"
+	// while the store is unreachable ("" without one).
+	TokenStore string             `json:"token_store,omitempty"`
+	Listeners  []statusListener   `json:"listeners"`
+	Routes     []statusRoute      `json:"routes"`
+	Injectors  []statusInjectorJS `json:"injectors"`
 }
 
 type statusListener struct {
@@ -91,6 +94,14 @@ func newStatusSource(cfg *config.Config, injs map[string]injectors.Injector, cac
 func (s *Server) statusView() statusView {
 	now := time.Now()
 	v := statusView{Generated: now.UTC().Format(time.RFC3339), Ready: s.readiness()}
+	if s.cache != nil {
+		if configured, up := s.cache.StoreState(); configured {
+			v.TokenStore = "shared"
+			if !up {
+				v.TokenStore = "degraded"
+			}
+		}
+	}
 	s.mu.Lock()
 	for _, l := range s.listeners {
 		addr := l.address
@@ -229,6 +240,8 @@ th{background:#f3f3f3;font-weight:600} .key{font-family:ui-monospace,monospace;f
 <h1>authproxy</h1>
 <p>{{if .Ready}}<span class="notready">not ready: {{.Ready}}</span>{{else}}<span class="ready">ready</span>{{end}}
 <span class="muted">· {{.Generated}} · refreshes every 5 s · <a href="?format=json">JSON</a></span></p>
+{{if eq .TokenStore "shared"}}<p>token store: <span class="ready">shared</span> <span class="muted">(token_cache.shared: tokens fetched once for the fleet)</span></p>{{end}}
+{{if eq .TokenStore "degraded"}}<p>token store: <span class="notready">degraded</span> <span class="muted">(token_cache.shared is unreachable: this proxy fetches its own tokens until it answers)</span></p>{{end}}
 <h2>Injectors</h2>
 {{range .Injectors}}
 <h3>{{.Name}} <span class="muted">({{.Kind}}{{if .Warm}}, warm{{end}})</span></h3>

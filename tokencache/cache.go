@@ -61,6 +61,9 @@ type Options struct {
 	// Observer, when set, is told of lookups, fetches and evictions (for
 	// metrics); its calls must not block.
 	Observer Observer
+	// Store, when set, shares tokens with other proxies (see Store); the
+	// cache stays the first level, and a hit never reaches the store.
+	Store Store
 	// Log, when set, gets a line for each token fetched (its key's name,
 	// a fingerprint of the key, the token's lifetime) at info, and one for
 	// each change between fetching and failing: the first failure at warn,
@@ -125,6 +128,19 @@ var (
 	ErrNoToken = errors.New("no token obtained yet and its issuer is failing")
 )
 
+// Store shares tokens between proxies: a fleet of them then fetches each
+// key once, as one proxy would. The cache calls it only to fetch (a miss,
+// a due refresh); hits stay local.
+type Store interface {
+	// Fetch returns key's token and when it was fetched: the one the store
+	// holds if fresh says it may be used, or else one fetched with fetch
+	// by whichever proxy holds key's lock, the others waiting for it
+	// (bounded by ctx). A token the store holds whose value is stale (an
+	// upstream refused it) is dropped first, if it is still that value.
+	// A store that cannot be reached fetches locally.
+	Fetch(ctx context.Context, key, stale string, fresh func(Token, time.Time) bool, fetch FetchFunc) (Token, time.Time, error)
+}
+
 // Cache is safe for concurrent use. Build it with New; call Run to have
 // keys in use refreshed in the background.
 type Cache struct {
@@ -138,6 +154,9 @@ type Cache struct {
 
 	fetches    atomic.Int64
 	forgetting atomic.Bool
+
+	localMu sync.RWMutex
+	local   map[string]bool // key names never shared through the store
 }
 
 type entry struct {
@@ -154,8 +173,9 @@ type entry struct {
 	failures  int
 	retryAt   time.Time
 	lastErr   error
-	fetches   int // ended fetches, successful or not
-	replaced  int // Replace calls since the last fetch (a rolling session's renewals)
+	fetches   int    // ended fetches, successful or not
+	replaced  int    // Replace calls since the last fetch (a rolling session's renewals)
+	stale     string // a value Invalidate dropped, for the store to drop too
 }
 
 type call struct {
@@ -347,6 +367,7 @@ func (c *Cache) Invalidate(key, value string) bool {
 	}
 	e.has = false
 	e.failures, e.retryAt = 0, time.Time{}
+	e.stale = value
 	return true
 }
 
@@ -370,6 +391,42 @@ func (c *Cache) Replace(key, old string, tok Token) bool {
 	e.usedAt = c.opts.Now()
 	e.replaced++
 	return true
+}
+
+// Unshared keeps every key that name begins out of the Store: a
+// credential that rolls with every response (Replace) is one proxy's own.
+func (c *Cache) Unshared(name string) {
+	c.localMu.Lock()
+	defer c.localMu.Unlock()
+	if c.local == nil {
+		c.local = map[string]bool{}
+	}
+	c.local[name] = true
+}
+
+// store is the Store that key's fetches go through, or nil.
+func (c *Cache) store(key string) Store {
+	if c.opts.Store == nil {
+		return nil
+	}
+	c.localMu.RLock()
+	defer c.localMu.RUnlock()
+	if c.local[KeyName(key)] {
+		return nil
+	}
+	return c.opts.Store
+}
+
+// StoreState reports whether a Store is configured and, if it tells,
+// whether it is reachable (tokens shared) or not (degraded).
+func (c *Cache) StoreState() (configured, up bool) {
+	if c.opts.Store == nil {
+		return false, false
+	}
+	if u, ok := c.opts.Store.(interface{ Up() bool }); ok {
+		return true, u.Up()
+	}
+	return true, true
 }
 
 // Forget drops every key that name begins, so its next lookup fetches
@@ -445,13 +502,23 @@ func (c *Cache) startLocked(e *entry) {
 	e.call = cl
 	fetch := e.fetch
 	refresh := e.validLocked(c.opts.Now())
+	stale := e.stale
+	e.stale = ""
+	st := c.store(e.key)
 	c.wg.Add(1)
 	c.fetches.Add(1)
 	go func() {
 		defer c.wg.Done()
 		ctx, cancel := context.WithTimeout(c.base, c.opts.FetchTimeout)
 		began := time.Now()
-		tok, err := fetch(ctx)
+		var tok Token
+		var err error
+		fetchedAt := time.Time{}
+		if st != nil {
+			tok, fetchedAt, err = st.Fetch(ctx, e.key, stale, c.fresh, fetch)
+		} else {
+			tok, err = fetch(ctx)
+		}
 		cancel()
 		if ob := c.opts.Observer; ob != nil {
 			ob.Fetched(KeyName(e.key), time.Since(began), refresh, err)
@@ -464,9 +531,12 @@ func (c *Cache) startLocked(e *entry) {
 			e.replaced = 0
 		}
 		if err == nil {
+			if fetchedAt.IsZero() || fetchedAt.After(now) {
+				fetchedAt = now
+			}
 			e.tok, e.has = tok, true
-			e.fetchedAt, e.usedAt = now, now
-			e.refreshAt = c.refreshTime(now, tok)
+			e.fetchedAt, e.usedAt = fetchedAt, now
+			e.refreshAt = c.refreshTime(fetchedAt, tok)
 			e.failures, e.retryAt, e.lastErr = 0, time.Time{}, nil
 		} else {
 			e.failures++
@@ -505,6 +575,13 @@ func (c *Cache) logFetch(e *entry, tok Token, err error, now time.Time) {
 	default:
 		l.Debug("token fetch failed again", append(args, "failures", e.failures+1, "err", err)...)
 	}
+}
+
+// fresh reports whether a token fetched at fetchedAt (by any proxy) may
+// be taken as it is: valid, and not yet due a refresh.
+func (c *Cache) fresh(tok Token, fetchedAt time.Time) bool {
+	now := c.opts.Now()
+	return (tok.Expiry.IsZero() || now.Before(tok.Expiry)) && now.Before(c.refreshTime(fetchedAt, tok))
 }
 
 // refreshTime is when a token fetched at now is refreshed: after

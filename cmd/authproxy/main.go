@@ -163,6 +163,14 @@ func loadWith(path string, stderr io.Writer, withMetrics, skipSecrets bool) (*co
 	if m != nil {
 		opts.Observer = m
 	}
+	store, serr := injectors.NewStore(cfg, env)
+	if serr != nil {
+		return nil, nil, nil, injectors.Env{}, errors.Join(err, serr)
+	}
+	if store != nil {
+		opts.Store = store
+		m.WatchStore(store.Up)
+	}
 	env.Cache = tokencache.New(opts) // one for the process: reloads keep it
 	m.WatchCache(env.Cache)
 	injs, ierr := injectors.BuildAll(cfg, env)

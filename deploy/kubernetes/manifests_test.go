@@ -93,8 +93,16 @@ func TestManifests(t *testing.T) {
 					configMaps[cm.Name] = cm
 				}
 			}
-			var podLabels map[string]string
-			var proxyPorts []corev1.ContainerPort
+			// The pod templates of the file: the proxy's, and others (a
+			// shared token store) that its Services and policies may name.
+			type podInfo struct {
+				name   string
+				labels map[string]string
+				ports  []corev1.ContainerPort
+				proxy  bool
+			}
+			var all []podInfo
+			var gateway *podInfo
 			for _, o := range objs {
 				switch o := o.(type) {
 				case *corev1.Pod:
@@ -105,45 +113,75 @@ func TestManifests(t *testing.T) {
 					if err != nil || !sel.Matches(labels.Set(o.Spec.Template.Labels)) {
 						t.Errorf("deployment %s: its selector does not match its template (%v)", o.Name, err)
 					}
+					info := podInfo{name: o.Name, labels: o.Spec.Template.Labels, ports: o.Spec.Template.Spec.Containers[0].Ports}
+					for _, c := range o.Spec.Template.Spec.Containers {
+						info.proxy = info.proxy || c.Name == "authproxy"
+					}
+					all = append(all, info)
+					if !info.proxy {
+						checkStore(t, o)
+						continue
+					}
 					if o.Spec.Replicas == nil || *o.Spec.Replicas < 2 {
 						t.Errorf("deployment %s: a gateway needs at least 2 replicas", o.Name)
 					}
 					checkPod(t, o.Spec.Template.Spec, configMaps)
-					podLabels = o.Spec.Template.Labels
-					proxyPorts = o.Spec.Template.Spec.Containers[0].Ports
+					gateway = &all[len(all)-1]
 					pods++
 				}
+			}
+			// selected is the pod template a selector picks (nil: none).
+			selected := func(sel labels.Selector) *podInfo {
+				for i := range all {
+					if sel.Matches(labels.Set(all[i].labels)) {
+						return &all[i]
+					}
+				}
+				return nil
 			}
 			for _, o := range objs {
 				switch o := o.(type) {
 				case *corev1.Service:
-					if !labels.SelectorFromSet(o.Spec.Selector).Matches(labels.Set(podLabels)) {
-						t.Errorf("service %s selects no gateway pod", o.Name)
+					pod := selected(labels.SelectorFromSet(o.Spec.Selector))
+					if pod == nil {
+						t.Errorf("service %s selects no pod of the file", o.Name)
+						continue
 					}
 					for _, p := range o.Spec.Ports {
-						if !hasPort(proxyPorts, p.TargetPort.String()) {
-							t.Errorf("service %s: target port %s is no container port", o.Name, p.TargetPort.String())
+						if !hasPort(pod.ports, p.TargetPort.String()) {
+							t.Errorf("service %s: target port %s is no container port of %s", o.Name, p.TargetPort.String(), pod.name)
 						}
 					}
 				case *policyv1.PodDisruptionBudget:
 					sel, err := metav1.LabelSelectorAsSelector(o.Spec.Selector)
-					if err != nil || !sel.Matches(labels.Set(podLabels)) {
+					if err != nil || gateway == nil || !sel.Matches(labels.Set(gateway.labels)) {
 						t.Errorf("pdb %s selects no gateway pod", o.Name)
 					}
 				case *networkingv1.NetworkPolicy:
 					sel, err := metav1.LabelSelectorAsSelector(&o.Spec.PodSelector)
-					if err != nil || !sel.Matches(labels.Set(podLabels)) {
-						t.Errorf("network policy %s selects no gateway pod", o.Name)
+					pod := selected(sel)
+					if err != nil || pod == nil {
+						t.Errorf("network policy %s selects no pod of the file", o.Name)
+						continue
 					}
 					for _, rule := range o.Spec.Ingress {
 						for _, p := range rule.Ports {
-							if p.Port == nil || !hasPort(proxyPorts, p.Port.String()) || p.Port.IntValue() == 15000 {
-								t.Errorf("network policy %s opens %v, not the proxy port", o.Name, p.Port)
+							if p.Port == nil || !hasPort(pod.ports, p.Port.String()) || p.Port.IntValue() == 15000 {
+								t.Errorf("network policy %s opens %v, not the port %s serves", o.Name, p.Port, pod.name)
 							}
 						}
 						for _, peer := range rule.From {
 							if peer.PodSelector == nil || peer.NamespaceSelector != nil || peer.IPBlock != nil {
 								t.Errorf("network policy %s lets in more than this namespace's pods: %+v", o.Name, peer)
+								continue
+							}
+							if pod.proxy {
+								continue // the proxy port: every pod of the namespace
+							}
+							// The store: only the proxy's pods.
+							from, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
+							if err != nil || gateway == nil || from.Empty() || !from.Matches(labels.Set(gateway.labels)) {
+								t.Errorf("network policy %s lets other pods than the proxy's reach %s", o.Name, pod.name)
 							}
 						}
 					}
@@ -225,6 +263,13 @@ func checkPod(t *testing.T, spec corev1.PodSpec, configMaps map[string]*corev1.C
 		files = append(files, cfg.CA.CertFile, cfg.CA.KeyFile)
 	}
 	files = append(files, injectors.SecretFiles(cfg)...)
+	if sh := cfg.TokenCache.Shared; sh != nil {
+		for _, src := range []config.SecretSource{sh.Username, sh.Password, sh.EncryptionKey} {
+			if src.File != "" {
+				files = append(files, src.File)
+			}
+		}
+	}
 	if len(files) == 0 {
 		t.Error("the config reads no file: the secrets are not mounted")
 	}
@@ -264,6 +309,21 @@ func checkPod(t *testing.T, spec corev1.PodSpec, configMaps map[string]*corev1.C
 	if sc := proxy.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
 		sc.RunAsUser == nil || *sc.RunAsUser != 65532 {
 		t.Error("the proxy does not run as the image's nonroot user on a read-only root")
+	}
+}
+
+// checkStore checks a shared token store's Deployment: one container,
+// not root, a read-only root file system.
+func checkStore(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	spec := d.Spec.Template.Spec
+	if len(spec.Containers) != 1 {
+		t.Errorf("deployment %s: %d containers, want the store alone", d.Name, len(spec.Containers))
+		return
+	}
+	sc := spec.Containers[0].SecurityContext
+	if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Errorf("deployment %s: the store runs as root or on a writable root", d.Name)
 	}
 }
 

@@ -1,0 +1,403 @@
+package redisstore_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/internal/redistest"
+	"github.com/authproxy/authproxy/tokencache"
+	"github.com/authproxy/authproxy/tokencache/redisstore"
+)
+
+const testKey = "0123456789abcdef0123456789abcdef-fleet-key"
+
+// replica is one proxy's cache on the shared store.
+type replica struct {
+	cache *tokencache.Cache
+	store *redisstore.Store
+}
+
+func newReplica(t testing.TB, addr string, opts tokencache.Options, mod func(*redisstore.Options)) *replica {
+	t.Helper()
+	so := redisstore.Options{Address: addr, EncryptionKey: []byte(testKey), KeyPrefix: "test:",
+		FetchTimeout: opts.FetchTimeout, MinBackoff: opts.MinBackoff, MaxBackoff: opts.MaxBackoff}
+	if mod != nil {
+		mod(&so)
+	}
+	st, err := redisstore.New(so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	opts.Store = st
+	return &replica{cache: tokencache.New(opts), store: st}
+}
+
+// issuer counts fetches and hands out numbered tokens.
+type issuer struct {
+	calls atomic.Int64
+	delay time.Duration
+	life  time.Duration
+	fail  atomic.Bool
+}
+
+func (is *issuer) fetch(ctx context.Context) (tokencache.Token, error) {
+	n := is.calls.Add(1)
+	select {
+	case <-time.After(is.delay):
+	case <-ctx.Done():
+		return tokencache.Token{}, ctx.Err()
+	}
+	if is.fail.Load() {
+		return tokencache.Token{}, errors.New("issuer says no")
+	}
+	tok := tokencache.Token{Value: config.NewSecret(fmt.Sprintf("tok-%d-s3cr3t-value", n))}
+	if is.life > 0 {
+		tok.Expiry = time.Now().Add(is.life)
+	}
+	return tok, nil
+}
+
+// 300 concurrent cold requests spread over 3 proxies cost one fetch.
+func TestFleetColdBurstFetchesOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	is := &issuer{delay: 200 * time.Millisecond, life: time.Hour}
+	var reps []*replica
+	for range 3 {
+		reps = append(reps, newReplica(t, srv.Addr, tokencache.Options{}, nil))
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	got := map[string]int{}
+	for i := range 300 {
+		wg.Go(func() {
+			tok, err := reps[i%3].cache.Get(context.Background(), "obh\x00mount:m1", is.fetch)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				got["error: "+err.Error()]++
+				return
+			}
+			got[tok.Value.Reveal()]++
+		})
+	}
+	wg.Wait()
+	if n := is.calls.Load(); n != 1 {
+		t.Errorf("%d fetches at the issuer for 300 cold requests over 3 proxies, want 1", n)
+	}
+	if len(got) != 1 || got["tok-1-s3cr3t-value"] != 300 {
+		t.Errorf("tokens handed out: %v, want the one token 300 times", got)
+	}
+}
+
+// Under steady load on 3 proxies over several lifetimes, the fleet
+// refreshes once per lifetime in all, and a valid token is always held.
+func TestFleetRefreshesOncePerLifetime(t *testing.T) {
+	srv := redistest.Start(t)
+	const life = 2 * time.Second
+	is := &issuer{life: life}
+	opts := tokencache.Options{RefreshFraction: 0.5, MinMargin: 100 * time.Millisecond, ScanInterval: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var reps []*replica
+	for range 3 {
+		r := newReplica(t, srv.Addr, opts, nil)
+		go r.cache.Run(ctx)
+		reps = append(reps, r)
+	}
+	key := "obh\x00mount:m1"
+	if _, err := reps[0].cache.Get(ctx, key, is.fetch); err != nil {
+		t.Fatal(err)
+	}
+	const run = 5 * time.Second
+	misses := 0
+	for end := time.Now().Add(run); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		for _, r := range reps {
+			if _, ok := r.cache.Peek(key); !ok {
+				// The first use on a replica fetches from the store.
+				if _, err := r.cache.Get(ctx, key, is.fetch); err != nil {
+					t.Fatal(err)
+				}
+				misses++
+			}
+		}
+	}
+	// One fetch, then one refresh per half lifetime (RefreshFraction 0.5).
+	want := 1 + int(run/(life/2))
+	if n := int(is.calls.Load()); n > want+1 || n < want-2 {
+		t.Errorf("%d fetches over %v with a %v token on 3 proxies, want about %d (one per refresh, fleet-wide)", n, run, life, want)
+	}
+	if misses > 2 {
+		t.Errorf("%d lookups found no valid token after the first (want 2: each other replica's first use)", misses)
+	}
+}
+
+// A proxy that dies holding the lock (it never renews its lease) delays
+// the others by at most the lease: one of them then fetches.
+func TestALockHolderThatDiesIsReplaced(t *testing.T) {
+	srv := redistest.Start(t)
+	is := &issuer{life: time.Hour}
+	opts := tokencache.Options{FetchTimeout: 3 * time.Second}
+	r := newReplica(t, srv.Addr, opts, nil)
+	// A dead proxy's lock: taken, never renewed, never released.
+	dead := newReplica(t, srv.Addr, opts, nil)
+	key := "odil\x00TR:SB:OneDealer:OD"
+	lockKey := lockOf(t, srv, dead, key)
+	if err := srv.Client().Set(context.Background(), lockKey, "99999-dead", time.Second).Err(); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	tok, err := r.cache.Get(context.Background(), key, is.fetch)
+	if err != nil {
+		t.Fatalf("after the holder died: %v", err)
+	}
+	if waited := time.Since(began); waited < 900*time.Millisecond || waited > 3*time.Second {
+		t.Errorf("waited %v for a dead holder's lease of 1 s", waited)
+	}
+	if tok.Value.Reveal() != "tok-1-s3cr3t-value" || is.calls.Load() != 1 {
+		t.Errorf("token %q after %d fetches", tok.Value.Reveal(), is.calls.Load())
+	}
+}
+
+// lockOf finds the store's lock key for key, by letting dead take it once.
+func lockOf(t *testing.T, srv *redistest.Server, dead *replica, key string) string {
+	t.Helper()
+	c := srv.Client()
+	defer c.Close()
+	var keys []string
+	var err error
+	_, _ = dead.cache.Get(context.Background(), key, func(ctx context.Context) (tokencache.Token, error) {
+		keys, err = c.Keys(ctx, "test:l:*").Result() // on the cache's goroutine: checked below
+		return tokencache.Token{}, errors.New("dead before answering")
+	})
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("locks while fetching: %v %v", keys, err)
+	}
+	lock := keys[0]
+	// Forget the failure this left, so only the lock matters.
+	if err := c.Del(context.Background(), strings.Replace(lock, ":l:", ":t:", 1)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	return lock
+}
+
+// A token an upstream refused is dropped from the store only if the store
+// still holds it; a newer one another proxy fetched stays.
+func TestStaleDropIsCompareAndDelete(t *testing.T) {
+	srv := redistest.Start(t)
+	is := &issuer{life: time.Hour}
+	opts := tokencache.Options{MinBackoff: time.Millisecond}
+	a, b := newReplica(t, srv.Addr, opts, nil), newReplica(t, srv.Addr, opts, nil)
+	key := "obh\x00mount:m1"
+	ctx := context.Background()
+	t1, _ := a.cache.Get(ctx, key, is.fetch)
+	t1b, _ := b.cache.Get(ctx, key, is.fetch)
+	if t1.Value.Reveal() != t1b.Value.Reveal() || is.calls.Load() != 1 {
+		t.Fatalf("b did not take a's token: %q %q", t1.Value.Reveal(), t1b.Value.Reveal())
+	}
+	time.Sleep(5 * time.Millisecond) // past MinBackoff
+	// a's upstream refuses token 1: a drops it, here and in the store.
+	if !a.cache.Invalidate(key, t1.Value.Reveal()) {
+		t.Fatal("a kept the refused token")
+	}
+	t2, err := a.cache.Get(ctx, key, is.fetch)
+	if err != nil || t2.Value.Reveal() != "tok-2-s3cr3t-value" {
+		t.Fatalf("a after the refusal: %q %v", t2.Value.Reveal(), err)
+	}
+	// b's upstream refuses token 1 too, later: token 2 stays in the store.
+	time.Sleep(5 * time.Millisecond)
+	b.cache.Invalidate(key, t1.Value.Reveal())
+	t2b, err := b.cache.Get(ctx, key, is.fetch)
+	if err != nil || t2b.Value.Reveal() != "tok-2-s3cr3t-value" || is.calls.Load() != 2 {
+		t.Errorf("b after refusing the old token: %q %v, %d fetches; want a's token 2 and no third fetch", t2b.Value.Reveal(), err, is.calls.Load())
+	}
+}
+
+// A failed fetch makes the whole fleet back off: another proxy does not
+// ask the issuer again before the backoff has passed.
+func TestBackoffIsShared(t *testing.T) {
+	srv := redistest.Start(t)
+	is := &issuer{life: time.Hour}
+	is.fail.Store(true)
+	opts := tokencache.Options{MinBackoff: 2 * time.Second, MaxBackoff: 2 * time.Second}
+	a, b := newReplica(t, srv.Addr, opts, nil), newReplica(t, srv.Addr, opts, nil)
+	key := "obelisk\x00"
+	if _, err := a.cache.Get(context.Background(), key, is.fetch); err == nil {
+		t.Fatal("a failing issuer gave a token")
+	}
+	_, err := b.cache.Get(context.Background(), key, is.fetch)
+	if err == nil || !strings.Contains(err.Error(), "backs off") || !strings.Contains(err.Error(), "issuer says no") {
+		t.Errorf("b during a's backoff: %v, want the shared backoff naming the failure", err)
+	}
+	if n := is.calls.Load(); n != 1 {
+		t.Errorf("%d fetches at a failing issuer from 2 proxies within the backoff, want 1", n)
+	}
+}
+
+// The store never holds a token, a secret, a scope, a VIN or a key name in
+// the clear, nor in base64 or hex.
+func TestStoreHoldsNothingInTheClear(t *testing.T) {
+	srv := redistest.Start(t)
+	r := newReplica(t, srv.Addr, tokencache.Options{}, nil)
+	secrets := []string{"viss", "WVWZZZ1JZXW000001", "Independent+OEM+Cloud", "pay-how-you-drive", "obh", "mount:BgfBtrPrRPaz7pQU",
+		"eyJhbGciOiJSUzI1NiJ9.payload.sig-of-the-token", testKey}
+	for i, key := range []string{"viss\x00WVWZZZ1JZXW000001\x00Independent+OEM+Cloud\x00pay-how-you-drive", "obh\x00openid mount:BgfBtrPrRPaz7pQU"} {
+		_, err := r.cache.Get(context.Background(), key, func(context.Context) (tokencache.Token, error) {
+			if i == 1 {
+				return tokencache.Token{}, errors.New("scope mount:BgfBtrPrRPaz7pQU refused")
+			}
+			return tokencache.Token{Value: config.NewSecret("eyJhbGciOiJSUzI1NiJ9.payload.sig-of-the-token"), Expiry: time.Now().Add(time.Hour)}, nil
+		})
+		if (err != nil) != (i == 1) {
+			t.Fatal(err)
+		}
+	}
+	c := srv.Client()
+	defer c.Close()
+	ctx := context.Background()
+	keys, err := c.Keys(ctx, "*").Result()
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("keys %v %v, want a record per cache key", keys, err)
+	}
+	var dump strings.Builder
+	for _, k := range keys {
+		dump.WriteString(k + "\n")
+		m, err := c.HGetAll(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fields := slices.Sorted(func(yield func(string) bool) {
+			for f := range m {
+				if !yield(f) {
+					return
+				}
+			}
+		})
+		for _, f := range fields {
+			dump.WriteString(f + "=" + m[f] + "\n")
+		}
+	}
+	for _, s := range secrets {
+		for _, form := range []string{s, base64.StdEncoding.EncodeToString([]byte(s)), base64.RawURLEncoding.EncodeToString([]byte(s)), hex.EncodeToString([]byte(s))} {
+			if strings.Contains(dump.String(), form) {
+				t.Errorf("the store holds %q (or an encoding of it):\n%s", s, dump.String())
+			}
+		}
+	}
+	// Another encryption key (another fleet) cannot read the records: its
+	// keys differ, and so it fetches its own.
+	other := newReplica(t, srv.Addr, tokencache.Options{}, func(o *redisstore.Options) { o.EncryptionKey = []byte(strings.Repeat("k", 40)) })
+	fetched := false
+	other.cache.Get(ctx, "viss\x00WVWZZZ1JZXW000001\x00Independent+OEM+Cloud\x00pay-how-you-drive", func(context.Context) (tokencache.Token, error) {
+		fetched = true
+		return tokencache.Token{Value: config.NewSecret("theirs"), Expiry: time.Now().Add(time.Hour)}, nil
+	})
+	if !fetched {
+		t.Error("a proxy with another encryption key took this fleet's token")
+	}
+}
+
+// When the store stops, every proxy fetches on its own and requests keep
+// working; the state change is reported once; when the store is back, the
+// proxies share again.
+func TestDegradedModeAndRejoin(t *testing.T) {
+	srv := redistest.Start(t)
+	is := &issuer{life: time.Hour}
+	var mu sync.Mutex
+	var states []bool
+	r := newReplica(t, srv.Addr, tokencache.Options{}, func(o *redisstore.Options) {
+		o.OnState = func(up bool) { mu.Lock(); states = append(states, up); mu.Unlock() }
+	})
+	ctx := context.Background()
+	if _, err := r.cache.Get(ctx, "a\x00", is.fetch); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	for i := range 20 {
+		if _, err := r.cache.Get(ctx, fmt.Sprintf("b\x00%d", i), is.fetch); err != nil {
+			t.Fatalf("request %d with the store down: %v", i, err)
+		}
+	}
+	if r.store.Up() {
+		t.Error("the store is down and Up says shared")
+	}
+	srv.Restart()
+	deadline := time.Now().Add(5 * time.Second)
+	for !r.store.Up() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !r.store.Up() {
+		t.Fatal("the store is back and Up still says degraded after 5 s")
+	}
+	mu.Lock()
+	if !slices.Equal(states, []bool{false, true}) {
+		t.Errorf("state changes reported: %v, want [false true]", states)
+	}
+	mu.Unlock()
+	// Shared again: a second proxy takes the token the first one stores.
+	if _, err := r.cache.Get(ctx, "c\x00", is.fetch); err != nil {
+		t.Fatal(err)
+	}
+	before := is.calls.Load()
+	other := newReplica(t, srv.Addr, tokencache.Options{}, nil)
+	if _, err := other.cache.Get(ctx, "c\x00", is.fetch); err != nil || is.calls.Load() != before {
+		t.Errorf("after the store came back, another proxy fetched again (%v)", err)
+	}
+}
+
+// A local hit costs what it costs without a store; a local miss served
+// from the store is one round trip.
+func BenchmarkSharedLocalHit(b *testing.B) {
+	srv := redistest.Start(b)
+	r := newReplica(b, srv.Addr, tokencache.Options{}, nil)
+	is := &issuer{life: time.Hour}
+	ctx := context.Background()
+	if _, err := r.cache.Get(ctx, "k\x00", is.fetch); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := r.cache.Get(ctx, "k\x00", is.fetch); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkSharedLocalMissFromStore(b *testing.B) {
+	srv := redistest.Start(b)
+	is := &issuer{life: time.Hour}
+	ctx := context.Background()
+	warm := newReplica(b, srv.Addr, tokencache.Options{}, nil)
+	if _, err := warm.cache.Get(ctx, "k\x00", is.fetch); err != nil {
+		b.Fatal(err)
+	}
+	r := newReplica(b, srv.Addr, tokencache.Options{}, nil)
+	var lat []time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		r.cache.Forget("k") // a local miss each time
+		began := time.Now()
+		if _, err := r.cache.Get(ctx, "k\x00", is.fetch); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(began))
+	}
+	b.StopTimer()
+	if is.calls.Load() != 1 {
+		b.Fatalf("%d fetches at the issuer, want 1", is.calls.Load())
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
