@@ -165,11 +165,11 @@ func NewODIL(name string, cfg ODILConfig, env Env) (*ODIL, error) {
 	}
 	o.key = name + "\x00" + o.apiCode
 	o.fetchFn = o.createSession
-	// A session rolls with every response: sharing it between proxies
-	// needs each response's renewal to reach the others before their next
-	// request, which the shared store does not do yet. Each proxy keeps
-	// its own session.
-	o.cache.Unshared(name)
+	// A session rolls with every response: with a shared store, every
+	// request reads the current session from it, and each renewal replaces
+	// it there first (compare-and-set), so no proxy of the fleet sends a
+	// session another has seen replaced.
+	o.cache.Rolling(name)
 	o.secrets.add(o.password.Reveal(), string(o.sas.key))
 	return o, nil
 }

@@ -141,6 +141,24 @@ type Store interface {
 	Fetch(ctx context.Context, key, stale string, fresh func(Token, time.Time) bool, fetch FetchFunc) (Token, time.Time, error)
 }
 
+// RollingStore is a Store that also shares credentials that roll with
+// every response (Cache.Rolling): the store holds the current value, read
+// before every use, and each renewal replaces it atomically.
+type RollingStore interface {
+	Store
+	// Up reports whether the store is reachable (false: each proxy on its
+	// own until it is).
+	Up() bool
+	// Current returns key's value in the store, if it holds a valid one,
+	// and when it was first fetched.
+	Current(ctx context.Context, key string) (Token, time.Time, bool, error)
+	// Replace swaps key's value for tok if the store still holds old, and
+	// reports whether it did.
+	Replace(ctx context.Context, key, old string, tok Token, fetchedAt time.Time) (bool, error)
+	// Drop removes key's value if it is still value.
+	Drop(ctx context.Context, key, value string) error
+}
+
 // Cache is safe for concurrent use. Build it with New; call Run to have
 // keys in use refreshed in the background.
 type Cache struct {
@@ -156,7 +174,7 @@ type Cache struct {
 	forgetting atomic.Bool
 
 	localMu sync.RWMutex
-	local   map[string]bool // key names never shared through the store
+	rolling map[string]bool // key names whose credential rolls (Rolling)
 }
 
 type entry struct {
@@ -223,6 +241,11 @@ func (c *Cache) Get(ctx context.Context, key string, fetch FetchFunc) (Token, er
 			e = prev
 		}
 	}
+	if rs := c.rollingStore(key); rs != nil {
+		if tok, ok := c.current(ctx, rs, e); ok {
+			return tok, nil
+		}
+	}
 	now := c.opts.Now()
 	e.mu.Lock()
 	e.fetch = fetch
@@ -254,6 +277,33 @@ func (c *Cache) Get(ctx context.Context, key string, fetch FetchFunc) (Token, er
 	case <-ctx.Done():
 		return Token{}, ctx.Err()
 	}
+}
+
+// current reads a rolling key's value from the store into e, and returns
+// it if the store holds a valid one. When it holds none, e's value is
+// dropped, so that the caller fetches (through the store: one proxy
+// creates, the others take its value).
+func (c *Cache) current(ctx context.Context, rs RollingStore, e *entry) (Token, bool) {
+	sctx, cancel := context.WithTimeout(ctx, storeOpTimeout)
+	tok, fetchedAt, ok, err := rs.Current(sctx, e.key)
+	cancel()
+	if err != nil {
+		return Token{}, false // the store is degraded now: the local value serves
+	}
+	now := c.opts.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c.looked(e.key, ok)
+	if !ok {
+		e.has = false
+		return Token{}, false
+	}
+	if !e.has || e.tok.Value.Reveal() != tok.Value.Reveal() {
+		e.tok, e.has, e.fetchedAt = tok, true, fetchedAt
+		e.refreshAt = c.refreshTime(fetchedAt, tok)
+	}
+	e.usedAt = now
+	return tok, true
 }
 
 // Has reports whether the cache holds a valid token for key, and is not a
@@ -290,6 +340,9 @@ func (c *Cache) Warm(ctx context.Context, key string, fetch FetchFunc) error {
 // at once (starting a due refresh in the background), and false when Get
 // would have to fetch or fail: it never fetches and never waits.
 func (c *Cache) Peek(key string) (Token, bool) {
+	if c.rollingStore(key) != nil {
+		return Token{}, false // the store has the current value: Get reads it
+	}
 	e, ok := c.entries.Get(key)
 	if !ok {
 		c.looked(key, false)
@@ -358,16 +411,24 @@ func (c *Cache) Invalidate(key, value string) bool {
 	}
 	now := c.opts.Now()
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	switch {
 	case !e.has || e.tok.Value.Reveal() != value:
+		e.mu.Unlock()
 		return true
 	case now.Sub(e.fetchedAt) < c.opts.MinBackoff:
+		e.mu.Unlock()
 		return false
 	}
 	e.has = false
 	e.failures, e.retryAt = 0, time.Time{}
 	e.stale = value
+	e.mu.Unlock()
+	if rs := c.rollingStore(key); rs != nil {
+		// The next use reads the store: it must not find this value.
+		ctx, cancel := context.WithTimeout(context.Background(), storeOpTimeout)
+		_ = rs.Drop(ctx, key, value)
+		cancel()
+	}
 	return true
 }
 
@@ -382,6 +443,17 @@ func (c *Cache) Replace(key, old string, tok Token) bool {
 	if !ok {
 		return false
 	}
+	if rs := c.rollingStore(key); rs != nil {
+		e.mu.Lock()
+		fetchedAt := e.fetchedAt
+		e.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), storeOpTimeout)
+		done, err := rs.Replace(ctx, key, old, tok, fetchedAt)
+		cancel()
+		if err == nil && !done {
+			return false // the fleet has moved on from old
+		}
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if !e.has || e.tok.Value.Reveal() != old {
@@ -393,15 +465,25 @@ func (c *Cache) Replace(key, old string, tok Token) bool {
 	return true
 }
 
-// Unshared keeps every key that name begins out of the Store: a
-// credential that rolls with every response (Replace) is one proxy's own.
-func (c *Cache) Unshared(name string) {
+// Rolling marks every key that name begins as a credential that rolls
+// with every response (Replace): with a RollingStore, each use reads the
+// current value from the store (Peek then never answers, so that no
+// caller that must not wait does), and each renewal and each drop is made
+// in the store first, so that no proxy of the fleet uses a value another
+// has seen replaced. With a plain Store such keys are not shared.
+func (c *Cache) Rolling(name string) {
 	c.localMu.Lock()
 	defer c.localMu.Unlock()
-	if c.local == nil {
-		c.local = map[string]bool{}
+	if c.rolling == nil {
+		c.rolling = map[string]bool{}
 	}
-	c.local[name] = true
+	c.rolling[name] = true
+}
+
+func (c *Cache) isRolling(key string) bool {
+	c.localMu.RLock()
+	defer c.localMu.RUnlock()
+	return c.rolling[KeyName(key)]
 }
 
 // store is the Store that key's fetches go through, or nil.
@@ -409,13 +491,25 @@ func (c *Cache) store(key string) Store {
 	if c.opts.Store == nil {
 		return nil
 	}
-	c.localMu.RLock()
-	defer c.localMu.RUnlock()
-	if c.local[KeyName(key)] {
+	if _, ok := c.opts.Store.(RollingStore); !ok && c.isRolling(key) {
 		return nil
 	}
 	return c.opts.Store
 }
+
+// rollingStore is the RollingStore a rolling key is read through now: nil
+// for other keys, without one, and while it is unreachable.
+func (c *Cache) rollingStore(key string) RollingStore {
+	rs, ok := c.opts.Store.(RollingStore)
+	if !ok || !rs.Up() || !c.isRolling(key) {
+		return nil
+	}
+	return rs
+}
+
+// storeOpTimeout bounds a rolling key's store reads and writes made on a
+// request's behalf.
+const storeOpTimeout = time.Second
 
 // StoreState reports whether a Store is configured and, if it tells,
 // whether it is reachable (tokens shared) or not (degraded).

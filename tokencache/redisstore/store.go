@@ -91,7 +91,7 @@ type Store struct {
 	stop    sync.Once
 }
 
-var _ tokencache.Store = (*Store)(nil)
+var _ tokencache.RollingStore = (*Store)(nil)
 
 // New connects lazily: it fails only on bad options. The store starts as
 // shared; the first failure to reach it turns it degraded.
@@ -390,7 +390,64 @@ var (
 	renew = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end return 0`)
 	// dropIf: delete the token if it is still the one with this fingerprint.
 	dropIf = redis.NewScript(`if redis.call("HGET", KEYS[1], "fp") == ARGV[1] then redis.call("HDEL", KEYS[1], "fp", "d") return 1 end return 0`)
+	// replaceIf: put a new value (fingerprint ARGV[2], sealed ARGV[3]) if
+	// the one held is still the one with fingerprint ARGV[1].
+	replaceIf = redis.NewScript(`if redis.call("HGET", KEYS[1], "fp") == ARGV[1] then redis.call("HSET", KEYS[1], "fp", ARGV[2], "d", ARGV[3]) return 1 end return 0`)
 )
+
+// Current implements tokencache.RollingStore.
+func (s *Store) Current(ctx context.Context, key string) (tokencache.Token, time.Time, bool, error) {
+	if !s.up.Load() {
+		return tokencache.Token{}, time.Time{}, false, errDegraded
+	}
+	r, err := s.load(ctx, s.names(key))
+	if err != nil {
+		s.failed(err)
+		return tokencache.Token{}, time.Time{}, false, err
+	}
+	valid := r.has && (r.tok.Expiry.IsZero() || time.Now().Before(r.tok.Expiry))
+	return r.tok, r.fetchedAt, valid, nil
+}
+
+// Replace implements tokencache.RollingStore.
+func (s *Store) Replace(ctx context.Context, key, old string, tok tokencache.Token, fetchedAt time.Time) (bool, error) {
+	if !s.up.Load() {
+		return false, errDegraded
+	}
+	n := s.names(key)
+	plain, _ := json.Marshal(s.sealedOf(tok, fetchedAt))
+	ctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
+	defer cancel()
+	done, err := replaceIf.Run(ctx, s.rdb, []string{n.rec}, s.fingerprint(old), s.fingerprint(tok.Value.Reveal()), s.seal(n.rec, plain)).Int()
+	if err != nil {
+		s.failed(err)
+		return false, err
+	}
+	return done == 1, nil
+}
+
+// Drop implements tokencache.RollingStore.
+func (s *Store) Drop(ctx context.Context, key, value string) error {
+	if !s.up.Load() {
+		return errDegraded
+	}
+	if err := s.dropIf(ctx, s.names(key), value); err != nil {
+		s.failed(err)
+		return err
+	}
+	return nil
+}
+
+var errDegraded = errors.New("the shared token store is unreachable")
+
+// sealedOf is what a record holds of tok, fetched at fetchedAt.
+func (s *Store) sealedOf(tok tokencache.Token, fetchedAt time.Time) sealed {
+	v := sealed{Value: tok.Value.Reveal(), Idle: tok.IdleTimeout.Milliseconds(), FetchedAt: fetchedAt.UnixMilli()}
+	if !tok.Expiry.IsZero() {
+		v.Expiry = tok.Expiry.UnixMilli()
+	}
+	return v
+}
 
 func (s *Store) dropIf(ctx context.Context, n names, value string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
@@ -446,10 +503,7 @@ func (s *Store) fetchLocked(ctx context.Context, n names, before record, fresh f
 		}
 		return tok, time.Time{}, err
 	}
-	v := sealed{Value: tok.Value.Reveal(), Idle: tok.IdleTimeout.Milliseconds(), FetchedAt: now.UnixMilli()}
-	if !tok.Expiry.IsZero() {
-		v.Expiry = tok.Expiry.UnixMilli()
-	}
+	v := s.sealedOf(tok, now)
 	plain, _ := json.Marshal(v)
 	pipe := s.rdb.TxPipeline()
 	pipe.HDel(wctx, n.rec, "fu", "fn", "fe")
