@@ -214,8 +214,24 @@ func TestFleetOfProcessesSharesTokens(t *testing.T) {
 	// What the store holds: no token, secret, scope or injector name.
 	f.checkStoreIsSealed(t)
 
-	// The store stops: new mounts (fetches) and old ones keep working.
+	// The store stops in the middle of a load that keeps asking for new
+	// mounts (fetches) and old ones: no request fails.
+	loadDone := make(chan map[int]int)
+	go func() {
+		all := map[int]int{}
+		for round := range 20 { // 20 rounds of 6: 120 requests, about 2 s
+			for st, n := range f.burst(6, func(i int) string { return fmt.Sprintf("load-%d-%d", round/2, i%2) }) {
+				all[st] += n
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		loadDone <- all
+	}()
+	time.Sleep(500 * time.Millisecond)
 	f.redis.Stop()
+	if got := <-loadDone; got[200] != 120 {
+		t.Errorf("with the store stopped mid-load: %v, want 120 × 200", got)
+	}
 	if got := f.burst(60, func(i int) string { return fmt.Sprintf("down-%d", i%6) }); got[200] != 60 {
 		t.Errorf("with the store down: %v, want 60 × 200", got)
 	}
