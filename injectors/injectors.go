@@ -322,6 +322,9 @@ var (
 type Env struct {
 	// Cache is the token cache shared by token-based injectors.
 	Cache *tokencache.Cache
+	// Shared, when set, is the fleet's store (token_cache.shared) for
+	// state other than tokens: openOBD sessions.
+	Shared SharedState
 	// HTTPClient sends token requests (never through an environment proxy).
 	HTTPClient *http.Client
 	// Transport dials upstreams for injectors with connections of their
@@ -408,6 +411,19 @@ func CacheOptions(tc config.TokenCache, now func() time.Time) tokencache.Options
 		FetchTimeout: time.Duration(tc.FetchTimeout), MinBackoff: time.Duration(tc.MinBackoff),
 		MaxBackoff: time.Duration(tc.MaxBackoff), Now: now,
 	}
+}
+
+// SharedState is what the fleet's store keeps besides tokens: values
+// sealed under keys (never readable by the store), and leases that one
+// proxy at a time holds.
+type SharedState interface {
+	// Up reports whether the store is reachable.
+	Up() bool
+	Put(ctx context.Context, key string, value []byte, ttl time.Duration) error
+	Get(ctx context.Context, key string) ([]byte, bool, error)
+	// Lease takes key's lease for this proxy, or renews it, for ttl, and
+	// reports whether this proxy holds it.
+	Lease(ctx context.Context, key string, ttl time.Duration) (bool, error)
 }
 
 // NewStore builds the shared token store of token_cache.shared (nil when

@@ -3,11 +3,13 @@ package injectors
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -72,6 +74,7 @@ type OpenOBD struct {
 	unknown  sync.Map // session states not known to the proxy, logged once each
 
 	sessions *lru.Cache[string, *obdSession]
+	shared   SharedState // the fleet's store, or nil
 
 	mu    sync.Mutex
 	conns map[string]*obdConn // session endpoint -> shared connection
@@ -98,6 +101,7 @@ type obdSession struct {
 	token      string // latest session token
 	seen       map[string]bool
 	streaming  bool
+	remote     bool   // learned from the fleet's store, not from this proxy's traffic
 	ended      string // why it ended; "" while live
 	cancel     context.CancelFunc
 	authing    chan struct{} // closed when a proxy-side authenticate finishes
@@ -153,6 +157,7 @@ func NewOpenOBD(name string, cfg OpenOBDConfig, env Env) (*OpenOBD, error) {
 	o.ctlKey = name + "\x00controller"
 	o.secrets.add(o.secret.Reveal())
 	o.log = env.Log
+	o.shared = env.Shared
 	o.events = eventsOf(env)
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
@@ -238,6 +243,14 @@ func (o *OpenOBD) inject(req *Request, wait bool) (bool, error) {
 			return true, fmt.Errorf("%w: openOBD session %s has already spent its authentication token; the proxy holds its session token", ErrFailedPrecondition, s.id)
 		}
 	} else {
+		if o.sharing() {
+			// The fleet's latest token is in the store: another proxy
+			// may hold the token stream.
+			if !wait {
+				return false, nil
+			}
+			o.refresh(req.Context(), s)
+		}
 		s.mu.Lock()
 		bearer = s.token
 		if s.ended != "" {
@@ -346,6 +359,7 @@ func (o *OpenOBD) TapMessages(req *Request, _ int, _ http.Header) *MessageTap {
 			if trailer.Get("Grpc-Status") == "0" {
 				if s := o.byToken(sent); s != nil {
 					s.end("finished")
+					o.publish(s)
 				}
 			}
 		}}
@@ -421,6 +435,7 @@ func (o *OpenOBD) learn(info *pb.SessionInfo, rewrite bool, addr string) {
 				"injector", o.name, "state", info.State)
 		}
 	}
+	o.publish(s)
 	if rewrite {
 		info.GrpcEndpoint = addr
 	}
@@ -454,9 +469,17 @@ func (o *OpenOBD) pick(req *Request) (*obdSession, error) {
 	if id := req.Stripped.Get(obdSessionIDHdr); id != "" {
 		s, ok := o.sessions.Get(id)
 		if !ok {
+			s = o.adopt(req.Context(), id) // started through another proxy of the fleet
+		}
+		if s == nil {
 			return nil, fmt.Errorf("%w: x-openobd-session-id names session %q, which the proxy has not seen started or listed", ErrFailedPrecondition, id)
 		}
 		return s, s.liveErr()
+	}
+	if len(live) == 0 {
+		if s := o.adoptByEndpoint(req.Context(), host); s != nil {
+			return s, s.liveErr()
+		}
 	}
 	if tok := strings.TrimPrefix(req.Stripped.Get("Authorization"), "Bearer "); tok != "" {
 		if s := o.byToken(tok); s != nil {
@@ -506,15 +529,21 @@ func (o *OpenOBD) setToken(s *obdSession, tok string) {
 	s.token = tok
 	s.seen[tok] = true
 	s.authToken = "" // spent
-	start := !s.streaming && s.ended == ""
-	if start {
-		s.streaming = true
-		var ctx context.Context
-		ctx, s.cancel = context.WithCancel(o.base)
-		o.wg.Add(1)
-		go o.stream(ctx, s)
-	}
+	o.startStreamLocked(s)
 	s.mu.Unlock()
+	o.publish(s)
+}
+
+// startStreamLocked (s.mu held) starts the session's token stream, once.
+func (o *OpenOBD) startStreamLocked(s *obdSession) {
+	if s.streaming || s.ended != "" {
+		return
+	}
+	s.streaming = true
+	var ctx context.Context
+	ctx, s.cancel = context.WithCancel(o.base)
+	o.wg.Add(1)
+	go o.stream(ctx, s)
 }
 
 // ensureToken returns the session's latest token, authenticating the
@@ -591,10 +620,25 @@ func (o *OpenOBD) stream(ctx context.Context, s *obdSession) {
 	defer release()
 	backoff := 100 * time.Millisecond
 	for {
+		// In a fleet one proxy holds the stream; the others follow the
+		// store, ready to take over when the holder's lease runs out.
+		sctx, lost := o.lead(ctx, s)
+		if sctx == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(obdLease / 3):
+			}
+			o.refresh(ctx, s)
+			if s.liveErr() != nil {
+				return
+			}
+			continue
+		}
 		s.mu.Lock()
 		tok := s.token
 		s.mu.Unlock()
-		st, err := pb.NewSessionClient(cc).OpenSessionTokenStream(withBearer(ctx, tok), &pb.EmptyMessage{})
+		st, err := pb.NewSessionClient(cc).OpenSessionTokenStream(withBearer(sctx, tok), &pb.EmptyMessage{})
 		for err == nil {
 			var m *pb.SessionToken
 			if m, err = st.Recv(); err == nil && m.Value != "" {
@@ -605,15 +649,20 @@ func (o *OpenOBD) stream(ctx context.Context, s *obdSession) {
 				s.rotations++
 				s.lastRotation = time.Now()
 				s.mu.Unlock()
+				o.publish(s)
 				o.events.Event(o.name, "rotation")
 				backoff = 100 * time.Millisecond
 			}
 		}
+		lost()
 		s.mu.Lock()
 		s.streamUp = false
 		s.mu.Unlock()
 		if ctx.Err() != nil {
 			return
+		}
+		if sctx.Err() != nil {
+			continue // the lease was lost: follow
 		}
 		s.mu.Lock()
 		s.reconnects++
@@ -621,6 +670,7 @@ func (o *OpenOBD) stream(ctx context.Context, s *obdSession) {
 		o.events.Event(o.name, "reconnect")
 		if code := status.Code(err); code != codes.Unavailable && code != codes.Internal && code != codes.Unknown {
 			s.end(fmt.Sprintf("token stream: %s: %s", code, o.secrets.excerpt([]byte(status.Convert(err).Message()), tok)))
+			o.publish(s)
 			return
 		}
 		select {
@@ -716,4 +766,175 @@ func normalizeHostPort(s string) string {
 		s = net.JoinHostPort(strings.Trim(s, "[]"), "443")
 	}
 	return s
+}
+
+// Sharing sessions with the fleet (token_cache.shared): each session's
+// record — its endpoint, state, unspent authentication token, latest
+// session token, and why it ended — is kept sealed in the store, so that
+// any proxy can serve its calls; one proxy at a time holds its token
+// stream, under a lease it renews, and publishes each rotation.
+const (
+	obdShareTTL = 24 * time.Hour
+	obdLease    = 3 * time.Second
+)
+
+// obdRecord is what the fleet shares of a session.
+type obdRecord struct {
+	ID        string `json:"id"`
+	Endpoint  string `json:"endpoint"`
+	State     string `json:"state,omitempty"`
+	AuthToken string `json:"auth,omitempty"`
+	Token     string `json:"token,omitempty"`
+	Ended     string `json:"ended,omitempty"`
+}
+
+func (o *OpenOBD) sharing() bool { return o.shared != nil && o.shared.Up() }
+
+func (o *OpenOBD) sharedKey(kind, v string) string {
+	return o.name + "\x00openobd-" + kind + "\x00" + v
+}
+
+// publish writes s's record to the store, and lists s under its endpoint.
+func (o *OpenOBD) publish(s *obdSession) {
+	if !o.sharing() {
+		return
+	}
+	s.mu.Lock()
+	rec := obdRecord{ID: s.id, Endpoint: s.endpoint, State: s.state, AuthToken: s.authToken, Token: s.token, Ended: s.ended}
+	s.mu.Unlock()
+	b, _ := json.Marshal(rec)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if o.shared.Put(ctx, o.sharedKey("session", rec.ID), b, obdShareTTL) != nil {
+		return
+	}
+	ids := o.endpointIDs(ctx, rec.Endpoint)
+	if !slices.Contains(ids, rec.ID) {
+		ids = append(ids, rec.ID)
+		if len(ids) > 64 { // the most recent sessions of an endpoint
+			ids = ids[len(ids)-64:]
+		}
+		b, _ := json.Marshal(ids)
+		_ = o.shared.Put(ctx, o.sharedKey("endpoint", rec.Endpoint), b, obdShareTTL)
+	}
+}
+
+func (o *OpenOBD) endpointIDs(ctx context.Context, endpoint string) []string {
+	var ids []string
+	if b, ok, err := o.shared.Get(ctx, o.sharedKey("endpoint", endpoint)); err == nil && ok {
+		_ = json.Unmarshal(b, &ids)
+	}
+	return ids
+}
+
+func (o *OpenOBD) record(ctx context.Context, id string) (obdRecord, bool) {
+	var rec obdRecord
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	b, ok, err := o.shared.Get(sctx, o.sharedKey("session", id))
+	if err != nil || !ok || json.Unmarshal(b, &rec) != nil || rec.ID != id {
+		return obdRecord{}, false
+	}
+	return rec, true
+}
+
+// refresh takes the fleet's view of s: its latest token, and its end.
+func (o *OpenOBD) refresh(ctx context.Context, s *obdSession) {
+	if !o.sharing() {
+		return
+	}
+	rec, ok := o.record(ctx, s.id)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	if rec.Token != "" && rec.Token != s.token {
+		s.token = rec.Token
+		s.seen[rec.Token] = true
+		s.authToken = ""
+	}
+	ended := rec.Ended
+	s.mu.Unlock()
+	if ended != "" {
+		s.end(ended)
+	}
+}
+
+// adopt takes a session another proxy of the fleet learned (nil: none).
+func (o *OpenOBD) adopt(ctx context.Context, id string) *obdSession {
+	if !o.sharing() {
+		return nil
+	}
+	rec, ok := o.record(ctx, id)
+	if !ok {
+		return nil
+	}
+	s := &obdSession{id: rec.ID, endpoint: rec.Endpoint, state: rec.State, authToken: rec.AuthToken, token: rec.Token,
+		ended: rec.Ended, remote: true, seen: map[string]bool{}, learnedAt: time.Now()}
+	for _, t := range []string{rec.AuthToken, rec.Token} {
+		if t != "" {
+			s.seen[t] = true
+		}
+	}
+	if prev, found, _ := o.sessions.PeekOrAdd(rec.ID, s); found {
+		return prev
+	}
+	if s.token != "" {
+		s.mu.Lock()
+		o.startStreamLocked(s) // a follower, ready to take the stream over
+		s.mu.Unlock()
+	}
+	return s
+}
+
+// adoptByEndpoint takes the one live session of the fleet that uses
+// endpoint (nil: none, or more than one).
+func (o *OpenOBD) adoptByEndpoint(ctx context.Context, endpoint string) *obdSession {
+	if !o.sharing() {
+		return nil
+	}
+	var live []string
+	for _, id := range o.endpointIDs(ctx, endpoint) {
+		if rec, ok := o.record(ctx, id); ok && rec.Ended == "" && rec.Endpoint == endpoint {
+			live = append(live, id)
+		}
+	}
+	if len(live) != 1 {
+		return nil
+	}
+	if s, ok := o.sessions.Get(live[0]); ok {
+		return s
+	}
+	return o.adopt(ctx, live[0])
+}
+
+// lead takes (or keeps) the session's stream lease for this proxy and
+// returns a context that ends when the lease is lost, with the function
+// that stops renewing it; nil when another proxy holds it. Without a
+// store, this proxy always leads.
+func (o *OpenOBD) lead(ctx context.Context, s *obdSession) (context.Context, func()) {
+	if !o.sharing() {
+		return ctx, func() {}
+	}
+	key := o.sharedKey("stream", s.id)
+	if held, err := o.shared.Lease(ctx, key, obdLease); err == nil && !held {
+		return nil, nil
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(obdLease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-t.C:
+				if held, err := o.shared.Lease(sctx, key, obdLease); err == nil && !held {
+					cancel() // another proxy took it
+					return
+				}
+			}
+		}
+	}()
+	return sctx, cancel
 }

@@ -21,8 +21,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/authproxy/authproxy/internal/redistest"
 	"github.com/authproxy/authproxy/internal/syncbuf"
+	"github.com/authproxy/authproxy/openobd/pb"
 	"github.com/authproxy/authproxy/sim"
 )
 
@@ -102,7 +107,7 @@ func (f *fleet) start() *proxyProc {
 	t := f.t
 	t.Helper()
 	cmd := exec.Command(binary, "run", "-config", f.cfg)
-	cmd.Env = []string{"FLEET_KEY=" + fleetKey, "FLEET_SECRET=" + fleetSecret}
+	cmd.Env = []string{"FLEET_KEY=" + fleetKey, "FLEET_SECRET=" + fleetSecret, "PATH=" + os.Getenv("PATH")}
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -289,6 +294,12 @@ func (f *fleet) misses(t *testing.T) int {
 // injector's name would show, raw or in base64.
 func (f *fleet) checkStoreIsSealed(t *testing.T) {
 	t.Helper()
+	f.checkStoreHolds(t, append(f.ts.Issued(), fleetSecret, fleetKey, "mount:m1", "read mount", "fleet-app", "api\x00"))
+}
+
+// checkStoreHolds fails if any of needles is in the store, raw or in base64.
+func (f *fleet) checkStoreHolds(t *testing.T, needles []string) {
+	t.Helper()
 	c := f.redis.Client()
 	defer c.Close()
 	ctx := context.Background()
@@ -309,7 +320,6 @@ func (f *fleet) checkStoreIsSealed(t *testing.T) {
 			dump.WriteString(v + "\n")
 		}
 	}
-	needles := append(f.ts.Issued(), fleetSecret, fleetKey, "mount:m1", "read mount", "fleet-app", "api\x00")
 	for _, s := range needles {
 		for _, form := range []string{s, base64.StdEncoding.EncodeToString([]byte(s)), base64.RawStdEncoding.EncodeToString([]byte(s))} {
 			if strings.Contains(dump.String(), form) {
@@ -364,5 +374,141 @@ func TestFleetLockHolderKilledMidFetch(t *testing.T) {
 	}
 	if n := f.ts.Calls(); n != 2 {
 		t.Errorf("%d token requests, want 2: the killed holder's and its successor's", n)
+	}
+}
+
+// An openOBD session started through proxy A is used through B and C with
+// the latest token across rotations; A holds the token stream and is
+// killed (SIGKILL): another proxy takes the stream over and calls keep
+// succeeding.
+func TestFleetSharesOpenOBDSessions(t *testing.T) {
+	dir := t.TempDir()
+	f := &fleet{t: t, redis: redistest.Start(t)}
+	pki, err := sim.NewPKI(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg, _ := pki.ServerTLS("grpc.openobd.test", "s1.openobd.test")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, obdPort, _ := net.SplitHostPort(ln.Addr().String())
+	obd := &sim.OpenOBD{ClientID: "garage-app", ClientSecret: fleetSecret, ClusterID: "001",
+		RotateEvery: 300 * time.Millisecond, Grace: 2 * time.Second, Endpoints: []string{"s1.openobd.test:" + obdPort}}
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
+	obd.Register(gs)
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+	f.cfg = filepath.Join(dir, "obd.yaml")
+	os.WriteFile(f.cfg, []byte(fmt.Sprintf(`
+admin: {address: "127.0.0.1:0"}
+listeners:
+  - {name: app, kind: sidecar, address: "127.0.0.1:0", host: grpc.openobd.test, upstream: "https://grpc.openobd.test:%[1]s"}
+upstream: {ca_file: %[2]q, resolve: {grpc.openobd.test: 127.0.0.1, s1.openobd.test: 127.0.0.1}}
+token_cache:
+  shared: {address: %[3]q, key_prefix: "obd-fleet:", encryption_key: {env: FLEET_KEY}}
+injectors:
+  obd:
+    kind: openobd
+    endpoint: "grpc.openobd.test:%[1]s"
+    client_id: {value: garage-app}
+    client_secret: {env: FLEET_SECRET}
+    cluster_id: "001"
+routes:
+  - {name: openobd, match: {host: "*.openobd.test", path: /*}, injector: obd}
+`, obdPort, pki.CAFile, f.redis.Addr)), 0o600)
+	for range 3 {
+		f.procs = append(f.procs, f.start())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dial := func(p *proxyProc, authority string) *grpc.ClientConn {
+		opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithNoProxy()}
+		if authority != "" {
+			opts = append(opts, grpc.WithAuthority(authority))
+		}
+		c, err := grpc.NewClient(p.app, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	info, err := pb.NewSessionControllerClient(dial(f.procs[0], "")).StartSessionOnTicket(ctx, &pb.TicketId{Value: "fleet-ticket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each proxy's application dials it with the session's endpoint as
+	// :authority, as an unmodified client behind a sidecar would.
+	var cans []pb.CanClient
+	for _, p := range f.procs {
+		cans = append(cans, pb.NewCanClient(dial(p, info.GrpcEndpoint)))
+	}
+	roundTrip := func(i int, msg string) error {
+		st, err := cans[i].OpenIsotpStream(ctx)
+		if err != nil {
+			return err
+		}
+		defer st.CloseSend()
+		if err := st.Send(&pb.IsotpMessage{Payload: msg}); err != nil {
+			return err
+		}
+		got, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		if got.Payload != msg {
+			return fmt.Errorf("echo %q", got.Payload)
+		}
+		return nil
+	}
+	// The first session call goes through A: A authenticates the session
+	// and holds its token stream.
+	if err := roundTrip(0, "through A"); err != nil {
+		t.Fatalf("through A: %v", err)
+	}
+	// B and C use it with the latest token across 3 rotations.
+	calls := func(who []int, rotations int64) {
+		t.Helper()
+		from := obd.Rotations()
+		for n := 0; obd.Rotations() < from+rotations; n++ {
+			if n > 400 {
+				t.Fatalf("%d rotations in %d calls", obd.Rotations()-from, n)
+			}
+			i := who[n%len(who)]
+			if err := roundTrip(i, fmt.Sprintf("call %d", n)); err != nil {
+				t.Fatalf("call %d through proxy %d, after %d rotations: %v", n, i, obd.Rotations()-from, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	calls([]int{1, 2}, 3)
+	// The store holds the session sealed: no id, endpoint or token.
+	f.checkStoreHolds(t, []string{info.Id, info.GrpcEndpoint, info.AuthenticationToken, fleetSecret, fleetKey})
+	if n := obd.Authentications(); n != 1 {
+		t.Errorf("%d authentications of the session, want 1 (by A, for the fleet)", n)
+	}
+
+	// Kill the proxy that holds the stream (by the pid its lease names).
+	c := f.redis.Client()
+	defer c.Close()
+	keys, _ := c.Keys(ctx, "obd-fleet:l:*").Result()
+	if len(keys) != 1 {
+		t.Fatalf("stream leases: %v, want 1", keys)
+	}
+	v, _ := c.Get(ctx, keys[0]).Result()
+	holder, _ := strconv.Atoi(strings.SplitN(v, "-", 2)[0])
+	if holder != f.procs[0].cmd.Process.Pid {
+		t.Fatalf("the stream is held by pid %d, not A (%d)", holder, f.procs[0].cmd.Process.Pid)
+	}
+	if err := f.procs[0].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// B and C keep calling while another of them takes the stream over,
+	// and across 3 rotations of its stream.
+	calls([]int{1, 2}, 3)
+	if n := obd.OpenTokenStreams(); n != 1 {
+		t.Errorf("%d token streams open after the takeover, want 1", n)
 	}
 }

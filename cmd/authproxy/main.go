@@ -169,6 +169,7 @@ func loadWith(path string, stderr io.Writer, withMetrics, skipSecrets bool) (*co
 	}
 	if store != nil {
 		opts.Store = store
+		env.Shared = store
 		m.WatchStore(store.Up)
 	}
 	env.Cache = tokencache.New(opts) // one for the process: reloads keep it

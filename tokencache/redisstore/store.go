@@ -528,3 +528,64 @@ func (s *Store) backoff(failures int) time.Duration {
 	}
 	return time.Duration(float64(d) * (0.5 + mrand.Float64()))
 }
+
+// Put stores value under key for ttl, sealed, for the fleet's other state
+// (openOBD sessions). Keys are hashed as the cache's are.
+func (s *Store) Put(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	if !s.up.Load() {
+		return errDegraded
+	}
+	n := s.names("state\x00" + key)
+	ctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
+	defer cancel()
+	if err := s.rdb.Set(ctx, n.rec, s.seal(n.rec, value), ttl).Err(); err != nil {
+		s.failed(err)
+		return err
+	}
+	return nil
+}
+
+// Get returns what Put stored under key.
+func (s *Store) Get(ctx context.Context, key string) ([]byte, bool, error) {
+	if !s.up.Load() {
+		return nil, false, errDegraded
+	}
+	n := s.names("state\x00" + key)
+	ctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
+	defer cancel()
+	v, err := s.rdb.Get(ctx, n.rec).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, false, nil
+	}
+	if err != nil {
+		s.failed(err)
+		return nil, false, err
+	}
+	plain, err := s.open(n.rec, v)
+	if err != nil {
+		return nil, false, nil // not this fleet's: absent
+	}
+	return plain, true, nil
+}
+
+// leaseScript takes a free lease or renews this process's own.
+var leaseScript = redis.NewScript(`local v = redis.call("GET", KEYS[1])
+if v == false or v == ARGV[1] then redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2]) return 1 end return 0`)
+
+// Lease takes key's lease for this process, or renews it, for ttl; it
+// reports whether this process holds it. A holder that stops renewing
+// loses it when ttl runs out.
+func (s *Store) Lease(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+	if !s.up.Load() {
+		return false, errDegraded
+	}
+	n := s.names("lease\x00" + key)
+	ctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
+	defer cancel()
+	got, err := leaseScript.Run(ctx, s.rdb, []string{n.lock}, s.owner, ttl.Milliseconds()).Int()
+	if err != nil {
+		s.failed(err)
+		return false, err
+	}
+	return got == 1, nil
+}
