@@ -2,10 +2,14 @@ package redisstore_test
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -15,7 +19,9 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/internal/redistest"
+	"github.com/authproxy/authproxy/sim"
 	"github.com/authproxy/authproxy/tokencache"
 	"github.com/authproxy/authproxy/tokencache/redisstore"
 )
@@ -400,4 +406,78 @@ func BenchmarkSharedLocalMissFromStore(b *testing.B) {
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+// writeServerCert writes a certificate for names from pki's CA, and its key.
+func writeServerCert(t *testing.T, pki *sim.PKI, dir string, names ...string) (certFile, keyFile string) {
+	t.Helper()
+	cert, err := pki.CA.Issue(names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "redis.crt"), filepath.Join(dir, "redis.key")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600)
+	return certFile, keyFile
+}
+
+// token_cache.shared with tls: true, built from a config as the proxy
+// builds it: the store's certificate is verified against the upstream
+// roots (upstream.ca_file) for the name in address (pinned by
+// upstream.resolve). A store whose certificate is not trusted is never
+// used: the proxy fetches on its own.
+func TestTLSStoreFromTheConfig(t *testing.T) {
+	dir := t.TempDir()
+	pki, err := sim.NewPKI(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := writeServerCert(t, pki, dir, "redis.fleet.test")
+	srv := redistest.StartTLS(t, certFile, keyFile, pki.CAFile)
+	other, _ := sim.NewPKI(t.TempDir()) // a CA the proxy does not trust
+	build := func(caFile string) *replica {
+		t.Helper()
+		cfg, err := config.Parse([]byte(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://api.example.com"}
+upstream: {ca_file: %q, resolve: {redis.fleet.test: 127.0.0.1}}
+token_cache:
+  shared: {address: "redis.fleet.test:%d", tls: true, encryption_key: {value: %q}}
+injectors:
+  tok: {kind: static, headers: {X-Key: {value: k}}}
+routes:
+  - {name: api, match: {path: /v1/*}, injector: tok}
+`, caFile, srv.Port(), testKey)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := injectors.NewStore(cfg, injectors.Env{})
+		if err != nil || st == nil {
+			t.Fatalf("store: %v", err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return &replica{cache: tokencache.New(tokencache.Options{Store: st}), store: st}
+	}
+	is := &issuer{life: time.Hour}
+	ctx := context.Background()
+	a, b := build(pki.CAFile), build(pki.CAFile)
+	for _, r := range []*replica{a, b} {
+		if _, err := r.cache.Get(ctx, "k\x00", is.fetch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := is.calls.Load(); n != 1 || !a.store.Up() || !b.store.Up() {
+		t.Errorf("over TLS: %d fetches for 2 proxies (want 1), up %v %v", n, a.store.Up(), b.store.Up())
+	}
+	untrusting := build(other.CAFile)
+	if _, err := untrusting.cache.Get(ctx, "k\x00", is.fetch); err != nil {
+		t.Fatal(err)
+	}
+	if untrusting.store.Up() || is.calls.Load() != 2 {
+		t.Errorf("a store with an untrusted certificate: up %v, %d fetches; want degraded and a fetch of its own", untrusting.store.Up(), is.calls.Load())
+	}
 }
