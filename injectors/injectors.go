@@ -413,6 +413,13 @@ func CacheOptions(tc config.TokenCache, now func() time.Time) tokencache.Options
 	}
 }
 
+// digest is a secret's SHA-256 in hex: part of an identity (Cache.Identify),
+// never shown.
+func digest(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
 // SharedState is what the fleet's store keeps besides tokens: values
 // sealed under keys (never readable by the store), and leases that one
 // proxy at a time holds.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -386,6 +387,13 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 		o.staticKey = o.cacheKey(scope, aud, params)
 		o.staticFetch = func(ctx context.Context) (tokencache.Token, error) { return o.fetch(ctx, scope, aud, params) }
 	}
+	keyPub := ""
+	if o.key != nil {
+		if der, err := x509.MarshalPKIXPublicKey(o.key.signer.Public()); err == nil {
+			keyPub = string(der)
+		}
+	}
+	o.cache.Identify(name, "oauth2", o.tokenURL, o.id.Reveal(), digest(o.secret.Reveal()), keyPub, o.keyID, o.authStyle, o.assertAud)
 	return o, nil
 }
 

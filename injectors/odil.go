@@ -170,6 +170,7 @@ func NewODIL(name string, cfg ODILConfig, env Env) (*ODIL, error) {
 	// it there first (compare-and-set), so no proxy of the fleet sends a
 	// session another has seen replaced.
 	o.cache.Rolling(name)
+	o.cache.Identify(name, "odil", o.sessionURL, o.username.Reveal(), digest(o.password.Reveal()), digest(string(o.sas.key)))
 	o.secrets.add(o.password.Reveal(), string(o.sas.key))
 	return o, nil
 }

@@ -155,6 +155,7 @@ func NewOpenOBD(name string, cfg OpenOBDConfig, env Env) (*OpenOBD, error) {
 	o.sessions, _ = lru.NewWithEvict(size, func(_ string, s *obdSession) { s.end("evicted from the session table") })
 	o.base, o.stop = context.WithCancel(context.Background())
 	o.ctlKey = name + "\x00controller"
+	o.cache.Identify(name, "openobd", o.endpoint, o.id.Reveal(), digest(o.secret.Reveal()), o.cluster)
 	o.secrets.add(o.secret.Reveal())
 	o.log = env.Log
 	o.shared = env.Shared
@@ -791,7 +792,7 @@ type obdRecord struct {
 func (o *OpenOBD) sharing() bool { return o.shared != nil && o.shared.Up() }
 
 func (o *OpenOBD) sharedKey(kind, v string) string {
-	return o.name + "\x00openobd-" + kind + "\x00" + v
+	return o.cache.StoreKey(o.name + "\x00openobd-" + kind + "\x00" + v)
 }
 
 // publish writes s's record to the store, and lists s under its endpoint.

@@ -206,6 +206,13 @@ func NewVISS(name string, cfg VISSConfig, env Env) (*VISS, error) {
 		return nil, errors.New("viss: built without a token cache or HTTP client")
 	}
 	v.secrets.add(v.proof.Reveal())
+	keyPub := ""
+	if v.key != nil { // a long-term AGT is bound to this key: only proxies holding it share one
+		if der, err := x509.MarshalPKIXPublicKey(v.key.Public()); err == nil {
+			keyPub = string(der)
+		}
+	}
+	v.cache.Identify(name, "viss", v.agtsURL, v.atsURL, digest(v.proof.Reveal()), keyPub)
 	return v, nil
 }
 

@@ -173,8 +173,9 @@ type Cache struct {
 	fetches    atomic.Int64
 	forgetting atomic.Bool
 
-	localMu sync.RWMutex
-	rolling map[string]bool // key names whose credential rolls (Rolling)
+	localMu  sync.RWMutex
+	rolling  map[string]bool   // key names whose credential rolls (Rolling)
+	identity map[string]string // key name -> what its credentials are (Identify)
 }
 
 type entry struct {
@@ -285,7 +286,7 @@ func (c *Cache) Get(ctx context.Context, key string, fetch FetchFunc) (Token, er
 // creates, the others take its value).
 func (c *Cache) current(ctx context.Context, rs RollingStore, e *entry) (Token, bool) {
 	sctx, cancel := context.WithTimeout(ctx, storeOpTimeout)
-	tok, fetchedAt, ok, err := rs.Current(sctx, e.key)
+	tok, fetchedAt, ok, err := rs.Current(sctx, c.storeKey(e.key))
 	cancel()
 	if err != nil {
 		return Token{}, false // the store is degraded now: the local value serves
@@ -426,7 +427,7 @@ func (c *Cache) Invalidate(key, value string) bool {
 	if rs := c.rollingStore(key); rs != nil {
 		// The next use reads the store: it must not find this value.
 		ctx, cancel := context.WithTimeout(context.Background(), storeOpTimeout)
-		_ = rs.Drop(ctx, key, value)
+		_ = rs.Drop(ctx, c.storeKey(key), value)
 		cancel()
 	}
 	return true
@@ -448,7 +449,7 @@ func (c *Cache) Replace(key, old string, tok Token) bool {
 		fetchedAt := e.fetchedAt
 		e.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), storeOpTimeout)
-		done, err := rs.Replace(ctx, key, old, tok, fetchedAt)
+		done, err := rs.Replace(ctx, c.storeKey(key), old, tok, fetchedAt)
 		cancel()
 		if err == nil && !done {
 			return false // the fleet has moved on from old
@@ -478,6 +479,38 @@ func (c *Cache) Rolling(name string) {
 		c.rolling = map[string]bool{}
 	}
 	c.rolling[name] = true
+}
+
+// Identify says what makes the credentials of every key that name begins
+// what they are — their issuer, their client, a hash of its secret or
+// key — so that a Store keys them by it too: proxies whose configs give
+// the same injector name to other credentials never share a token.
+func (c *Cache) Identify(name string, parts ...string) {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	c.localMu.Lock()
+	defer c.localMu.Unlock()
+	if c.identity == nil {
+		c.identity = map[string]string{}
+	}
+	c.identity[name] = hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// StoreKey is key as the Store knows it (with its name's identity), for
+// injectors that keep other state in the store.
+func (c *Cache) StoreKey(key string) string { return c.storeKey(key) }
+
+// storeKey is key as the Store knows it: with its name's identity.
+func (c *Cache) storeKey(key string) string {
+	c.localMu.RLock()
+	defer c.localMu.RUnlock()
+	if id := c.identity[KeyName(key)]; id != "" {
+		return key + "\x00" + id
+	}
+	return key
 }
 
 func (c *Cache) isRolling(key string) bool {
@@ -609,7 +642,7 @@ func (c *Cache) startLocked(e *entry) {
 		var err error
 		fetchedAt := time.Time{}
 		if st != nil {
-			tok, fetchedAt, err = st.Fetch(ctx, e.key, stale, c.fresh, fetch)
+			tok, fetchedAt, err = st.Fetch(ctx, c.storeKey(e.key), stale, c.fresh, fetch)
 		} else {
 			tok, err = fetch(ctx)
 		}
