@@ -207,10 +207,15 @@ func NewVISS(name string, cfg VISSConfig, env Env) (*VISS, error) {
 	}
 	v.secrets.add(v.proof.Reveal())
 	keyPub := ""
-	if v.key != nil { // a long-term AGT is bound to this key: only proxies holding it share one
+	switch {
+	case v.key != nil: // a long-term AGT is bound to this key: only proxies holding it share one
 		if der, err := x509.MarshalPKIXPublicKey(v.key.Public()); err == nil {
 			keyPub = string(der)
 		}
+	case cfg.LongTerm != nil:
+		// The key is generated on first use, this proxy's own: its tokens
+		// are shared with no other proxy.
+		keyPub = rand.Text()
 	}
 	v.cache.Identify(name, "viss", v.agtsURL, v.atsURL, digest(v.proof.Reveal()), keyPub)
 	return v, nil
