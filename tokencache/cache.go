@@ -414,18 +414,19 @@ func (c *Cache) Invalidate(key, value string) bool {
 	e.mu.Lock()
 	switch {
 	case !e.has || e.tok.Value.Reveal() != value:
-		e.mu.Unlock()
-		return true
+		// Already dropped or replaced here.
 	case now.Sub(e.fetchedAt) < c.opts.MinBackoff:
 		e.mu.Unlock()
 		return false
+	default:
+		e.has = false
+		e.failures, e.retryAt = 0, time.Time{}
+		e.stale = value
 	}
-	e.has = false
-	e.failures, e.retryAt = 0, time.Time{}
-	e.stale = value
 	e.mu.Unlock()
 	if rs := c.rollingStore(key); rs != nil {
-		// The next use reads the store: it must not find this value.
+		// The retry reads the store: it must not find this value there,
+		// even when another request's drop of it is still on its way.
 		ctx, cancel := context.WithTimeout(context.Background(), storeOpTimeout)
 		_ = rs.Drop(ctx, c.storeKey(key), value)
 		cancel()
