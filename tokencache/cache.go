@@ -294,11 +294,11 @@ func (c *Cache) current(ctx context.Context, rs RollingStore, e *entry) (Token, 
 	now := c.opts.Now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	c.looked(e.key, ok)
 	if !ok {
 		e.has = false
-		return Token{}, false
+		return Token{}, false // Get goes on, and counts the miss
 	}
+	c.looked(e.key, true)
 	if !e.has || e.tok.Value.Reveal() != tok.Value.Reveal() {
 		e.tok, e.has, e.fetchedAt = tok, true, fetchedAt
 		e.refreshAt = c.refreshTime(fetchedAt, tok)
@@ -732,12 +732,24 @@ func (c *Cache) refreshTime(now time.Time, tok Token) time.Time {
 	return at
 }
 
-func (c *Cache) backoff(failures int) time.Duration {
-	d := c.opts.MinBackoff << min(failures-1, 30)
-	if d > c.opts.MaxBackoff || d <= 0 {
-		d = c.opts.MaxBackoff
+func (c *Cache) backoff(failures int) time.Duration { return c.opts.Backoff(failures) }
+
+// Backoff is the wait after failures consecutive failed fetches:
+// exponential from MinBackoff to MaxBackoff, with ±50% jitter (o with its
+// defaults applied: see WithDefaults). A Store that backs off for a fleet
+// uses it too.
+func (o Options) Backoff(failures int) time.Duration {
+	d := o.MinBackoff << min(failures-1, 30)
+	if d > o.MaxBackoff || d <= 0 {
+		d = o.MaxBackoff
 	}
 	return time.Duration(float64(d) * (0.5 + rand.Float64()))
+}
+
+// WithDefaults is o with every zero value replaced by its default.
+func (o Options) WithDefaults() Options {
+	o.defaults()
+	return o
 }
 
 // RefreshDue starts a background fetch for every key used since its last

@@ -31,7 +31,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net"
 	"os"
 	"strconv"
@@ -105,15 +104,10 @@ func New(opts Options) (*Store, error) {
 	if opts.KeyPrefix == "" {
 		opts.KeyPrefix = "authproxy:"
 	}
-	if opts.FetchTimeout <= 0 {
-		opts.FetchTimeout = 15 * time.Second
-	}
-	if opts.MinBackoff <= 0 {
-		opts.MinBackoff = time.Second
-	}
-	if opts.MaxBackoff < opts.MinBackoff {
-		opts.MaxBackoff = max(60*time.Second, opts.MinBackoff)
-	}
+	// The cache's own defaults, and its backoff: the fleet waits as one
+	// proxy would.
+	cacheOpts := tokencache.Options{FetchTimeout: opts.FetchTimeout, MinBackoff: opts.MinBackoff, MaxBackoff: opts.MaxBackoff}.WithDefaults()
+	opts.FetchTimeout, opts.MinBackoff, opts.MaxBackoff = cacheOpts.FetchTimeout, cacheOpts.MinBackoff, cacheOpts.MaxBackoff
 	if opts.OpTimeout <= 0 {
 		opts.OpTimeout = 500 * time.Millisecond
 	}
@@ -519,14 +513,9 @@ func (s *Store) fetchLocked(ctx context.Context, n names, before record, fresh f
 	return tok, now, nil
 }
 
-// backoff is the fleet's wait after failures, as the cache's: exponential
-// from MinBackoff to MaxBackoff, with ±50% jitter.
+// backoff is the fleet's wait after failures, as the cache's.
 func (s *Store) backoff(failures int) time.Duration {
-	d := s.opts.MinBackoff << min(failures-1, 30)
-	if d > s.opts.MaxBackoff || d <= 0 {
-		d = s.opts.MaxBackoff
-	}
-	return time.Duration(float64(d) * (0.5 + mrand.Float64()))
+	return tokencache.Options{MinBackoff: s.opts.MinBackoff, MaxBackoff: s.opts.MaxBackoff}.Backoff(failures)
 }
 
 // Put stores value under key for ttl, sealed, for the fleet's other state
