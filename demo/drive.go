@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/authproxy/authproxy/openobd/pb"
+	"github.com/authproxy/authproxy/sim"
 )
 
 // Proxy is where the running proxy listens.
@@ -291,7 +292,7 @@ func (d *driver) openOBD() (*system, error) {
 		deadline := time.Now().Add(3 * RotateEvery)
 		for i := 0; ; i++ {
 			s.requests++
-			if err := isotpRoundTrip(ctx, pb.NewCanClient(session), fmt.Sprintf("22 F1 90 #%d.%d", pass, i)); err != nil {
+			if err := sim.ISOTPRoundTrip(ctx, pb.NewCanClient(session), fmt.Sprintf("22 F1 90 #%d.%d", pass, i)); err != nil {
 				return status.Code(err).String(), fmt.Errorf("openIsotpStream: %w", err)
 			}
 			if pass > 0 || w.obd.Rotations() > rotations {
@@ -308,27 +309,6 @@ func (d *driver) openOBD() (*system, error) {
 		}
 	}
 	return s, nil
-}
-
-// isotpRoundTrip sends one ISO-TP message and checks its echo.
-func isotpRoundTrip(ctx context.Context, c pb.CanClient, msg string) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	st, err := c.OpenIsotpStream(ctx)
-	if err != nil {
-		return err
-	}
-	if err := st.Send(&pb.IsotpMessage{Payload: msg}); err != nil {
-		return err
-	}
-	got, err := st.Recv()
-	if err != nil {
-		return err
-	}
-	if got.Payload != msg {
-		return fmt.Errorf("echo %q, want %q", got.Payload, msg)
-	}
-	return st.CloseSend()
 }
 
 func (d *driver) close() {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -384,4 +385,26 @@ func (c obdCan) OpenIsotpStream(stream pb.Can_OpenIsotpStreamServer) error {
 			}
 		}
 	}
+}
+
+// ISOTPRoundTrip is a client's call of the simulator's echo: it opens
+// can/openIsotpStream on c, sends msg and checks that the echo is msg.
+func ISOTPRoundTrip(ctx context.Context, c pb.CanClient, msg string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := c.OpenIsotpStream(ctx)
+	if err != nil {
+		return err
+	}
+	if err := st.Send(&pb.IsotpMessage{Payload: msg}); err != nil {
+		return err
+	}
+	got, err := st.Recv()
+	if err != nil {
+		return err
+	}
+	if got.Payload != msg {
+		return fmt.Errorf("echo %q, want %q", got.Payload, msg)
+	}
+	return st.CloseSend()
 }

@@ -428,24 +428,7 @@ routes:
 	for _, p := range f.procs {
 		cans = append(cans, pb.NewCanClient(dial(p, info.GrpcEndpoint)))
 	}
-	roundTrip := func(i int, msg string) error {
-		st, err := cans[i].OpenIsotpStream(ctx)
-		if err != nil {
-			return err
-		}
-		defer st.CloseSend()
-		if err := st.Send(&pb.IsotpMessage{Payload: msg}); err != nil {
-			return err
-		}
-		got, err := st.Recv()
-		if err != nil {
-			return err
-		}
-		if got.Payload != msg {
-			return fmt.Errorf("echo %q", got.Payload)
-		}
-		return nil
-	}
+	roundTrip := func(i int, msg string) error { return sim.ISOTPRoundTrip(ctx, cans[i], msg) }
 	// The first session call goes through A: A authenticates the session
 	// and holds its token stream.
 	if err := roundTrip(0, "through A"); err != nil {
