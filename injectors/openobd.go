@@ -102,6 +102,7 @@ type obdSession struct {
 	seen       map[string]bool
 	streaming  bool
 	remote     bool   // learned from the fleet's store, not from this proxy's traffic
+	listed     bool   // this proxy has seen it listed under its endpoint in the store
 	ended      string // why it ended; "" while live
 	cancel     context.CancelFunc
 	authing    chan struct{} // closed when a proxy-side authenticate finishes
@@ -802,12 +803,13 @@ func (o *OpenOBD) publish(s *obdSession) {
 	}
 	s.mu.Lock()
 	rec := obdRecord{ID: s.id, Endpoint: s.endpoint, State: s.state, AuthToken: s.authToken, Token: s.token, Ended: s.ended}
+	listed := s.listed
 	s.mu.Unlock()
 	b, _ := json.Marshal(rec)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if o.shared.Put(ctx, o.sharedKey("session", rec.ID), b, obdShareTTL) != nil {
-		return
+	if o.shared.Put(ctx, o.sharedKey("session", rec.ID), b, obdShareTTL) != nil || listed {
+		return // the endpoint's list is read and written once per session, not per rotation
 	}
 	ids := o.endpointIDs(ctx, rec.Endpoint)
 	if !slices.Contains(ids, rec.ID) {
@@ -816,8 +818,13 @@ func (o *OpenOBD) publish(s *obdSession) {
 			ids = ids[len(ids)-64:]
 		}
 		b, _ := json.Marshal(ids)
-		_ = o.shared.Put(ctx, o.sharedKey("endpoint", rec.Endpoint), b, obdShareTTL)
+		if o.shared.Put(ctx, o.sharedKey("endpoint", rec.Endpoint), b, obdShareTTL) != nil {
+			return
+		}
 	}
+	s.mu.Lock()
+	s.listed = true
+	s.mu.Unlock()
 }
 
 func (o *OpenOBD) endpointIDs(ctx context.Context, endpoint string) []string {
