@@ -85,6 +85,7 @@ type World struct {
 	ports map[string]string
 
 	secrets []string // every secret written for the proxy, for leak checks
+	fileErr error    // the first secret file that could not be written
 	closers []func()
 }
 
@@ -195,6 +196,9 @@ func Start(dir string) (w *World, err error) {
 	}
 	v["EchoKey"] = w.file(dir, "echo-api-key", apiKey)
 
+	if w.fileErr != nil {
+		return nil, w.fileErr
+	}
 	var b strings.Builder
 	tmpl := template.Must(template.New("config").Option("missingkey=error").Parse(configTemplate))
 	if err := tmpl.Execute(&b, v); err != nil {
@@ -237,10 +241,11 @@ func (w *World) secret() string {
 }
 
 // file writes a secret into dir (mode 0600) and returns its path.
+// A failure is kept for Start to report (the first one).
 func (w *World) file(dir, name, secret string) string {
 	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
-		panic(err) // dir is the demo's own temporary directory
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil && w.fileErr == nil {
+		w.fileErr = err
 	}
 	return path
 }
