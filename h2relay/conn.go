@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/authproxy/authproxy/internal/netwait"
 )
 
 // conn is one HTTP/2 connection: a client's (server is true: the relay
@@ -217,7 +219,15 @@ func (c *conn) applySettings(f *http2.SettingsFrame) error {
 
 // flusher collects the connections a reading goroutine wrote to, so that
 // a batch of frames read together leaves in one write each.
-type flusher struct{ conns []*conn }
+type flusher struct {
+	conns  []*conn
+	frames int // frames handled since the last flush, while one is pending
+}
+
+// batchFrames bounds a batch: frames that keep arriving without a pause
+// are flushed every batchFrames frames, so a busy connection cannot hold
+// back what its frames caused.
+const batchFrames = 64
 
 func (fl *flusher) mark(c *conn) {
 	for _, x := range fl.conns {
@@ -233,6 +243,16 @@ func (fl *flusher) flush() {
 		c.flush()
 	}
 	fl.conns = fl.conns[:0]
+	fl.frames = 0
+}
+
+// handled counts a frame; it reports whether the batch is due.
+func (fl *flusher) handled() bool {
+	if len(fl.conns) == 0 {
+		return false
+	}
+	fl.frames++
+	return fl.frames >= batchFrames
 }
 
 // wrote is called after frames were written to c: it flushes them now, or
@@ -280,7 +300,22 @@ func (c *conn) writeErr(err error) {
 // readLoop reads and acts on frames until the connection ends.
 func (c *conn) readLoop() {
 	fl := &flusher{}
+	// Where the connection can tell (a TCP socket, under TLS or not), a
+	// batch ends when a read is about to wait for the network: every frame
+	// already in the socket is handled first. Elsewhere it ends when the
+	// read buffer is empty.
+	wc := netwait.Find(c.nc)
+	if wc != nil {
+		wc.SetHook(fl.flush)
+		if !wc.Hooked() {
+			wc.SetHook(nil)
+			wc = nil
+		}
+	}
 	defer func() {
+		if wc != nil {
+			wc.SetHook(nil)
+		}
 		fl.flush()
 		c.br.release()
 	}()
@@ -311,7 +346,7 @@ func (c *conn) readLoop() {
 			c.close(err)
 			return
 		}
-		if c.br.Buffered() == 0 {
+		if fl.handled() || (wc == nil && c.br.Buffered() == 0) {
 			fl.flush()
 		}
 	}

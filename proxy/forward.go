@@ -20,6 +20,7 @@ import (
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/h2relay"
+	"github.com/authproxy/authproxy/internal/netwait"
 	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/transport"
@@ -224,7 +225,8 @@ func (f *forward) intercept(client net.Conn, it *interception) {
 		_ = client.Close()
 		return
 	}
-	tc := tls.Server(client, &tls.Config{
+	// netwait: if it negotiates h2, the relay reads it.
+	tc := tls.Server(netwait.Wrap(client, nil), &tls.Config{
 		Certificates: []tls.Certificate{*cert},
 		NextProtos:   []string{"h2", "http/1.1"},
 		MinVersion:   tls.VersionTLS12,

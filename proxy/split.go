@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/authproxy/authproxy/internal/netwait"
 )
 
 // h2Preface opens every cleartext HTTP/2 connection with prior knowledge.
@@ -76,7 +78,11 @@ func (s *splitter) route(c net.Conn) {
 	if n == len(buf) && string(buf[:]) == h2Preface {
 		to = s.h2
 	}
-	pc := &prefixConn{Conn: c, prefix: append([]byte(nil), buf[:n]...)}
+	prefix := append([]byte(nil), buf[:n]...)
+	var pc net.Conn = &prefixConn{Conn: c, prefix: prefix}
+	if to == s.h2 {
+		pc = netwait.Wrap(c, prefix) // the relay reads it
+	}
 	select {
 	case to.ch <- pc:
 	case <-s.done:

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/internal/netwait"
 )
 
 // Set holds the transports to upstream servers. None ever reads
@@ -129,9 +130,15 @@ var ErrNoHTTP2 = errors.New("the upstream did not negotiate HTTP/2")
 // verified against the roots; for http a plain one (h2c with prior
 // knowledge).
 func (u *Set) DialH2(ctx context.Context, scheme, addr string) (net.Conn, error) {
-	nc, err := u.Dial(ctx, "tcp", addr)
-	if err != nil || scheme == "http" {
-		return nc, err
+	raw, err := u.Dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	// The relay reads it: netwait lets it flush a batch of frames when
+	// the socket is empty rather than after each TLS record.
+	nc := netwait.Wrap(raw, nil)
+	if scheme == "http" {
+		return nc, nil
 	}
 	host, _, _ := net.SplitHostPort(addr)
 	tc, err := clientTLS(ctx, nc, u.TLS, host, "h2", "http/1.1")

@@ -1,0 +1,61 @@
+// Package netwait has a connection whose reads tell their caller, on the
+// reading goroutine, when no data is there and the read is about to wait
+// for the network. The frame relay flushes what it wrote for a batch of
+// frames at that moment: after the last of the frames that had already
+// arrived, not after each read. A TLS connection returns one record per
+// read, so "my read buffer is empty" says little about whether more
+// frames are waiting in the socket; "the socket is empty" does.
+package netwait
+
+import (
+	"crypto/tls"
+	"net"
+)
+
+// Conn reads what it was given first (the bytes a listener peeked), then
+// its connection. With a hook set and a connection that exposes its file
+// descriptor, a read that finds no data calls the hook once before it
+// waits. Writes, deadlines and Close are the connection's.
+type Conn struct {
+	net.Conn
+	prefix []byte
+	r      rawReader // nil: reads go to Conn.Read
+	hook   func()    // read and written by the reading goroutine only
+}
+
+// Wrap returns c with prefix served first. Wrap must be given the
+// connection before any reader (a TLS layer) is put on top of it.
+func Wrap(c net.Conn, prefix []byte) *Conn {
+	return &Conn{Conn: c, prefix: prefix, r: newRawReader(c)}
+}
+
+// Find returns the Conn under c: c itself, or the connection under a TLS
+// connection; nil if there is none.
+func Find(c net.Conn) *Conn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	wc, _ := c.(*Conn)
+	return wc
+}
+
+// SetHook sets the function a read calls before it waits (nil: none). It
+// runs on the reading goroutine, inside the read, so it must not read c.
+// Only the goroutine that reads c may call SetHook.
+func (c *Conn) SetHook(f func()) { c.hook = f }
+
+// Hooked reports whether reads of c call a hook before they wait: a hook
+// is set and the connection exposes its file descriptor.
+func (c *Conn) Hooked() bool { return c.hook != nil && c.r != nil }
+
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	if c.hook == nil || c.r == nil || len(p) == 0 {
+		return c.Conn.Read(p)
+	}
+	return c.r.read(p, c.hook)
+}

@@ -1,0 +1,15 @@
+//go:build !unix
+
+package netwait
+
+import "net"
+
+// rawReader is always nil where reads cannot see EAGAIN: reads go to the
+// connection and no hook is called.
+type rawReader = *rawFD
+
+type rawFD struct{}
+
+func newRawReader(net.Conn) rawReader { return nil }
+
+func (*rawFD) read([]byte, func()) (int, error) { panic("netwait: no raw reads on this system") }
