@@ -23,8 +23,9 @@ type conn struct {
 	r      *Relay
 	nc     net.Conn
 	server bool
-	pool   *pool // upstream connections only
-	data   any   // client connections: ServeConnWith's data
+	pool   *pool  // upstream connections only
+	data   any    // client connections: ServeConnWith's data
+	remote string // the peer's address
 	br     *connReader
 	fr     *http2.Framer
 
@@ -82,7 +83,7 @@ type half struct {
 
 func newConn(r *Relay, nc net.Conn, server bool) *conn {
 	c := &conn{
-		r: r, nc: nc, server: server,
+		r: r, nc: nc, server: server, remote: nc.RemoteAddr().String(),
 		bw:       &connWriter{nc: nc},
 		streams:  map[uint32]*half{},
 		sendWin:  65535,
@@ -354,7 +355,7 @@ func (c *conn) readLoop() {
 
 // logEnd logs a connection the relay ends for breaking the protocol.
 func (c *conn) logEnd(err error) {
-	c.r.log().Info("HTTP/2 connection ended: protocol error", "side", c.side(), "remote", c.nc.RemoteAddr().String(), "err", err)
+	c.r.log().Info("HTTP/2 connection ended: protocol error", "side", c.side(), "remote", c.remote, "err", err)
 }
 
 // side names the connection's side: client or upstream.

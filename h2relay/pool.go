@@ -23,10 +23,16 @@ type pool struct {
 	dialErr      error
 }
 
-// poolKey names the pool of t's upstream connections (r.mu held): its
-// scheme and address, and whether it goes through the HTTP/1.1 bridge.
-func (r *Relay) poolKey(t *Target) (key string, bridge bool) {
-	bridge = t.HTTP1 && r.Bridge != nil
+// poolKey names the pool of t's upstream connections: its scheme and
+// address, and whether it goes through the HTTP/1.1 bridge.
+type poolKey struct {
+	scheme, addr string
+	bridge       bool
+}
+
+// poolKey returns the key of t's pool (r.mu held).
+func (r *Relay) poolKey(t *Target) poolKey {
+	bridge := t.HTTP1 && r.Bridge != nil
 	if !bridge && t.Scheme == "https" && !t.Strict && r.Bridge != nil {
 		if at, ok := r.h1only[t.Addr]; ok {
 			if time.Since(at) < h1Memory {
@@ -36,11 +42,7 @@ func (r *Relay) poolKey(t *Target) (key string, bridge bool) {
 			}
 		}
 	}
-	key = t.Scheme + "://" + t.Addr
-	if bridge {
-		key = "h1+" + key
-	}
-	return key, bridge
+	return poolKey{scheme: t.Scheme, addr: t.Addr, bridge: bridge}
 }
 
 // upstream returns a connection to t's upstream with a stream slot
@@ -74,13 +76,13 @@ func (r *Relay) upstreamOnce(ctx context.Context, t *Target) (*conn, error) {
 		r.mu.Unlock()
 		return nil, errors.New("relay shut down")
 	}
-	key, bridge := r.poolKey(t)
+	key := r.poolKey(t)
 	if r.pools == nil {
-		r.pools = map[string]*pool{}
+		r.pools = map[poolKey]*pool{}
 	}
 	p := r.pools[key]
 	if p == nil {
-		p = &pool{r: r, scheme: t.Scheme, addr: t.Addr, bridge: bridge}
+		p = &pool{r: r, scheme: t.Scheme, addr: t.Addr, bridge: key.bridge}
 		r.pools[key] = p
 	}
 	r.mu.Unlock()
@@ -131,8 +133,7 @@ func (r *Relay) upstreamOnce(ctx context.Context, t *Target) (*conn, error) {
 // reserved on it, or nil.
 func (r *Relay) ready(t *Target) *conn {
 	r.mu.Lock()
-	key, _ := r.poolKey(t)
-	p := r.pools[key]
+	p := r.pools[r.poolKey(t)]
 	r.mu.Unlock()
 	if p == nil {
 		return nil

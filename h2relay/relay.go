@@ -183,7 +183,7 @@ type Relay struct {
 
 	mu          sync.Mutex
 	clients     map[*conn]struct{}
-	pools       map[string]*pool
+	pools       map[poolKey]*pool
 	shutdown    bool
 	poolsClosed bool
 	idle        chan struct{}        // closed when the last client connection goes, after Shutdown

@@ -107,7 +107,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	req.Context, req.RemoteAddr, req.ConnData = ctx, c.nc.RemoteAddr().String(), c.data
+	req.Context, req.RemoteAddr, req.ConnData = ctx, c.remote, c.data
 	s := &stream{r: c.r, req: req, cancel: cancel, reqEnded: f.StreamEnded(), preEnd: f.StreamEnded(), began: time.Now()}
 	a := &half{c: c, id: id, s: s, sendWin: c.initWin, recvWin: streamWindow, recvEnd: f.StreamEnded()}
 	s.client = a
@@ -157,6 +157,7 @@ func requestOf(f *http2.MetaHeadersFrame) (*Request, error) {
 	}
 	fields := f.RegularFields()
 	req.Header = make(http.Header, len(fields))
+	vals := make([]string, 0, len(fields)) // one array for the values of every key
 	for _, hf := range fields {
 		switch {
 		case hf.Name == "host":
@@ -169,8 +170,13 @@ func requestOf(f *http2.MetaHeadersFrame) (*Request, error) {
 		case hf.Name == "te" && hf.Value != "trailers":
 			return nil, errors.New("te other than trailers")
 		}
-		k := http.CanonicalHeaderKey(hf.Name)
-		req.Header[k] = append(req.Header[k], hf.Value)
+		k := canonicalKey(hf.Name)
+		if vs, ok := req.Header[k]; ok {
+			req.Header[k] = append(vs, hf.Value) // a repeated key: its own array
+			continue
+		}
+		vals = append(vals, hf.Value)
+		req.Header[k] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
 	return req, nil
 }
@@ -198,7 +204,7 @@ func fieldsOf(t *Target) []hpack.HeaderField {
 		hpack.HeaderField{Name: ":authority", Value: t.Authority},
 		hpack.HeaderField{Name: ":path", Value: t.Path})
 	for k, vs := range t.Header {
-		lk := strings.ToLower(k)
+		lk := lowerKey(k)
 		if hopByHop(lk) || (lk == "te" && !(len(vs) == 1 && vs[0] == "trailers")) {
 			continue
 		}
@@ -711,7 +717,7 @@ func responseFields(status string, regular []hpack.HeaderField) []hpack.HeaderFi
 func headerOf(fields []hpack.HeaderField) http.Header {
 	h := make(http.Header, len(fields))
 	for _, hf := range fields {
-		k := http.CanonicalHeaderKey(hf.Name)
+		k := canonicalKey(hf.Name)
 		h[k] = append(h[k], hf.Value)
 	}
 	return h
