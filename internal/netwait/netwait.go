@@ -40,8 +40,9 @@ func Find(c net.Conn) *Conn {
 }
 
 // SetHook sets the function a read calls before it waits (nil: none). It
-// runs on the reading goroutine, inside the read, so it must not read c.
-// Only the goroutine that reads c may call SetHook.
+// runs on the reading goroutine, inside Read, so it must not read c; it
+// may write to or close c. Only the goroutine that reads c may call
+// SetHook.
 func (c *Conn) SetHook(f func()) { c.hook = f }
 
 // Hooked reports whether reads of c call a hook before they wait: a hook
@@ -57,5 +58,5 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if c.hook == nil || c.r == nil || len(p) == 0 {
 		return c.Conn.Read(p)
 	}
-	return c.r.read(p, c.hook)
+	return c.r.read(c.Conn, p, c.hook)
 }

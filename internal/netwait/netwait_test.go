@@ -120,3 +120,25 @@ func TestFindAndConnectionsWithoutADescriptor(t *testing.T) {
 		t.Fatalf("read %q from a pipe, want %q", s, "xyz")
 	}
 }
+
+// A hook may close the connection it is called for: the read then ends
+// with net.ErrClosed. (Called while the read held the descriptor, it
+// waited for itself forever.)
+func TestAHookThatClosesTheConnectionEndsTheRead(t *testing.T) {
+	_, b := pair(t)
+	c := Wrap(b, nil)
+	c.SetHook(func() { _ = c.Close() })
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 4))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("read: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a hook that closed the connection left the read waiting")
+	}
+}

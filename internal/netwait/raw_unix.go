@@ -17,14 +17,12 @@ type rawFD struct {
 	rc   syscall.RawConn
 	addr net.Addr
 
-	// One read's state, kept here so that a read allocates nothing (one
+	// One attempt's state, kept here so that a read allocates nothing (one
 	// goroutine reads).
-	fn     func(fd uintptr) bool
-	p      []byte
-	n      int
-	err    error
-	hook   func()
-	hooked bool
+	fn  func(fd uintptr) bool
+	p   []byte
+	n   int
+	err error
 }
 
 func newRawReader(c net.Conn) rawReader {
@@ -41,36 +39,35 @@ func newRawReader(c net.Conn) rawReader {
 	return r
 }
 
-// try is one attempt: data, the end, an error, or (EAGAIN) the hook once
-// and a wait.
+// try makes one attempt, which never waits.
 func (r *rawFD) try(fd uintptr) bool {
 	for {
 		r.n, r.err = syscall.Read(int(fd), r.p)
 		if r.err != syscall.EINTR {
-			break
+			return true
 		}
 	}
-	if r.err == syscall.EAGAIN {
-		if !r.hooked {
-			r.hooked = true
-			r.hook()
-		}
-		return false
-	}
-	return true
 }
 
-func (r *rawFD) read(p []byte, hook func()) (int, error) {
-	r.p, r.hook, r.hooked = p, hook, false
+// read makes one attempt; if the socket is empty it calls hook, then reads
+// as net.Conn does (trying again first: data may have come meanwhile, and
+// the poller only reports what arrives after its last reset). The hook
+// runs outside the attempt, which holds a reference to the descriptor: a
+// hook that closes the connection would otherwise wait for itself.
+func (r *rawFD) read(c net.Conn, p []byte, hook func()) (int, error) {
+	r.p = p
 	werr := r.rc.Read(r.fn)
 	n, err := r.n, r.err
-	r.p, r.hook, r.err = nil, nil, nil
+	r.p, r.err = nil, nil
 	switch {
-	case werr != nil: // closed, or a deadline passed while waiting
+	case werr != nil: // closed, or a deadline has passed
 		return 0, werr
+	case err == syscall.EAGAIN:
+		hook()
+		return c.Read(p)
 	case err != nil:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Addr: r.addr, Err: os.NewSyscallError("read", err)}
-	case n == 0:
+	case n <= 0:
 		return 0, io.EOF
 	}
 	return n, nil
