@@ -12,4 +12,6 @@ type rawFD struct{}
 
 func newRawReader(net.Conn) rawReader { return nil }
 
-func (*rawFD) read(net.Conn, []byte, func()) (int, error) { panic("netwait: no raw reads on this system") }
+func (*rawFD) read(net.Conn, []byte, func()) (int, error) {
+	panic("netwait: no raw reads on this system")
+}
