@@ -78,11 +78,8 @@ func (s *splitter) route(c net.Conn) {
 	if n == len(buf) && string(buf[:]) == h2Preface {
 		to = s.h2
 	}
-	prefix := append([]byte(nil), buf[:n]...)
-	var pc net.Conn = &prefixConn{Conn: c, prefix: prefix}
-	if to == s.h2 {
-		pc = netwait.Wrap(c, prefix) // the relay reads it
-	}
+	// netwait: on the h2 side the relay reads it.
+	pc := netwait.Wrap(c, append([]byte(nil), buf[:n]...))
 	select {
 	case to.ch <- pc:
 	case <-s.done:
@@ -124,27 +121,3 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return l.s.base.Addr() }
-
-// prefixConn gives back the bytes the splitter read before the rest.
-type prefixConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (c *prefixConn) Read(p []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(p, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
-}
-
-// CloseWrite closes the write side of a TCP connection (the relay's
-// graceful close after GOAWAY); elsewhere it does nothing.
-func (c *prefixConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
-}

@@ -49,6 +49,15 @@ func (c *Conn) SetHook(f func()) { c.hook = f }
 // is set and the connection exposes its file descriptor.
 func (c *Conn) Hooked() bool { return c.hook != nil && c.r != nil }
 
+// CloseWrite closes the write side of a TCP connection (the relay's
+// graceful close after GOAWAY); elsewhere it does nothing.
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(c.prefix) > 0 {
 		n := copy(p, c.prefix)

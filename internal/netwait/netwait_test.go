@@ -142,3 +142,27 @@ func TestAHookThatClosesTheConnectionEndsTheRead(t *testing.T) {
 		t.Fatal("a hook that closed the connection left the read waiting")
 	}
 }
+
+// A Conn over TCP closes its write side as the connection does: the relay
+// (and net/http) look for CloseWrite to end a connection gracefully, and
+// the peer reads the end while it can still send.
+func TestCloseWriteHalfClosesTheConnection(t *testing.T) {
+	a, b := pair(t)
+	var nc net.Conn = Wrap(b, nil)
+	cw, ok := nc.(interface{ CloseWrite() error })
+	if !ok {
+		t.Fatal("a Conn has no CloseWrite: the relay would reset instead of closing gracefully")
+	}
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the peer read %v after CloseWrite, want io.EOF", err)
+	}
+	if _, err := a.Write([]byte("still")); err != nil {
+		t.Fatal(err)
+	}
+	if s := readString(t, nc, 8); s != "still" {
+		t.Fatalf("read %q after CloseWrite, want %q", s, "still")
+	}
+}
