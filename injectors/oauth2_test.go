@@ -257,7 +257,11 @@ func TestOAuth2ConfigErrors(t *testing.T) {
 func TestOAuth2ObeliskLifetimes(t *testing.T) {
 	clk := sim.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	clock, advance := clk.Now, clk.Advance
-	ts := &sim.TokenServer{ClientID: "c", ClientSecret: "s", Auth: "basic-raw", JSONBody: true, Obelisk: true, ExpiresIn: 3600, MaxValid: 5400, Now: clock}
+	// max_valid_time (30 min) is sooner than expires_in (60 min), and the
+	// server sends a max_idle_time (10 min) shorter than both. Every use
+	// below comes before the token's refresh time (80% of its life), so no
+	// background refresh runs and each count is exact.
+	ts := &sim.TokenServer{ClientID: "c", ClientSecret: "s", Auth: "basic-raw", JSONBody: true, Obelisk: true, ExpiresIn: 3600, MaxValid: 1800, MaxIdle: 600, Now: clock}
 	tokenURL, env := tokenEndpoint(t, ts, clock)
 	o, err := NewOAuth2("obelisk", OAuth2Config{Preset: "obelisk", TokenURL: tokenURL, ClientID: secretValue("c"), ClientSecret: secretValue("s")}, env)
 	if err != nil {
@@ -270,18 +274,24 @@ func TestOAuth2ObeliskLifetimes(t *testing.T) {
 		}
 	}
 	use()
-	// Used every 20 minutes: the token lives until the sooner of expires_in
-	// (3600 s) and max_valid_time, so the 4th use (at 60 min) needs a new one.
-	for i := 0; i < 3; i++ {
-		advance(20 * time.Minute)
+	for _, d := range []time.Duration{8, 8, 7} { // at 8, 16 and 23 minutes: idle under 10, age under 24
+		advance(d * time.Minute)
 		use()
 	}
-	if n := ts.Calls(); n != 2 {
-		t.Errorf("%d token requests over 60 minutes of use, want 2", n)
+	if n := ts.Calls(); n != 1 {
+		t.Fatalf("%d token requests over 23 minutes of use, want 1", n)
 	}
-	advance(59 * time.Minute) // idle just under max_idle_time: still served
+	advance(8 * time.Minute) // at 31 minutes: past max_valid_time, idle 8 minutes
 	use()
-	advance(61 * time.Minute) // idle past max_idle_time: a new token
+	if n := ts.Calls(); n != 2 {
+		t.Fatalf("%d token requests after max_valid_time, want 2", n)
+	}
+	advance(9 * time.Minute) // idle just under max_idle_time: still served
+	use()
+	if n := ts.Calls(); n != 2 {
+		t.Fatalf("%d token requests after 9 idle minutes, want 2", n)
+	}
+	advance(11 * time.Minute) // idle past max_idle_time, 20 minutes old: a new token
 	use()
 	if n := ts.Calls(); n != 3 {
 		t.Errorf("%d token requests, want 3 after an idle period past max_idle_time", n)

@@ -39,6 +39,10 @@ type TokenServer struct {
 	ExpiresIn int
 	Obelisk   bool
 	MaxValid  int
+	// MaxIdle is the max_idle_time an Obelisk answer gives; zero sends
+	// expires_in, as Obelisk does. A shorter one is a server configured
+	// otherwise: the client must still honour it.
+	MaxIdle int
 	// Now is its clock (default time.Now).
 	Now func() time.Time
 	// Mode makes it answer as a particular server does:
@@ -193,7 +197,11 @@ func (s *TokenServer) issue(w http.ResponseWriter, scope, tokenType, contentType
 		resp["scope"] = scope
 	}
 	if s.Obelisk {
-		resp = map[string]any{"token_type": "bearer", "token": token, "expires_in": life, "max_idle_time": life, "max_valid_time": s.MaxValid, "id_token": "x.y.z"}
+		idle := life
+		if s.MaxIdle > 0 {
+			idle = s.MaxIdle
+		}
+		resp = map[string]any{"token_type": "bearer", "token": token, "expires_in": life, "max_idle_time": idle, "max_valid_time": s.MaxValid, "id_token": "x.y.z"}
 	} else {
 		resp["access_token"] = token
 	}
