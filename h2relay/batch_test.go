@@ -1,7 +1,6 @@
 package h2relay
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -82,14 +81,10 @@ func TestRelayFlushesResponsesThatArriveTogetherInFewWrites(t *testing.T) {
 		hc := &holdingConn{Conn: raw}
 		tc := tls.Server(hc, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"}})
 		defer tc.Close()
-		br := bufio.NewReader(tc)
-		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+		fr, bw, err := serverHandshake(tc)
+		if err != nil {
 			return
 		}
-		bw := bufio.NewWriter(tc)
-		fr := http2.NewFramer(bw, br)
-		_ = fr.WriteSettings()
-		_ = bw.Flush()
 		var ids []uint32
 		for len(ids) < n {
 			f, err := fr.ReadFrame()
@@ -152,14 +147,7 @@ func TestRelayFlushesResponsesThatArriveTogetherInFewWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
-	c := &rawClient{t: t, nc: nc, bw: bufio.NewWriter(nc)}
-	c.fr = http2.NewFramer(c.bw, nc)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.enc = hpack.NewEncoder(&c.hb)
-	_, _ = c.bw.WriteString(http2.ClientPreface)
-	_ = c.fr.WriteSettings()
-	c.flush()
+	c := newRawClient(t, nc)
 	cc := <-served
 	for i := uint32(0); i < n; i++ {
 		c.headers(2*i+1, true)

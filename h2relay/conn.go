@@ -308,10 +308,6 @@ func (c *conn) readLoop() {
 	wc := netwait.Find(c.nc)
 	if wc != nil {
 		wc.SetHook(fl.flush)
-		if !wc.Hooked() {
-			wc.SetHook(nil)
-			wc = nil
-		}
 	}
 	defer func() {
 		if wc != nil {

@@ -14,13 +14,12 @@ import (
 // pool holds the upstream connections to one scheme and address, or to
 // the HTTP/1.1 bridge for them.
 type pool struct {
-	r            *Relay
-	scheme, addr string
-	bridge       bool
-	mu           sync.Mutex
-	conns        []*conn
-	dialing      chan struct{} // closed when a dial in progress ends
-	dialErr      error
+	r *Relay
+	poolKey
+	mu      sync.Mutex
+	conns   []*conn
+	dialing chan struct{} // closed when a dial in progress ends
+	dialErr error
 }
 
 // poolKey names the pool of t's upstream connections: its scheme and
@@ -82,7 +81,7 @@ func (r *Relay) upstreamOnce(ctx context.Context, t *Target) (*conn, error) {
 	}
 	p := r.pools[key]
 	if p == nil {
-		p = &pool{r: r, scheme: t.Scheme, addr: t.Addr, bridge: key.bridge}
+		p = &pool{r: r, poolKey: key}
 		r.pools[key] = p
 	}
 	r.mu.Unlock()

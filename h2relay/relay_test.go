@@ -74,6 +74,12 @@ func dialRelay(t *testing.T, r *Relay) *rawClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
+	return newRawClient(t, nc)
+}
+
+// newRawClient sends the client preface and SETTINGS on nc, and gives
+// the test 10 s to finish with it.
+func newRawClient(t *testing.T, nc net.Conn) *rawClient {
 	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
 	c := &rawClient{t: t, nc: nc, bw: bufio.NewWriter(nc)}
 	c.fr = http2.NewFramer(c.bw, nc)
@@ -83,6 +89,20 @@ func dialRelay(t *testing.T, r *Relay) *rawClient {
 	_ = c.fr.WriteSettings()
 	c.flush()
 	return c
+}
+
+// serverHandshake reads the client preface from rw and sends SETTINGS:
+// the start of a hand-written upstream. It returns the upstream's framer
+// and the buffer its writes go through.
+func serverHandshake(rw io.ReadWriter) (*http2.Framer, *bufio.Writer, error) {
+	br := bufio.NewReader(rw)
+	if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+		return nil, nil, err
+	}
+	bw := bufio.NewWriter(rw)
+	fr := http2.NewFramer(bw, br)
+	_ = fr.WriteSettings()
+	return fr, bw, bw.Flush()
 }
 
 func (c *rawClient) flush() {
@@ -264,14 +284,10 @@ func TestRelayResetsTheClientWhenTheUpstreamBreaksAStream(t *testing.T) {
 			return
 		}
 		defer nc.Close()
-		br := bufio.NewReader(nc)
-		if _, err := io.ReadFull(br, make([]byte, len(http2.ClientPreface))); err != nil {
+		fr, bw, err := serverHandshake(nc)
+		if err != nil {
 			return
 		}
-		bw := bufio.NewWriter(nc)
-		fr := http2.NewFramer(bw, br)
-		_ = fr.WriteSettings()
-		_ = bw.Flush()
 		for {
 			f, err := fr.ReadFrame()
 			if err != nil {

@@ -29,14 +29,17 @@ func Wrap(c net.Conn, prefix []byte) *Conn {
 	return &Conn{Conn: c, prefix: prefix, r: newRawReader(c)}
 }
 
-// Find returns the Conn under c: c itself, or the connection under a TLS
-// connection; nil if there is none.
+// Find returns the Conn under c (c itself, or the connection under a TLS
+// connection) if its reads can call a hook: its connection exposes its
+// file descriptor. Otherwise it returns nil.
 func Find(c net.Conn) *Conn {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
-	wc, _ := c.(*Conn)
-	return wc
+	if wc, ok := c.(*Conn); ok && wc.r != nil {
+		return wc
+	}
+	return nil
 }
 
 // SetHook sets the function a read calls before it waits (nil: none). It
@@ -44,10 +47,6 @@ func Find(c net.Conn) *Conn {
 // may write to or close c. Only the goroutine that reads c may call
 // SetHook.
 func (c *Conn) SetHook(f func()) { c.hook = f }
-
-// Hooked reports whether reads of c call a hook before they wait: a hook
-// is set and the connection exposes its file descriptor.
-func (c *Conn) Hooked() bool { return c.hook != nil && c.r != nil }
 
 // CloseWrite closes the write side of a TCP connection (the relay's
 // graceful close after GOAWAY); elsewhere it does nothing.
