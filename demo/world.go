@@ -21,10 +21,12 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"text/template"
@@ -367,11 +369,7 @@ func (r *recorder) distinct() int {
 func (r *recorder) all() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]string, 0, len(r.values))
-	for v := range r.values {
-		out = append(out, v)
-	}
-	return out
+	return slices.Collect(maps.Keys(r.values))
 }
 
 // Fingerprint names a credential without showing it: the first 8 hex

@@ -8,9 +8,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/big"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -438,11 +440,7 @@ func (s *TokenServer) Revoke(token string) {
 func (s *TokenServer) Issued() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]string, 0, len(s.issued))
-	for tok := range s.issued {
-		out = append(out, tok)
-	}
-	return out
+	return slices.Collect(maps.Keys(s.issued))
 }
 
 // Valid reports whether token was issued here and is still live.
