@@ -24,7 +24,10 @@ type Conn struct {
 }
 
 // Wrap returns c with prefix served first. Wrap must be given the
-// connection before any reader (a TLS layer) is put on top of it.
+// connection before any reader (a TLS layer) is put on top of it. When c
+// exposes its descriptor (syscall.Conn), hooked reads go to the descriptor
+// and not through c.Read: a wrapper whose Read does more than read (counts,
+// times) must not expose one.
 func Wrap(c net.Conn, prefix []byte) *Conn {
 	return &Conn{Conn: c, prefix: prefix, r: newRawReader(c)}
 }
