@@ -65,6 +65,9 @@ type contender struct {
 	// it (memory: idle connections, measured where no other listener has
 	// left heap behind); nil for nginx, measured in its loaded process.
 	fresh func() (contender, func())
+	// floor marks the bare TCP relay: a reference for what the hops
+	// alone cost, left out of the memory table.
+	floor bool
 }
 
 func (c contender) process() string {
@@ -102,10 +105,11 @@ func main() {
 	authproxy := bin("authproxy", "./cmd/authproxy")
 	upstreamBin := bin("upstream", "./bench/upstream")
 	loadBin = bin("load", "./bench/load")
+	relayBin := bin("tcprelay", "./bench/tcprelay")
 	caFile := filepath.Join(dir, "upstream-ca.pem")
-	for _, port := range []int{18080, 18443, 18444, 18445, 18446, 18150, 18151, 18152, 18160, 18161, 18162, 18103, 18123, 18153, 18163, 18173, 18183, 18170, 18171, 18172, 18180, 18181, 18182, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18300} {
+	for _, port := range []int{18080, 18443, 18444, 18445, 18446, 18150, 18151, 18152, 18160, 18161, 18162, 18103, 18123, 18153, 18163, 18173, 18183, 18170, 18171, 18172, 18180, 18181, 18182, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18190, 18191, 18300} {
 		if listening(fmt.Sprintf("127.0.0.1:%d", port)) {
-			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18446, 18100-18103, 18120-18123, 18150-18153, 18160-18163, 18170-18173, 18180-18183, 18210-18221, 18300", port)
+			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18446, 18100-18103, 18120-18123, 18150-18153, 18160-18163, 18170-18173, 18180-18183, 18190-18191, 18210-18221, 18300", port)
 		}
 	}
 	odilSession := filepath.Join(dir, "odil-session")
@@ -193,6 +197,17 @@ func main() {
 			h1: fmt.Sprintf("http://127.0.0.1:%d/", h1), h2: fmt.Sprintf("http://127.0.0.1:%d/", h2),
 			pids: func() []int { return append([]int{master}, children(master)...) }})
 	}
+	// The floor: bytes passed between client and upstream, TLS end to end,
+	// nothing read; the same client flags as direct.
+	relay := start(dir, "tcprelay", []string{"GOMAXPROCS=2"}, relayBin,
+		"-listen", "127.0.0.1:18190=127.0.0.1:18443", "-listen", "127.0.0.1:18191=127.0.0.1:18444")
+	atExit(func() { stop(relay) })
+	waitPort("127.0.0.1:18191")
+	relayPID := relay.Process.Pid
+	contenders = append(contenders, contender{name: "bare TCP relay (floor)", procs: "2", floor: true,
+		h1: "https://127.0.0.1:18190/", h2: "https://127.0.0.1:18190/", extra: []string{"Authorization: Bearer bench-token"},
+		pids:   func() []int { return []int{relayPID} },
+		grpcGo: "127.0.0.1:18191", grpcGoArgs: []string{"-ca", caFile, "-authorization", "Bearer bench-token"}})
 	contenders = append(contenders, forwards...)
 	contenders = append(contenders, startMitmproxy(dir, caFile))
 
@@ -488,8 +503,8 @@ func memory(contenders []contender, idleRSS, peakRSS map[string]int64) string {
 		}
 	}
 	for _, c := range contenders {
-		if c.procs == "" || c.h2 == "" {
-			continue // direct; the forward listeners share the sidecars' processes
+		if c.procs == "" || c.h2 == "" || c.floor {
+			continue // direct; the forward listeners share the sidecars' processes; the floor holds nothing
 		}
 		key := c.process()
 		stopFresh := func() {}
