@@ -107,9 +107,9 @@ func main() {
 	loadBin = bin("load", "./bench/load")
 	relayBin := bin("tcprelay", "./bench/tcprelay")
 	caFile := filepath.Join(dir, "upstream-ca.pem")
-	for _, port := range []int{18080, 18443, 18444, 18445, 18446, 18150, 18151, 18152, 18160, 18161, 18162, 18103, 18123, 18153, 18163, 18173, 18183, 18170, 18171, 18172, 18180, 18181, 18182, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18190, 18191, 18300} {
+	for _, port := range []int{18080, 18443, 18444, 18445, 18446, 18150, 18151, 18152, 18160, 18161, 18162, 18103, 18123, 18153, 18163, 18173, 18183, 18170, 18171, 18172, 18180, 18181, 18182, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18190, 18191, 18192, 18300} {
 		if listening(fmt.Sprintf("127.0.0.1:%d", port)) {
-			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18446, 18100-18103, 18120-18123, 18150-18153, 18160-18163, 18170-18173, 18180-18183, 18190-18191, 18210-18221, 18300", port)
+			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18446, 18100-18103, 18120-18123, 18150-18153, 18160-18163, 18170-18173, 18180-18183, 18190-18192, 18210-18221, 18300", port)
 		}
 	}
 	odilSession := filepath.Join(dir, "odil-session")
@@ -200,13 +200,14 @@ func main() {
 	// The floor: bytes passed between client and upstream, TLS end to end,
 	// nothing read; the same client flags as direct.
 	relay := start(dir, "tcprelay", []string{"GOMAXPROCS=2"}, relayBin,
-		"-listen", "127.0.0.1:18190=127.0.0.1:18443", "-listen", "127.0.0.1:18191=127.0.0.1:18444")
+		"-listen", "127.0.0.1:18190=127.0.0.1:18443", "-listen", "127.0.0.1:18191=127.0.0.1:18444", "-connect", "127.0.0.1:18192")
 	atExit(func() { stop(relay) })
-	waitPort("127.0.0.1:18191")
+	waitPort("127.0.0.1:18192")
 	relayPID := relay.Process.Pid
 	contenders = append(contenders, contender{name: "bare TCP relay (floor)", procs: "2", floor: true,
 		h1: "https://127.0.0.1:18190/", h2: "https://127.0.0.1:18190/", extra: []string{"Authorization: Bearer bench-token"},
-		pids:   func() []int { return []int{relayPID} },
+		pids:     func() []int { return []int{relayPID} },
+		proxyURL: "http://127.0.0.1:18192", proxyCA: caFile,
 		grpcGo: "127.0.0.1:18191", grpcGoArgs: []string{"-ca", caFile, "-authorization", "Bearer bench-token"}})
 	contenders = append(contenders, forwards...)
 	contenders = append(contenders, startMitmproxy(dir, caFile))
@@ -679,7 +680,11 @@ func forwardLoad(c contender, caFile string, shape ...string) result {
 	if c.proxyURL == "" {
 		return runLoad(c, nil, append(args, "-ca", caFile, "-authorization", "Bearer bench-token")...)
 	}
-	return runLoad(c, nil, append(args, "-proxy", c.proxyURL, "-ca", c.proxyCA)...)
+	args = append(args, "-proxy", c.proxyURL, "-ca", c.proxyCA)
+	if c.floor { // a plain tunnel: TLS is end to end and the client sends its own credential
+		args = append(args, "-authorization", "Bearer bench-token")
+	}
+	return runLoad(c, nil, args...)
 }
 
 var loadBin string
