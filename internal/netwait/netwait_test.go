@@ -166,3 +166,109 @@ func TestCloseWriteHalfClosesTheConnection(t *testing.T) {
 		t.Fatalf("read %q after CloseWrite, want %q", s, "still")
 	}
 }
+
+// countingConn exposes its connection's descriptor but counts the writes
+// that reach its own Write.
+type countingConn struct {
+	*net.TCPConn
+	writes int
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes++
+	return c.TCPConn.Write(p)
+}
+
+// Writes go to the descriptor, whole: concurrent writers with more than
+// the socket buffers hold each wait through the poller until the slow
+// peer has read, and no write is interleaved with another.
+func TestWritesGoToTheDescriptorWholeAndWaitWhileFull(t *testing.T) {
+	a, b := pair(t)
+	cc := &countingConn{TCPConn: b.(*net.TCPConn)}
+	c := Wrap(cc, nil)
+	const writers, writes, size = 4, 16, 256 << 10
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			chunk := make([]byte, size)
+			for i := range chunk {
+				chunk[i] = byte('a' + w)
+			}
+			for range writes {
+				n, err := c.Write(chunk)
+				if err == nil && n != size {
+					err = io.ErrShortWrite
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	// Read slowly at first, so that the writers find the buffers full.
+	time.Sleep(50 * time.Millisecond)
+	got := make([]byte, size)
+	per := map[byte]int{}
+	for range writers * writes {
+		if _, err := io.ReadFull(a, got); err != nil {
+			t.Fatal(err)
+		}
+		for i := range got {
+			if got[i] != got[0] {
+				t.Fatalf("a write of %d bytes was interleaved with another at byte %d", size, i)
+			}
+		}
+		per[got[0]]++
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	}
+	for w := range writers {
+		if per[byte('a'+w)] != writes {
+			t.Fatalf("writer %d: %d writes arrived, want %d", w, per[byte('a'+w)], writes)
+		}
+	}
+	if cc.writes != 0 {
+		t.Fatalf("%d writes went through the wrapped connection's Write, want none", cc.writes)
+	}
+}
+
+// A write ends as the connection's own would: at its deadline with a
+// timeout (and what it wrote so far), after Close with net.ErrClosed, and
+// once the peer has gone with a system error.
+func TestWritesEndAsPlainWrites(t *testing.T) {
+	a, b := pair(t)
+	c := Wrap(b, nil)
+	_ = c.SetWriteDeadline(time.Now().Add(20 * time.Millisecond))
+	big := make([]byte, 64<<20) // more than any socket buffers; the peer does not read
+	n, err := c.Write(big)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("write past its deadline: %v, want a timeout", err)
+	}
+	if n <= 0 || n >= len(big) {
+		t.Fatalf("a write that timed out reports %d bytes written, want some but not all", n)
+	}
+	_ = c.SetWriteDeadline(time.Time{})
+	_ = a.Close() // with unread data: the peer resets
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err = c.Write([]byte("gone"))
+		if err != nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "write" {
+		t.Fatalf("write to a peer that has gone: %v, want a write *net.OpError", err)
+	}
+	_ = c.Close()
+	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after Close: %v, want net.ErrClosed", err)
+	}
+}

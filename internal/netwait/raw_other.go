@@ -4,14 +4,18 @@ package netwait
 
 import "net"
 
-// rawReader is always nil where reads cannot see EAGAIN: reads go to the
-// connection and no hook is called.
+// rawReader is always nil where reads cannot see EAGAIN: reads and writes
+// go to the connection and no hook is called.
 type rawReader = *rawFD
 
 type rawFD struct{}
 
 func newRawReader(net.Conn) rawReader { return nil }
 
-func (*rawFD) read(net.Conn, []byte, func()) (int, error) {
+func (*rawFD) read([]byte, func()) (int, error) {
 	panic("netwait: no raw reads on this system")
+}
+
+func (*rawFD) writeAll([]byte) (int, error) {
+	panic("netwait: no raw writes on this system")
 }

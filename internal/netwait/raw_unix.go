@@ -6,23 +6,34 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 )
 
-// rawReader reads a socket's file descriptor through the runtime's
-// poller (syscall.RawConn), so that it sees the EAGAIN a plain read hides.
+// rawReader reads and writes a socket's file descriptor through the
+// runtime's poller (syscall.RawConn), so that a read sees the EAGAIN a
+// plain read hides. The system calls themselves are sysRead and sysWrite:
+// on Linux they do not tell the scheduler they are made (the socket never
+// blocks), see sys_linux.go.
 type rawReader = *rawFD
 
 type rawFD struct {
 	rc   syscall.RawConn
 	addr net.Addr
 
-	// One attempt's state, kept here so that a read allocates nothing (one
+	// One read's state, kept here so that a read allocates nothing (one
 	// goroutine reads).
-	fn  func(fd uintptr) bool
-	p   []byte
-	n   int
-	err error
+	try, wait func(fd uintptr) bool
+	p         []byte
+	n         int
+	err       error
+
+	// One write's state, under wmu (net.Conn allows concurrent writes).
+	wmu   sync.Mutex
+	write func(fd uintptr) bool
+	wp    []byte
+	wn    int
+	werr  error
 }
 
 func newRawReader(c net.Conn) rawReader {
@@ -35,40 +46,71 @@ func newRawReader(c net.Conn) rawReader {
 		return nil
 	}
 	r := &rawFD{rc: rc, addr: c.RemoteAddr()}
-	r.fn = r.try
+	r.try = func(fd uintptr) bool { // one attempt, which never waits
+		r.n, r.err = sysRead(fd, r.p)
+		return true
+	}
+	r.wait = func(fd uintptr) bool { // until there is data: the poller waits
+		r.n, r.err = sysRead(fd, r.p)
+		return r.err != syscall.EAGAIN
+	}
+	r.write = func(fd uintptr) bool {
+		for r.wn < len(r.wp) {
+			n, err := sysWrite(fd, r.wp[r.wn:])
+			switch err {
+			case nil:
+				r.wn += n
+			case syscall.EAGAIN: // the poller waits until it can write
+				return false
+			default:
+				r.werr = err
+				return true
+			}
+		}
+		return true
+	}
 	return r
 }
 
-// try makes one attempt, which never waits.
-func (r *rawFD) try(fd uintptr) bool {
-	for {
-		r.n, r.err = syscall.Read(int(fd), r.p)
-		if r.err != syscall.EINTR {
-			return true
-		}
-	}
-}
-
-// read makes one attempt; if the socket is empty it calls hook, then reads
-// as net.Conn does (trying again first: data may have come meanwhile, and
-// the poller only reports what arrives after its last reset). The hook
-// runs outside the attempt, which holds a reference to the descriptor: a
-// hook that closes the connection would otherwise wait for itself.
-func (r *rawFD) read(c net.Conn, p []byte, hook func()) (int, error) {
+// read makes one attempt; if the socket is empty it calls hook, then waits
+// for data (the poller only reports what arrives after its last reset, so
+// the wait starts with another attempt). The hook runs outside the
+// attempts, which hold a reference to the descriptor: a hook that closes
+// the connection would otherwise wait for itself.
+func (r *rawFD) read(p []byte, hook func()) (int, error) {
 	r.p = p
-	werr := r.rc.Read(r.fn)
+	werr := r.rc.Read(r.try)
+	if werr == nil && r.err == syscall.EAGAIN {
+		hook()
+		werr = r.rc.Read(r.wait)
+	}
 	n, err := r.n, r.err
 	r.p, r.err = nil, nil
 	switch {
 	case werr != nil: // closed, or a deadline has passed
 		return 0, werr
-	case err == syscall.EAGAIN:
-		hook()
-		return c.Read(p)
 	case err != nil:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Addr: r.addr, Err: os.NewSyscallError("read", err)}
 	case n <= 0:
 		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// writeAll writes p, waiting through the poller while the socket's buffer
+// is full.
+func (r *rawFD) writeAll(p []byte) (int, error) {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	r.wp, r.wn, r.werr = p, 0, nil
+	werr := r.rc.Write(r.write)
+	n, err := r.wn, r.werr
+	r.wp, r.werr = nil, nil
+	switch {
+	case werr != nil:
+		return n, werr
+	case err != nil:
+		return n, &net.OpError{Op: "write", Net: "tcp", Addr: r.addr, Err: os.NewSyscallError("write", err)}
 	}
 	return n, nil
 }
