@@ -114,6 +114,15 @@ func New(cfg config.Upstream) (*Set, error) {
 	}
 	h1 := base()
 	h1.Protocols.SetHTTP1(true)
+	// The HTTP/1.1 pool's connections read and write their descriptor
+	// directly (netwait), as the relay's do.
+	h1.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return netwait.Wrap(c, nil), nil
+	}
 	u := &Set{TLS: base(), H1: &h1Fast{fallback: h1}, H2C: base(), Dial: dial, resolve: resolve}
 	u.TLS.Protocols.SetHTTP1(true)
 	u.TLS.Protocols.SetHTTP2(true)

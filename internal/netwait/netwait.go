@@ -13,11 +13,11 @@ import (
 )
 
 // Conn reads what it was given first (the bytes a listener peeked), then
-// its connection. With a hook set and a connection that exposes its file
-// descriptor, a read that finds no data calls the hook once before it
-// waits. Writes go to that descriptor too (see Wrap); deadlines and Close
-// are the connection's, and bind those reads and writes as they bind the
-// connection's own.
+// its connection. Where the connection exposes its file descriptor,
+// reads and writes go to the descriptor (see Wrap), and with a hook set a
+// read that finds no data calls the hook once before it waits. Deadlines
+// and Close are the connection's, and bind those reads and writes as they
+// bind the connection's own.
 type Conn struct {
 	net.Conn
 	prefix []byte
@@ -27,10 +27,9 @@ type Conn struct {
 
 // Wrap returns c with prefix served first. Wrap must be given the
 // connection before any reader (a TLS layer) is put on top of it. When c
-// exposes its descriptor (syscall.Conn), hooked reads and all writes go to
-// the descriptor and not through c.Read and c.Write: a wrapper whose Read
-// or Write does more than read or write (counts, times) must not expose
-// one.
+// exposes its descriptor (syscall.Conn), reads and writes go to the
+// descriptor and not through c.Read and c.Write: a wrapper whose Read or
+// Write does more than read or write (counts, times) must not expose one.
 func Wrap(c net.Conn, prefix []byte) *Conn {
 	return &Conn{Conn: c, prefix: prefix, r: newRawReader(c)}
 }
@@ -69,7 +68,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		c.prefix = c.prefix[n:]
 		return n, nil
 	}
-	if c.hook == nil || c.r == nil || len(p) == 0 {
+	if c.r == nil || len(p) == 0 {
 		return c.Conn.Read(p)
 	}
 	return c.r.read(p, c.hook)

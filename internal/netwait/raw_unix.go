@@ -21,8 +21,9 @@ type rawFD struct {
 	rc   syscall.RawConn
 	addr net.Addr
 
-	// One read's state, kept here so that a read allocates nothing (one
-	// goroutine reads).
+	// One read's state, kept here so that a read allocates nothing, under
+	// rmu (net.Conn allows concurrent readers).
+	rmu       sync.Mutex
 	try, wait func(fd uintptr) bool
 	p         []byte
 	n         int
@@ -72,15 +73,19 @@ func newRawReader(c net.Conn) rawReader {
 	return r
 }
 
-// read makes one attempt; if the socket is empty it calls hook, then waits
-// for data (the poller only reports what arrives after its last reset, so
-// the wait starts with another attempt). The hook runs outside the
-// attempts, which hold a reference to the descriptor: a hook that closes
-// the connection would otherwise wait for itself.
+// read makes one attempt; if the socket is empty it calls hook (if any),
+// then waits for data (the poller only reports what arrives after its
+// last reset, so the wait starts with another attempt). The hook runs
+// outside the attempts, which hold a reference to the descriptor: a hook
+// that closes the connection would otherwise wait for itself.
 func (r *rawFD) read(p []byte, hook func()) (int, error) {
+	r.rmu.Lock()
+	defer r.rmu.Unlock()
 	r.p = p
-	werr := r.rc.Read(r.try)
-	if werr == nil && r.err == syscall.EAGAIN {
+	var werr error
+	if hook == nil {
+		werr = r.rc.Read(r.wait)
+	} else if werr = r.rc.Read(r.try); werr == nil && r.err == syscall.EAGAIN {
 		hook()
 		werr = r.rc.Read(r.wait)
 	}
