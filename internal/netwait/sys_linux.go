@@ -14,9 +14,17 @@ import (
 // process was idle, which on a loaded proxy is after nearly every batch.
 // Under the race detector (sys_other.go) the calls go through package
 // syscall, which tells the detector that I/O orders goroutines.
-func sysRead(fd uintptr, p []byte) (int, error) {
+func sysRead(fd uintptr, p []byte) (int, error) { return rawIO(syscall.SYS_READ, fd, p) }
+
+func sysWrite(fd uintptr, p []byte) (int, error) { return rawIO(syscall.SYS_WRITE, fd, p) }
+
+func rawIO(trap, fd uintptr, p []byte) (int, error) {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(bufPtr(p)), uintptr(len(p)))
+		n, _, e := syscall.RawSyscall(trap, fd, uintptr(ptr), uintptr(len(p)))
 		if e == syscall.EINTR {
 			continue
 		}
@@ -25,24 +33,4 @@ func sysRead(fd uintptr, p []byte) (int, error) {
 		}
 		return int(n), nil
 	}
-}
-
-func sysWrite(fd uintptr, p []byte) (int, error) {
-	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(bufPtr(p)), uintptr(len(p)))
-		if e == syscall.EINTR {
-			continue
-		}
-		if e != 0 {
-			return -1, e
-		}
-		return int(n), nil
-	}
-}
-
-func bufPtr(p []byte) unsafe.Pointer {
-	if len(p) == 0 {
-		return nil
-	}
-	return unsafe.Pointer(&p[0])
 }
