@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/authproxy/authproxy/internal/netwait"
 )
 
 // connSet tracks connections that http.Server no longer tracks once
@@ -77,7 +79,9 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		}
 		tc := &trackedConn{Conn: c, set: l.set}
 		if l.set.add(tc) {
-			return tc, nil
+			// Its reads and writes go to the descriptor (netwait); an
+			// intercepted CONNECT keeps the same Conn for the relay.
+			return netwait.Wrap(tc, nil), nil
 		}
 		_ = c.Close()
 	}
@@ -90,7 +94,7 @@ type trackedConn struct {
 	once sync.Once
 }
 
-// SyscallConn is the connection's, for netwait's reads.
+// SyscallConn is the connection's, for netwait's reads and writes.
 func (c *trackedConn) SyscallConn() (syscall.RawConn, error) {
 	sc, ok := c.Conn.(syscall.Conn)
 	if !ok {

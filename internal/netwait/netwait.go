@@ -30,7 +30,11 @@ type Conn struct {
 // exposes its descriptor (syscall.Conn), reads and writes go to the
 // descriptor and not through c.Read and c.Write: a wrapper whose Read or
 // Write does more than read or write (counts, times) must not expose one.
+// A Conn given again without a prefix is returned as it is.
 func Wrap(c net.Conn, prefix []byte) *Conn {
+	if wc, ok := c.(*Conn); ok && len(prefix) == 0 {
+		return wc
+	}
 	return &Conn{Conn: c, prefix: prefix, r: newRawReader(c)}
 }
 

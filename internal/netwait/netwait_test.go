@@ -340,3 +340,24 @@ func TestReadsWithoutAHookGoToTheDescriptor(t *testing.T) {
 		t.Fatalf("%d reads went through the wrapped connection's Read, want none", n)
 	}
 }
+
+// Wrapping a Conn again (a listener's Conn handed on to TLS) keeps it, so
+// the descriptor stays reachable; with a prefix it is a new Conn that
+// serves the prefix first.
+func TestWrappingAConnAgainKeepsIt(t *testing.T) {
+	a, b := pair(t)
+	c := Wrap(b, nil)
+	if Wrap(c, nil) != c || Find(tls.Server(Wrap(c, nil), &tls.Config{})) != c {
+		t.Fatal("a Conn wrapped again is a new Conn, whose reads no longer reach the descriptor")
+	}
+	pc := Wrap(c, []byte("pre"))
+	if pc == c {
+		t.Fatal("a Conn wrapped with a prefix is the same Conn: the prefix is lost")
+	}
+	if _, err := a.Write([]byte("post")); err != nil {
+		t.Fatal(err)
+	}
+	if s := readString(t, pc, 3) + readString(t, pc, 8); s != "prepost" {
+		t.Fatalf("read %q, want %q", s, "prepost")
+	}
+}
