@@ -290,7 +290,7 @@ func (f *forward) dialTunnel(req *http.Request, network, addr string) (net.Conn,
 	if err != nil {
 		return nil, err
 	}
-	tc := &tunnelConn{Conn: c, idle: f.idleTimeout, set: &f.conns}
+	tc := &tunnelConn{Conn: netwait.Wrap(c, nil), idle: f.idleTimeout, set: &f.conns}
 	tc.touch()
 	tc.timer = time.AfterFunc(f.idleTimeout, tc.check)
 	if !f.conns.add(tc) {
