@@ -89,6 +89,9 @@ func TestHookedReadsEndAsPlainReads(t *testing.T) {
 	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("read past its deadline: %v, want a timeout", err)
 	}
+	if oe, ok := err.(*net.OpError); !ok || oe.Op != "read" {
+		t.Fatalf("read past its deadline: %v, want a read *net.OpError (as net/http expects)", err)
+	}
 	_ = c.SetReadDeadline(time.Time{})
 	_ = a.Close()
 	if _, err := c.Read(make([]byte, 4)); err != io.EOF {
@@ -274,8 +277,9 @@ func TestWritesEndAsPlainWrites(t *testing.T) {
 		t.Fatalf("write to a peer that has gone: %v, want a write *net.OpError", err)
 	}
 	_ = c.Close()
-	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
-		t.Fatalf("write after Close: %v, want net.ErrClosed", err)
+	_, err = c.Write([]byte("x"))
+	if oe, ok := err.(*net.OpError); !ok || oe.Op != "write" || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after Close: %v, want a write *net.OpError with net.ErrClosed", err)
 	}
 }
 

@@ -93,7 +93,7 @@ func (r *rawFD) read(p []byte, hook func()) (int, error) {
 	r.p, r.err = nil, nil
 	switch {
 	case werr != nil: // closed, or a deadline has passed
-		return 0, werr
+		return 0, asPlain(werr, "read")
 	case err != nil:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Addr: r.addr, Err: os.NewSyscallError("read", err)}
 	case n <= 0:
@@ -113,9 +113,18 @@ func (r *rawFD) writeAll(p []byte) (int, error) {
 	r.wp, r.werr = nil, nil
 	switch {
 	case werr != nil:
-		return n, werr
+		return n, asPlain(werr, "write")
 	case err != nil:
 		return n, &net.OpError{Op: "write", Net: "tcp", Addr: r.addr, Err: os.NewSyscallError("write", err)}
 	}
 	return n, nil
+}
+
+// asPlain names a RawConn's error ("raw-read", "raw-write") as the plain
+// call's, which is what callers (net/http among them) and logs expect.
+func asPlain(err error, op string) error {
+	if oe, ok := err.(*net.OpError); ok {
+		oe.Op = op
+	}
+	return err
 }
