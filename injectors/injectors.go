@@ -77,6 +77,16 @@ type ResponseObserver interface {
 	ObserveResponse(req *Request, resp *http.Response) (retry bool)
 }
 
+// SelectiveObserver is implemented by ResponseObservers that look at the
+// responses of some requests only. For the others the proxy neither keeps
+// the request body for a retry nor shows the observer the response, so
+// Observes must be true of every request whose response ObserveResponse
+// or TapMessages would act on.
+type SelectiveObserver interface {
+	ResponseObserver
+	Observes(req *Request) bool
+}
+
 // HeadObserver is implemented by ResponseObservers that read nothing of a
 // response but its status and headers, and leave its body alone: the frame
 // relay passes their responses' heads on at once. For other observers it

@@ -326,6 +326,15 @@ func (o *OpenOBD) ObserveResponse(req *Request, resp *http.Response) bool {
 	return false
 }
 
+// Observes implements SelectiveObserver: the session controller's calls,
+// and the session service's authenticate and finish. Nothing else's
+// response tells the proxy anything, so the other session calls (the bulk
+// of the traffic) are neither kept for a retry nor shown to the observer.
+func (o *OpenOBD) Observes(req *Request) bool {
+	path := req.URL.Path
+	return strings.HasPrefix(path, obdController) || path == obdSessionSvc+"authenticate" || path == obdSessionSvc+"finish"
+}
+
 // TapMessages implements MessageObserver. It learns sessions from the
 // session controller's answers (rewriting grpc_endpoint when configured),
 // records the token session/authenticate returns, and notices a finished

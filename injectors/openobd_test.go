@@ -2,6 +2,7 @@ package injectors
 
 import (
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -58,5 +59,43 @@ func TestOpenOBDUnknownSessionStatesAreLiveAndLoggedOnce(t *testing.T) {
 	o.learn(&pb.SessionInfo{Id: "s1", State: "interrupted", GrpcEndpoint: "session1.openobd.com:443"}, false, "")
 	if err := s.liveErr(); err == nil {
 		t.Error("interrupted did not end the session")
+	}
+}
+
+// The proxy shows an openOBD route's responses to the injector only for
+// the calls it learns from (Observes); every call whose response
+// TapMessages or ObserveResponse acts on must be among them, and a plain
+// session call must not (it would be kept for a retry for nothing).
+func TestOpenOBDObservesOnlyTheCallsItLearnsFrom(t *testing.T) {
+	o, err := NewOpenOBD("obd", OpenOBDConfig{Endpoint: "grpc.openobd.com:443", ClientID: secretValue("id"),
+		ClientSecret: secretValue("secret"), ClusterID: "001"},
+		Env{Cache: tokencache.New(tokencache.Options{}), Transport: &transport.Set{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var _ SelectiveObserver = o
+	for path, want := range map[string]bool{
+		obdController + "getSessionControllerToken": true,
+		obdController + "startSessionOnTicket":      true,
+		obdController + "startSessionOnConnector":   true,
+		obdController + "getSession":                true,
+		obdController + "getSessionList":            true,
+		obdController + "interruptSession":          true,
+		obdController + "createTicket":              true, // UNAUTHENTICATED drops the controller token
+		obdSessionSvc + "authenticate":              true,
+		obdSessionSvc + "finish":                    true,
+		obdSessionSvc + "openControlStream":         false,
+		obdSessionSvc + "getSessionState":           false,
+		"/openOBD.v1.canService/sendFrame":          false,
+		"/openOBD.v1.sessionControllerX/getSession": false,
+	} {
+		r, _ := http.NewRequest(http.MethodPost, "https://grpc.openobd.com"+path, nil)
+		req := &Request{Request: r}
+		if got := o.Observes(req); got != want {
+			t.Errorf("Observes(%s) = %v, want %v", path, got, want)
+		}
+		if tap := o.TapMessages(req, 200, http.Header{}); tap != nil && !o.Observes(req) {
+			t.Errorf("%s: TapMessages reads the response, but Observes is false", path)
+		}
 	}
 }

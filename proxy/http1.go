@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/transport"
 )
@@ -87,8 +88,12 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 		}
 	}
 	tr := c.transport(out, x)
+	var obs injectors.ResponseObserver
+	if rt != nil {
+		obs = rt.observing(ireq)
+	}
 	var rec replayer
-	if rt != nil && rt.observer != nil && out.Body != nil && out.Body != http.NoBody {
+	if obs != nil && out.Body != nil && out.Body != http.NoBody {
 		if rec, err = replayable(out, c.maxReplay); err != nil {
 			return nil, &routeError{route: rt.name, err: err}
 		}
@@ -98,7 +103,7 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 		inBody = out.Body // goproxy hands over the client's request itself
 	}
 	resp, err := c.roundTripOnce(tr, out, rt, inBody)
-	if err != nil || rt == nil || rt.observer == nil || !rt.observer.ObserveResponse(ireq, resp) {
+	if err != nil || obs == nil || !obs.ObserveResponse(ireq, resp) {
 		return resp, err
 	}
 	// The injector dropped a stale credential: send once more, with a fresh

@@ -132,7 +132,11 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 	}
 	t := relayTarget(r, x)
 	rt := x.route
-	if rt == nil || rt.observer == nil {
+	if rt == nil {
+		return t, nil
+	}
+	obs := rt.observing(ireq)
+	if obs == nil {
 		return t, nil
 	}
 	t.Observe = func(status int, header http.Header, body []byte) bool {
@@ -140,7 +144,7 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 		if body != nil {
 			resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 		}
-		return rt.observer.ObserveResponse(ireq, resp)
+		return obs.ObserveResponse(ireq, resp)
 	}
 	_, headOnly := rt.injector.(injectors.HeadObserver)
 	mo, messages := rt.injector.(injectors.MessageObserver)
