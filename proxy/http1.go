@@ -15,7 +15,6 @@ import (
 	"sync"
 
 	"github.com/authproxy/authproxy/config"
-	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/transport"
 )
@@ -88,10 +87,7 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 		}
 	}
 	tr := c.transport(out, x)
-	var obs injectors.ResponseObserver
-	if rt != nil {
-		obs = rt.observing(ireq)
-	}
+	obs := rt.observing(ireq)
 	var rec replayer
 	if obs != nil && out.Body != nil && out.Body != http.NoBody {
 		if rec, err = replayable(out, c.maxReplay); err != nil {

@@ -132,9 +132,6 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 	}
 	t := relayTarget(r, x)
 	rt := x.route
-	if rt == nil {
-		return t, nil
-	}
 	obs := rt.observing(ireq)
 	if obs == nil {
 		return t, nil

@@ -35,9 +35,12 @@ type routeRT struct {
 	stripLower     []string // the same in lower case, as HTTP/2 carries them
 }
 
-// observing is the route's response observer for ireq: nil when the
-// injector observes no responses, or not this request's.
+// observing is the route's response observer for ireq: nil without a
+// route, when the injector observes no responses, or not this request's.
 func (rt *routeRT) observing(ireq *injectors.Request) injectors.ResponseObserver {
+	if rt == nil {
+		return nil
+	}
 	if so, ok := rt.observer.(injectors.SelectiveObserver); ok && !so.Observes(ireq) {
 		return nil
 	}

@@ -21,8 +21,8 @@ import (
 type Conn struct {
 	net.Conn
 	prefix []byte
-	r      rawReader // nil: reads go to Conn.Read
-	hook   func()    // read and written by the reading goroutine only
+	r      *rawFD // nil: reads and writes go to the connection's
+	hook   func() // read and written by the reading goroutine only
 }
 
 // Wrap returns c with prefix served first. Wrap must be given the
@@ -35,7 +35,7 @@ func Wrap(c net.Conn, prefix []byte) *Conn {
 	if wc, ok := c.(*Conn); ok && len(prefix) == 0 {
 		return wc
 	}
-	return &Conn{Conn: c, prefix: prefix, r: newRawReader(c)}
+	return &Conn{Conn: c, prefix: prefix, r: newRawFD(c)}
 }
 
 // Find returns the Conn under c (c itself, or the connection under a TLS
@@ -79,7 +79,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 }
 
 // Write writes to the descriptor where the connection exposes one (as
-// hooked reads read it), and through the connection elsewhere.
+// Read reads it), and through the connection elsewhere.
 func (c *Conn) Write(p []byte) (int, error) {
 	if c.r == nil {
 		return c.Conn.Write(p)

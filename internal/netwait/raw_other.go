@@ -4,13 +4,11 @@ package netwait
 
 import "net"
 
-// rawReader is always nil where reads cannot see EAGAIN: reads and writes
+// newRawFD returns nil where reads cannot see EAGAIN: reads and writes
 // go to the connection and no hook is called.
-type rawReader = *rawFD
-
 type rawFD struct{}
 
-func newRawReader(net.Conn) rawReader { return nil }
+func newRawFD(net.Conn) *rawFD { return nil }
 
 func (*rawFD) read([]byte, func()) (int, error) {
 	panic("netwait: no raw reads on this system")

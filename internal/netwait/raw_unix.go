@@ -10,13 +10,11 @@ import (
 	"syscall"
 )
 
-// rawReader reads and writes a socket's file descriptor through the
+// rawFD reads and writes a socket's file descriptor through the
 // runtime's poller (syscall.RawConn), so that a read sees the EAGAIN a
 // plain read hides. The system calls themselves are sysRead and sysWrite:
 // on Linux they do not tell the scheduler they are made (the socket never
 // blocks), see sys_linux.go.
-type rawReader = *rawFD
-
 type rawFD struct {
 	rc   syscall.RawConn
 	addr net.Addr
@@ -37,7 +35,7 @@ type rawFD struct {
 	werr  error
 }
 
-func newRawReader(c net.Conn) rawReader {
+func newRawFD(c net.Conn) *rawFD {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return nil
