@@ -28,6 +28,7 @@ type conn struct {
 	remote string // the peer's address
 	br     *connReader
 	fr     *http2.Framer
+	hr     *headerReader // decodes fr's header blocks
 
 	wmu  sync.Mutex
 	lazy *time.Timer // flushSoon's
@@ -98,8 +99,7 @@ func newConn(r *Relay, nc net.Conn, server bool) *conn {
 	c.resetTokens = resetBurst
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.SetMaxReadFrameSize(frameSize)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = r.maxHeaderBytes()
+	c.hr = newHeaderReader(r.maxHeaderBytes())
 	c.enc = hpack.NewEncoder(&c.hbuf)
 	return c
 }
@@ -317,7 +317,7 @@ func (c *conn) readLoop() {
 		c.br.release()
 	}()
 	for {
-		f, err := c.fr.ReadFrame()
+		f, err := c.readFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {

@@ -43,6 +43,10 @@ type stream struct {
 	held        *heldResponse // a response head (and body so far) kept for Observe
 	tap         *tapState     // reads the response's gRPC messages (Target.Tap)
 	waiting     *waitingRetry // a complete held response whose retry waits for the request body's end
+
+	// The client's leg and the first upstream leg, allocated with the
+	// stream (a retry's leg is a half of its own).
+	legs [2]half
 }
 
 // waitingRetry is a retry asked for before the client finished sending:
@@ -79,7 +83,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		}
 		h.recvEnd = true
 		c.mu.Unlock()
-		h.s.requestTrailers(f.RegularFields(), fl)
+		h.s.requestTrailers(slices.Clone(f.RegularFields()), fl) // kept past the next frame
 		c.settle(h)
 		return nil
 	}
@@ -109,7 +113,8 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	req.Context, req.RemoteAddr, req.ConnData = ctx, c.remote, c.data
 	s := &stream{r: c.r, req: req, cancel: cancel, reqEnded: f.StreamEnded(), preEnd: f.StreamEnded(), began: time.Now()}
-	a := &half{c: c, id: id, s: s, sendWin: c.initWin, recvWin: streamWindow, recvEnd: f.StreamEnded()}
+	a := &s.legs[0]
+	*a = half{c: c, id: id, s: s, sendWin: c.initWin, recvWin: streamWindow, recvEnd: f.StreamEnded()}
 	s.client = a
 	c.streams[id] = a
 	if c.idle != nil {
@@ -240,7 +245,11 @@ func (s *stream) startLeg(t *Target, replay bool) {
 // startOn is startLeg on uc, a connection with a stream reserved. With a
 // flusher (on a reading goroutine), the HEADERS leave with its batch.
 func (s *stream) startOn(uc *conn, t *Target, replay bool, fl *flusher) {
-	b := &half{c: uc, s: s, recvWin: streamWindow}
+	b := &s.legs[1] // the first leg: replay is false once per stream
+	if replay {
+		b = new(half)
+	}
+	*b = half{c: uc, s: s, recvWin: streamWindow}
 	s.mu.Lock()
 	if s.finished || s.answered {
 		s.mu.Unlock()
@@ -554,7 +563,7 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		s.held = nil
 		s.mu.Unlock()
 		if s.decideHeld(b, h, false, fl) {
-			a.c.sendTrailers(a, f.RegularFields(), fl)
+			a.c.sendTrailers(a, slices.Clone(f.RegularFields()), fl) // may wait behind data
 		}
 		return
 	}
@@ -571,7 +580,7 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		if ts != nil {
 			ts.end(headerOf(f.RegularFields()))
 		}
-		a.c.sendTrailers(a, f.RegularFields(), fl)
+		a.c.sendTrailers(a, slices.Clone(f.RegularFields()), fl) // may wait behind data
 		return
 	}
 	status := f.PseudoValue("status")
