@@ -99,6 +99,7 @@ func newConn(r *Relay, nc net.Conn, server bool) *conn {
 	c.resetTokens = resetBurst
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.SetMaxReadFrameSize(frameSize)
+	c.fr.SetReuseFrames() // a DATA frame is handled before the next read, and not kept
 	c.hr = newHeaderReader(r.maxHeaderBytes())
 	c.enc = hpack.NewEncoder(&c.hbuf)
 	return c
