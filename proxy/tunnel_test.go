@@ -159,6 +159,11 @@ routes:
 	if st, _ := connectStatus(t, p.addr("open"), "10.0.0.1:443"); st != http.StatusForbidden {
 		t.Errorf("CONNECT to a range tunnel_allow does not name: %d, want 403", st)
 	}
+	// A server counts a connection when its Accept returns, which can be
+	// after the proxy's dial has completed and the client has its answer.
+	for deadline := time.Now().Add(5 * time.Second); (tlsConns.Load() < 1 || plainConns.Load() < 2) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if tlsConns.Load() != 1 || plainConns.Load() != 2 {
 		t.Errorf("allowed destinations: %d and %d connections, want 1 and 2", tlsConns.Load(), plainConns.Load())
 	}
