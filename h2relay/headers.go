@@ -40,7 +40,12 @@ var (
 	errMixPseudoHeaderTypes = errors.New("mix of request and response pseudo headers")
 )
 
+// newHeaderReader bounds header lists at max bytes; 0 is the Framer's
+// default, 16 MiB.
 func newHeaderReader(max uint32) *headerReader {
+	if max == 0 {
+		max = 16 << 20
+	}
 	h := &headerReader{max: max}
 	h.dec = hpack.NewDecoder(4096, h.emit)
 	if n := int(max); n > 0 {

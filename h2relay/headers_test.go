@@ -190,3 +190,37 @@ func TestHeaderReaderKeepsTheTableAcrossBlocks(t *testing.T) {
 		}
 	}
 }
+
+// FuzzHeaderReaderMatchesFramer feeds arbitrary header block bytes, split
+// at an arbitrary point into a HEADERS frame and a CONTINUATION, to both
+// readers: they must agree on fields, truncation, the kind of error and
+// where reading stops. `go test` runs the seeds; `go test -fuzz` searches.
+func FuzzHeaderReaderMatchesFramer(f *testing.F) {
+	var b bytes.Buffer
+	enc := hpack.NewEncoder(&b)
+	for _, hf := range []hpack.HeaderField{
+		{Name: ":method", Value: "GET"}, {Name: ":path", Value: "/"}, {Name: "x-a", Value: "b"},
+		{Name: "trailer", Value: "x, y"}, {Name: "authorization", Value: "Bearer t", Sensitive: true},
+	} {
+		_ = enc.WriteField(hf)
+	}
+	f.Add(b.Bytes(), uint16(0), uint16(100))
+	f.Add(b.Bytes(), uint16(5), uint16(30))
+	f.Add([]byte{0x3f, 0xe1, 0x1f, 0x82}, uint16(0), uint16(4096)) // a table size update
+	f.Add([]byte{0x40, 0x01, 'A', 0x01, 'b'}, uint16(2), uint16(100))
+	f.Fuzz(func(t *testing.T, block []byte, split, max uint16) {
+		if len(block) > 1<<14 {
+			return
+		}
+		hc := headerCase{raw: block, split: int(split), max: uint32(max)}
+		if hc.split == 0 || len(block) == 0 {
+			hc.split = 0
+		}
+		wire := hc.frames(t)
+		want := readWith(t, wire, hc.max, false)
+		got := readWith(t, wire, hc.max, true)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("relay's reader: %+v\nFramer's:       %+v", got, want)
+		}
+	})
+}
