@@ -303,6 +303,9 @@ func (t *h1Fast) dialConn(ctx context.Context, u *url.URL, addr, key string) (*f
 // names none.
 func CanonicalAddr(u *url.URL) string {
 	port := u.Port()
+	if port != "" && u.Host[0] != '[' {
+		return u.Host // already host:port: no new string per request
+	}
 	if port == "" {
 		port = "443"
 		if u.Scheme == "http" {

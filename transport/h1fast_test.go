@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -312,6 +313,28 @@ func TestResponseHeadIsBounded(t *testing.T) {
 			t.Errorf("%s: a 3 MiB response head was read whole", method)
 		} else if !strings.Contains(err.Error(), "exceed") {
 			t.Errorf("%s: %v, want the head refused as too large", method, err)
+		}
+	}
+}
+
+// CanonicalAddr is net.JoinHostPort of the host and the (default) port,
+// whether or not it builds a new string.
+func TestCanonicalAddr(t *testing.T) {
+	for _, raw := range []string{
+		"https://example.com", "http://example.com", "https://example.com:8443/x",
+		"http://127.0.0.1:80", "https://[::1]:443", "https://[::1]", "https://[fe80::1%25en0]:443",
+		"https://EXAMPLE.com:443", "https://example.com.:443",
+	} {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := u.Port()
+		if port == "" {
+			port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+		}
+		if got, want := CanonicalAddr(u), net.JoinHostPort(u.Hostname(), port); got != want {
+			t.Errorf("CanonicalAddr(%s) = %q, want %q", raw, got, want)
 		}
 	}
 }
