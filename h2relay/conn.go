@@ -30,11 +30,12 @@ type conn struct {
 	fr     *http2.Framer
 	hr     *headerReader // decodes fr's header blocks
 
-	wmu  sync.Mutex
-	lazy *time.Timer // flushSoon's
-	bw   *connWriter
-	enc  *hpack.Encoder
-	hbuf bytes.Buffer
+	wmu       sync.Mutex
+	lazy      *time.Timer // flushSoon's
+	lazyArmed bool        // lazy waits to flush an acknowledgement (under wmu)
+	bw        *connWriter
+	enc       *hpack.Encoder
+	hbuf      bytes.Buffer
 
 	mu         sync.Mutex
 	streams    map[uint32]*half
@@ -275,6 +276,7 @@ func (c *conn) wrote(fl *flusher) {
 func (c *conn) flushSoon() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	c.lazyArmed = true
 	if c.lazy == nil {
 		c.lazy = time.AfterFunc(time.Millisecond, c.flush)
 		return
@@ -282,8 +284,15 @@ func (c *conn) flushSoon() {
 	c.lazy.Reset(time.Millisecond)
 }
 
+// flush writes what is buffered. A write that carries a lazy
+// acknowledgement stops its timer: a timer that fires starts a goroutine,
+// which, with a second P idle, wakes another thread to do nothing.
 func (c *conn) flush() {
 	c.wmu.Lock()
+	if c.lazyArmed {
+		c.lazyArmed = false
+		c.lazy.Stop()
+	}
 	err := c.bw.Flush()
 	c.wmu.Unlock()
 	if err != nil {

@@ -380,3 +380,38 @@ func dialTCP(ctx context.Context, _, addr string) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", addr)
 }
+
+// A PING is acknowledged whether or not anything else is written to its
+// connection: alone (the acknowledgement waits at most a millisecond for
+// company), and followed by a stream the relay answers.
+func TestRelayAcknowledgesPings(t *testing.T) {
+	h := stuck{release: make(chan struct{})}
+	c := dialRelay(t, &Relay{Handler: h})
+	isAck := func(data byte) func(http2.Frame) bool {
+		return func(f http2.Frame) bool {
+			p, ok := f.(*http2.PingFrame)
+			return ok && p.IsAck() && p.Data[0] == data
+		}
+	}
+	for i := byte(1); i <= 3; i++ {
+		if err := c.fr.WritePing(false, [8]byte{i}); err != nil {
+			t.Fatal(err)
+		}
+		c.flush()
+		c.next(isAck(i))
+	}
+	if err := c.fr.WritePing(false, [8]byte{4}); err != nil {
+		t.Fatal(err)
+	}
+	c.headers(1, true)
+	close(h.release) // the stream is answered 503
+	acked, answered := false, false
+	for !acked || !answered {
+		switch f := c.next(func(http2.Frame) bool { return true }).(type) {
+		case *http2.PingFrame:
+			acked = acked || isAck(4)(f)
+		case *http2.MetaHeadersFrame:
+			answered = answered || f.StreamID == 1 && f.PseudoValue("status") == "503"
+		}
+	}
+}
