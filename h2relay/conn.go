@@ -31,8 +31,9 @@ type conn struct {
 	hr     *headerReader // decodes fr's header blocks
 
 	wmu       sync.Mutex
-	lazy      *time.Timer // flushSoon's
-	lazyArmed bool        // lazy waits to flush an acknowledgement (under wmu)
+	lazy      *time.Timer         // flushSoon's
+	lazyArmed bool                // lazy waits to flush an acknowledgement (under wmu)
+	head      []hpack.HeaderField // a request head being written (under wmu)
 	bw        *connWriter
 	enc       *hpack.Encoder
 	hbuf      bytes.Buffer
@@ -604,8 +605,23 @@ func (c *conn) idleForRead() bool {
 // CONTINUATION frames no larger than the peer takes; c.mu and c.wmu are
 // held.
 func (c *conn) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) error {
+	return c.writeHead(id, "", fields, end)
+}
+
+// writeHead is writeHeaders for a response head given as its status and
+// the upstream's fields, whose connection-specific ones it leaves out;
+// with status "", fields are written as they are. No field slice is built.
+func (c *conn) writeHead(id uint32, status string, fields []hpack.HeaderField, end bool) error {
 	c.hbuf.Reset()
+	if status != "" {
+		if err := c.enc.WriteField(hpack.HeaderField{Name: ":status", Value: status}); err != nil {
+			return err
+		}
+	}
 	for _, f := range fields {
+		if status != "" && hopByHop(f.Name) {
+			continue
+		}
 		if err := c.enc.WriteField(f); err != nil {
 			return err
 		}

@@ -77,16 +77,17 @@ func (c *conn) sendTrailers(h *half, fields []hpack.HeaderField, fl *flusher) {
 }
 
 // sendHead writes a response head (or an informational one) on a client's
-// leg. Nothing is queued on it before its head: response data follows the
-// head on the same reading goroutine.
-func (c *conn) sendHead(h *half, fields []hpack.HeaderField, end bool, fl *flusher) {
+// leg: status and the upstream's fields (see writeHead), or with status ""
+// a head built whole. Nothing is queued on the leg before its head:
+// response data follows the head on the same reading goroutine.
+func (c *conn) sendHead(h *half, status string, fields []hpack.HeaderField, end bool, fl *flusher) {
 	c.mu.Lock()
 	if c.closed || h.reset || h.sentEnd {
 		c.mu.Unlock()
 		return
 	}
 	c.wmu.Lock()
-	c.writeErr(c.writeHeaders(h.id, fields, end))
+	c.writeErr(c.writeHead(h.id, status, fields, end))
 	c.wmu.Unlock()
 	h.started = true
 	if end {

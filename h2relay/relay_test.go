@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -412,6 +413,60 @@ func TestRelayAcknowledgesPings(t *testing.T) {
 			acked = acked || isAck(4)(f)
 		case *http2.MetaHeadersFrame:
 			answered = answered || f.StreamID == 1 && f.PseudoValue("status") == "503"
+		}
+	}
+}
+
+// Connection-specific fields an upstream sends in a response head (which
+// HTTP/2 forbids) do not reach the client; the others arrive in order,
+// after the status, for informational and final heads alike.
+func TestRelayDropsConnectionSpecificResponseFields(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		fr, bw, err := serverHandshake(nc)
+		if err != nil {
+			return
+		}
+		enc := func(status string) []byte {
+			var hb bytes.Buffer
+			e := hpack.NewEncoder(&hb)
+			for _, f := range []hpack.HeaderField{{Name: ":status", Value: status}, {Name: "connection", Value: "close"},
+				{Name: "x-a", Value: "1"}, {Name: "keep-alive", Value: "timeout=5"}, {Name: "transfer-encoding", Value: "chunked"},
+				{Name: "x-b", Value: "2"}, {Name: "upgrade", Value: "h2c"}} {
+				_ = e.WriteField(f)
+			}
+			return hb.Bytes()
+		}
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if h, ok := f.(*http2.HeadersFrame); ok {
+				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: enc("103"), EndHeaders: true})
+				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: enc("200"), EndHeaders: true, EndStream: true})
+				_ = bw.Flush()
+			}
+		}
+	}()
+	var d net.Dialer
+	c := dialRelay(t, &Relay{Handler: to{ln.Addr().String()},
+		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }})
+	c.headers(1, true)
+	for _, status := range []string{"103", "200"} {
+		h := c.next(func(f http2.Frame) bool { _, ok := f.(*http2.MetaHeadersFrame); return ok }).(*http2.MetaHeadersFrame)
+		want := []hpack.HeaderField{{Name: ":status", Value: status}, {Name: "x-a", Value: "1"}, {Name: "x-b", Value: "2"}}
+		if !reflect.DeepEqual(h.Fields, want) {
+			t.Errorf("head %s: %v, want %v", status, h.Fields, want)
 		}
 	}
 }

@@ -195,14 +195,14 @@ func hopByHop(name string) bool {
 	return false
 }
 
-// fieldsOf is a Target's request head as HPACK fields. Credentials are
-// marked never-indexed, so they stay out of both sides' tables.
-func fieldsOf(t *Target) []hpack.HeaderField {
+// appendFields appends a Target's request head, as HPACK fields, to out.
+// Credentials are marked never-indexed, so they stay out of both sides'
+// tables.
+func appendFields(out []hpack.HeaderField, t *Target) []hpack.HeaderField {
 	scheme := "https"
 	if t.Scheme == "http" {
 		scheme = "http"
 	}
-	out := make([]hpack.HeaderField, 0, 4+len(t.Header))
 	out = append(out,
 		hpack.HeaderField{Name: ":method", Value: t.Method},
 		hpack.HeaderField{Name: ":scheme", Value: scheme},
@@ -276,7 +276,7 @@ func (s *stream) startOn(uc *conn, t *Target, replay bool, fl *flusher) {
 	a.c.mu.Lock()
 	a.src = b // response data is credited to this leg as it leaves
 	a.c.mu.Unlock()
-	sent, err := uc.startStream(b, fieldsOf(t), fl)
+	sent, err := uc.startStream(b, t, fl)
 	if err != nil {
 		s.legFailed(b, http2.ErrCodeInternal, &upstreamErr{err}, nil)
 		return
@@ -295,7 +295,7 @@ func (r *Relay) maxReplay() int {
 
 // startStream gives b a stream ID and sends its HEADERS and whatever it
 // has queued. It returns how many queued bytes left.
-func (c *conn) startStream(b *half, fields []hpack.HeaderField, fl *flusher) (int, error) {
+func (c *conn) startStream(b *half, t *Target, fl *flusher) (int, error) {
 	c.mu.Lock()
 	c.reserved--
 	if c.closed || c.goingAway {
@@ -317,7 +317,9 @@ func (c *conn) startStream(b *half, fields []hpack.HeaderField, fl *flusher) (in
 	}
 	endNow := len(b.queue) == 0 && b.endQ && b.trailer == nil
 	c.wmu.Lock()
-	err := c.writeHeaders(b.id, fields, endNow)
+	c.head = appendFields(c.head[:0], t)
+	err := c.writeHeaders(b.id, c.head, endNow)
+	clear(c.head) // no credential stays referenced until the next stream
 	c.wmu.Unlock()
 	if err != nil {
 		c.mu.Unlock()
@@ -590,10 +592,9 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		b.c.failLeg(b, http2.ErrCodeProtocol, &upstreamErr{errors.New("upstream sent an invalid :status")}, fl)
 		return
 	}
-	fields := responseFields(status, f.RegularFields())
 	if code < 200 { // informational: passed on, the final head follows
 		s.mu.Unlock()
-		a.c.sendHead(a, fields, false, fl)
+		a.c.sendHead(a, status, f.RegularFields(), false, fl)
 		return
 	}
 	t := s.target
@@ -602,7 +603,7 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		n, err := strconv.ParseInt(header.Get("Content-Length"), 10, 64)
 		sized := err == nil && n > 0
 		if !end && t.PeekBytes > 0 && sized && n <= int64(t.PeekBytes) {
-			s.held = &heldResponse{code: code, fields: fields, header: header, size: n, limit: t.PeekBytes}
+			s.held = &heldResponse{code: code, fields: responseFields(status, f.RegularFields()), header: header, size: n, limit: t.PeekBytes}
 			s.mu.Unlock()
 			return
 		}
@@ -617,7 +618,7 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		// reads the body): the response, if small and sized, is held like
 		// a peeked one, so that the retry can wait for the body's end.
 		if limit := s.r.maxReplay(); retry && b == s.up && !s.retried && s.keep && !s.finished && (end || sized && n <= int64(limit)) {
-			h := &heldResponse{code: code, fields: fields, header: header, size: n, limit: limit, retry: true}
+			h := &heldResponse{code: code, fields: responseFields(status, f.RegularFields()), header: header, size: n, limit: limit, retry: true}
 			if !end {
 				s.held = h
 				s.mu.Unlock()
@@ -637,7 +638,7 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		}
 	}
 	s.mu.Unlock()
-	a.c.sendHead(a, fields, end, fl)
+	a.c.sendHead(a, status, f.RegularFields(), end, fl)
 	if tap != nil && end && tap.End != nil { // Trailers-Only
 		tap.End(headerOf(f.RegularFields()))
 	}
@@ -697,7 +698,7 @@ func (s *stream) sendHeld(b *half, h *heldResponse, end bool, fl *flusher) bool 
 	s.answered, s.status = true, h.code
 	s.keep, s.replay, s.pre = false, nil, nil
 	s.mu.Unlock()
-	a.c.sendHead(a, h.fields, false, fl)
+	a.c.sendHead(a, "", h.fields, false, fl)
 	a.c.send(a, h.body, end, fl) // credited to b as it leaves, as any response data
 	return true
 }
@@ -762,7 +763,7 @@ func (s *stream) replyLocal(t *Target, err error) {
 			fields = append(fields, hpack.HeaderField{Name: strings.ToLower(k), Value: v})
 		}
 	}
-	a.c.sendHead(a, fields, rep.Body == "", nil)
+	a.c.sendHead(a, "", fields, rep.Body == "", nil)
 	if rep.Body != "" {
 		a.c.send(a, []byte(rep.Body), true, nil)
 	}
