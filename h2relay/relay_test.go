@@ -271,15 +271,17 @@ func (h to) Open(*Request) (*Target, error) {
 
 func (to) Reply(*Request, *Target, error) Reply { return Reply{Status: http.StatusBadGateway} }
 
-// An upstream that overruns a stream's window has that stream reset, and
-// the client's stream, already answered, is reset too instead of waiting.
-func TestRelayResetsTheClientWhenTheUpstreamBreaksAStream(t *testing.T) {
+// handUpstream is a hand-written HTTP/2 upstream on loopback: for each
+// request HEADERS it reads, answer writes whatever frames the test wants
+// (flushed after). It returns a Relay that sends every stream there.
+func handUpstream(t *testing.T, answer func(fr *http2.Framer, id uint32)) *Relay {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() { // an upstream that ignores flow control
+	t.Cleanup(func() { ln.Close() })
+	go func() {
 		nc, err := ln.Accept()
 		if err != nil {
 			return
@@ -295,20 +297,29 @@ func TestRelayResetsTheClientWhenTheUpstreamBreaksAStream(t *testing.T) {
 				return
 			}
 			if h, ok := f.(*http2.HeadersFrame); ok {
-				var hb bytes.Buffer
-				_ = hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
-				chunk := make([]byte, 16<<10)
-				for range streamWindow/len(chunk) + 2 {
-					_ = fr.WriteData(h.StreamID, false, chunk)
-				}
+				answer(fr, h.StreamID)
 				_ = bw.Flush()
 			}
 		}
 	}()
 	var d net.Dialer
-	c := dialRelay(t, &Relay{Handler: to{ln.Addr().String()},
-		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }})
+	return &Relay{Handler: to{ln.Addr().String()},
+		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }}
+}
+
+// An upstream that overruns a stream's window has that stream reset, and
+// the client's stream, already answered, is reset too instead of waiting.
+func TestRelayResetsTheClientWhenTheUpstreamBreaksAStream(t *testing.T) {
+	r := handUpstream(t, func(fr *http2.Framer, id uint32) { // an upstream that ignores flow control
+		var hb bytes.Buffer
+		_ = hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true})
+		chunk := make([]byte, 16<<10)
+		for range streamWindow/len(chunk) + 2 {
+			_ = fr.WriteData(id, false, chunk)
+		}
+	})
+	c := dialRelay(t, r)
 	c.headers(1, true)
 	rst := c.next(func(f http2.Frame) bool { _, ok := f.(*http2.RSTStreamFrame); return ok }).(*http2.RSTStreamFrame)
 	if rst.StreamID != 1 || rst.ErrCode != http2.ErrCodeInternal {
@@ -421,46 +432,20 @@ func TestRelayAcknowledgesPings(t *testing.T) {
 // HTTP/2 forbids) do not reach the client; the others arrive in order,
 // after the status, for informational and final heads alike.
 func TestRelayDropsConnectionSpecificResponseFields(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	head := func(status string) []byte {
+		var hb bytes.Buffer
+		e := hpack.NewEncoder(&hb)
+		for _, f := range []hpack.HeaderField{{Name: ":status", Value: status}, {Name: "connection", Value: "close"},
+			{Name: "x-a", Value: "1"}, {Name: "keep-alive", Value: "timeout=5"}, {Name: "transfer-encoding", Value: "chunked"},
+			{Name: "x-b", Value: "2"}, {Name: "upgrade", Value: "h2c"}} {
+			_ = e.WriteField(f)
+		}
+		return hb.Bytes()
 	}
-	defer ln.Close()
-	go func() {
-		nc, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		fr, bw, err := serverHandshake(nc)
-		if err != nil {
-			return
-		}
-		enc := func(status string) []byte {
-			var hb bytes.Buffer
-			e := hpack.NewEncoder(&hb)
-			for _, f := range []hpack.HeaderField{{Name: ":status", Value: status}, {Name: "connection", Value: "close"},
-				{Name: "x-a", Value: "1"}, {Name: "keep-alive", Value: "timeout=5"}, {Name: "transfer-encoding", Value: "chunked"},
-				{Name: "x-b", Value: "2"}, {Name: "upgrade", Value: "h2c"}} {
-				_ = e.WriteField(f)
-			}
-			return hb.Bytes()
-		}
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			if h, ok := f.(*http2.HeadersFrame); ok {
-				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: enc("103"), EndHeaders: true})
-				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: enc("200"), EndHeaders: true, EndStream: true})
-				_ = bw.Flush()
-			}
-		}
-	}()
-	var d net.Dialer
-	c := dialRelay(t, &Relay{Handler: to{ln.Addr().String()},
-		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }})
+	c := dialRelay(t, handUpstream(t, func(fr *http2.Framer, id uint32) {
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: head("103"), EndHeaders: true})
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: head("200"), EndHeaders: true, EndStream: true})
+	}))
 	c.headers(1, true)
 	for _, status := range []string{"103", "200"} {
 		h := c.next(func(f http2.Frame) bool { _, ok := f.(*http2.MetaHeadersFrame); return ok }).(*http2.MetaHeadersFrame)
