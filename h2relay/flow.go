@@ -1,6 +1,8 @@
 package h2relay
 
 import (
+	"slices"
+
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -62,8 +64,8 @@ func (c *conn) sendTrailers(h *half, fields []hpack.HeaderField, fl *flusher) {
 		c.mu.Unlock()
 		return
 	}
-	if !h.started || len(h.queue) > 0 {
-		h.trailer, h.endQ = fields, true
+	if !h.started || len(h.queue) > 0 { // kept: the caller's fields may be a frame's
+		h.trailer, h.endQ = slices.Clone(fields), true
 		c.mu.Unlock()
 		return
 	}

@@ -21,7 +21,8 @@ import (
 // life, where the Framer allocates about a dozen objects a frame.
 //
 // The frame read and its Fields are valid until the next frame is read:
-// what outlives that (trailers kept behind queued data) is copied.
+// what outlives that (trailers kept behind queued data or before the
+// upstream leg opens, a held response head) is copied where it is kept.
 type headerReader struct {
 	dec  *hpack.Decoder
 	max  uint32 // the header list bound, as SETTINGS_MAX_HEADER_LIST_SIZE

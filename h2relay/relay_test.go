@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -272,9 +273,10 @@ func (h to) Open(*Request) (*Target, error) {
 func (to) Reply(*Request, *Target, error) Reply { return Reply{Status: http.StatusBadGateway} }
 
 // handUpstream is a hand-written HTTP/2 upstream on loopback: for each
-// request HEADERS it reads, answer writes whatever frames the test wants
-// (flushed after). It returns a Relay that sends every stream there.
-func handUpstream(t *testing.T, answer func(fr *http2.Framer, id uint32)) *Relay {
+// header block it reads (a request head or trailers), answer writes
+// whatever frames the test wants (flushed after). It returns a Relay that
+// sends every stream there.
+func handUpstream(t *testing.T, answer func(fr *http2.Framer, h *http2.MetaHeadersFrame)) *Relay {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -291,13 +293,14 @@ func handUpstream(t *testing.T, answer func(fr *http2.Framer, id uint32)) *Relay
 		if err != nil {
 			return
 		}
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 		for {
 			f, err := fr.ReadFrame()
 			if err != nil {
 				return
 			}
-			if h, ok := f.(*http2.HeadersFrame); ok {
-				answer(fr, h.StreamID)
+			if h, ok := f.(*http2.MetaHeadersFrame); ok {
+				answer(fr, h)
 				_ = bw.Flush()
 			}
 		}
@@ -310,7 +313,8 @@ func handUpstream(t *testing.T, answer func(fr *http2.Framer, id uint32)) *Relay
 // An upstream that overruns a stream's window has that stream reset, and
 // the client's stream, already answered, is reset too instead of waiting.
 func TestRelayResetsTheClientWhenTheUpstreamBreaksAStream(t *testing.T) {
-	r := handUpstream(t, func(fr *http2.Framer, id uint32) { // an upstream that ignores flow control
+	r := handUpstream(t, func(fr *http2.Framer, h *http2.MetaHeadersFrame) { // an upstream that ignores flow control
+		id := h.StreamID
 		var hb bytes.Buffer
 		_ = hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
 		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true})
@@ -442,9 +446,9 @@ func TestRelayDropsConnectionSpecificResponseFields(t *testing.T) {
 		}
 		return hb.Bytes()
 	}
-	c := dialRelay(t, handUpstream(t, func(fr *http2.Framer, id uint32) {
-		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: head("103"), EndHeaders: true})
-		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: head("200"), EndHeaders: true, EndStream: true})
+	c := dialRelay(t, handUpstream(t, func(fr *http2.Framer, h *http2.MetaHeadersFrame) {
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: head("103"), EndHeaders: true})
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: head("200"), EndHeaders: true, EndStream: true})
 	}))
 	c.headers(1, true)
 	for _, status := range []string{"103", "200"} {
@@ -454,4 +458,115 @@ func TestRelayDropsConnectionSpecificResponseFields(t *testing.T) {
 			t.Errorf("head %s: %v, want %v", status, h.Fields, want)
 		}
 	}
+}
+
+// block encodes fields as one header block.
+func block(fields ...hpack.HeaderField) []byte {
+	var b bytes.Buffer
+	e := hpack.NewEncoder(&b)
+	for _, f := range fields {
+		_ = e.WriteField(f)
+	}
+	return b.Bytes()
+}
+
+// later is a Handler whose streams open, on a goroutine of their own,
+// once release is closed.
+type later struct {
+	to
+	release chan struct{}
+}
+
+func (h later) Open(req *Request) (*Target, error) {
+	if req.Inline {
+		return nil, ErrWouldBlock
+	}
+	<-h.release
+	return h.to.Open(req)
+}
+
+// Trailers the relay keeps (a client's, before its stream's upstream leg
+// opens; an upstream's, behind data the client's window holds back) are
+// sent as they came, though the header blocks read after them reuse the
+// connection's field buffer.
+func TestRelayKeepsTrailersPastTheNextHeaderBlock(t *testing.T) {
+	t.Run("request", func(t *testing.T) {
+		trailers := make(chan []hpack.HeaderField, 4)
+		heads := map[uint32]bool{} // the upstream's streams that have had their head
+		r := handUpstream(t, func(fr *http2.Framer, h *http2.MetaHeadersFrame) {
+			if heads[h.StreamID] {
+				trailers <- append([]hpack.HeaderField(nil), h.Fields...)
+			}
+			heads[h.StreamID] = true
+			if h.StreamEnded() {
+				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, EndHeaders: true, EndStream: true,
+					BlockFragment: block(hpack.HeaderField{Name: ":status", Value: "200"})})
+			}
+		})
+		release := make(chan struct{})
+		r.Handler = later{r.Handler.(to), release}
+		c := dialRelay(t, r)
+		c.headers(1, false)
+		c.hb.Reset()
+		_ = c.enc.WriteField(hpack.HeaderField{Name: "x-t", Value: "one"})
+		if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: c.hb.Bytes(), EndHeaders: true, EndStream: true}); err != nil {
+			t.Fatal(err)
+		}
+		c.headers(3, true) // decoded while stream 1's trailers wait
+		close(release)
+		for answered := 0; answered < 2; {
+			if h, ok := c.next(func(http2.Frame) bool { return true }).(*http2.MetaHeadersFrame); ok && h.StreamEnded() {
+				answered++
+			}
+		}
+		want := []hpack.HeaderField{{Name: "x-t", Value: "one"}}
+		select {
+		case got := <-trailers:
+			if !reflect.DeepEqual(got, want) || len(trailers) != 0 {
+				t.Errorf("the upstream got trailers %v (and %d more), want %v", got, len(trailers), want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("the upstream got no trailers, want %v", want)
+		}
+	})
+	t.Run("response", func(t *testing.T) {
+		c := dialRelay(t, handUpstream(t, func(fr *http2.Framer, h *http2.MetaHeadersFrame) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, EndHeaders: true,
+				BlockFragment: block(hpack.HeaderField{Name: ":status", Value: "200"})})
+			_ = fr.WriteData(h.StreamID, false, []byte("hello"))
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, EndHeaders: true, EndStream: true,
+				BlockFragment: block(hpack.HeaderField{Name: "x-t", Value: fmt.Sprint(h.StreamID)})})
+		}))
+		if err := c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1}); err != nil {
+			t.Fatal(err)
+		}
+		c.headers(1, true)
+		c.headers(3, true)
+		for heads := 0; heads < 2; {
+			if h, ok := c.next(func(http2.Frame) bool { return true }).(*http2.MetaHeadersFrame); ok && h.PseudoValue("status") == "200" {
+				heads++
+			}
+		}
+		for _, id := range []uint32{1, 3} {
+			_ = c.fr.WriteWindowUpdate(id, 100)
+		}
+		c.flush()
+		got := map[uint32][]hpack.HeaderField{}
+		for len(got) < 2 {
+			if h, ok := c.next(func(http2.Frame) bool { return true }).(*http2.MetaHeadersFrame); ok && h.StreamEnded() {
+				got[h.StreamID] = append([]hpack.HeaderField(nil), h.Fields...)
+			}
+		}
+		values := map[string]bool{}
+		for id, fields := range got {
+			if len(fields) != 1 || fields[0].Name != "x-t" {
+				t.Errorf("stream %d: trailers %v, want x-t alone", id, fields)
+				continue
+			}
+			values[fields[0].Value] = true
+		}
+		if !values["1"] || !values["3"] {
+			t.Errorf("trailers %v, want x-t 1 on one stream and 3 on the other", got)
+		}
+	})
 }

@@ -63,7 +63,8 @@ type waitingRetry struct {
 // credited to the upstream until they leave to the client.
 type heldResponse struct {
 	code   int
-	fields []hpack.HeaderField
+	status string              // its :status, as the upstream sent it
+	fields []hpack.HeaderField // the upstream's other fields (a copy)
 	header http.Header
 	size   int64 // its content-length
 	limit  int   // the most body bytes held
@@ -83,7 +84,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		}
 		h.recvEnd = true
 		c.mu.Unlock()
-		h.s.requestTrailers(slices.Clone(f.RegularFields()), fl) // kept past the next frame
+		h.s.requestTrailers(f.RegularFields(), fl)
 		c.settle(h)
 		return nil
 	}
@@ -449,7 +450,7 @@ func (s *stream) requestTrailers(fields []hpack.HeaderField, fl *flusher) {
 	s.keep, s.replay = false, nil // trailers are not replayed
 	b := s.up
 	if b == nil {
-		s.preTrailer, s.preEnd = fields, true
+		s.preTrailer, s.preEnd = slices.Clone(fields), true // kept past the frame they came in
 		s.mu.Unlock()
 		return
 	}
@@ -565,7 +566,7 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		s.held = nil
 		s.mu.Unlock()
 		if s.decideHeld(b, h, false, fl) {
-			a.c.sendTrailers(a, slices.Clone(f.RegularFields()), fl) // may wait behind data
+			a.c.sendTrailers(a, f.RegularFields(), fl)
 		}
 		return
 	}
@@ -582,7 +583,7 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		if ts != nil {
 			ts.end(headerOf(f.RegularFields()))
 		}
-		a.c.sendTrailers(a, slices.Clone(f.RegularFields()), fl) // may wait behind data
+		a.c.sendTrailers(a, f.RegularFields(), fl)
 		return
 	}
 	status := f.PseudoValue("status")
@@ -603,7 +604,7 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		n, err := strconv.ParseInt(header.Get("Content-Length"), 10, 64)
 		sized := err == nil && n > 0
 		if !end && t.PeekBytes > 0 && sized && n <= int64(t.PeekBytes) {
-			s.held = &heldResponse{code: code, fields: responseFields(status, f.RegularFields()), header: header, size: n, limit: t.PeekBytes}
+			s.held = &heldResponse{code: code, status: status, fields: slices.Clone(f.RegularFields()), header: header, size: n, limit: t.PeekBytes}
 			s.mu.Unlock()
 			return
 		}
@@ -618,7 +619,7 @@ func (s *stream) responseHead(b *half, f *http2.MetaHeadersFrame, end bool, fl *
 		// reads the body): the response, if small and sized, is held like
 		// a peeked one, so that the retry can wait for the body's end.
 		if limit := s.r.maxReplay(); retry && b == s.up && !s.retried && s.keep && !s.finished && (end || sized && n <= int64(limit)) {
-			h := &heldResponse{code: code, fields: responseFields(status, f.RegularFields()), header: header, size: n, limit: limit, retry: true}
+			h := &heldResponse{code: code, status: status, fields: slices.Clone(f.RegularFields()), header: header, size: n, limit: limit, retry: true}
 			if !end {
 				s.held = h
 				s.mu.Unlock()
@@ -698,7 +699,7 @@ func (s *stream) sendHeld(b *half, h *heldResponse, end bool, fl *flusher) bool 
 	s.answered, s.status = true, h.code
 	s.keep, s.replay, s.pre = false, nil, nil
 	s.mu.Unlock()
-	a.c.sendHead(a, "", h.fields, false, fl)
+	a.c.sendHead(a, h.status, h.fields, false, fl)
 	a.c.send(a, h.body, end, fl) // credited to b as it leaves, as any response data
 	return true
 }
@@ -711,17 +712,6 @@ func (s *stream) retryLeg(t *Target) {
 		return
 	}
 	s.startLeg(t2, true)
-}
-
-func responseFields(status string, regular []hpack.HeaderField) []hpack.HeaderField {
-	out := make([]hpack.HeaderField, 0, 1+len(regular))
-	out = append(out, hpack.HeaderField{Name: ":status", Value: status})
-	for _, hf := range regular {
-		if !hopByHop(hf.Name) {
-			out = append(out, hf)
-		}
-	}
-	return out
 }
 
 func headerOf(fields []hpack.HeaderField) http.Header {
