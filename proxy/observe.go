@@ -30,6 +30,7 @@ type done struct {
 	route              *routeRT // nil when none matched
 	method, host       string
 	url                *url.URL // path and query keys are logged, never query values
+	rawPath            string   // an HTTP/2 stream's :path, parsed into url only if the request is logged
 	status             int      // 0: an HTTP/2 stream reset before any answer
 	took               time.Duration
 	in, out            int64  // body bytes from the client, and to it
@@ -49,6 +50,9 @@ func (c *core) finished(d done) {
 		return
 	}
 	path, keys := "", ""
+	if d.url == nil && d.rawPath != "" {
+		d.url, _ = url.ParseRequestURI(d.rawPath)
+	}
 	if d.url != nil {
 		path = d.url.EscapedPath()
 		if q, err := url.ParseQuery(d.url.RawQuery); err == nil && len(q) > 0 {
@@ -217,10 +221,7 @@ func (c *core) observeRelay(listener string, r *h2relay.Relay) {
 	}
 	r.OnStreamEnd = func(req *h2relay.Request, t *h2relay.Target, end h2relay.StreamEnd) {
 		d := done{listener: listener, protocol: "h2", method: req.Method, host: req.Authority,
-			status: end.Status, took: time.Since(end.Began), in: end.In, out: end.Out}
-		if u, err := url.ParseRequestURI(req.Path); err == nil {
-			d.url = u
-		}
+			status: end.Status, took: time.Since(end.Began), in: end.In, out: end.Out, rawPath: req.Path}
 		if mt, ok := req.Data.(*matched); ok {
 			d.reason = mt.reason
 			if mt.x != nil {
