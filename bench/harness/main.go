@@ -68,6 +68,9 @@ type contender struct {
 	// floor marks the bare TCP relay: a reference for what the hops
 	// alone cost, left out of the memory table.
 	floor bool
+	// only limits the contender to the scenario with this key ("": every
+	// scenario it has a target for).
+	only string
 }
 
 func (c contender) process() string {
@@ -106,10 +109,11 @@ func main() {
 	upstreamBin := bin("upstream", "./bench/upstream")
 	loadBin = bin("load", "./bench/load")
 	relayBin := bin("tcprelay", "./bench/tcprelay")
+	gomitmBin := bin("gomitm", "./bench/gomitm")
 	caFile := filepath.Join(dir, "upstream-ca.pem")
-	for _, port := range []int{18080, 18443, 18444, 18445, 18446, 18150, 18151, 18152, 18160, 18161, 18162, 18103, 18123, 18153, 18163, 18173, 18183, 18170, 18171, 18172, 18180, 18181, 18182, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18190, 18191, 18192, 18300} {
+	for _, port := range []int{18080, 18443, 18444, 18445, 18446, 18150, 18151, 18152, 18160, 18161, 18162, 18103, 18123, 18153, 18163, 18173, 18183, 18170, 18171, 18172, 18180, 18181, 18182, 18100, 18101, 18102, 18120, 18121, 18122, 18210, 18211, 18220, 18221, 18190, 18191, 18192, 18193, 18194, 18300} {
 		if listening(fmt.Sprintf("127.0.0.1:%d", port)) {
-			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18446, 18100-18103, 18120-18123, 18150-18153, 18160-18163, 18170-18173, 18180-18183, 18190-18192, 18210-18221, 18300", port)
+			die("127.0.0.1:%d is already in use (a previous run still alive?); the harness needs ports 18080, 18443-18446, 18100-18103, 18120-18123, 18150-18153, 18160-18163, 18170-18173, 18180-18183, 18190-18194, 18210-18221, 18300", port)
 		}
 	}
 	odilSession := filepath.Join(dir, "odil-session")
@@ -209,6 +213,19 @@ func main() {
 		pids:     func() []int { return []int{relayPID} },
 		proxyURL: "http://127.0.0.1:18192", proxyCA: caFile,
 		grpcGo: "127.0.0.1:18191", grpcGoArgs: []string{"-ca", caFile, "-authorization", "Bearer bench-token"}})
+	// The reference for interception: Go's standard library alone
+	// (net/http's server, ReverseProxy, http.Transport, crypto/tls), on
+	// HTTP/1.1 through CONNECT only.
+	for i, procs := range []string{"1", "2"} {
+		addr := fmt.Sprintf("127.0.0.1:%d", 18193+i)
+		caOut := filepath.Join(dir, "gomitm-ca-"+procs+".pem")
+		p := start(dir, "gomitm-"+procs, []string{"GOMAXPROCS=" + procs}, gomitmBin, "-listen", addr, "-ca-out", caOut, "-upstream-ca", caFile)
+		atExit(func() { stop(p) })
+		waitPort(addr)
+		pid := p.Process.Pid
+		forwards = append(forwards, contender{name: "Go net/http interception (reference)", procs: procs, only: "fwd-h1",
+			pids: func() []int { return []int{pid} }, proxyURL: "http://" + addr, proxyCA: caOut})
+	}
 	contenders = append(contenders, forwards...)
 	contenders = append(contenders, startMitmproxy(dir, caFile))
 
@@ -218,6 +235,7 @@ func main() {
 		run     func(c contender) result
 		applies func(c contender) bool
 	}
+	runs := func(s scenario, c contender) bool { return (c.only == "" || c.only == s.key) && s.applies(c) }
 	isDirect := func(c contender) bool { return c.procs == "" }
 	hasH1 := func(c contender) bool { return c.h1 != "" }
 	hasH2 := func(c contender) bool { return c.h2 != "" }
@@ -271,7 +289,7 @@ func main() {
 				slices.Reverse(order) // alternate the order between rounds
 			}
 			for _, c := range order {
-				if !s.applies(c) {
+				if !runs(s, c) {
 					continue
 				}
 				key := c.name + "|" + c.procs
@@ -292,7 +310,7 @@ func main() {
 		fmt.Fprintf(&b, "### %s\n\n| contender | procs | req/s | p50 ms | p99 ms | proxy CPU µs/req | req/s vs direct |\n|---|---|---|---|---|---|---|\n", s.title)
 		direct := median(results[s.title]["direct (TLS)|"], func(r result) float64 { return r.rps })
 		for _, c := range contenders {
-			if !s.applies(c) {
+			if !runs(s, c) {
 				continue
 			}
 			rs := results[s.title][c.name+"|"+c.procs]

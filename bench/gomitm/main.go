@@ -1,0 +1,192 @@
+// Command gomitm is the benchmark harness's reference for TLS interception
+// with Go's standard library alone: the textbook intercepting proxy. It
+// answers a CONNECT to a loopback address with 200, does the TLS handshake
+// as the target with a leaf its own CA signs, and serves the connection
+// with net/http's HTTP/1.1 server and httputil.ReverseProxy over
+// http.Transport's keep-alive pool, setting Authorization on every request.
+// It has no routes, limits, stripping, metrics or logs: what it costs per
+// request is what net/http and crypto/tls cost on the machine, so its rows
+// show how far a proxy built on them can go. It offers only http/1.1.
+//
+//	gomitm -listen 127.0.0.1:18193 -ca-out /tmp/gomitm-ca.pem -upstream-ca /tmp/upstream-ca.pem
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"flag"
+	"log"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"os"
+	"sync"
+	"time"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:18193", "ADDR: the forward proxy's address")
+	caOut := flag.String("ca-out", "", "FILE: where to write the PEM of the CA that signs the interception leaves (required)")
+	upstreamCA := flag.String("upstream-ca", "", "FILE: PEM of the CA the upstreams' certificates chain to (required)")
+	authorization := flag.String("authorization", "Bearer bench-token", "the Authorization set on every request")
+	flag.Parse()
+	log.SetFlags(0)
+	if *caOut == "" || *upstreamCA == "" {
+		log.Fatal("gomitm: -ca-out and -upstream-ca are required")
+	}
+	pemBytes, err := os.ReadFile(*upstreamCA)
+	if err != nil {
+		log.Fatalf("gomitm: %v", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pemBytes) {
+		log.Fatalf("gomitm: no certificate in %s", *upstreamCA)
+	}
+	m, err := newMinter()
+	if err != nil {
+		log.Fatalf("gomitm: %v", err)
+	}
+	if err := os.WriteFile(*caOut, m.caPEM, 0o644); err != nil {
+		log.Fatalf("gomitm: %v", err)
+	}
+	tr := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: roots},
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	p := &proxy{mint: m, conns: make(chan net.Conn)}
+	p.rp = &httputil.ReverseProxy{
+		Transport: tr,
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "https"
+			pr.Out.URL.Host = pr.In.Host
+			pr.Out.Header.Set("Authorization", *authorization)
+		},
+	}
+	// Intercepted connections are served by one http.Server through a
+	// listener they are handed to.
+	go func() {
+		srv := &http.Server{Handler: p.rp, ReadHeaderTimeout: 10 * time.Second}
+		log.Fatal(srv.Serve(chanListener(p.conns)))
+	}()
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatalf("gomitm: %v", err)
+	}
+	log.Fatal(http.Serve(ln, p))
+}
+
+type proxy struct {
+	mint  *minter
+	rp    *httputil.ReverseProxy
+	conns chan net.Conn
+}
+
+// ServeHTTP answers CONNECT to loopback targets and refuses the rest.
+func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	host, _, err := net.SplitHostPort(r.Host)
+	if ip := net.ParseIP(host); r.Method != http.MethodConnect || err != nil || ip == nil || !ip.IsLoopback() {
+		http.Error(w, "only CONNECT to a loopback address", http.StatusForbidden)
+		return
+	}
+	c, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	if _, err := c.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		c.Close()
+		return
+	}
+	cert, err := p.mint.leaf(host)
+	if err != nil {
+		c.Close()
+		return
+	}
+	tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"http/1.1"}})
+	if err := tc.Handshake(); err != nil {
+		c.Close()
+		return
+	}
+	p.conns <- tc
+}
+
+// chanListener accepts the connections sent on it.
+type chanListener chan net.Conn
+
+func (l chanListener) Accept() (net.Conn, error) { return <-l, nil }
+func (l chanListener) Close() error              { return nil }
+func (l chanListener) Addr() net.Addr            { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// minter signs a leaf per host (ECDSA P-256, as authproxy's CA does) and
+// keeps it.
+type minter struct {
+	caPEM  []byte
+	caCert *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+	mu     sync.Mutex
+	leaves map[string]*tls.Certificate
+}
+
+func newMinter() (*minter, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "gomitm bench CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &minter{caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		caCert: cert, caKey: key, leaves: map[string]*tls.Certificate{}}, nil
+}
+
+func (m *minter) leaf(host string) (*tls.Certificate, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c := m.leaves[host]; c != nil {
+		return c, nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: host},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		tmpl.IPAddresses = []net.IP{ip}
+	} else {
+		tmpl.DNSNames = []string{host}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, m.caCert, &key.PublicKey, m.caKey)
+	if err != nil {
+		return nil, err
+	}
+	c := &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	m.leaves[host] = c
+	return c, nil
+}
