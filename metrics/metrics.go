@@ -51,6 +51,26 @@ type Metrics struct {
 
 	sessMu   sync.Mutex
 	sessions map[string]injectors.Reporter // by injector
+
+	// The series of the calls made for every request, resolved once per
+	// set of labels: a vector's lookup validates and hashes each label
+	// value and takes a lock. The sets are as many as the series.
+	requestSeries   sync.Map // requestKey → *requestSeries
+	injectionSeries sync.Map // injectionKey → prometheus.Counter
+}
+
+type requestKey struct {
+	listener, route, protocol string
+	class                     int // status / 100; 0: reset
+}
+
+type requestSeries struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+type injectionKey struct {
+	injector, outcome string
 }
 
 // New builds the registry, with Go's and the process's collectors and
@@ -229,12 +249,24 @@ func (m *Metrics) Request(listener, route, protocol string, status int, d time.D
 	if m == nil {
 		return
 	}
-	class := "reset"
+	k := requestKey{listener: listener, route: route, protocol: protocol}
 	if status > 0 {
-		class = strconv.Itoa(status/100) + "xx"
+		k.class = status / 100
 	}
-	m.requests.WithLabelValues(listener, route, protocol, class).Inc()
-	m.duration.WithLabelValues(listener, protocol).Observe(d.Seconds())
+	v, ok := m.requestSeries.Load(k)
+	if !ok {
+		class := "reset"
+		if k.class > 0 {
+			class = strconv.Itoa(k.class) + "xx"
+		}
+		v, _ = m.requestSeries.LoadOrStore(k, &requestSeries{
+			requests: m.requests.WithLabelValues(listener, route, protocol, class),
+			duration: m.duration.WithLabelValues(listener, protocol),
+		})
+	}
+	s := v.(*requestSeries)
+	s.requests.Inc()
+	s.duration.Observe(d.Seconds())
 }
 
 // UpstreamFailure records a request the upstream failed, and why (a word
@@ -274,7 +306,12 @@ func (m *Metrics) Injection(injector string, err error) {
 	if m == nil {
 		return
 	}
-	m.injections.WithLabelValues(injector, Outcome(err)).Inc()
+	k := injectionKey{injector: injector, outcome: Outcome(err)}
+	v, ok := m.injectionSeries.Load(k)
+	if !ok {
+		v, _ = m.injectionSeries.LoadOrStore(k, m.injections.WithLabelValues(k.injector, k.outcome))
+	}
+	v.(prometheus.Counter).Inc()
 }
 
 // Outcome names an injector's or issuer's result.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -74,4 +75,71 @@ func TestReasonsAndOutcomes(t *testing.T) {
 	m.Reload(nil)
 	m.WatchCache(nil)
 	m.WatchSessions("i", nil)
+}
+
+// Requests and injections are counted under their own labels, each status
+// class and outcome apart, whether their series was resolved before or
+// not, and from many goroutines at once.
+func TestRequestAndInjectionSeries(t *testing.T) {
+	m := New("test")
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				m.Request("sidecar", "api", "h2", 200, time.Millisecond)
+				m.Request("sidecar", "api", "h2", 204, time.Millisecond)
+				m.Request("sidecar", "api", "http/1.1", 503, time.Millisecond)
+				m.Request("fwd", "api", "h2", 0, time.Millisecond)
+				m.Injection("static", nil)
+				m.Injection("static", injectors.ErrCredentialRejected)
+			}
+		}()
+	}
+	wg.Wait()
+	fams, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		for _, mt := range f.GetMetric() {
+			key := f.GetName()
+			for _, l := range mt.GetLabel() {
+				key += " " + l.GetName() + "=" + l.GetValue()
+			}
+			switch {
+			case mt.GetCounter() != nil:
+				got[key] = mt.GetCounter().GetValue()
+			case mt.GetHistogram() != nil:
+				got[key] = float64(mt.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	for key, want := range map[string]float64{
+		"authproxy_requests_total listener=sidecar protocol=h2 route=api status_class=2xx":       400,
+		"authproxy_requests_total listener=sidecar protocol=http/1.1 route=api status_class=5xx": 200,
+		"authproxy_requests_total listener=fwd protocol=h2 route=api status_class=reset":         200,
+		"authproxy_request_duration_seconds listener=sidecar protocol=h2":                        400,
+		"authproxy_request_duration_seconds listener=sidecar protocol=http/1.1":                  200,
+		"authproxy_request_duration_seconds listener=fwd protocol=h2":                            200,
+		"authproxy_injections_total injector=static outcome=ok":                                  200,
+		"authproxy_injections_total injector=static outcome=rejected":                            200,
+	} {
+		if got[key] != want {
+			t.Errorf("%s = %v, want %v", key, got[key], want)
+		}
+	}
+}
+
+// The per-request calls on the data plane's hot path: a request answered
+// and an injection.
+func BenchmarkRequestAndInjection(b *testing.B) {
+	m := New("test")
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		m.Request("sidecar", "api", "h2", 200, time.Millisecond)
+		m.Injection("static", nil)
+	}
 }
