@@ -6,28 +6,25 @@
 // http.Transport's keep-alive pool, setting Authorization on every request.
 // It has no routes, limits, stripping, metrics or logs: what it costs per
 // request is what net/http and crypto/tls cost on the machine, so its rows
-// show how far a proxy built on them can go. It offers only http/1.1.
+// show how far a proxy built on them can go. It offers only http/1.1. Its
+// CA and leaves come from authproxy's package ca (set-up only: a leaf is
+// minted once per host).
 //
 //	gomitm -listen 127.0.0.1:18193 -ca-out /tmp/gomitm-ca.pem -upstream-ca /tmp/upstream-ca.pem
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"flag"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"os"
-	"sync"
 	"time"
+
+	"github.com/authproxy/authproxy/ca"
 )
 
 func main() {
@@ -48,11 +45,15 @@ func main() {
 	if !roots.AppendCertsFromPEM(pemBytes) {
 		log.Fatalf("gomitm: no certificate in %s", *upstreamCA)
 	}
-	m, err := newMinter()
+	certPEM, keyPEM, err := ca.NewCAPEM("gomitm bench CA", time.Now(), 24*time.Hour)
 	if err != nil {
 		log.Fatalf("gomitm: %v", err)
 	}
-	if err := os.WriteFile(*caOut, m.caPEM, 0o644); err != nil {
+	m, err := ca.Parse(certPEM, keyPEM, ca.Options{})
+	if err != nil {
+		log.Fatalf("gomitm: %v", err)
+	}
+	if err := os.WriteFile(*caOut, certPEM, 0o644); err != nil {
 		log.Fatalf("gomitm: %v", err)
 	}
 	tr := &http.Transport{
@@ -83,7 +84,7 @@ func main() {
 }
 
 type proxy struct {
-	mint  *minter
+	mint  *ca.CA
 	rp    *httputil.ReverseProxy
 	conns chan net.Conn
 }
@@ -103,7 +104,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.Close()
 		return
 	}
-	cert, err := p.mint.leaf(host)
+	cert, err := p.mint.Leaf(host)
 	if err != nil {
 		c.Close()
 		return
@@ -122,71 +123,3 @@ type chanListener chan net.Conn
 func (l chanListener) Accept() (net.Conn, error) { return <-l, nil }
 func (l chanListener) Close() error              { return nil }
 func (l chanListener) Addr() net.Addr            { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
-
-// minter signs a leaf per host (ECDSA P-256, as authproxy's CA does) and
-// keeps it.
-type minter struct {
-	caPEM  []byte
-	caCert *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-	mu     sync.Mutex
-	leaves map[string]*tls.Certificate
-}
-
-func newMinter() (*minter, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "gomitm bench CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	return &minter{caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		caCert: cert, caKey: key, leaves: map[string]*tls.Certificate{}}, nil
-}
-
-func (m *minter) leaf(host string) (*tls.Certificate, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if c := m.leaves[host]; c != nil {
-		return c, nil
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: host},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	if ip := net.ParseIP(host); ip != nil {
-		tmpl.IPAddresses = []net.IP{ip}
-	} else {
-		tmpl.DNSNames = []string{host}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, m.caCert, &key.PublicKey, m.caKey)
-	if err != nil {
-		return nil, err
-	}
-	c := &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-	m.leaves[host] = c
-	return c, nil
-}
