@@ -2,13 +2,14 @@
 // with Go's standard library alone: the textbook intercepting proxy. It
 // answers a CONNECT to a loopback address with 200, does the TLS handshake
 // as the target with a leaf its own CA signs, and serves the connection
-// with net/http's HTTP/1.1 server and httputil.ReverseProxy over
-// http.Transport's keep-alive pool, setting Authorization on every request.
-// It has no routes, limits, stripping, metrics or logs: what it costs per
-// request is what net/http and crypto/tls cost on the machine, so its rows
-// show how far a proxy built on them can go. It offers only http/1.1. Its
-// CA and leaves come from authproxy's package ca (set-up only: a leaf is
-// minted once per host).
+// with net/http's server (HTTP/1.1, or HTTP/2 for a client that offers h2)
+// and httputil.ReverseProxy over http.Transport's keep-alive pool of
+// HTTP/1.1 connections (a Transport with a TLS config of its own does not
+// attempt HTTP/2), setting Authorization on every request. It has no
+// routes, limits, stripping, metrics or logs: what it costs per request is
+// what net/http and crypto/tls cost on the machine, so its rows show how
+// far a proxy built on them can go. Its CA and leaves come from
+// authproxy's package ca (set-up only: a leaf is minted once per host).
 //
 //	gomitm -listen 127.0.0.1:18193 -ca-out /tmp/gomitm-ca.pem -upstream-ca /tmp/upstream-ca.pem
 package main
@@ -109,7 +110,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.Close()
 		return
 	}
-	tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"http/1.1"}})
+	tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2", "http/1.1"}})
 	if err := tc.Handshake(); err != nil {
 		c.Close()
 		return

@@ -68,9 +68,9 @@ type contender struct {
 	// floor marks the bare TCP relay: a reference for what the hops
 	// alone cost, left out of the memory table.
 	floor bool
-	// only limits the contender to the scenario with this key ("": every
-	// scenario it has a target for).
-	only string
+	// only limits the contender to the scenarios with these keys (none:
+	// every scenario it has a target for).
+	only []string
 }
 
 func (c contender) process() string {
@@ -214,8 +214,8 @@ func main() {
 		proxyURL: "http://127.0.0.1:18192", proxyCA: caFile,
 		grpcGo: "127.0.0.1:18191", grpcGoArgs: []string{"-ca", caFile, "-authorization", "Bearer bench-token"}})
 	// The reference for interception: Go's standard library alone
-	// (net/http's server, ReverseProxy, http.Transport, crypto/tls), on
-	// HTTP/1.1 through CONNECT only.
+	// (net/http's server, ReverseProxy, http.Transport, crypto/tls),
+	// through CONNECT only.
 	for i, procs := range []string{"1", "2"} {
 		addr := fmt.Sprintf("127.0.0.1:%d", 18193+i)
 		caOut := filepath.Join(dir, "gomitm-ca-"+procs+".pem")
@@ -223,7 +223,7 @@ func main() {
 		atExit(func() { stop(p) })
 		waitPort(addr)
 		pid := p.Process.Pid
-		forwards = append(forwards, contender{name: "Go net/http interception (reference)", procs: procs, only: "fwd-h1",
+		forwards = append(forwards, contender{name: "Go net/http interception (reference)", procs: procs, only: []string{"fwd-h1", "fwd-h2"},
 			pids: func() []int { return []int{pid} }, proxyURL: "http://" + addr, proxyCA: caOut})
 	}
 	contenders = append(contenders, forwards...)
@@ -235,7 +235,7 @@ func main() {
 		run     func(c contender) result
 		applies func(c contender) bool
 	}
-	runs := func(s scenario, c contender) bool { return (c.only == "" || c.only == s.key) && s.applies(c) }
+	runs := func(s scenario, c contender) bool { return (len(c.only) == 0 || slices.Contains(c.only, s.key)) && s.applies(c) }
 	isDirect := func(c contender) bool { return c.procs == "" }
 	hasH1 := func(c contender) bool { return c.h1 != "" }
 	hasH2 := func(c contender) bool { return c.h2 != "" }
