@@ -235,7 +235,9 @@ func main() {
 		run     func(c contender) result
 		applies func(c contender) bool
 	}
-	runs := func(s scenario, c contender) bool { return (len(c.only) == 0 || slices.Contains(c.only, s.key)) && s.applies(c) }
+	runs := func(s scenario, c contender) bool {
+		return (len(c.only) == 0 || slices.Contains(c.only, s.key)) && s.applies(c)
+	}
 	isDirect := func(c contender) bool { return c.procs == "" }
 	hasH1 := func(c contender) bool { return c.h1 != "" }
 	hasH2 := func(c contender) bool { return c.h2 != "" }
