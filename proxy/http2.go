@@ -243,7 +243,16 @@ func (c *core) bridge(scheme, addr string) http.Handler {
 		},
 		Transport:     c.up.H1,
 		FlushInterval: -1,
-		BufferPool:    bufferPool{},
+		// A Content-Length on a 204 (which RFC 9110 §8.6 forbids) is
+		// dropped, as net/http's HTTP/1.1 server drops it: over HTTP/2 a
+		// client would wait for the body it announces.
+		ModifyResponse: func(resp *http.Response) error {
+			if resp.StatusCode == http.StatusNoContent {
+				resp.Header.Del("Content-Length")
+			}
+			return nil
+		},
+		BufferPool: bufferPool{},
 		ErrorHandler: func(_ http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() == nil {
 				c.log.Warn("HTTP/1.1 upstream failed", "upstream", addr, "method", r.Method, "path", r.URL.Path, "err", err)

@@ -3,6 +3,7 @@ package transport
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -11,6 +12,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/authproxy/authproxy/internal/netwait"
 )
 
 // h1Fast sends bodiless GET, HEAD and OPTIONS requests over HTTP/1.1
@@ -32,10 +35,14 @@ type h1Fast struct {
 type fastConn struct {
 	key    string
 	conn   net.Conn
+	raw    *netwait.Conn   // the socket, under TLS for https
+	tls    *tls.Conn       // nil for http
+	rec    *recordConn     // follows TLS record framing under tls; nil for http
 	rc     *countingReader // counts the bytes of the current answer
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time
+	probe  [1]byte
 }
 
 func (t *h1Fast) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -135,7 +142,11 @@ func (t *h1Fast) send(fc *fastConn, req *http.Request) (*http.Response, error) {
 		fc.conn.SetReadDeadline(time.Now().Add(d))
 	}
 	var resp *http.Response
+	framingOK := true
 	for {
+		// What ReadResponse drops (a Content-Length that chunked coding
+		// overrides) is looked at first, in the bytes already buffered.
+		head := peekHead(fc.br)
 		var err error
 		resp, err = http.ReadResponse(fc.br, req)
 		if err != nil {
@@ -145,6 +156,7 @@ func (t *h1Fast) send(fc *fastConn, req *http.Request) (*http.Response, error) {
 			}
 			return nil, err
 		}
+		framingOK = framingOK && head.reusable(resp)
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
@@ -154,7 +166,7 @@ func (t *h1Fast) send(fc *fastConn, req *http.Request) (*http.Response, error) {
 	if t.fallback.ResponseHeaderTimeout > 0 {
 		fc.conn.SetReadDeadline(time.Time{})
 	}
-	reusable := !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols
+	reusable := !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols && framingOK
 	resp.Body = &fastBody{ReadCloser: resp.Body, t: t, fc: fc, stop: stop, reusable: reusable, eof: resp.Body == http.NoBody}
 	return resp, nil
 }
@@ -192,7 +204,7 @@ func (b *fastBody) Close() error {
 		b.fc.conn.Close()
 		return err
 	}
-	if b.eof && b.reusable {
+	if b.eof && b.reusable && b.fc.clean() {
 		b.t.put(b.fc)
 	} else {
 		b.fc.conn.Close()
@@ -209,7 +221,7 @@ func (t *h1Fast) get(key string) (*fastConn, bool) {
 	for len(conns) > 0 {
 		fc := conns[len(conns)-1]
 		conns = conns[:len(conns)-1]
-		if time.Since(fc.idleAt) > t.fallback.IdleConnTimeout {
+		if time.Since(fc.idleAt) > t.fallback.IdleConnTimeout || !fc.quiet() {
 			fc.conn.Close()
 			continue
 		}
@@ -290,13 +302,18 @@ func (t *h1Fast) dialConn(ctx context.Context, u *url.URL, addr, key string) (*f
 	if err != nil {
 		return nil, err
 	}
+	fc := &fastConn{key: key, raw: netwait.Wrap(conn, nil)}
+	fc.conn = fc.raw
 	if u.Scheme == "https" {
-		if conn, err = clientTLS(ctx, conn, t.fallback, u.Hostname(), "http/1.1"); err != nil {
+		fc.rec = &recordConn{Conn: fc.raw}
+		if fc.tls, err = clientTLS(ctx, fc.rec, t.fallback, u.Hostname(), "http/1.1"); err != nil {
 			return nil, err
 		}
+		fc.conn = fc.tls
 	}
-	rc := &countingReader{r: conn}
-	return &fastConn{key: key, conn: conn, rc: rc, br: bufio.NewReaderSize(rc, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}, nil
+	fc.rc = &countingReader{r: fc.conn}
+	fc.br, fc.bw = bufio.NewReaderSize(fc.rc, 4<<10), bufio.NewWriterSize(fc.conn, 4<<10)
+	return fc, nil
 }
 
 // CanonicalAddr is u's host:port, with the scheme's default port when u

@@ -3,6 +3,7 @@ package transport
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -79,8 +80,23 @@ func (s *connServer) waitClosed(t *testing.T, n int) {
 
 func newSet(t *testing.T, s *connServer, cfg config.Upstream) *Set {
 	t.Helper()
+	return newSetTrusting(t, s.Certificate(), cfg)
+}
+
+// newSetTrusting builds a Set from cfg whose roots are cert (nil: the
+// system's).
+func newSetTrusting(t testing.TB, cert *x509.Certificate, cfg config.Upstream) *Set {
+	t.Helper()
+	if cert == nil {
+		u, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(u.Close)
+		return u
+	}
 	ca := filepath.Join(t.TempDir(), "ca.pem")
-	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Certificate().Raw})
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 	if err := os.WriteFile(ca, pemBytes, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -86,3 +86,18 @@ func (c *Conn) Write(p []byte) (int, error) {
 	}
 	return c.r.writeAll(p)
 }
+
+// Waiting reports whether anything waits to be read on c without reading
+// it or waiting: bytes it was given first, bytes in the socket's receive
+// queue, or the peer's end of stream. known is false where c does not
+// expose its descriptor, and the caller cannot tell. Only the goroutine
+// that reads c may call Waiting.
+func (c *Conn) Waiting() (waiting, known bool) {
+	if len(c.prefix) > 0 {
+		return true, true
+	}
+	if c.r == nil {
+		return false, false
+	}
+	return c.r.waiting()
+}

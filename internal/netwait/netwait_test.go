@@ -365,3 +365,50 @@ func TestWrappingAConnAgainKeepsIt(t *testing.T) {
 		t.Fatalf("read %q, want %q", s, "prepost")
 	}
 }
+
+// Waiting tells an empty socket from one with bytes or an end of stream
+// queued, takes nothing from the queue, and cannot tell for a connection
+// without a descriptor.
+func TestWaitingLooksWithoutTaking(t *testing.T) {
+	a, b := pair(t)
+	c := Wrap(b, nil)
+	if w, known := c.Waiting(); w || !known {
+		t.Fatalf("empty socket: Waiting = %v, %v; want false, true", w, known)
+	}
+	if _, err := a.Write([]byte("xy")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for w, _ := c.Waiting(); !w; w, _ = c.Waiting() {
+		if time.Now().After(deadline) {
+			t.Fatal("two bytes written: Waiting never saw them")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if s := readString(t, c, 4); s != "xy" {
+		t.Fatalf("read %q after Waiting, want %q: the look took bytes", s, "xy")
+	}
+	if w, _ := c.Waiting(); w {
+		t.Fatal("after the bytes were read, Waiting still says bytes wait")
+	}
+	a.Close()
+	for w, _ := c.Waiting(); !w; w, _ = c.Waiting() {
+		if time.Now().After(deadline) {
+			t.Fatal("the peer closed: Waiting never saw the end of stream")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c.Close()
+	if w, known := c.Waiting(); !w || !known {
+		t.Fatalf("closed connection: Waiting = %v, %v; want true, true", w, known)
+	}
+	if w, known := Wrap(b, []byte("p")).Waiting(); !w || !known {
+		t.Fatalf("a prefix not yet read: Waiting = %v, %v; want true, true", w, known)
+	}
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	if _, known := Wrap(p1, nil).Waiting(); known {
+		t.Fatal("a pipe has no descriptor, yet Waiting claims to know")
+	}
+}

@@ -14,6 +14,10 @@ func (*rawFD) read([]byte, func()) (int, error) {
 	panic("netwait: no raw reads on this system")
 }
 
+func (*rawFD) waiting() (bool, bool) {
+	panic("netwait: no raw reads on this system")
+}
+
 func (*rawFD) writeAll([]byte) (int, error) {
 	panic("netwait: no raw writes on this system")
 }

@@ -33,6 +33,12 @@ type rawFD struct {
 	wp    []byte
 	wn    int
 	werr  error
+
+	// waiting's probe, under rmu.
+	peek    func(fd uintptr) bool
+	peekBuf [1]byte
+	peekN   int
+	peekErr error
 }
 
 func newRawFD(c net.Conn) *rawFD {
@@ -52,6 +58,14 @@ func newRawFD(c net.Conn) *rawFD {
 	r.wait = func(fd uintptr) bool { // until there is data: the poller waits
 		r.n, r.err = sysRead(fd, r.p)
 		return r.err != syscall.EAGAIN
+	}
+	r.peek = func(fd uintptr) bool { // a look at the receive queue, which never waits
+		for {
+			r.peekN, _, r.peekErr = syscall.Recvfrom(int(fd), r.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if r.peekErr != syscall.EINTR {
+				return true
+			}
+		}
 	}
 	r.write = func(fd uintptr) bool {
 		for r.wn < len(r.wp) {
@@ -98,6 +112,19 @@ func (r *rawFD) read(p []byte, hook func()) (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// waiting looks at the socket's receive queue without taking from it:
+// a byte there, the peer's end of stream (a read would return 0) and a
+// socket error all count as waiting, since each ends the connection's
+// use; only EAGAIN says the queue is empty.
+func (r *rawFD) waiting() (waiting, known bool) {
+	r.rmu.Lock()
+	defer r.rmu.Unlock()
+	if err := r.rc.Read(r.peek); err != nil { // closed
+		return true, true
+	}
+	return r.peekErr != syscall.EAGAIN, true
 }
 
 // writeAll writes p, waiting through the poller while the socket's buffer
