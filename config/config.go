@@ -724,15 +724,19 @@ func sidecarHostMatches(h route.Host, l *Listener, i int) error {
 }
 
 func parseUpstream(s string) (*url.URL, error) {
+	shown := RedactURL(s)
+	if HasUserInfo(s) {
+		return nil, fmt.Errorf("%q: an upstream takes no user info (a password there would be sent to it and shown in messages); give the credential to an injector", shown)
+	}
 	u, err := url.Parse(s)
 	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("%q is not an absolute URL such as https://api.example.com", s)
+		return nil, fmt.Errorf("%q is not an absolute URL such as https://api.example.com", shown)
 	}
 	if !slices.Contains([]string{"https", "http", "h2c"}, u.Scheme) {
-		return nil, fmt.Errorf("%q: scheme must be https, http or h2c", s)
+		return nil, fmt.Errorf("%q: scheme must be https, http or h2c", shown)
 	}
-	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return nil, fmt.Errorf("%q: an upstream takes no query, fragment or user info", s)
+	if u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("%q: an upstream takes no query or fragment", shown)
 	}
 	return u, nil
 }

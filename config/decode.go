@@ -140,12 +140,15 @@ func DecodeNode(n *yaml.Node, path string, v any) error {
 		panic("config.DecodeNode: v must be a non-nil pointer")
 	}
 	var errs []error
-	decodeValue(n, path, rv.Elem(), &errs)
+	decodeValue(n, path, rv.Elem(), false, &errs)
 	return errors.Join(errs...)
 }
 
-func decodeValue(n *yaml.Node, path string, v reflect.Value, errs *[]error) {
+// decodeValue decodes n into v. secret is set inside a secret's block,
+// where no message quotes a value the config holds.
+func decodeValue(n *yaml.Node, path string, v reflect.Value, secret bool, errs *[]error) {
 	add := func(format string, args ...any) { *errs = append(*errs, Errorf(path, format, args...)) }
+	secret = secret || holdsSecret(v.Type())
 	for n.Kind == yaml.DocumentNode || n.Kind == yaml.AliasNode {
 		if n.Kind == yaml.DocumentNode {
 			if len(n.Content) == 0 {
@@ -172,11 +175,17 @@ func decodeValue(n *yaml.Node, path string, v reflect.Value, errs *[]error) {
 	switch v.Kind() {
 	case reflect.Pointer:
 		elem := reflect.New(v.Type().Elem())
-		decodeValue(n, path, elem.Elem(), errs)
+		decodeValue(n, path, elem.Elem(), secret, errs)
 		v.Set(elem)
 	case reflect.Struct:
 		fields := structFields(v.Type())
 		if n.Kind != yaml.MappingNode {
+			if holdsSecret(v.Type()) {
+				// The most common first mistake: the secret itself where
+				// its source belongs. It must not be shown.
+				add("a secret is written as {value: ...}, {env: NAME} or {file: PATH} (keys: %s), not as %s; the value given is not shown", strings.Join(sortedKeys(fields), ", "), describeHidden(n))
+				return
+			}
 			add("expected a mapping with keys %s, got %s", strings.Join(sortedKeys(fields), ", "), describe(n))
 			return
 		}
@@ -194,7 +203,7 @@ func decodeValue(n *yaml.Node, path string, v reflect.Value, errs *[]error) {
 				*errs = append(*errs, Errorf(kpath, "unknown key (known: %s)", strings.Join(sortedKeys(fields), ", ")))
 				continue
 			}
-			decodeValue(n.Content[i+1], kpath, v.FieldByIndex(idx), errs)
+			decodeValue(n.Content[i+1], kpath, v.FieldByIndex(idx), secret, errs)
 		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
@@ -203,7 +212,7 @@ func decodeValue(n *yaml.Node, path string, v reflect.Value, errs *[]error) {
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, c := range n.Content {
-			decodeValue(c, Index(path, i), s.Index(i), errs)
+			decodeValue(c, Index(path, i), s.Index(i), secret, errs)
 		}
 		v.Set(s)
 	case reflect.Map:
@@ -223,16 +232,20 @@ func decodeValue(n *yaml.Node, path string, v reflect.Value, errs *[]error) {
 				continue
 			}
 			elem := reflect.New(v.Type().Elem()).Elem()
-			decodeValue(n.Content[i+1], kpath, elem, errs)
+			decodeValue(n.Content[i+1], kpath, elem, secret, errs)
 			m.SetMapIndex(reflect.ValueOf(key).Convert(v.Type().Key()), elem)
 		}
 		v.Set(m)
 	default:
 		if n.Kind != yaml.ScalarNode {
-			add("expected %s, got %s", kindName(v.Kind()), describe(n))
+			add("expected %s, got %s", kindName(v.Kind()), describeHidden(n))
 			return
 		}
 		if err := n.Decode(v.Addr().Interface()); err != nil {
+			if secret {
+				add("expected %s, got %s (not shown)", kindName(v.Kind()), describeHidden(n))
+				return
+			}
 			add("expected %s, got %q", kindName(v.Kind()), n.Value)
 		}
 	}
@@ -272,6 +285,37 @@ func sortedKeys(m map[string][]int) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// describeHidden names n's kind without its value.
+func describeHidden(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	default:
+		return "a plain value"
+	}
+}
+
+var secretSourceType = reflect.TypeFor[SecretSource]()
+
+// holdsSecret reports whether t is a SecretSource or a struct with one
+// inline (a static header: a secret and its prefix).
+func holdsSecret(t reflect.Type) bool {
+	if t == secretSourceType {
+		return true
+	}
+	if t.Kind() != reflect.Struct {
+		return false
+	}
+	for i := 0; i < t.NumField(); i++ {
+		if f := t.Field(i); f.Type == secretSourceType && strings.Contains(f.Tag.Get("yaml"), "inline") {
+			return true
+		}
+	}
+	return false
 }
 
 func describe(n *yaml.Node) string {

@@ -103,3 +103,23 @@ func (s SecretSource) Check() error {
 	}
 	return nil
 }
+
+// RedactURL is s as a message may show it: whatever stands between the
+// scheme's "//" (or the start) and the last "@" — a URL's user info, a
+// password in it — is replaced by REDACTED, whether or not s parses. A
+// path that holds an "@" loses more than it needs to, never less.
+func RedactURL(s string) string {
+	start := 0
+	if i := strings.Index(s, "//"); i >= 0 {
+		start = i + 2
+	}
+	at := strings.LastIndex(s[start:], "@")
+	if at < 0 {
+		return s
+	}
+	return s[:start] + Redacted + s[start+at:]
+}
+
+// HasUserInfo reports whether s, as a URL, carries user info (or an "@"
+// where a parser could take it for one).
+func HasUserInfo(s string) bool { return RedactURL(s) != s }

@@ -249,6 +249,8 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 		if cfg.Preset != "obelisk" {
 			add("token_url", "required")
 		}
+	case config.HasUserInfo(cfg.TokenURL):
+		add("token_url", "%q: a token URL takes no user info (it would be sent and shown in messages); give the client's credentials as client_id and client_secret", config.RedactURL(cfg.TokenURL))
 	case err != nil || u.Host == "":
 		add("token_url", "%q is not an absolute URL", cfg.TokenURL)
 	case u.Scheme != "https":

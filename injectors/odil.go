@@ -114,8 +114,10 @@ func NewODIL(name string, cfg ODILConfig, env Env) (*ODIL, error) {
 	switch u, err := url.Parse(o.sessionURL); {
 	case o.sessionURL == "":
 		add("base_url", "required (or session_url)")
+	case config.HasUserInfo(o.sessionURL):
+		add(odilURLKey(cfg), "%q: takes no user info (it would be sent and shown in messages); give the credentials as username and password", config.RedactURL(o.sessionURL))
 	case err != nil || u.Host == "":
-		add("session_url", "%q is not an absolute URL", o.sessionURL)
+		add(odilURLKey(cfg), "%q is not an absolute URL", o.sessionURL)
 	case u.Scheme != "https":
 		add("base_url", "must be https: the SAS token and password would travel in plaintext")
 	default:
@@ -303,4 +305,12 @@ func (o *ODIL) createSession(ctx context.Context) (tokencache.Token, error) {
 			ErrCredentialUnavailable, o.name, o.endpoint, resp.Status)
 	}
 	return tokencache.Token{Value: config.NewSecret(r.Session), IdleTimeout: o.idle}, nil
+}
+
+// odilURLKey is the key an ODIL session URL came from.
+func odilURLKey(cfg ODILConfig) string {
+	if cfg.SessionURL != "" {
+		return "session_url"
+	}
+	return "base_url"
 }

@@ -127,8 +127,8 @@ func NewOpenOBD(name string, cfg OpenOBDConfig, env Env) (*OpenOBD, error) {
 	add := func(path, format string, args ...any) { errs = append(errs, config.Errorf(path, format, args...)) }
 	o := &OpenOBD{name: name, cache: env.Cache, tr: env.Transport, endpoint: cfg.Endpoint, cluster: cfg.ClusterID,
 		ctlLife: cfg.ControllerTokenLifetime.D(5400 * time.Second), rewrite: cfg.RewriteSessionEndpoint, conns: map[string]*obdConn{}}
-	if _, port, err := net.SplitHostPort(cfg.Endpoint); err != nil || port == "" {
-		add("endpoint", "required as host:port (grpc.openobd.com:443)")
+	if _, port, err := net.SplitHostPort(cfg.Endpoint); err != nil || port == "" || config.HasUserInfo(cfg.Endpoint) {
+		add("endpoint", "required as host:port (grpc.openobd.com:443), with no user info")
 	}
 	var err error
 	if o.id, err = env.secret(cfg.ClientID); err != nil {

@@ -131,6 +131,8 @@ func NewVISS(name string, cfg VISSConfig, env Env) (*VISS, error) {
 			if required {
 				add(path, "required")
 			}
+		case config.HasUserInfo(s):
+			add(path, "%q: takes no user info (it would be sent and shown in messages)", config.RedactURL(s))
 		case err != nil || u.Host == "":
 			add(path, "%q is not an absolute URL", s)
 		case u.Scheme == "http" && cfg.AllowPlaintextIssuer:
