@@ -132,8 +132,8 @@ func Load(certFile, keyFile string, opts Options) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("ca: the key file %s can be read by other users (mode %04o): whoever reads it can intercept every client that trusts the CA; chmod 600 %s", keyFile, perm, keyFile)
+	if err := keyModeOK(st); err != nil {
+		return nil, fmt.Errorf("ca: the key file %s %v: whoever reads it can intercept every client that trusts the CA; chmod 600 %s (on Kubernetes, mount its Secret with fsGroup set to the proxy's group and defaultMode 0440 or 0400)", keyFile, err, keyFile)
 	}
 	keyPEM, err := io.ReadAll(io.LimitReader(f, 1<<20))
 	if err != nil {

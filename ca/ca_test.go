@@ -121,7 +121,8 @@ func TestLoadRefusesAKeyOthersCanRead(t *testing.T) {
 	if err := Create(cert, key, "test", false); err != nil {
 		t.Fatal(err)
 	}
-	for _, mode := range []os.FileMode{0o640, 0o604, 0o644, 0o660} {
+	// Others may never have access, nor may the key's group write it.
+	for _, mode := range []os.FileMode{0o604, 0o644, 0o660, 0o606, 0o601, 0o620} {
 		if err := os.Chmod(key, mode); err != nil {
 			t.Fatal(err)
 		}
@@ -130,11 +131,26 @@ func TestLoadRefusesAKeyOthersCanRead(t *testing.T) {
 			t.Errorf("mode %04o: %v, want a refusal saying chmod 600", mode, err)
 		}
 	}
-	for _, mode := range []os.FileMode{0o600, 0o400} {
+	// The key's group may read it when the group is the proxy's own (the
+	// file was created in it), as Kubernetes' fsGroup mounts a Secret.
+	for _, mode := range []os.FileMode{0o600, 0o400, 0o640, 0o440} {
 		os.Chmod(key, mode)
 		if _, err := Load(cert, key, Options{}); err != nil {
 			t.Errorf("mode %04o: %v", mode, err)
 		}
+	}
+	// A group the proxy is not in may not. Only root can give a file to
+	// such a group; CI runs as root.
+	if os.Geteuid() != 0 {
+		t.Log("not root: a key in a group the proxy is not in is not tried")
+		return
+	}
+	if err := os.Chown(key, 0, 54321); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(key, 0o440)
+	if _, err := Load(cert, key, Options{}); err == nil || !strings.Contains(err.Error(), "group 54321, which is not the proxy's") {
+		t.Errorf("mode 0440 in group 54321: %v, want a refusal naming the group", err)
 	}
 }
 
