@@ -28,9 +28,10 @@ type destPolicy struct {
 	own        *ownAddrs
 }
 
-// ownAddrs are the addresses the proxy's listeners are bound to (every
-// local address, for a listener on a wildcard address), set once bound: a
-// tunnel to one of them is a loop, whatever tunnel_allow says.
+// ownAddrs are the addresses the proxy's listeners and its admin listener
+// are bound to (every local address, for a listener on a wildcard
+// address), set once bound: a tunnel or a forwarded request to one of them
+// is a loop or a way into the admin listener, whatever tunnel_allow says.
 type ownAddrs struct {
 	p atomic.Pointer[map[netip.AddrPort]bool]
 }

@@ -206,11 +206,7 @@ func (s *Server) reloadListeners(cfg *config.Config, tables map[string]*route.Ta
 	}
 	s.mu.Lock()
 	s.listeners = next
-	bound := make([]net.Addr, 0, len(next))
-	for _, l := range next {
-		bound = append(bound, l.ln.Addr())
-	}
-	s.own.set(bound)
+	s.setOwn(next)
 	for _, nl := range added {
 		if nl.ln == nil {
 			continue

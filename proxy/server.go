@@ -345,11 +345,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.adminLn = ln
 	}
 	s.mu.Lock()
-	bound := make([]net.Addr, 0, len(s.listeners))
-	for _, l := range s.listeners {
-		bound = append(bound, l.ln.Addr())
-	}
-	s.own.set(bound)
+	s.setOwn(s.listeners)
 	for _, l := range s.listeners {
 		s.addrs[l.name] = l.ln.Addr()
 		if l.sc != nil {
@@ -609,4 +605,17 @@ func trimNewline(p []byte) []byte {
 		p = p[:len(p)-1]
 	}
 	return p
+}
+
+// setOwn records the addresses no tunnel or forwarded request may reach,
+// whatever tunnel_allow says: every listener's and the admin listener's.
+func (s *Server) setOwn(ls []*listener) {
+	bound := make([]net.Addr, 0, len(ls)+1)
+	for _, l := range ls {
+		bound = append(bound, l.ln.Addr())
+	}
+	if s.adminLn != nil {
+		bound = append(bound, s.adminLn.Addr())
+	}
+	s.own.set(bound)
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/sim"
 )
 
@@ -167,4 +168,51 @@ routes:
 	if tlsConns.Load() != 1 || plainConns.Load() != 2 {
 		t.Errorf("allowed destinations: %d and %d connections, want 1 and 2", tlsConns.Load(), plainConns.Load())
 	}
+}
+
+// The admin listener is the proxy's own like every listener: no CONNECT
+// or absolute-URI request through a forward listener reaches its /metrics,
+// /status or pprof, whatever tunnel_allow says, before and after a reload.
+func TestAdminListenerIsClosedToForwards(t *testing.T) {
+	e := newEnv(t)
+	yamlText := fmt.Sprintf(`
+admin: {address: 127.0.0.1:0, pprof: true}
+listeners:
+  - {name: open, kind: forward, address: 127.0.0.1:0, unmatched: tunnel, tunnel_allow: [127.0.0.0/8, "::1/128"]}
+ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
+upstream: {ca_file: "{{UPSTREAM_CA}}"}
+injectors:
+  bearer: {kind: static, headers: {Authorization: {value: %q, prefix: "Bearer "}}}
+routes:
+  - {name: api, match: {host: api.authproxy.test, path: /v1/*}, injector: bearer}
+`, secretToken)
+	p := e.start(yamlText, nil, nil)
+	admin := p.srv.AdminAddr().String()
+	_, adminPort, _ := net.SplitHostPort(admin)
+	check := func(when string) {
+		t.Helper()
+		for _, target := range []string{admin, "localhost:" + adminPort} {
+			if st, body := connectStatus(t, p.addr("open"), target); st != http.StatusForbidden || !strings.Contains(body, "the proxy's own address") {
+				t.Errorf("%s: CONNECT %s: %d %q, want 403 naming the proxy's own address", when, target, st, body)
+			}
+		}
+		for _, path := range []string{"/metrics", "/status", "/debug/pprof/"} {
+			if st, body := absoluteStatus(t, p.addr("open"), "http://"+admin+path); st != http.StatusForbidden || !strings.Contains(body, "the proxy's own address") {
+				t.Errorf("%s: GET %s through the forward listener: %d %q, want 403", when, path, st, body)
+			}
+		}
+	}
+	check("at start")
+	cfg, err := parseConfig(e, yamlText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	injs, err := injectors.BuildAll(cfg, injectors.Env{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.srv.Reload(cfg, injs); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	check("after a reload")
 }
