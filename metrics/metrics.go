@@ -137,15 +137,25 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// WatchCache adds the cache's size and, per injector, the seconds until
-// its soonest token expires, read at each scrape.
+// SharedStore is what the metrics read of the shared token store.
+type SharedStore interface {
+	Up() bool
+	Rejected() int64
+}
+
 // WatchStore exports the shared token store's state (token_cache.shared):
 // authproxy_token_store_up is 1 while tokens are shared, 0 while the
-// proxy is degraded to its own cache.
-func (m *Metrics) WatchStore(up func() bool) {
-	if m == nil || up == nil {
+// proxy is degraded to its own cache, and
+// authproxy_token_store_rejected_records_total counts the records and
+// locks it ignored as not the fleet's.
+func (m *Metrics) WatchStore(st SharedStore) {
+	if m == nil || st == nil {
 		return
 	}
+	up := st.Up
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "authproxy_token_store_rejected_records_total",
+		Help: "Records and locks of the shared token store that this proxy ignored: sealed with another key, damaged, forged, or holding a back-off or lease beyond its own bounds."},
+		func() float64 { return float64(st.Rejected()) }))
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "authproxy_token_store_up",
 		Help: "1 while tokens are shared through token_cache.shared, 0 while the store is unreachable and the proxy uses its own cache."},
 		func() float64 {
@@ -156,6 +166,8 @@ func (m *Metrics) WatchStore(up func() bool) {
 		}))
 }
 
+// WatchCache adds the cache's size and, per injector, the seconds until
+// its soonest token expires, read at each scrape.
 func (m *Metrics) WatchCache(c *tokencache.Cache) {
 	if m == nil || c == nil {
 		return

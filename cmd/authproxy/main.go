@@ -170,7 +170,7 @@ func loadWith(path string, stderr io.Writer, withMetrics, skipSecrets bool) (*co
 	if store != nil {
 		opts.Store = store
 		env.Shared = store
-		m.WatchStore(store.Up)
+		m.WatchStore(store)
 	}
 	env.Cache = tokencache.New(opts) // one for the process: reloads keep it
 	m.WatchCache(env.Cache)

@@ -83,11 +83,12 @@ type Store struct {
 	macKey []byte
 	owner  string // this process, in lock values
 
-	up      atomic.Bool
-	probeMu sync.Mutex
-	probing bool
-	stopped chan struct{}
-	stop    sync.Once
+	up       atomic.Bool
+	rejected atomic.Int64 // records and locks that failed authentication or their bounds
+	probeMu  sync.Mutex
+	probing  bool
+	stopped  chan struct{}
+	stop     sync.Once
 }
 
 var _ tokencache.RollingStore = (*Store)(nil)
@@ -268,6 +269,29 @@ func (s *Store) open(rec, text string) ([]byte, error) {
 	return s.aead.Open(nil, b[:n], b[n:], []byte(rec))
 }
 
+// failure is what a record's fe field holds, sealed: the fleet's back-off
+// after failed fetches. Sealed, so that no one who can write to the store
+// but lacks the encryption key can make the fleet back off.
+type failure struct {
+	Until    int64  `json:"u"` // unix ms
+	Failures int    `json:"n"`
+	Err      string `json:"e"`
+}
+
+// maxFailures bounds the failure count a record may carry.
+const maxFailures = 64
+
+// reject counts a record or lock that failed authentication or its bounds,
+// and logs it (at most what it is, never its content).
+func (s *Store) reject(what string) {
+	s.rejected.Add(1)
+	s.opts.Log.Warn("shared token store: ignored a " + what + " this fleet did not write (another encryption key, damage, or a forgery)")
+}
+
+// Rejected is the number of records and locks ignored since the start:
+// they failed authentication or held a value outside this proxy's bounds.
+func (s *Store) Rejected() int64 { return s.rejected.Load() }
+
 // record is a key's state in the store.
 type record struct {
 	has       bool
@@ -292,10 +316,15 @@ func (s *Store) load(ctx context.Context, n names) (record, error) {
 		if err == nil {
 			err = json.Unmarshal(plain, &v)
 		}
+		if err == nil && !hmac.Equal([]byte(m["fp"]), []byte(s.fingerprint(v.Value))) {
+			// A fingerprint that is not the value's would keep a stale
+			// token from being dropped.
+			err = errors.New("fingerprint")
+		}
 		if err != nil {
-			// Not ours (another encryption key) or damaged: treated as
-			// absent, and overwritten by the next fetch.
-			s.opts.Log.Debug("shared token store: a record that does not open", "err", err)
+			// Not ours (another encryption key), damaged or forged:
+			// treated as absent, and overwritten by the next fetch.
+			s.reject("token record")
 		} else {
 			r.has = true
 			r.tok.Value = config.NewSecret(v.Value)
@@ -306,11 +335,24 @@ func (s *Store) load(ctx context.Context, n names) (record, error) {
 			r.fetchedAt = time.UnixMilli(v.FetchedAt)
 		}
 	}
-	if f, err := strconv.ParseInt(m["fu"], 10, 64); err == nil {
-		r.failUntil = time.UnixMilli(f)
-		r.failures, _ = strconv.Atoi(m["fn"])
-		if plain, err := s.open(n.rec, m["fe"]); err == nil {
-			r.lastErr = string(plain)
+	if fe := m["fe"]; fe != "" {
+		plain, err := s.open(n.rec, fe)
+		var f failure
+		if err == nil {
+			err = json.Unmarshal(plain, &f)
+		}
+		if err != nil {
+			// Ignored, and replaced by the next fetch's outcome.
+			s.reject("back-off record")
+		} else {
+			// Bounded by this proxy's own max_backoff (with its jitter),
+			// whoever sealed it.
+			until := time.UnixMilli(f.Until)
+			if limit := time.Now().Add(s.opts.MaxBackoff * 3 / 2); until.After(limit) {
+				s.reject("back-off record")
+				until = limit
+			}
+			r.failUntil, r.failures, r.lastErr = until, min(max(f.Failures, 0), maxFailures), f.Err
 		}
 	}
 	return r, nil
@@ -328,6 +370,7 @@ func (s *Store) Fetch(ctx context.Context, key, stale string, fresh func(tokenca
 			return s.degraded(ctx, err, fetch)
 		}
 	}
+	checked := false // whether the lock another proxy holds was looked at
 	for {
 		r, err := s.load(ctx, n)
 		if err != nil {
@@ -347,6 +390,12 @@ func (s *Store) Fetch(ctx context.Context, key, stale string, fresh func(tokenca
 		}
 		if got {
 			return s.fetchLocked(ctx, n, r, fresh, fetch)
+		}
+		if !checked {
+			checked = true
+			if s.clearForgedLock(ctx, n) {
+				continue
+			}
 		}
 		// Another proxy fetches: wait for its result.
 		select {
@@ -376,8 +425,26 @@ func (s *Store) lock(ctx context.Context, n names) (bool, error) {
 
 func (s *Store) lease() time.Duration { return max(s.opts.FetchTimeout/3, 300*time.Millisecond) }
 
+// clearForgedLock deletes key's lock if no proxy of the fleet could have
+// taken it: it has no expiry, or more of its lease left than four of this
+// proxy's leases (a holder renews a lease of its fetch timeout's third).
+// Such a lock would hold the fleet back from fetching; it is counted.
+func (s *Store) clearForgedLock(ctx context.Context, n names) bool {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
+	defer cancel()
+	cleared, err := clearForged.Run(ctx, s.rdb, []string{n.lock}, (4 * s.lease()).Milliseconds()).Int()
+	if err != nil || cleared != 1 {
+		return false
+	}
+	s.reject("lock")
+	return true
+}
+
 // Scripts run atomically in the store.
 var (
+	// clearForged: delete a lock with no expiry, or with more than ARGV[1]
+	// ms of its lease left.
+	clearForged = redis.NewScript(`local t = redis.call("PTTL", KEYS[1]) if t == -1 or t > tonumber(ARGV[1]) then redis.call("DEL", KEYS[1]) return 1 end return 0`)
 	// unlock: delete the lock if this process still holds it.
 	unlock = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
 	// renew: extend the lease if this process still holds it.
@@ -486,9 +553,15 @@ func (s *Store) fetchLocked(ctx context.Context, n names, before record, fresh f
 	wctx, cancel := context.WithTimeout(context.Background(), s.opts.OpTimeout)
 	defer cancel()
 	if err != nil {
-		failures := before.failures + 1
+		failures := min(before.failures+1, maxFailures)
 		until := now.Add(s.backoff(failures))
-		werr := s.rdb.HSet(wctx, n.rec, "fu", until.UnixMilli(), "fn", failures, "fe", s.seal(n.rec, []byte(err.Error()))).Err()
+		plain, _ := json.Marshal(failure{Until: until.UnixMilli(), Failures: failures, Err: err.Error()})
+		// fu and fn are what earlier versions kept in the clear; no
+		// reader uses them now.
+		pipe := s.rdb.TxPipeline()
+		pipe.HDel(wctx, n.rec, "fu", "fn")
+		pipe.HSet(wctx, n.rec, "fe", s.seal(n.rec, plain))
+		_, werr := pipe.Exec(wctx)
 		if werr == nil {
 			werr = s.rdb.PExpire(wctx, n.rec, max(until.Sub(now), time.Second)+time.Hour).Err()
 		}
@@ -552,14 +625,19 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, bool, error) {
 	}
 	plain, err := s.open(n.rec, v)
 	if err != nil {
+		s.reject("state record")
 		return nil, false, nil // not this fleet's: absent
 	}
 	return plain, true, nil
 }
 
-// leaseScript takes a free lease or renews this process's own.
+// leaseScript takes a free lease or renews this process's own (1), or
+// takes one that no proxy could hold (2): no expiry, or more than ARGV[3]
+// ms left.
 var leaseScript = redis.NewScript(`local v = redis.call("GET", KEYS[1])
-if v == false or v == ARGV[1] then redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2]) return 1 end return 0`)
+if v == false or v == ARGV[1] then redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2]) return 1 end
+local t = redis.call("PTTL", KEYS[1])
+if t == -1 or t > tonumber(ARGV[3]) then redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2]) return 2 end return 0`)
 
 // Lease takes key's lease for this process, or renews it, for ttl; it
 // reports whether this process holds it. A holder that stops renewing
@@ -571,10 +649,13 @@ func (s *Store) Lease(ctx context.Context, key string, ttl time.Duration) (bool,
 	n := s.names("lease\x00" + key)
 	ctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
 	defer cancel()
-	got, err := leaseScript.Run(ctx, s.rdb, []string{n.lock}, s.owner, ttl.Milliseconds()).Int()
+	got, err := leaseScript.Run(ctx, s.rdb, []string{n.lock}, s.owner, ttl.Milliseconds(), (4 * ttl).Milliseconds()).Int()
 	if err != nil {
 		s.failed(err)
 		return false, err
 	}
-	return got == 1, nil
+	if got == 2 {
+		s.reject("lease")
+	}
+	return got >= 1, nil
 }

@@ -8,10 +8,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -479,5 +483,152 @@ routes:
 	}
 	if untrusting.store.Up() || is.calls.Load() != 2 {
 		t.Errorf("a store with an untrusted certificate: up %v, %d fetches; want degraded and a fetch of its own", untrusting.store.Up(), is.calls.Load())
+	}
+}
+
+// redisCLI runs redis-cli against srv, as anyone who can write to the
+// store could.
+func redisCLI(t *testing.T, srv *redistest.Server, args ...string) string {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(srv.Addr)
+	out, err := exec.Command("redis-cli", append([]string{"-h", host, "-p", port}, args...)...).CombinedOutput()
+	if err != nil || strings.HasPrefix(string(out), "ERR") {
+		t.Fatalf("redis-cli %v: %v %s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func unexpired(tok tokencache.Token, _ time.Time) bool {
+	return tok.Expiry.IsZero() || time.Now().Before(tok.Expiry)
+}
+
+// Whoever can write to the store but does not hold the encryption key
+// cannot make the fleet back off, hold it from fetching, or keep a stale
+// token in place: a forged or garbage value in any field a proxy reads
+// (the sealed token d and its fingerprint fp, the back-off fe and the
+// clear fields fu and fn of earlier versions, the lock and a lease) is
+// ignored, replaced by the next fetch, and counted; a back-off sealed by a
+// proxy with a longer max_backoff is cut to the reader's own.
+func TestForgedStoreFieldsAreIgnored(t *testing.T) {
+	srv := redistest.Start(t)
+	opts := tokencache.Options{MinBackoff: time.Second, MaxBackoff: 2 * time.Second, FetchTimeout: 30 * time.Second}
+	a := newReplica(t, srv.Addr, opts, nil)
+	is := &issuer{life: time.Hour}
+	key := "forged\x00"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	fetch := func(t *testing.T, when string) {
+		t.Helper()
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		if _, _, err := a.store.Fetch(ctx, key, "", unexpired, is.fetch); err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Fatalf("%s: the fetch waited %v", when, d)
+		}
+	}
+	fetch(t, "first fetch")
+	rec := redisCLI(t, srv, "--scan", "--pattern", "test:t:*")
+	if rec == "" || strings.Contains(rec, "\n") {
+		t.Fatalf("records: %q, want one", rec)
+	}
+	lock := "test:l:" + strings.TrimPrefix(rec, "test:t:")
+	farFuture := strconv.FormatInt(time.Now().Add(640496*time.Hour).UnixMilli(), 10)
+
+	for _, tc := range []struct {
+		name    string
+		forge   []string
+		refetch bool // the token is dropped first: the forgery stands in a fetch's way
+	}{
+		{"clear fu and fn of earlier versions", []string{"HSET", rec, "fu", farFuture, "fn", "999999"}, true},
+		{"garbage fe", []string{"HSET", rec, "fe", "not-hex"}, true},
+		{"hex fe sealed with another key", []string{"HSET", rec, "fe", strings.Repeat("ab", 60)}, true},
+		{"garbage d", []string{"HSET", rec, "d", "zz"}, false},
+		{"fp not the token's", []string{"HSET", rec, "fp", strings.Repeat("0", 32)}, false},
+		{"a lock with no expiry", []string{"SET", lock, "someone"}, true},
+		{"a lock with a year's lease", []string{"SET", lock, "someone", "PX", "31536000000"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			redisCLI(t, srv, "DEL", rec, lock) // each forgery on a clean record
+			fetch(t, "a clean record")
+			before, rejected := is.calls.Load(), a.store.Rejected()
+			if tc.refetch {
+				redisCLI(t, srv, "HDEL", rec, "d", "fp")
+			}
+			redisCLI(t, srv, tc.forge...)
+			fetch(t, "after the forgery")
+			if is.calls.Load() == before {
+				t.Error("no fetch: the forged record was taken as the fleet's")
+			}
+			if tc.name != "clear fu and fn of earlier versions" && a.store.Rejected() == rejected {
+				t.Error("the forgery was not counted")
+			}
+			if fields := redisCLI(t, srv, "HKEYS", rec); strings.Contains(fields, "fu") || strings.Contains(fields, "fe") {
+				t.Errorf("the forged fields were not replaced: %q", fields)
+			}
+			if n := redisCLI(t, srv, "EXISTS", lock); n != "0" {
+				t.Errorf("the forged lock is still there")
+			}
+		})
+	}
+
+	// A back-off sealed by a proxy whose max_backoff is an hour: the
+	// reader waits no longer than its own (2 s, with jitter up to 3 s).
+	long := newReplica(t, srv.Addr, tokencache.Options{MinBackoff: time.Hour, MaxBackoff: time.Hour}, nil)
+	redisCLI(t, srv, "DEL", rec, lock)
+	is.fail.Store(true)
+	if _, _, err := long.store.Fetch(ctx, key, "", unexpired, is.fetch); err == nil {
+		t.Fatal("a failing issuer gave a token")
+	}
+	if fe := redisCLI(t, srv, "HGET", rec, "fe"); fe == "" || strings.Contains(fe, "issuer says no") {
+		t.Errorf("the back-off is not sealed: %q", fe)
+	}
+	rejected := a.store.Rejected()
+	_, _, err := a.store.Fetch(ctx, key, "", unexpired, is.fetch)
+	if err == nil || !strings.Contains(err.Error(), "backs off") || !strings.Contains(err.Error(), "issuer says no") {
+		t.Fatalf("during the long back-off: %v, want the shared back-off naming the failure", err)
+	}
+	m := regexp.MustCompile(`for (\S+) after`).FindStringSubmatch(err.Error())
+	if m == nil {
+		t.Fatalf("no wait in %q", err)
+	}
+	if d, perr := time.ParseDuration(m[1]); perr != nil || d > 3*time.Second {
+		t.Errorf("the reader backs off for %s (%v), want at most its own 1.5 x max_backoff (3s)", m[1], perr)
+	}
+	if a.store.Rejected() == rejected {
+		t.Error("the back-off beyond the reader's bound was not counted")
+	}
+
+	// A lease no proxy could hold (no expiry) is taken over and counted;
+	// a live one is not.
+	if got, err := a.store.Lease(ctx, "session", 10*time.Second); err != nil || !got {
+		t.Fatalf("a free lease: %v %v", got, err)
+	}
+	leases := strings.Fields(redisCLI(t, srv, "--scan", "--pattern", "test:l:*"))
+	if len(leases) != 1 {
+		t.Fatalf("lease keys: %q, want one", leases)
+	}
+	b := newReplica(t, srv.Addr, opts, nil)
+	if got, _ := b.store.Lease(ctx, "session", 10*time.Second); got {
+		t.Error("b took a's live lease")
+	}
+	redisCLI(t, srv, "SET", leases[0], "someone")
+	if got, err := b.store.Lease(ctx, "session", 10*time.Second); err != nil || !got || b.store.Rejected() == 0 {
+		t.Errorf("a lease with no expiry: taken %v (%v), %d counted; want taken and counted", got, err, b.store.Rejected())
+	}
+	// A state record that does not open is absent, and counted.
+	if err := a.store.Put(ctx, "state", []byte("v"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range strings.Fields(redisCLI(t, srv, "--scan", "--pattern", "test:t:*")) {
+		if k != rec {
+			redisCLI(t, srv, "SET", k, "garbage")
+		}
+	}
+	rejected = a.store.Rejected()
+	if _, ok, err := a.store.Get(ctx, "state"); ok || err != nil || a.store.Rejected() == rejected {
+		t.Errorf("a garbage state record: found %v (%v), counted %v", ok, err, a.store.Rejected() != rejected)
 	}
 }
