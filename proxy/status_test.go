@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/openobd/pb"
+	"github.com/authproxy/authproxy/sim"
+	"github.com/authproxy/authproxy/tokencache"
 )
 
 // The admin listener's /status shows, for a person in a real browser and
@@ -58,7 +64,7 @@ func TestStatusPageInARealBrowser(t *testing.T) {
 		t.Fatalf("injectors: %+v", view.Injectors)
 	}
 	in := view.Injectors[0]
-	if len(in.Credentials) != 1 || in.Credentials[0].Key != "controller" || in.Credentials[0].State != "valid" {
+	if len(in.Credentials) != 1 || in.Credentials[0].Key != tokencache.KeyFingerprint("obd\x00controller") || in.Credentials[0].State != "valid" {
 		t.Errorf("credentials: %+v", in.Credentials)
 	}
 	if len(in.Sessions) != 1 || in.Sessions[0].ID != info.Id || in.Sessions[0].Stream != "open" || in.Sessions[0].Rotations < 1 {
@@ -102,7 +108,7 @@ func TestStatusPageInARealBrowser(t *testing.T) {
 		return out
 	}
 	dom := string(run("--dump-dom", url))
-	for _, want := range []string{"<h3>obd", "openobd", "controller", "valid", info.Id, "open", "Routes", "openobd</td>", w.p.addr("obd")} {
+	for _, want := range []string{"<h3>obd", "openobd", tokencache.KeyFingerprint("obd\x00controller"), "valid", info.Id, "open", "Routes", "openobd</td>", w.p.addr("obd")} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("the rendered page lacks %q", want)
 		}
@@ -125,5 +131,77 @@ func TestStatusPageInARealBrowser(t *testing.T) {
 	}
 	if dst := os.Getenv("AUTHPROXY_STATUS_SCREENSHOT"); dst != "" { // docs/status.png is made this way
 		_ = os.WriteFile(dst, png, 0o644)
+	}
+}
+
+// /status shows no value taken from a request (a mount id from the path, a
+// header's value) in HTML or JSON: each credential's key is its
+// fingerprint, the one fetch log lines name.
+func TestStatusShowsNoValueFromARequest(t *testing.T) {
+	e := newEnv(t)
+	cache := tokencache.New(tokencache.Options{})
+	e.injEnv = injectors.Env{Cache: cache}
+	ts := &sim.TokenServer{ClientID: "app", ClientSecret: secretToken, Auth: "basic"}
+	auth := e.httpsUpstream(ts)
+	api := e.httpsUpstream(&sim.Echo{})
+	p := e.start(fmt.Sprintf(`
+admin: {address: 127.0.0.1:0}
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://api.authproxy.test:%s"}
+upstream:
+  ca_file: "{{UPSTREAM_CA}}"
+  resolve: {api.authproxy.test: 127.0.0.1, auth.authproxy.test: 127.0.0.1}
+injectors:
+  mounts:
+    kind: oauth2
+    token_url: "https://auth.authproxy.test:%s/token"
+    client_id: {value: app}
+    client_secret: {value: %q}
+    scopes: ["mount:{mount}", "tenant:{header:X-Tenant}"]
+routes:
+  - {name: mounts, match: {path: "/mounts/{mount}/*"}, injector: mounts}
+`, port(t, api.URL), port(t, auth.URL), secretToken), nil, nil)
+	values := []string{"mount-7f3a9c", "mount-b21e44", "tenant-q9z8x7"}
+	for _, m := range values[:2] {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+p.addr("app")+"/mounts/"+m+"/x", nil)
+		req.Header.Set("X-Tenant", values[2])
+		resp, err := h1Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", m, resp.StatusCode)
+		}
+	}
+	var keys []string
+	for _, en := range cache.Entries() {
+		keys = append(keys, en.Key)
+	}
+	if len(keys) != 2 {
+		t.Fatalf("the cache holds %d keys, want one per mount", len(keys))
+	}
+	for _, format := range []string{"", "?format=json"} {
+		st, body := adminGet(t, p, "/status"+format)
+		if st != 200 {
+			t.Fatalf("/status%s: %d", format, st)
+		}
+		for _, v := range values {
+			if strings.Contains(body, v) {
+				t.Errorf("/status%s shows %q, a value taken from a request", format, v)
+			}
+		}
+		if !strings.Contains(body, "mounts") {
+			t.Errorf("/status%s does not name the injector", format)
+		}
+		for _, k := range keys {
+			if !strings.Contains(body, k) {
+				t.Errorf("/status%s does not show the key fingerprint %s:\n%.2000s", format, k, body)
+			}
+		}
+	}
+	if logs := p.logs.String(); strings.Contains(logs, values[0]) {
+		t.Errorf("the log shows a mount id:\n%s", logs)
 	}
 }

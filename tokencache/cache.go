@@ -83,6 +83,14 @@ type Observer interface {
 	Evicted(name string)
 }
 
+// KeyFingerprint is what logs and pages show of a key: the first 4 bytes
+// of its SHA-256, in hex. A key holds values taken from requests (a mount
+// id, a VIN), which are not shown.
+func KeyFingerprint(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:4])
+}
+
 // KeyName is the name a key begins with: what precedes its first NUL.
 func KeyName(key string) string {
 	if i := strings.IndexByte(key, 0); i >= 0 {
@@ -573,8 +581,9 @@ func (c *Cache) Forget(name string) {
 // token.
 type Entry struct {
 	Name string // the key's name (its injector)
-	// Key is the rest of the key, its parts joined with " | " (a scope
-	// set, a VIN and context, an API code): not secret.
+	// Key is the key's fingerprint (KeyFingerprint), as fetch log lines
+	// name it: the key itself holds values taken from requests (mount
+	// ids, VINs) and is not shown.
 	Key        string
 	Valid      bool      // a valid token is held
 	Refreshing bool      // a fetch is in flight
@@ -596,10 +605,8 @@ func (c *Cache) Entries() []Entry {
 		if !ok {
 			continue
 		}
-		name := KeyName(key)
-		rest := strings.ReplaceAll(strings.TrimPrefix(strings.TrimPrefix(key, name), "\x00"), "\x00", " | ")
 		e.mu.Lock()
-		en := Entry{Name: name, Key: rest, Valid: e.validLocked(c.opts.Now()), Refreshing: e.call != nil,
+		en := Entry{Name: KeyName(key), Key: KeyFingerprint(key), Valid: e.validLocked(c.opts.Now()), Refreshing: e.call != nil,
 			FetchedAt: e.fetchedAt, Failures: e.failures, RetryAt: e.retryAt, Fetches: e.fetches, Renewals: e.replaced}
 		if e.has {
 			en.Expiry, en.RefreshAt = e.tok.Expiry, e.refreshAt
@@ -684,8 +691,7 @@ func (c *Cache) logFetch(e *entry, tok Token, err error, now time.Time) {
 	if l == nil {
 		return
 	}
-	sum := sha256.Sum256([]byte(e.key))
-	args := []any{"injector", KeyName(e.key), "key", hex.EncodeToString(sum[:4])}
+	args := []any{"injector", KeyName(e.key), "key", KeyFingerprint(e.key)}
 	switch {
 	case err == nil:
 		life := "none"
