@@ -59,6 +59,13 @@ type conn struct {
 	resetTokens float64
 	resetAt     time.Time
 	throttled   int
+	// The budget's clock where the socket can tell it is empty: the time
+	// the connection spent waiting for its client (idleAt: since when it
+	// waits, zero while it has frames to handle; idleFor: waited since the
+	// last charge).
+	idleClock bool
+	idleAt    time.Time
+	idleFor   time.Duration
 }
 
 // half is one stream's leg on one connection.
@@ -318,7 +325,17 @@ func (c *conn) readLoop() {
 	// read buffer is empty.
 	wc := netwait.Find(c.nc)
 	if wc != nil {
-		wc.SetHook(fl.flush)
+		hook := fl.flush
+		if c.server { // the reset budget's clock runs while the client is awaited
+			c.idleClock = true
+			hook = func() {
+				fl.flush()
+				if c.idleAt.IsZero() {
+					c.idleAt = time.Now()
+				}
+			}
+		}
+		wc.SetHook(hook)
 	}
 	defer func() {
 		if wc != nil {
@@ -329,6 +346,10 @@ func (c *conn) readLoop() {
 	}()
 	for {
 		f, err := c.readFrame()
+		if !c.idleAt.IsZero() {
+			c.idleFor += time.Since(c.idleAt)
+			c.idleAt = time.Time{}
+		}
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -427,13 +448,23 @@ func (c *conn) handle(f http2.Frame, fl *flusher) error {
 
 // The rapid-reset defence (CVE-2023-44487), per client connection: every
 // reset of a stream the relay still serves costs a token from a bucket of
-// resetBurst, refilled at resetRate a second. Past the bucket, each reset
+// resetBurst, refilled at resetRate for each second the connection spent
+// waiting for its client (its socket found empty; where a connection
+// cannot tell, each second of wall time). Past the bucket, each reset
 // holds the connection's reading goroutine for one token's time
 // (throttled; the wait refills nothing), and resetDebt such resets before
 // the bucket is half full again end the connection with GOAWAY
-// ENHANCE_YOUR_CALM. A client that cancels calls at 1,000 a second never
-// empties the bucket; one that resets streams as fast as it can open them
-// gets about resetBurst+resetDebt of them to the upstream.
+// ENHANCE_YOUR_CALM.
+//
+// The bound is on work, not time: a client that sends resets faster than
+// the relay serves them keeps its socket full, so the relay never waits
+// for it and the bucket never refills, however slowly the relay runs (a
+// relay starved of CPU used to refill by the second while it read, and
+// let thousands through). Such a client gets at most
+// resetBurst+resetDebt streams to the upstream. A client that paces its
+// resets gets at most about resetRate a second; one that cancels calls
+// at 1,000 a second, the relay idle between them, never empties the
+// bucket.
 const (
 	resetBurst = 250
 	resetRate  = 2000.0
@@ -454,7 +485,11 @@ func (c *conn) isOpen(id uint32) bool {
 // chargeReset takes a reset from the budget; on the reading goroutine.
 func (c *conn) chargeReset(fl *flusher) error {
 	now := time.Now()
-	if !c.resetAt.IsZero() {
+	switch {
+	case c.idleClock:
+		c.resetTokens = min(resetBurst, c.resetTokens+c.idleFor.Seconds()*resetRate)
+		c.idleFor = 0
+	case !c.resetAt.IsZero():
 		c.resetTokens = min(resetBurst, c.resetTokens+now.Sub(c.resetAt).Seconds()*resetRate)
 	}
 	c.resetAt = now

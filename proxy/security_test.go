@@ -632,10 +632,12 @@ routes:
 	const pairs = 100_000
 	stop := make(chan struct{})
 	wrote := make(chan int, 1)
+	// A flood: pairs of HEADERS and RST_STREAM written 64 at a time, faster
+	// than the proxy serves them, so that it never waits for the client.
 	go func() {
 		n := 0
 		defer func() { wrote <- n }()
-		for id := uint32(1); n < pairs; id += 2 {
+		for id := uint32(1); n < pairs; {
 			select {
 			case <-stop:
 				return
@@ -643,18 +645,21 @@ routes:
 			}
 			var err error
 			c.write(func() {
-				c.hb.Reset()
-				for _, f := range head {
-					_ = c.enc.WriteField(f)
-				}
-				if err = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hb.Bytes(), EndStream: true, EndHeaders: true}); err == nil {
-					err = c.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+				for k := 0; k < 64 && n < pairs && err == nil; k++ {
+					c.hb.Reset()
+					for _, f := range head {
+						_ = c.enc.WriteField(f)
+					}
+					if err = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hb.Bytes(), EndStream: true, EndHeaders: true}); err == nil {
+						err = c.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+					}
+					id += 2
+					n++
 				}
 			})
 			if err != nil {
 				return
 			}
-			n++
 		}
 	}()
 	a := c.read(1<<31 - 1) // no stream of ours ends the wait: GOAWAY or the close does
@@ -665,8 +670,11 @@ routes:
 	}
 	time.Sleep(300 * time.Millisecond) // streams already sent upstream arrive
 	got := upstreamStreams.Load()
-	if got > 1000 || got == 0 {
-		t.Errorf("%d of %d reset streams reached the upstream, want 1 to 1,000", got, n)
+	// The documented bound (docs/security.md): 250 resets from the
+	// budget, 250 more throttled, the last one's stream included; it is on
+	// work, so it holds however slowly the proxy runs.
+	if got > 501 || got == 0 {
+		t.Errorf("%d of %d reset streams reached the upstream, want 1 to 501", got, n)
 	}
 	t.Logf("%d resets written before the connection ended; %d streams reached the upstream", n, got)
 	if !strings.Contains(p.logs.String(), "resets streams faster than they complete") {
