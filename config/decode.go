@@ -318,15 +318,12 @@ func holdsSecret(t reflect.Type) bool {
 	return false
 }
 
+// describe names n's kind, and quotes a plain value.
 func describe(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	default:
+	if n.Kind == yaml.ScalarNode {
 		return fmt.Sprintf("%q", n.Value)
 	}
+	return describeHidden(n)
 }
 
 func kindName(k reflect.Kind) string {
