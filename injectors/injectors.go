@@ -12,13 +12,16 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -191,7 +194,13 @@ func Fingerprints(cfg *config.Config, lookupEnv func(string) (string, bool)) map
 			switch kind {
 			case "file":
 				b, err := os.ReadFile(ref)
-				if err != nil {
+				switch {
+				case errors.Is(err, fs.ErrNotExist) || err == nil && writtenHere(ref, b):
+					// A file the proxy wrote itself (a generated key) is
+					// as it was before: absent.
+					h.Write([]byte("absent"))
+					return
+				case err != nil:
 					fmt.Fprintf(h, "error: %v", err)
 				}
 				h.Write(b)
@@ -203,6 +212,56 @@ func Fingerprints(cfg *config.Config, lookupEnv func(string) (string, bool)) map
 		out[name] = hex.EncodeToString(h.Sum(nil))
 	}
 	return out
+}
+
+// written holds the files the proxy wrote itself (a generated long-term
+// key), by absolute path, with the SHA-256 of what it wrote. Such a file
+// is the proxy's state, not configuration: its appearance is no change to
+// reload for.
+var written sync.Map // string -> [32]byte
+
+// writeOnce writes content to path as a file of mode 0600 that must not
+// exist yet, whole (a link to a finished temporary file, so that no one
+// ever sees it in part), and records it as written by the proxy.
+func writeOnce(path string, content []byte) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(abs), "."+filepath.Base(abs)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(content)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	written.Store(abs, sha256.Sum256(content))
+	if err := os.Link(tmp.Name(), abs); err != nil {
+		written.Delete(abs)
+		return err
+	}
+	return nil
+}
+
+// WrittenByProxy reports whether path holds what the proxy itself wrote
+// there (writeOnce), for a watcher that must not reload for it.
+func WrittenByProxy(path string) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && writtenHere(path, b)
+}
+
+func writtenHere(path string, content []byte) bool {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return false
+	}
+	sum, ok := written.Load(abs)
+	return ok && sum.([32]byte) == sha256.Sum256(content)
 }
 
 // SecretFiles lists the files the injector blocks name (file and *_file

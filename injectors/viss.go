@@ -541,16 +541,9 @@ func (v *VISS) signingKey() (*ecdsa.PrivateKey, error) {
 			return
 		}
 		der, _ := x509.MarshalPKCS8PrivateKey(k)
-		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			v.keyErr = fmt.Errorf("storing the generated key: %v", err)
-			return
-		}
-		_, err = f.Write(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		// Written whole and recorded as the proxy's own, so that the
+		// file watcher does not reload (and rebuild this injector) for it.
+		if err := writeOnce(file, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
 			v.keyErr = fmt.Errorf("storing the generated key: %v", err)
 			return
 		}

@@ -125,8 +125,8 @@ func (rl *reloader) watch(ctx context.Context) {
 			if !ok {
 				return
 			}
-			if ev.Op == fsnotify.Chmod || !rl.matters(ev.Name, relevant) {
-				continue // other files in the same directories (a log file, say)
+			if ev.Op == fsnotify.Chmod || !rl.matters(ev.Name, relevant) || injectors.WrittenByProxy(ev.Name) {
+				continue // other files in the same directories (a log file, say), or the proxy's own (a generated key)
 			}
 			if settle == nil {
 				settle = time.AfterFunc(300*time.Millisecond, func() {

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/internal/syncbuf"
+	"github.com/authproxy/authproxy/sim"
+)
+
+// The VISS long-term key the proxy generates on first use is its own
+// state: the file watcher (on, as by default) does not reload for it, so a
+// first start against the reference flow costs one AGT request and one ATS
+// exchange, and a later request reuses them.
+func TestGeneratedVISSKeyDoesNotReload(t *testing.T) {
+	dir := t.TempDir()
+	pki, err := sim.NewPKI(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg, _ := pki.ServerTLS("viss.authproxy.test")
+	viss := sim.NewVISS()
+	t.Cleanup(viss.Close)
+	serve := func(h http.Handler) string {
+		s := httptest.NewUnstartedServer(h)
+		s.TLS = tlsCfg
+		s.StartTLS()
+		t.Cleanup(s.Close)
+		return s.Listener.Addr().String()[strings.LastIndex(s.Listener.Addr().String(), ":")+1:]
+	}
+	agts, ats, data := serve(viss.AGTS()), serve(viss.ATS()), serve(viss.Data())
+	keyFile := filepath.Join(dir, "keys", "viss-key.pem")
+	if err := os.MkdirAll(filepath.Dir(keyFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: "127.0.0.1:0", host: viss.authproxy.test, upstream: "https://viss.authproxy.test:%[3]s"}
+upstream: {ca_file: %[5]q, resolve: {viss.authproxy.test: 127.0.0.1}}
+injectors:
+  fleet:
+    kind: viss
+    agts_url: "https://viss.authproxy.test:%[1]s/agts"
+    ats_url: "https://viss.authproxy.test:%[2]s/ats"
+    vin: "{header:X-Vin}"
+    context: Independent+OEM+Cloud
+    proof: {value: ABC}
+    purpose: pay-how-you-drive
+    long_term: {key_file: %[4]q}
+routes:
+  - {name: vehicle, match: {path: "/Vehicle/*"}, injector: fleet}
+`, agts, ats, data, keyFile, pki.CAFile)), 0o600)
+
+	cmd := exec.Command(binary, "run", "-config", cfg)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	var logs syncbuf.Buffer
+	addrRE := regexp.MustCompile(`listener=app kind=sidecar address=(\S+)`)
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logs.WriteString(sc.Text() + "\n")
+			if m := addrRE.FindStringSubmatch(sc.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+	}()
+	var app string
+	select {
+	case app = <-addr:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the proxy did not start:\n%s", logs.String())
+	}
+	// The watcher is known to run once it has reloaded for a change of
+	// the config file itself (written again as it was, until it is seen:
+	// the watcher starts beside the listeners).
+	text, _ := os.ReadFile(cfg)
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(logs.String(), "reload applied"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the watcher never reloaded for the config file:\n%s", logs.String())
+		}
+		os.WriteFile(cfg, text, 0o600)
+		for wait := time.Now().Add(2 * time.Second); time.Now().Before(wait) && !strings.Contains(logs.String(), "reload applied"); {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	mark := len(logs.String())
+	read := func() {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+app+"/Vehicle/Speed", nil)
+		req.Header.Set("X-Vin", "VIN0001")
+		resp, err := (&http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 60 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), `"value":"42"`) {
+			t.Fatalf("read: %d %s", resp.StatusCode, b)
+		}
+	}
+	read()
+	if _, err := os.Stat(keyFile); err != nil {
+		t.Fatalf("the long-term key was not generated: %v", err)
+	}
+	// The watcher settles for 300 ms before it reloads: wait well past it.
+	time.Sleep(3 * time.Second)
+	read()
+	if a, x := viss.AGTRequests(), viss.ATSRequests(); a != 1 || x != 1 {
+		t.Errorf("first start: %d AGT requests and %d ATS exchanges, want 1 and 1", a, x)
+	}
+	if strings.Contains(logs.String()[mark:], "reload") {
+		t.Errorf("the generated key caused a reload:\n%s", logs.String())
+	}
+}
