@@ -78,6 +78,10 @@ func newStatic(cfg StaticConfig, secret func(config.SecretSource) (config.Secret
 			errs = append(errs, config.Errorf(path, "invalid header name"))
 			continue
 		}
+		if why, ok := notInjectable[http.CanonicalHeaderKey(name)]; ok {
+			errs = append(errs, config.Errorf(path, "%s cannot be set by an injector: %s; remove it", http.CanonicalHeaderKey(name), why))
+			continue
+		}
 		secret, err := secret(h.SecretSource)
 		if err != nil {
 			errs = append(errs, config.Errorf(path, "%v", err))
@@ -96,6 +100,20 @@ func newStatic(cfg StaticConfig, secret func(config.SecretSource) (config.Secret
 		return nil, errors.Join(errs...)
 	}
 	return s, nil
+}
+
+// notInjectable are the fields a request's transport writes itself, which
+// an injected value would never reach the upstream as: each with why.
+var notInjectable = map[string]string{
+	"Host":              "the proxy sends the route's upstream host (or the client's, on a forward listener) as Host and :authority",
+	"Content-Length":    "it describes the body the client sent",
+	"Transfer-Encoding": "it describes the body the client sent",
+	"Te":                "it is connection-specific",
+	"Trailer":           "it declares the client's trailers",
+	"Connection":        "it is connection-specific and dropped at every hop",
+	"Keep-Alive":        "it is connection-specific and dropped at every hop",
+	"Proxy-Connection":  "it is connection-specific and dropped at every hop",
+	"Upgrade":           "it is connection-specific and dropped at every hop",
 }
 
 // Headers implements Injector.

@@ -64,3 +64,16 @@ empty: {kind: static}
 		t.Error("the valid injector was not built")
 	}
 }
+
+// A field the request's transport writes itself (Host, framing,
+// connection-specific fields) would be silently not sent: it is refused,
+// in any case, with a message naming the key.
+func TestStaticRefusesFieldsItCannotSend(t *testing.T) {
+	v := "x"
+	for _, name := range []string{"Host", "host", "Content-Length", "transfer-encoding", "TE", "Trailer", "Connection", "Keep-Alive", "Proxy-Connection", "Upgrade"} {
+		_, err := NewStatic(StaticConfig{Headers: map[string]StaticHeader{name: {SecretSource: config.SecretSource{Value: &v}}}}, nil)
+		if err == nil || !strings.Contains(err.Error(), "headers."+name+": ") || !strings.Contains(err.Error(), "cannot be set by an injector") {
+			t.Errorf("%s: %v, want a refusal naming headers.%s", name, err, name)
+		}
+	}
+}
