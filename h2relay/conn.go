@@ -581,7 +581,7 @@ func (c *conn) close(err error) {
 		c.pool.remove(c)
 	}
 	for _, h := range halves {
-		h.s.legFailed(h, http2.ErrCodeInternal, &upstreamErr{fmt.Errorf("connection closed: %v", err)}, nil)
+		h.s.legFailed(h, http2.ErrCodeInternal, &upstreamErr{fmt.Errorf("connection closed: %v", err)}, false, nil)
 	}
 }
 

@@ -279,7 +279,7 @@ func (s *stream) startOn(uc *conn, t *Target, replay bool, fl *flusher) {
 	a.c.mu.Unlock()
 	sent, err := uc.startStream(b, t, fl)
 	if err != nil {
-		s.legFailed(b, http2.ErrCodeInternal, &upstreamErr{err}, nil)
+		s.legFailed(b, http2.ErrCodeInternal, &upstreamErr{err}, false, nil)
 		return
 	}
 	if b.src != nil && sent > 0 {
@@ -773,7 +773,15 @@ func (s *stream) replyLocal(t *Target, err error) {
 // gets err as the proxy's reply when no answer has started; otherwise its
 // stream is reset with code. A refused stream is reset too: the upstream
 // did nothing with it, so the client may send it again.
-func (s *stream) legFailed(h *half, code http2.ErrCode, err error, fl *flusher) {
+//
+// An upstream's own RST_STREAM (peer) reaches the client as an RST_STREAM
+// with the same code, answered or not, as it would without the proxy: a
+// gRPC client sees CANCELLED, INTERNAL or RESOURCE_EXHAUSTED, not a
+// retryable UNAVAILABLE. Only the proxy's own failures (a connection that
+// broke, a stream it could not open, the HTTP/1.1 bridge's failures: an
+// HTTP/1.1 upstream has no resets) are answered by the proxy, before the
+// answer began.
+func (s *stream) legFailed(h *half, code http2.ErrCode, err error, peer bool, fl *flusher) {
 	if h == s.client {
 		s.end()
 		return
@@ -783,7 +791,7 @@ func (s *stream) legFailed(h *half, code http2.ErrCode, err error, fl *flusher) 
 	s.mu.Unlock()
 	switch {
 	case !current:
-	case answered || code == http2.ErrCodeRefusedStream:
+	case answered || code == http2.ErrCodeRefusedStream || peer:
 		s.client.c.resetHalf(s.client, code, fl)
 		s.end()
 	default:
@@ -843,7 +851,10 @@ func (c *conn) onReset(id uint32, code http2.ErrCode, fl *flusher) {
 	h := c.streams[id]
 	c.mu.Unlock()
 	if h != nil && c.endHalf(h, code, false, fl) {
-		h.s.legFailed(h, code, &upstreamErr{http2.StreamError{StreamID: id, Code: code}}, fl)
+		// An HTTP/2 upstream's own reset; the bridge's stand for an
+		// HTTP/1.1 upstream's failure, which the proxy answers.
+		peer := c.pool != nil && !c.pool.bridge
+		h.s.legFailed(h, code, &upstreamErr{http2.StreamError{StreamID: id, Code: code}}, peer, fl)
 	}
 }
 
@@ -863,7 +874,7 @@ func (c *conn) resetStream(id uint32, code http2.ErrCode, fl *flusher) {
 // failLeg resets h, which the relay found broken, and tells its stream.
 func (c *conn) failLeg(h *half, code http2.ErrCode, err error, fl *flusher) {
 	if c.endHalf(h, code, true, fl) {
-		h.s.legFailed(h, http2.ErrCodeInternal, err, fl)
+		h.s.legFailed(h, http2.ErrCodeInternal, err, false, fl)
 	}
 }
 
