@@ -381,6 +381,25 @@ func (c *conn) readLoop() {
 	}
 }
 
+// idleStream reports whether stream id is idle (RFC 9113 §5.1): one the
+// peer that opens it has not opened yet, or a server-initiated one (push
+// is off, so the relay's upstreams and clients never open any). Only the
+// reading goroutine calls it.
+func (c *conn) idleStream(id uint32) bool {
+	if id == 0 {
+		return false
+	}
+	if id%2 == 0 {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.server {
+		return id > c.lastID
+	}
+	return id >= c.nextID
+}
+
 // logEnd logs a connection the relay ends for breaking the protocol.
 func (c *conn) logEnd(err error) {
 	c.r.log().Info("HTTP/2 connection ended: protocol error", "side", c.side(), "remote", c.remote, "err", err)
@@ -429,6 +448,9 @@ func (c *conn) handle(f http2.Frame, fl *flusher) error {
 		c.wmu.Unlock()
 		c.flushSoon()
 	case *http2.RSTStreamFrame:
+		if c.idleStream(f.StreamID) { // RFC 9113 §5.1
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
 		if c.server && c.isOpen(f.StreamID) {
 			if err := c.chargeReset(fl); err != nil {
 				return err
@@ -442,6 +464,10 @@ func (c *conn) handle(f http2.Frame, fl *flusher) error {
 		c.onGoAway(f.LastStreamID, fl)
 	case *http2.PushPromiseFrame:
 		return http2.ConnectionError(http2.ErrCodeProtocol) // push is off
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID { // RFC 9113 §5.3.1: a stream cannot depend on itself
+			c.resetStream(f.StreamID, http2.ErrCodeProtocol, fl)
+		}
 	}
 	return nil
 }

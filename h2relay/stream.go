@@ -77,7 +77,12 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 	id := f.StreamID
 	c.mu.Lock()
 	if h := c.streams[id]; h != nil {
-		if h.recvEnd || !f.StreamEnded() {
+		if h.recvEnd { // half-closed (remote): RFC 9113 §5.1
+			c.mu.Unlock()
+			c.resetStream(id, http2.ErrCodeStreamClosed, fl)
+			return nil
+		}
+		if !f.StreamEnded() { // trailers must end the stream
 			c.mu.Unlock()
 			c.resetStream(id, http2.ErrCodeProtocol, fl)
 			return nil
@@ -93,6 +98,11 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	c.lastID = id
+	if f.HasPriority() && f.Priority.StreamDep == id { // RFC 9113 §5.3.1
+		c.mu.Unlock()
+		c.writeReset(id, http2.ErrCodeProtocol, fl)
+		return nil
+	}
 	if c.goingAway || c.closed || uint32(len(c.streams)) >= c.r.maxStreams() {
 		reason := "max_streams"
 		if c.goingAway || c.closed {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -199,5 +201,98 @@ func TestUpstreamResetsPassThroughWithTheirCodes(t *testing.T) {
 		if resp.StatusCode != http.StatusBadGateway {
 			t.Errorf("HTTP/1.1, upstream reset %v: %d, want 502", code, resp.StatusCode)
 		}
+	}
+}
+
+// Frames RFC 9113 forbids in a stream's state are answered as it says, on a
+// sidecar (h2c) and through the forward listener (intercepted h2):
+// RST_STREAM or WINDOW_UPDATE on an idle stream ends the connection
+// (PROTOCOL_ERROR, §5.1); HEADERS on a half-closed (remote) stream resets it
+// (STREAM_CLOSED); a PRIORITY or a HEADERS that makes a stream depend on
+// itself resets it (PROTOCOL_ERROR, §5.3.1), and that request never
+// reaches the upstream.
+func TestStreamStateErrorsAsRFC9113Says(t *testing.T) {
+	e := newEnv(t)
+	var selfSeen atomic.Int64 // requests for the self-dependent stream's path
+	up := e.httpsUpstream(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/self" {
+			selfSeen.Add(1)
+		}
+		if r.URL.Path == "/v1/hold" {
+			<-r.Context().Done() // answers nothing while the test sends its frames
+		}
+	}))
+	p := e.start(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, host: api.authproxy.test, upstream: "https://api.authproxy.test:%[1]s"}
+  - {name: fwd, kind: forward, address: 127.0.0.1:0}
+ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1}}
+injectors:
+  bearer: {kind: static, headers: {Authorization: {value: %[2]q, prefix: "Bearer "}}}
+routes:
+  - {name: api, match: {host: api.authproxy.test, path: /v1/*}, injector: bearer}
+`, port(t, up.URL), secretToken), nil, nil)
+	target := "api.authproxy.test:" + port(t, up.URL)
+	for _, mode := range []string{"sidecar", "forward"} {
+		dial := func() (*rawH2, func(path string) []hpack.HeaderField) {
+			if mode == "sidecar" {
+				return dialH2C(t, p.addr("app")), func(path string) []hpack.HeaderField {
+					return request("GET", "http", "api.authproxy.test", path)
+				}
+			}
+			return dialInterceptedH2(t, p.addr("fwd"), target, e.proxyCA), func(path string) []hpack.HeaderField {
+				return request("GET", "https", target, path)
+			}
+		}
+		t.Run(mode+"/RST_STREAM on an idle stream", func(t *testing.T) {
+			c, _ := dial()
+			c.write(func() { c.fr.WriteRSTStream(5, http2.ErrCodeCancel) })
+			if a := c.read(5); !a.goAway || a.goCode != http2.ErrCodeProtocol {
+				t.Errorf("got %+v, want GOAWAY PROTOCOL_ERROR", a)
+			}
+		})
+		t.Run(mode+"/WINDOW_UPDATE on an idle stream", func(t *testing.T) {
+			c, _ := dial()
+			c.write(func() { c.fr.WriteWindowUpdate(7, 100) })
+			if a := c.read(7); !a.goAway || a.goCode != http2.ErrCodeProtocol {
+				t.Errorf("got %+v, want GOAWAY PROTOCOL_ERROR", a)
+			}
+		})
+		t.Run(mode+"/HEADERS on a half-closed stream", func(t *testing.T) {
+			c, head := dial()
+			c.headers(1, head("/v1/hold"), true, false)
+			c.headers(1, head("/v1/hold"), true, false)
+			if a := c.read(1); !a.reset || a.code != http2.ErrCodeStreamClosed {
+				t.Errorf("got %+v, want RST_STREAM STREAM_CLOSED", a)
+			}
+		})
+		t.Run(mode+"/a stream that depends on itself", func(t *testing.T) {
+			c, head := dial()
+			c.headers(1, head("/v1/hold"), true, false)
+			c.write(func() { c.fr.WritePriority(1, http2.PriorityParam{StreamDep: 1, Weight: 15}) })
+			if a := c.read(1); !a.reset || a.code != http2.ErrCodeProtocol {
+				t.Errorf("PRIORITY: got %+v, want RST_STREAM PROTOCOL_ERROR", a)
+			}
+			c.hb.Reset()
+			for _, f := range head("/v1/self") {
+				c.enc.WriteField(f)
+			}
+			c.write(func() {
+				c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: c.hb.Bytes(), EndStream: true, EndHeaders: true,
+					Priority: http2.PriorityParam{StreamDep: 3, Weight: 15}})
+			})
+			if a := c.read(3); !a.reset || a.code != http2.ErrCodeProtocol {
+				t.Errorf("HEADERS: got %+v, want RST_STREAM PROTOCOL_ERROR", a)
+			}
+			// A well-formed stream after it is served: the connection lives.
+			c.headers(5, head("/v1/ok"), true, false)
+			if a := c.read(5); a.status != 200 {
+				t.Errorf("the next stream: %+v, want 200", a)
+			}
+			if n := selfSeen.Load(); n != 0 {
+				t.Errorf("the self-dependent request reached the upstream %d times", n)
+			}
+		})
 	}
 }
