@@ -59,6 +59,10 @@ type conn struct {
 	resetTokens float64
 	resetAt     time.Time
 	throttled   int
+	// The streams the client reset most recently, for DATA that follows
+	// its own RST_STREAM (RFC 9113 §5.1: STREAM_CLOSED); a ring.
+	clientResets [16]uint32
+	resetsAt     int
 	// The budget's clock where the socket can tell it is empty: the time
 	// the connection spent waiting for its client (idleAt: since when it
 	// waits, zero while it has frames to handle; idleFor: waited since the
@@ -89,6 +93,10 @@ type half struct {
 	debt    int64 // bytes a tap added to what it received, not to be credited
 	recvEnd bool
 	reset   bool
+	// bodyLeft is a client leg's declared content-length less the DATA
+	// received; -1 without one (RFC 9113 §8.1.1). Upstream legs do not
+	// use it.
+	bodyLeft int64
 }
 
 func newConn(r *Relay, nc net.Conn, server bool) *conn {
@@ -381,6 +389,17 @@ func (c *conn) readLoop() {
 	}
 }
 
+// resetByClient reports whether the client reset stream id itself,
+// lately; on the reading goroutine.
+func (c *conn) resetByClient(id uint32) bool {
+	for _, r := range c.clientResets {
+		if r == id {
+			return true
+		}
+	}
+	return false
+}
+
 // idleStream reports whether stream id is idle (RFC 9113 §5.1): one the
 // peer that opens it has not opened yet, or a server-initiated one (push
 // is off, so the relay's upstreams and clients never open any). Only the
@@ -455,6 +474,10 @@ func (c *conn) handle(f http2.Frame, fl *flusher) error {
 			if err := c.chargeReset(fl); err != nil {
 				return err
 			}
+		}
+		if c.server {
+			c.clientResets[c.resetsAt%len(c.clientResets)] = f.StreamID
+			c.resetsAt++
 		}
 		c.onReset(f.StreamID, f.ErrCode, fl)
 	case *http2.GoAwayFrame:

@@ -82,7 +82,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 			c.resetStream(id, http2.ErrCodeStreamClosed, fl)
 			return nil
 		}
-		if !f.StreamEnded() { // trailers must end the stream
+		if !f.StreamEnded() || c.server && h.bodyLeft > 0 { // trailers end the stream, and its body (§8.1.1)
 			c.mu.Unlock()
 			c.resetStream(id, http2.ErrCodeProtocol, fl)
 			return nil
@@ -116,6 +116,13 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		return nil
 	}
 	req, err := requestOf(f)
+	var bodyLeft int64 = -1
+	if err == nil {
+		bodyLeft, err = declaredLength(req.Header)
+	}
+	if err == nil && f.StreamEnded() && bodyLeft > 0 {
+		err = errors.New("a content-length with no body") // RFC 9113 §8.1.1
+	}
 	if err != nil {
 		c.mu.Unlock()
 		c.writeReset(id, http2.ErrCodeProtocol, fl)
@@ -125,7 +132,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 	req.Context, req.RemoteAddr, req.ConnData = ctx, c.remote, c.data
 	s := &stream{r: c.r, req: req, cancel: cancel, reqEnded: f.StreamEnded(), preEnd: f.StreamEnded(), began: time.Now()}
 	a := &s.legs[0]
-	*a = half{c: c, id: id, s: s, sendWin: c.initWin, recvWin: streamWindow, recvEnd: f.StreamEnded()}
+	*a = half{c: c, id: id, s: s, sendWin: c.initWin, recvWin: streamWindow, recvEnd: f.StreamEnded(), bodyLeft: bodyLeft}
 	s.client = a
 	c.streams[id] = a
 	if c.idle != nil {
@@ -153,6 +160,25 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		}
 	}
 	return nil
+}
+
+// declaredLength is a request's content-length (-1 without one); several
+// that differ, or one that is not a number, make it malformed.
+func declaredLength(h http.Header) (int64, error) {
+	vs := h["Content-Length"]
+	if len(vs) == 0 {
+		return -1, nil
+	}
+	n, err := strconv.ParseInt(vs[0], 10, 64)
+	if err != nil || n < 0 {
+		return 0, errors.New("a content-length that is not a length")
+	}
+	for _, v := range vs[1:] {
+		if v != vs[0] {
+			return 0, errors.New("differing content-lengths")
+		}
+	}
+	return n, nil
 }
 
 // ErrHeaderTooLarge is the error Reply gets for a request header block
@@ -376,7 +402,10 @@ func (c *conn) onData(f *http2.DataFrame, fl *flusher) error {
 		if h == nil && ((c.server && id > c.lastID) || (!c.server && id >= c.nextID)) {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
-		if h != nil && h.recvEnd {
+		if h != nil && h.recvEnd || h == nil && c.server && c.resetByClient(id) {
+			// DATA after the client's own END_STREAM or RST_STREAM
+			// (RFC 9113 §5.1); DATA for a stream the relay closed may
+			// still be in flight, and is ignored.
 			c.resetStream(id, http2.ErrCodeStreamClosed, fl)
 		}
 		return nil
@@ -389,6 +418,15 @@ func (c *conn) onData(f *http2.DataFrame, fl *flusher) error {
 	}
 	h.recvWin -= n
 	end := f.StreamEnded()
+	if c.server && h.bodyLeft >= 0 { // a client leg with a content-length: RFC 9113 §8.1.1
+		h.bodyLeft -= int64(len(data))
+		if h.bodyLeft < 0 || end && h.bodyLeft != 0 {
+			c.mu.Unlock()
+			c.creditConn(n, fl)
+			c.resetStream(id, http2.ErrCodeProtocol, fl) // the client's malformed request
+			return nil
+		}
+	}
 	if end {
 		h.recvEnd = true
 	}

@@ -207,10 +207,12 @@ func TestUpstreamResetsPassThroughWithTheirCodes(t *testing.T) {
 // Frames RFC 9113 forbids in a stream's state are answered as it says, on a
 // sidecar (h2c) and through the forward listener (intercepted h2):
 // RST_STREAM or WINDOW_UPDATE on an idle stream ends the connection
-// (PROTOCOL_ERROR, §5.1); HEADERS on a half-closed (remote) stream resets it
-// (STREAM_CLOSED); a PRIORITY or a HEADERS that makes a stream depend on
+// (PROTOCOL_ERROR, §5.1); HEADERS on a half-closed (remote) stream, and
+// DATA after the client's own RST_STREAM, reset it (STREAM_CLOSED); a PRIORITY or a HEADERS that makes a stream depend on
 // itself resets it (PROTOCOL_ERROR, §5.3.1), and that request never
-// reaches the upstream.
+// reaches the upstream; a content-length that differs from the DATA
+// received resets the stream (PROTOCOL_ERROR, §8.1.1), as the client's
+// error, not the upstream's.
 func TestStreamStateErrorsAsRFC9113Says(t *testing.T) {
 	e := newEnv(t)
 	var selfSeen atomic.Int64 // requests for the self-dependent stream's path
@@ -265,6 +267,50 @@ routes:
 			c.headers(1, head("/v1/hold"), true, false)
 			if a := c.read(1); !a.reset || a.code != http2.ErrCodeStreamClosed {
 				t.Errorf("got %+v, want RST_STREAM STREAM_CLOSED", a)
+			}
+		})
+		t.Run(mode+"/DATA after the client's own RST_STREAM", func(t *testing.T) {
+			c, head := dial()
+			h := head("/v1/hold")
+			h[0].Value = "POST"
+			c.headers(1, h, false, false)
+			c.write(func() { c.fr.WriteRSTStream(1, http2.ErrCodeCancel) })
+			c.data(1, []byte("late"), false)
+			if a := c.read(1); !a.reset || a.code != http2.ErrCodeStreamClosed {
+				t.Errorf("got %+v, want RST_STREAM STREAM_CLOSED", a)
+			}
+		})
+		t.Run(mode+"/content-length and DATA differ", func(t *testing.T) {
+			c, head := dial()
+			for i, tc := range []struct {
+				length, body string
+				end          bool // END_STREAM on HEADERS: no DATA at all
+			}{
+				{"10", "12345", false},
+				{"3", "12345", false},
+				{"7", "", true},
+				{"5", "12345", false}, // the one that is right
+			} {
+				id := uint32(2*i + 1)
+				h := append(head("/v1/len"), hpack.HeaderField{Name: "content-length", Value: tc.length})
+				h[0].Value = "POST"
+				c.headers(id, h, tc.end, false)
+				if !tc.end {
+					c.data(id, []byte(tc.body), true)
+				}
+				a := c.read(id)
+				if tc.length == "5" {
+					if a.status != 200 {
+						t.Errorf("content-length 5 with 5 bytes: %+v, want 200", a)
+					}
+					continue
+				}
+				if !a.reset || a.code != http2.ErrCodeProtocol {
+					t.Errorf("content-length %s with %q: %+v, want RST_STREAM PROTOCOL_ERROR", tc.length, tc.body, a)
+				}
+			}
+			if strings.Contains(p.logs.String(), "upstream unavailable") {
+				t.Errorf("the client's malformed request was counted against the upstream:\n%s", p.logs.String())
 			}
 		})
 		t.Run(mode+"/a stream that depends on itself", func(t *testing.T) {
