@@ -59,10 +59,11 @@ type conn struct {
 	resetTokens float64
 	resetAt     time.Time
 	throttled   int
-	// The streams the client reset most recently, for DATA that follows
-	// its own RST_STREAM (RFC 9113 §5.1: STREAM_CLOSED); a ring.
-	clientResets [16]uint32
-	resetsAt     int
+	// The streams the client closed most recently (its RST_STREAM or
+	// END_STREAM), for DATA that follows (RFC 9113 §5.1: STREAM_CLOSED); a
+	// ring, read and written by the reading goroutine.
+	clientClosed [16]uint32
+	closedAt     int
 	// The budget's clock where the socket can tell it is empty: the time
 	// the connection spent waiting for its client (idleAt: since when it
 	// waits, zero while it has frames to handle; idleFor: waited since the
@@ -389,10 +390,17 @@ func (c *conn) readLoop() {
 	}
 }
 
-// resetByClient reports whether the client reset stream id itself,
+// closedByClient records that the client closed stream id (its
+// RST_STREAM or END_STREAM); on the reading goroutine.
+func (c *conn) closedByClient(id uint32) {
+	c.clientClosed[c.closedAt%len(c.clientClosed)] = id
+	c.closedAt++
+}
+
+// clientClosedIt reports whether the client closed stream id itself,
 // lately; on the reading goroutine.
-func (c *conn) resetByClient(id uint32) bool {
-	for _, r := range c.clientResets {
+func (c *conn) clientClosedIt(id uint32) bool {
+	for _, r := range c.clientClosed {
 		if r == id {
 			return true
 		}
@@ -476,8 +484,7 @@ func (c *conn) handle(f http2.Frame, fl *flusher) error {
 			}
 		}
 		if c.server {
-			c.clientResets[c.resetsAt%len(c.clientResets)] = f.StreamID
-			c.resetsAt++
+			c.closedByClient(f.StreamID)
 		}
 		c.onReset(f.StreamID, f.ErrCode, fl)
 	case *http2.GoAwayFrame:

@@ -89,6 +89,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		}
 		h.recvEnd = true
 		c.mu.Unlock()
+		c.closedByClient(id)
 		h.s.requestTrailers(f.RegularFields(), fl)
 		c.settle(h)
 		return nil
@@ -139,6 +140,9 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 		c.idle.Stop()
 	}
 	c.mu.Unlock()
+	if f.StreamEnded() {
+		c.closedByClient(id)
+	}
 	if f.Truncated {
 		go s.replyLocal(nil, ErrHeaderTooLarge)
 		return nil
@@ -402,7 +406,7 @@ func (c *conn) onData(f *http2.DataFrame, fl *flusher) error {
 		if h == nil && ((c.server && id > c.lastID) || (!c.server && id >= c.nextID)) {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
-		if h != nil && h.recvEnd || h == nil && c.server && c.resetByClient(id) {
+		if h != nil && h.recvEnd || h == nil && c.server && c.clientClosedIt(id) {
 			// DATA after the client's own END_STREAM or RST_STREAM
 			// (RFC 9113 §5.1); DATA for a stream the relay closed may
 			// still be in flight, and is ignored.
@@ -431,6 +435,9 @@ func (c *conn) onData(f *http2.DataFrame, fl *flusher) error {
 		h.recvEnd = true
 	}
 	c.mu.Unlock()
+	if end && c.server {
+		c.closedByClient(id)
+	}
 	if pad := n - int64(len(data)); pad > 0 {
 		c.credit(h, int(pad), fl)
 	}

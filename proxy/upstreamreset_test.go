@@ -280,6 +280,17 @@ routes:
 				t.Errorf("got %+v, want RST_STREAM STREAM_CLOSED", a)
 			}
 		})
+		t.Run(mode+"/DATA after the client's END_STREAM, the stream over", func(t *testing.T) {
+			c, head := dial()
+			c.headers(1, head("/v1/ok"), true, false)
+			if a := c.read(1); a.status != 200 {
+				t.Fatalf("the stream: %+v, want 200", a)
+			}
+			c.data(1, []byte("late"), false)
+			if a := c.read(1); !a.reset || a.code != http2.ErrCodeStreamClosed {
+				t.Errorf("got %+v, want RST_STREAM STREAM_CLOSED", a)
+			}
+		})
 		t.Run(mode+"/content-length and DATA differ", func(t *testing.T) {
 			c, head := dial()
 			for i, tc := range []struct {
