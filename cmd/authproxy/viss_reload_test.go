@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,11 +10,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/authproxy/authproxy/internal/syncbuf"
+	"github.com/authproxy/authproxy/internal/proctest"
 	"github.com/authproxy/authproxy/sim"
 )
 
@@ -65,46 +63,22 @@ routes:
 
 	cmd := exec.Command(binary, "run", "-config", cfg)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
-	var logs syncbuf.Buffer
-	addrRE := regexp.MustCompile(`listener=app kind=sidecar address=(\S+)`)
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			logs.WriteString(sc.Text() + "\n")
-			if m := addrRE.FindStringSubmatch(sc.Text()); m != nil {
-				addr <- m[1]
-			}
-		}
-	}()
-	var app string
-	select {
-	case app = <-addr:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("the proxy did not start:\n%s", logs.String())
-	}
+	proc := proctest.Start(t, cmd)
+	app := proc.Await(t, regexp.MustCompile(`listener=app kind=sidecar address=(\S+)`), 60*time.Second)[1]
 	// The watcher is known to run once it has reloaded for a change of
 	// the config file itself (written again as it was, until it is seen:
 	// the watcher starts beside the listeners).
 	text, _ := os.ReadFile(cfg)
-	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(logs.String(), "reload applied"); {
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(proc.Logs(), "reload applied"); {
 		if time.Now().After(deadline) {
-			t.Fatalf("the watcher never reloaded for the config file:\n%s", logs.String())
+			t.Fatalf("the watcher never reloaded for the config file:\n%s", proc.Logs())
 		}
 		os.WriteFile(cfg, text, 0o600)
-		for wait := time.Now().Add(2 * time.Second); time.Now().Before(wait) && !strings.Contains(logs.String(), "reload applied"); {
+		for wait := time.Now().Add(2 * time.Second); time.Now().Before(wait) && !strings.Contains(proc.Logs(), "reload applied"); {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	mark := len(logs.String())
+	mark := len(proc.Logs())
 	read := func() {
 		t.Helper()
 		req, _ := http.NewRequest("GET", "http://"+app+"/Vehicle/Speed", nil)
@@ -129,7 +103,7 @@ routes:
 	if a, x := viss.AGTRequests(), viss.ATSRequests(); a != 1 || x != 1 {
 		t.Errorf("first start: %d AGT requests and %d ATS exchanges, want 1 and 1", a, x)
 	}
-	if strings.Contains(logs.String()[mark:], "reload") {
-		t.Errorf("the generated key caused a reload:\n%s", logs.String())
+	if strings.Contains(proc.Logs()[mark:], "reload") {
+		t.Errorf("the generated key caused a reload:\n%s", proc.Logs())
 	}
 }

@@ -1,7 +1,6 @@
 package kubernetes
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -28,7 +27,7 @@ import (
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/injectors"
-	"github.com/authproxy/authproxy/internal/syncbuf"
+	"github.com/authproxy/authproxy/internal/proctest"
 )
 
 // proxyPod is a pod spec that runs the proxy, with what the test needs of
@@ -378,32 +377,8 @@ func startPod(t *testing.T, binary string, pod proxyPod) {
 	if out, err := run(ctx, "check").CombinedOutput(); err != nil {
 		t.Fatalf("check as uid %d, groups %d %v: %v\n%s", id.uid, id.gid, id.groups, err, out)
 	}
-	cmd := run(ctx, "run")
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
-	var logs syncbuf.Buffer
-	adminRE := regexp.MustCompile(`listener=admin address=(\S+)`)
-	admin := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			logs.WriteString(sc.Text() + "\n")
-			if m := adminRE.FindStringSubmatch(sc.Text()); m != nil {
-				admin <- m[1]
-			}
-		}
-		close(admin)
-	}()
-	addr, ok := <-admin
-	if !ok {
-		t.Fatalf("run as uid %d did not start:\n%s", id.uid, logs.String())
-	}
+	proc := proctest.Start(t, run(ctx, "run"))
+	addr := proc.Await(t, regexp.MustCompile(`listener=admin address=(\S+)`), 60*time.Second)[1]
 	paths := []string{"/healthz"}
 	if !strings.Contains(cfgText, "warm: true") {
 		paths = append(paths, "/readyz")
@@ -421,12 +396,12 @@ func startPod(t *testing.T, binary string, pod proxyPod) {
 				}
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s never answered 200 (%v):\n%s", path, err, logs.String())
+				t.Fatalf("%s never answered 200 (%v):\n%s", path, err, proc.Logs())
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	if l := logs.String(); strings.Contains(l, "no such host") || strings.Contains(l, "lookup ") {
+	if l := proc.Logs(); strings.Contains(l, "no such host") || strings.Contains(l, "lookup ") {
 		t.Errorf("the proxy looked a name up (a host the rewrite did not pin):\n%s", l)
 	}
 }
