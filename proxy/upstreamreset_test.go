@@ -223,6 +223,9 @@ func TestStreamStateErrorsAsRFC9113Says(t *testing.T) {
 		if r.URL.Path == "/v1/hold" {
 			<-r.Context().Done() // answers nothing while the test sends its frames
 		}
+		// The whole body before the answer: an answer that came first would
+		// end the stream before the relay sees the body's end.
+		_, _ = io.Copy(io.Discard, r.Body)
 	}))
 	p := e.start(fmt.Sprintf(`
 listeners:
