@@ -59,6 +59,7 @@ type conn struct {
 	resetTokens float64
 	resetAt     time.Time
 	throttled   int
+	refilled    float64 // tokens the budget regained since the connection began
 	// The streams the client closed most recently (its RST_STREAM or
 	// END_STREAM), for DATA that follows (RFC 9113 §5.1: STREAM_CLOSED); a
 	// ring, read and written by the reading goroutine.
@@ -541,6 +542,7 @@ func (c *conn) isOpen(id uint32) bool {
 // chargeReset takes a reset from the budget; on the reading goroutine.
 func (c *conn) chargeReset(fl *flusher) error {
 	now := time.Now()
+	before := c.resetTokens
 	switch {
 	case c.idleClock:
 		c.resetTokens = min(resetBurst, c.resetTokens+c.idleFor.Seconds()*resetRate)
@@ -548,6 +550,7 @@ func (c *conn) chargeReset(fl *flusher) error {
 	case !c.resetAt.IsZero():
 		c.resetTokens = min(resetBurst, c.resetTokens+now.Sub(c.resetAt).Seconds()*resetRate)
 	}
+	c.refilled += c.resetTokens - before
 	c.resetAt = now
 	if c.resetTokens >= resetBurst/2 {
 		c.throttled = 0
@@ -558,7 +561,7 @@ func (c *conn) chargeReset(fl *flusher) error {
 	}
 	c.throttled++
 	if c.throttled > resetDebt {
-		return fmt.Errorf("%w: %w", ErrTooManyResets, http2.ConnectionError(http2.ErrCodeEnhanceYourCalm))
+		return fmt.Errorf("%w (%d refilled while the relay waited for it): %w", ErrTooManyResets, int(c.refilled), http2.ConnectionError(http2.ErrCodeEnhanceYourCalm))
 	}
 	fl.flush() // what this goroutine wrote leaves before it waits
 	time.Sleep(time.Duration(float64(time.Second) / resetRate))
