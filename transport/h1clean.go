@@ -31,7 +31,7 @@ func (fc *fastConn) clean() bool {
 	if fc.br.Buffered() > 0 {
 		return false
 	}
-	if fc.tls != nil {
+	if fc.rec != nil { // https: conn is the TLS layer
 		if fc.rec.midRecord() { // part of a record the TLS layer keeps
 			return false
 		}
@@ -41,9 +41,9 @@ func (fc *fastConn) clean() bool {
 		// consumed and yields nothing. The deadline has passed before the
 		// read starts, so the socket is not read, and the timeout does not
 		// stick to the TLS connection.
-		_ = fc.tls.SetReadDeadline(aLongTimeAgo)
-		n, err := fc.tls.Read(fc.probe[:])
-		_ = fc.tls.SetReadDeadline(time.Time{})
+		_ = fc.conn.SetReadDeadline(aLongTimeAgo)
+		n, err := fc.conn.Read(fc.probe[:])
+		_ = fc.conn.SetReadDeadline(time.Time{})
 		if n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return false
 		}

@@ -3,7 +3,6 @@ package transport
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -36,8 +35,7 @@ type fastConn struct {
 	key    string
 	conn   net.Conn
 	raw    *netwait.Conn   // the socket, under TLS for https
-	tls    *tls.Conn       // nil for http
-	rec    *recordConn     // follows TLS record framing under tls; nil for http
+	rec    *recordConn     // follows TLS record framing under conn's TLS; nil for http
 	rc     *countingReader // counts the bytes of the current answer
 	br     *bufio.Reader
 	bw     *bufio.Writer
@@ -214,22 +212,40 @@ func (b *fastBody) Close() error {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
+// get takes the most recently used idle connection to key that is still
+// quiet (nothing arrived while it sat in the pool); the look at its
+// socket, a system call, is made outside the pool's lock.
 func (t *h1Fast) get(key string) (*fastConn, bool) {
+	for {
+		fc := t.pop(key)
+		if fc == nil {
+			return nil, false
+		}
+		if fc.quiet() {
+			return fc, true
+		}
+		fc.conn.Close()
+	}
+}
+
+// pop takes the most recently used idle connection to key that has not
+// expired, closing the expired ones it passes.
+func (t *h1Fast) pop(key string) *fastConn {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	conns := t.idle[key]
 	for len(conns) > 0 {
 		fc := conns[len(conns)-1]
 		conns = conns[:len(conns)-1]
-		if time.Since(fc.idleAt) > t.fallback.IdleConnTimeout || !fc.quiet() {
+		if time.Since(fc.idleAt) > t.fallback.IdleConnTimeout {
 			fc.conn.Close()
 			continue
 		}
 		t.idle[key] = conns
-		return fc, true
+		return fc
 	}
 	delete(t.idle, key)
-	return nil, false
+	return nil
 }
 
 func (t *h1Fast) put(fc *fastConn) {
@@ -306,10 +322,9 @@ func (t *h1Fast) dialConn(ctx context.Context, u *url.URL, addr, key string) (*f
 	fc.conn = fc.raw
 	if u.Scheme == "https" {
 		fc.rec = &recordConn{Conn: fc.raw}
-		if fc.tls, err = clientTLS(ctx, fc.rec, t.fallback, u.Hostname(), "http/1.1"); err != nil {
+		if fc.conn, err = clientTLS(ctx, fc.rec, t.fallback, u.Hostname(), "http/1.1"); err != nil {
 			return nil, err
 		}
-		fc.conn = fc.tls
 	}
 	fc.rc = &countingReader{r: fc.conn}
 	fc.br, fc.bw = bufio.NewReaderSize(fc.rc, 4<<10), bufio.NewWriterSize(fc.conn, 4<<10)
