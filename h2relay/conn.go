@@ -412,17 +412,20 @@ func (c *conn) clientClosedIt(id uint32) bool {
 // idleStream reports whether stream id is idle (RFC 9113 §5.1): one the
 // peer that opens it has not opened yet, or a server-initiated one (push
 // is off, so the relay's upstreams and clients never open any). Only the
-// reading goroutine calls it.
+// reading goroutine calls it; idleLocked is the same with c.mu held.
 func (c *conn) idleStream(id uint32) bool {
-	if id == 0 {
-		return false
-	}
-	if id%2 == 0 {
-		return true
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.server {
+	return c.idleLocked(id)
+}
+
+func (c *conn) idleLocked(id uint32) bool {
+	switch {
+	case id == 0:
+		return false
+	case id%2 == 0:
+		return true
+	case c.server:
 		return id > c.lastID
 	}
 	return id >= c.nextID

@@ -173,9 +173,6 @@ func (c *conn) drainAll(fl *flusher) (after func()) {
 }
 
 func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame, fl *flusher) error {
-	if c.idleStream(f.StreamID) { // RFC 9113 §5.1
-		return http2.ConnectionError(http2.ErrCodeProtocol)
-	}
 	inc := int64(f.Increment)
 	c.mu.Lock()
 	var after func()
@@ -205,6 +202,9 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame, fl *flusher) error {
 				}
 			}
 		}
+	} else if c.idleLocked(f.StreamID) { // RFC 9113 §5.1
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	c.mu.Unlock()
 	if after != nil {

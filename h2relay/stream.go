@@ -82,7 +82,7 @@ func (c *conn) onRequestHeaders(f *http2.MetaHeadersFrame, fl *flusher) error {
 			c.resetStream(id, http2.ErrCodeStreamClosed, fl)
 			return nil
 		}
-		if !f.StreamEnded() || c.server && h.bodyLeft > 0 { // trailers end the stream, and its body (§8.1.1)
+		if !f.StreamEnded() || h.bodyLeft > 0 { // trailers end the stream, and its body (§8.1.1)
 			c.mu.Unlock()
 			c.resetStream(id, http2.ErrCodeProtocol, fl)
 			return nil
