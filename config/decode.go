@@ -148,7 +148,8 @@ func DecodeNode(n *yaml.Node, path string, v any) error {
 // where no message quotes a value the config holds.
 func decodeValue(n *yaml.Node, path string, v reflect.Value, secret bool, errs *[]error) {
 	add := func(format string, args ...any) { *errs = append(*errs, Errorf(path, format, args...)) }
-	secret = secret || holdsSecret(v.Type())
+	isSecret := holdsSecret(v.Type())
+	secret = secret || isSecret
 	for n.Kind == yaml.DocumentNode || n.Kind == yaml.AliasNode {
 		if n.Kind == yaml.DocumentNode {
 			if len(n.Content) == 0 {
@@ -180,7 +181,7 @@ func decodeValue(n *yaml.Node, path string, v reflect.Value, secret bool, errs *
 	case reflect.Struct:
 		fields := structFields(v.Type())
 		if n.Kind != yaml.MappingNode {
-			if holdsSecret(v.Type()) {
+			if isSecret {
 				// The most common first mistake: the secret itself where
 				// its source belongs. It must not be shown.
 				add("a secret is written as {value: ...}, {env: NAME} or {file: PATH} (keys: %s), not as %s; the value given is not shown", strings.Join(sortedKeys(fields), ", "), describeHidden(n))

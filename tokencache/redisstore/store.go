@@ -281,11 +281,17 @@ type failure struct {
 // maxFailures bounds the failure count a record may carry.
 const maxFailures = 64
 
+// Why a record, lock or lease is rejected.
+const (
+	notSealed    = "this fleet did not write (another encryption key, damage, or a forgery)"
+	beyondBounds = "holds more than this proxy's bounds allow (a forgery, or a proxy configured otherwise)"
+)
+
 // reject counts a record or lock that failed authentication or its bounds,
-// and logs it (at most what it is, never its content).
-func (s *Store) reject(what string) {
+// and logs what it is and why (never its content).
+func (s *Store) reject(what, why string) {
 	s.rejected.Add(1)
-	s.opts.Log.Warn("shared token store: ignored a " + what + " this fleet did not write (another encryption key, damage, or a forgery)")
+	s.opts.Log.Warn("shared token store: ignored a " + what + " that " + why)
 }
 
 // Rejected is the number of records and locks ignored since the start:
@@ -324,7 +330,7 @@ func (s *Store) load(ctx context.Context, n names) (record, error) {
 		if err != nil {
 			// Not ours (another encryption key), damaged or forged:
 			// treated as absent, and overwritten by the next fetch.
-			s.reject("token record")
+			s.reject("token record", notSealed)
 		} else {
 			r.has = true
 			r.tok.Value = config.NewSecret(v.Value)
@@ -343,13 +349,13 @@ func (s *Store) load(ctx context.Context, n names) (record, error) {
 		}
 		if err != nil {
 			// Ignored, and replaced by the next fetch's outcome.
-			s.reject("back-off record")
+			s.reject("back-off record", notSealed)
 		} else {
 			// Bounded by this proxy's own max_backoff (with its jitter),
 			// whoever sealed it.
 			until := time.UnixMilli(f.Until)
 			if limit := time.Now().Add(s.opts.MaxBackoff * 3 / 2); until.After(limit) {
-				s.reject("back-off record")
+				s.reject("back-off record", beyondBounds)
 				until = limit
 			}
 			r.failUntil, r.failures, r.lastErr = until, min(max(f.Failures, 0), maxFailures), f.Err
@@ -436,7 +442,7 @@ func (s *Store) clearForgedLock(ctx context.Context, n names) bool {
 	if err != nil || cleared != 1 {
 		return false
 	}
-	s.reject("lock")
+	s.reject("lock", beyondBounds)
 	return true
 }
 
@@ -625,7 +631,7 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, bool, error) {
 	}
 	plain, err := s.open(n.rec, v)
 	if err != nil {
-		s.reject("state record")
+		s.reject("state record", notSealed)
 		return nil, false, nil // not this fleet's: absent
 	}
 	return plain, true, nil
@@ -655,7 +661,7 @@ func (s *Store) Lease(ctx context.Context, key string, ttl time.Duration) (bool,
 		return false, err
 	}
 	if got == 2 {
-		s.reject("lease")
+		s.reject("lease", beyondBounds)
 	}
 	return got >= 1, nil
 }
