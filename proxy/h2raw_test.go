@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -230,6 +231,97 @@ func (c *rawH2) read(id uint32) answer {
 			if f.StreamEnded() {
 				return a
 			}
+		}
+	}
+}
+
+// h2UpConn is one connection of an h2Upstream, for its onHeaders.
+type h2UpConn struct {
+	fr  *http2.Framer
+	hb  bytes.Buffer
+	enc *hpack.Encoder
+}
+
+// answer ends stream id with a head of the given status.
+func (c *h2UpConn) answer(id uint32, status string) {
+	c.hb.Reset()
+	_ = c.enc.WriteField(hpack.HeaderField{Name: ":status", Value: status})
+	_ = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hb.Bytes(), EndStream: true, EndHeaders: true})
+}
+
+// h2Upstream is a hand-written HTTP/2 upstream on loopback (over TLS with
+// ALPN h2 when tlsCfg is set): it answers SETTINGS and PING, hands each
+// request's HEADERS to onHeaders, and writes what they wrote once it has
+// read every frame already there. Its connections end at cleanup.
+func h2Upstream(t testing.TB, tlsCfg *tls.Config, onHeaders func(c *h2UpConn, f *http2.MetaHeadersFrame)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if tlsCfg != nil {
+				cfg := tlsCfg.Clone()
+				cfg.NextProtos = []string{"h2"}
+				nc = tls.Server(nc, cfg)
+			}
+			mu.Lock()
+			conns = append(conns, nc)
+			mu.Unlock()
+			wg.Go(func() { serveH2Upstream(nc, onHeaders) })
+		}
+	})
+	return ln.Addr().String()
+}
+
+func serveH2Upstream(nc net.Conn, onHeaders func(c *h2UpConn, f *http2.MetaHeadersFrame)) {
+	defer nc.Close()
+	br, bw := bufio.NewReader(nc), bufio.NewWriter(nc)
+	pre := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(br, pre); err != nil || string(pre) != http2.ClientPreface {
+		return
+	}
+	c := &h2UpConn{fr: http2.NewFramer(bw, br)}
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.enc = hpack.NewEncoder(&c.hb)
+	_ = c.fr.WriteSettings()
+	_ = bw.Flush()
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = c.fr.WriteSettingsAck()
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				_ = c.fr.WritePing(true, f.Data)
+			}
+		case *http2.MetaHeadersFrame:
+			onHeaders(c, f)
+		}
+		if br.Buffered() == 0 {
+			_ = bw.Flush()
 		}
 	}
 }

@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -534,61 +533,12 @@ func TestHeaderBlockLimitOnEveryListener(t *testing.T) {
 // counts the HEADERS frames it receives (every stream the relay sent, even
 // one reset at once) and answers each with an empty 200.
 func h2Counter(t *testing.T, tlsCfg *tls.Config) (string, *atomic.Int64) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var n atomic.Int64
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if tlsCfg != nil {
-				cfg := tlsCfg.Clone()
-				cfg.NextProtos = []string{"h2"}
-				nc = tls.Server(nc, cfg)
-			}
-			go func() {
-				defer nc.Close()
-				br := bufio.NewReader(nc)
-				bw := bufio.NewWriter(nc)
-				pre := make([]byte, len(http2.ClientPreface))
-				if _, err := io.ReadFull(br, pre); err != nil {
-					return
-				}
-				fr := http2.NewFramer(bw, br)
-				fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-				var hb bytes.Buffer
-				enc := hpack.NewEncoder(&hb)
-				_ = fr.WriteSettings()
-				_ = bw.Flush()
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					switch f := f.(type) {
-					case *http2.SettingsFrame:
-						if !f.IsAck() {
-							_ = fr.WriteSettingsAck()
-						}
-					case *http2.MetaHeadersFrame:
-						n.Add(1)
-						hb.Reset()
-						_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-						_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
-					}
-					if br.Buffered() == 0 {
-						_ = bw.Flush()
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String(), &n
+	addr := h2Upstream(t, tlsCfg, func(c *h2UpConn, f *http2.MetaHeadersFrame) {
+		n.Add(1)
+		c.answer(f.StreamID, "200")
+	})
+	return addr, &n
 }
 
 // Rapid reset (CVE-2023-44487): a client that opens and resets streams as

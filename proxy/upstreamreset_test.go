@@ -1,18 +1,15 @@
 package proxy_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,81 +28,16 @@ import (
 // no stream: it resets each with the code its x-reset-code header names,
 // as a grpc-go server ends an expired call.
 func resettingUpstream(t *testing.T, cfg *tls.Config) string {
-	t.Helper()
-	cfg = cfg.Clone()
-	cfg.NextProtos = []string{"h2"}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	return h2Upstream(t, cfg, func(c *h2UpConn, f *http2.MetaHeadersFrame) {
+		for _, hf := range f.RegularFields() {
+			if hf.Name == "x-reset-code" {
+				code, _ := strconv.Atoi(hf.Value)
+				_ = c.fr.WriteRSTStream(f.StreamID, http2.ErrCode(code))
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() { serveResets(c) })
 		}
+		_ = c.fr.WriteRSTStream(f.StreamID, http2.ErrCodeNo)
 	})
-	return ln.Addr().String()
-}
-
-func serveResets(c net.Conn) {
-	defer c.Close()
-	br := bufio.NewReader(c)
-	preface := make([]byte, len(http2.ClientPreface))
-	if _, err := io.ReadFull(br, preface); err != nil || string(preface) != http2.ClientPreface {
-		return
-	}
-	bw := bufio.NewWriter(c)
-	fr := http2.NewFramer(bw, br)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	fr.WriteSettings()
-	bw.Flush()
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			return
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				fr.WriteSettingsAck()
-			}
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				fr.WritePing(true, f.Data)
-			}
-		case *http2.MetaHeadersFrame:
-			code, _ := strconv.Atoi(headerValue(f, "x-reset-code"))
-			fr.WriteRSTStream(f.StreamID, http2.ErrCode(code))
-		}
-		bw.Flush()
-	}
-}
-
-func headerValue(f *http2.MetaHeadersFrame, name string) string {
-	for _, hf := range f.RegularFields() {
-		if hf.Name == name {
-			return hf.Value
-		}
-	}
-	return ""
 }
 
 // resetCodes are the RST_STREAM codes of RFC 9113 §7 an upstream may send.
