@@ -179,7 +179,7 @@ func TestExpectContinueIsAnswered(t *testing.T) {
 		})
 	}
 	if _, err := exec.LookPath("curl"); err != nil {
-		t.Fatal("curl is needed (.ci/run installs it)")
+		t.Fatal("curl is needed (bash .ci/test installs it as root)")
 	}
 	for _, tc := range []struct{ name, url string }{
 		{"forward intercepted", "https://" + w.target() + "/up/file"},
@@ -208,7 +208,7 @@ func TestGRPCurlThroughTheForwardListener(t *testing.T) {
 		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
 		bin = strings.TrimSpace(string(gopath)) + "/bin/grpcurl"
 		if _, err := os.Stat(bin); err != nil {
-			t.Fatal("grpcurl is needed (.ci/run installs it with go install)")
+			t.Fatal("grpcurl is needed (bash .ci/test installs it with go install)")
 		}
 	}
 	e := newEnv(t)
