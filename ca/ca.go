@@ -116,48 +116,113 @@ type Options struct {
 	Now           func() time.Time
 }
 
-// Load reads a CA certificate and key from PEM files.
+// FileError is a problem with one of the CA's two files: File is the
+// config key that names it ("cert_file" or "key_file").
+type FileError struct {
+	File string
+	Err  error
+}
+
+func (e *FileError) Error() string { return e.Err.Error() }
+func (e *FileError) Unwrap() error { return e.Err }
+
+func certErr(format string, a ...any) error {
+	return &FileError{File: "cert_file", Err: fmt.Errorf(format, a...)}
+}
+
+func keyErr(format string, a ...any) error {
+	return &FileError{File: "key_file", Err: fmt.Errorf(format, a...)}
+}
+
+// Load reads a CA certificate and key from PEM files. Its errors are
+// *FileError, naming the file at fault.
 func Load(certFile, keyFile string, opts Options) (*CA, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
+		return nil, certErr("%w", err)
 	}
 	f, err := os.Open(keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
+		return nil, keyErr("%w", err)
 	}
 	defer f.Close()
 	// The mode of the file read, not of a name that could be swapped.
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
+		return nil, keyErr("%w", err)
 	}
 	if err := keyModeOK(st); err != nil {
-		return nil, fmt.Errorf("ca: the key file %s %v: whoever reads it can intercept every client that trusts the CA; chmod 600 %s (on Kubernetes, mount its Secret with fsGroup set to the proxy's group and defaultMode 0440 or 0400)", keyFile, err, keyFile)
+		return nil, keyErr("%v: whoever reads it can intercept every client that trusts the CA; chmod 600 %s (on Kubernetes, mount its Secret with fsGroup set to the proxy's group and defaultMode 0440 or 0400)", err, keyFile)
 	}
 	keyPEM, err := io.ReadAll(io.LimitReader(f, 1<<20))
 	if err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
+		return nil, keyErr("%w", err)
 	}
 	return Parse(certPEM, keyPEM, opts)
 }
 
-// Parse builds a CA from PEM data.
-func Parse(certPEM, keyPEM []byte, opts Options) (*CA, error) {
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return nil, fmt.Errorf("ca: certificate and key do not form a pair: %w", err)
+// pemBlock returns the first PEM block of data whose type is accepted, and
+// the types of the blocks it passed over.
+func pemBlock(data []byte, accept func(string) bool) (*pem.Block, []string) {
+	var seen []string
+	for {
+		b, rest := pem.Decode(data)
+		if b == nil {
+			return nil, seen
+		}
+		if accept(b.Type) {
+			return b, seen
+		}
+		seen = append(seen, b.Type)
+		data = rest
 	}
-	cert, err := x509.ParseCertificate(pair.Certificate[0])
+}
+
+// Parse builds a CA from PEM data. It refuses a certificate outside its
+// validity period: every leaf it signed would be refused by clients. Its
+// errors are *FileError, naming the file at fault; none quotes the files'
+// contents.
+func Parse(certPEM, keyPEM []byte, opts Options) (*CA, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	first, seen := pemBlock(certPEM, func(t string) bool { return t == "CERTIFICATE" })
+	if first == nil {
+		if len(seen) > 0 {
+			return nil, certErr("holds no PEM CERTIFICATE block (found %v: is it the key?)", seen)
+		}
+		return nil, certErr("holds no PEM CERTIFICATE block")
+	}
+	cert, err := x509.ParseCertificate(first.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
+		return nil, certErr("its CERTIFICATE block does not parse as X.509")
 	}
 	if !cert.IsCA {
-		return nil, errors.New("ca: the certificate is not a CA certificate")
+		return nil, certErr("the certificate is not a CA certificate (basic constraints CA:FALSE): give the CA's certificate, not a server's")
+	}
+	if now := opts.Now(); now.After(cert.NotAfter) {
+		return nil, certErr("the CA certificate expired on %s (%d days ago), so every intercepted client would refuse the proxy; make a new CA (authproxy ca init, or remove both files when ca.generate is set) and have the clients trust it",
+			cert.NotAfter.UTC().Format(time.DateOnly), int(now.Sub(cert.NotAfter).Hours()/24))
+	} else if now.Before(cert.NotBefore) {
+		return nil, certErr("the CA certificate is not valid before %s: check this machine's clock", cert.NotBefore.UTC().Format(time.RFC3339))
+	}
+	keyBlock, seen := pemBlock(keyPEM, func(t string) bool { return t == "PRIVATE KEY" || t == "EC PRIVATE KEY" || t == "RSA PRIVATE KEY" })
+	if keyBlock == nil {
+		if len(seen) > 0 {
+			return nil, keyErr("holds no PEM private key block (found %v: are cert_file and key_file swapped?)", seen)
+		}
+		return nil, keyErr("holds no PEM private key block")
+	}
+	pair, err := tls.X509KeyPair(pem.EncodeToMemory(first), pem.EncodeToMemory(keyBlock))
+	if err != nil {
+		if _, perr := parseKey(keyBlock); perr != nil {
+			return nil, keyErr("its %s block does not parse as a key", keyBlock.Type)
+		}
+		return nil, keyErr("the key does not belong to the certificate in cert_file")
 	}
 	signer, ok := pair.PrivateKey.(crypto.Signer)
 	if !ok {
-		return nil, errors.New("ca: the key cannot sign")
+		return nil, keyErr("the key cannot sign")
 	}
 	if opts.LeafCacheSize <= 0 {
 		opts.LeafCacheSize = 1024
@@ -165,19 +230,28 @@ func Parse(certPEM, keyPEM []byte, opts Options) (*CA, error) {
 	if opts.LeafValidity <= 0 {
 		opts.LeafValidity = 24 * time.Hour
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
 	leaves, err := lru.New[string, *tls.Certificate](opts.LeafCacheSize)
 	if err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
-	first, _ := pem.Decode(certPEM)
 	return &CA{
 		cert: cert, certPEM: pem.EncodeToMemory(first), key: signer,
 		validity: opts.LeafValidity, now: opts.Now, leaves: leaves,
 	}, nil
 }
+
+func parseKey(b *pem.Block) (any, error) {
+	if k, err := x509.ParsePKCS8PrivateKey(b.Bytes); err == nil {
+		return k, nil
+	}
+	if k, err := x509.ParseECPrivateKey(b.Bytes); err == nil {
+		return k, nil
+	}
+	return x509.ParsePKCS1PrivateKey(b.Bytes)
+}
+
+// NotAfter is when the CA certificate expires.
+func (c *CA) NotAfter() time.Time { return c.cert.NotAfter }
 
 // CertPEM returns the CA certificate, PEM-encoded, for clients to trust.
 func (c *CA) CertPEM() []byte { return c.certPEM }

@@ -42,6 +42,8 @@ type Metrics struct {
 	evictions        *prometheus.CounterVec
 	connections      *prometheus.GaugeVec
 	connects         *prometheus.CounterVec
+	caExpiry         prometheus.Gauge
+	caOnce           sync.Once
 	refreshFailures  *prometheus.CounterVec
 	events           *prometheus.CounterVec
 	goaways          *prometheus.CounterVec
@@ -108,7 +110,9 @@ func New(version string) *Metrics {
 	m.connections = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "authproxy_connections_open",
 		Help: "Client connections open, by listener and protocol (http1, h2)."}, []string{"listener", "protocol"})
 	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_connect_total",
-		Help: "CONNECTs on forward listeners, by listener and decision (intercepted, tunnelled, refused)."}, []string{"listener", "decision"})
+		Help: "CONNECTs on forward listeners, by listener and decision (intercepted: the client's TLS handshake with the proxy succeeded; handshake_failed: it did not, the client does not trust the CA or gave up; tunnelled; refused)."}, []string{"listener", "decision"})
+	m.caExpiry = prometheus.NewGauge(prometheus.GaugeOpts{Name: "authproxy_ca_expiry_timestamp_seconds",
+		Help: "When the interception CA's certificate expires (Unix time); absent without a CA."})
 	m.refreshFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_token_refresh_failures_total",
 		Help: "Background refreshes of still-valid tokens that failed (the valid token is served meanwhile), by injector."}, []string{"injector"})
 	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_injector_events_total",
@@ -390,6 +394,16 @@ func (m *Metrics) Conn(listener, protocol string, delta int) {
 }
 
 // Connect records a forward listener's decision on a CONNECT.
+// CAExpiry records when the interception CA expires; the gauge is
+// registered only then, so a proxy without a CA does not show it.
+func (m *Metrics) CAExpiry(notAfter time.Time) {
+	if m == nil {
+		return
+	}
+	m.caOnce.Do(func() { m.reg.MustRegister(m.caExpiry) })
+	m.caExpiry.Set(float64(notAfter.Unix()))
+}
+
 func (m *Metrics) Connect(listener, decision string) {
 	if m == nil {
 		return

@@ -55,6 +55,8 @@ type forward struct {
 	targets  sync.Map       // *tls.Conn -> *interception, while mitm serves it
 	conns    connSet        // client connections and tunnel upstream connections
 	draining atomic.Bool
+
+	handshakeLog *sampledLog // a client's failed handshake with the proxy
 }
 
 // interception is the CONNECT target of one intercepted connection.
@@ -66,7 +68,7 @@ func newForward(c *core, table *route.Table[*routeRT], tunnel bool, dest *destPo
 	f := &forward{
 		core: c, tunnel: tunnel, dest: dest, ca: authority, log: log,
 		handshakeTimeout: t.TLSHandshake.D(10 * time.Second), idleTimeout: t.Idle.D(120 * time.Second),
-		mitmLn: newConnQueue(),
+		mitmLn: newConnQueue(), handshakeLog: newSampledLog(),
 	}
 	f.table.Store(table)
 	gp := goproxy.NewProxyHttpServer()
@@ -158,6 +160,48 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 	f.core.serve(w, r, x)
 }
 
+// clientAlert is the TLS alert the client sent to end a handshake ("unknown
+// certificate authority", "bad certificate"), or "none" when it sent none
+// (it closed the connection, timed out, or sent something else). An
+// OpenSSL client (curl, Python) that refuses the certificate during a TLS
+// 1.3 handshake sends its alert in the clear, where the TLS layer expects
+// an encrypted record and reports "bad record MAC": the alert is read from
+// the handshake's last bytes, a plaintext alert record (RFC 8446 §5.1:
+// type 21, version, length 2, level, description).
+func clientAlert(err error, tail []byte) string {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "remote error" && op.Err != nil {
+		return strings.TrimPrefix(op.Err.Error(), "tls: ")
+	}
+	if n := len(tail); n >= 7 {
+		r := tail[n-7:]
+		if r[0] == 21 && r[1] == 3 && r[2] >= 1 && r[2] <= 4 && r[3] == 0 && r[4] == 2 {
+			return strings.TrimPrefix(tls.AlertError(r[6]).Error(), "tls: ") + " (sent in the clear)"
+		}
+	}
+	return "none"
+}
+
+// lastBytes keeps the last bytes written to it (an io.Writer that cannot
+// fail).
+type lastBytes struct {
+	b [7]byte
+	n int
+}
+
+func (l *lastBytes) Write(p []byte) (int, error) {
+	if len(p) >= len(l.b) {
+		l.n = copy(l.b[:], p[len(p)-len(l.b):])
+		return len(p), nil
+	}
+	if keep := len(l.b) - len(p); l.n > keep {
+		copy(l.b[:], l.b[l.n-keep:l.n])
+		l.n = keep
+	}
+	l.n += copy(l.b[l.n:], p)
+	return len(p), nil
+}
+
 func defaultPort(scheme string) string {
 	if scheme == "http" {
 		return "80"
@@ -174,8 +218,6 @@ func (f *forward) handleConnect(host string, pctx *goproxy.ProxyCtx) (*goproxy.C
 			pctx.Resp = refusal(pctx.Req, http.StatusServiceUnavailable, "authproxy: shutting down\n")
 			return goproxy.RejectConnect, host
 		}
-		f.metrics.Connect(f.name, "intercepted")
-		f.log.Info("CONNECT intercepted", "target", target)
 		it := &interception{target: target, hostname: hostname, port: port}
 		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
 			f.intercept(client, it)
@@ -226,19 +268,38 @@ func (f *forward) intercept(client net.Conn, it *interception) {
 		return
 	}
 	// netwait: if it negotiates h2, the relay reads it.
-	tc := tls.Server(netwait.Wrap(client, nil), &tls.Config{
+	var sni string
+	var tail lastBytes // what the client sent last, while the handshake runs
+	nc := netwait.Wrap(client, nil)
+	nc.SetRecorder(&tail)
+	tc := tls.Server(nc, &tls.Config{
 		Certificates: []tls.Certificate{*cert},
 		NextProtos:   []string{"h2", "http/1.1"},
 		MinVersion:   tls.VersionTLS12,
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			sni = hello.ServerName
+			return nil, nil
+		},
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), f.handshakeTimeout)
 	err = tc.HandshakeContext(ctx)
 	cancel()
+	nc.SetRecorder(nil)
 	if err != nil {
-		f.log.Debug("intercepted connection: TLS handshake failed", "target", it.target, "err", err)
+		// Most often a client that does not trust the CA, or whose CA
+		// bundle holds an old one: say so where an operator looks.
+		f.metrics.Connect(f.name, "handshake_failed")
+		f.handshakeLog.log(f.log, slog.LevelWarn, "intercepted connection: the client's TLS handshake with the proxy failed (does it trust the interception CA?)",
+			"target", it.target, "client", client.RemoteAddr().String(), "sni", sni, "alert", clientAlert(err, tail.b[:tail.n]), "err", err)
 		_ = client.Close()
 		return
 	}
+	f.metrics.Connect(f.name, "intercepted")
+	alpn := tc.ConnectionState().NegotiatedProtocol
+	if alpn == "" {
+		alpn = "http/1.1"
+	}
+	f.log.Info("CONNECT intercepted", "target", it.target, "protocol", alpn)
 	if tc.ConnectionState().NegotiatedProtocol == "h2" {
 		f.relay.ServeConnWith(tc, it)
 		return

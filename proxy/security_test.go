@@ -620,8 +620,16 @@ routes:
 	if !a.goAway || a.goCode != http2.ErrCodeEnhanceYourCalm {
 		t.Errorf("after %d resets: %+v, want GOAWAY ENHANCE_YOUR_CALM", n, a)
 	}
-	time.Sleep(300 * time.Millisecond) // streams already sent upstream arrive
+	// Streams already sent upstream arrive: wait for the first, then until
+	// the count has not moved for 300 ms (at most 10 s in all).
 	got := upstreamStreams.Load()
+	for end, last := time.Now().Add(10*time.Second), time.Now(); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if n := upstreamStreams.Load(); n != got {
+			got, last = n, time.Now()
+		} else if got > 0 && time.Since(last) > 300*time.Millisecond {
+			break
+		}
+	}
 	// The documented bound (docs/security.md): 250 resets from the
 	// budget, 250 more throttled, the last one's stream included, and what
 	// the budget regained while the proxy waited for the client (which the

@@ -9,9 +9,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log"
 	"log/slog"
 	"maps"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -116,7 +118,7 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 			LeafValidity:  time.Duration(cfg.CA.LeafValidity),
 		})
 		if err != nil {
-			return nil, config.Errorf("ca", "%s", strings.TrimPrefix(err.Error(), "ca: "))
+			return nil, CAError(cfg.CA, err)
 		}
 	}
 	t := cfg.Timeouts
@@ -133,6 +135,12 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		own:      &ownAddrs{},
 	}
 	s.metrics = opts.Metrics
+	if authority != nil {
+		s.metrics.CAExpiry(authority.NotAfter())
+		if left := time.Until(authority.NotAfter()); left < CAExpiryWarning {
+			logger.Warn(CAExpiresSoon(authority.NotAfter()), "cert_file", cfg.CA.CertFile)
+		}
+	}
 	if a := cfg.Admin; a != nil {
 		s.admin = s.newAdminServer(a.PProf, t.ReadHeader.D(10*time.Second))
 		s.adminAddr, s.adminLn = a.Address, opts.Admin
@@ -618,4 +626,39 @@ func (s *Server) setOwn(ls []*listener) {
 		bound = append(bound, s.adminLn.Addr())
 	}
 	s.own.set(bound)
+}
+
+// CANotAfter is when the interception CA expires (ok false: no CA).
+func (s *Server) CANotAfter() (time.Time, bool) {
+	if s.authority == nil {
+		return time.Time{}, false
+	}
+	return s.authority.NotAfter(), true
+}
+
+// CAExpiryWarning is how long before its expiry the interception CA is
+// warned about, at start and by check.
+const CAExpiryWarning = 30 * 24 * time.Hour
+
+// CAExpiresSoon says when the CA expires and what to do.
+func CAExpiresSoon(notAfter time.Time) string {
+	return fmt.Sprintf("ca.cert_file: the interception CA expires on %s (in %d days); then every intercepted client will refuse the proxy: make a new CA and have the clients trust it before then",
+		notAfter.UTC().Format(time.DateOnly), int(math.Round(time.Until(notAfter).Hours()/24)))
+}
+
+// CAError names the CA file at fault by its YAML key and file name.
+func CAError(c *config.CA, err error) error {
+	var fe *ca.FileError
+	if errors.As(err, &fe) {
+		name := c.CertFile
+		if fe.File == "key_file" {
+			name = c.KeyFile
+		}
+		var pe *fs.PathError
+		if errors.As(fe.Err, &pe) {
+			return config.Errorf("ca."+fe.File, "cannot %s %s: %v", pe.Op, name, pe.Err)
+		}
+		return config.Errorf("ca."+fe.File, "%s: %v", name, fe.Err)
+	}
+	return config.Errorf("ca", "%s", strings.TrimPrefix(err.Error(), "ca: "))
 }

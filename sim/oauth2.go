@@ -39,6 +39,9 @@ type TokenServer struct {
 	// ExpiresIn is the lifetime it grants (default 3600 s); with Obelisk
 	// set it answers as Obelisk does (token, max_idle_time, max_valid_time).
 	ExpiresIn int
+	// ScopeLife overrides ExpiresIn for the scopes it names (set it before
+	// the first request).
+	ScopeLife map[string]int
 	Obelisk   bool
 	MaxValid  int
 	// MaxIdle is the max_idle_time an Obelisk answer gives; zero sends
@@ -179,6 +182,9 @@ func (s *TokenServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // issue answers with a new token for scope.
 func (s *TokenServer) issue(w http.ResponseWriter, scope, tokenType, contentType string, echoScope bool) {
 	life := s.ExpiresIn
+	if l, ok := s.ScopeLife[scope]; ok {
+		life = l
+	}
 	if life == 0 {
 		life = 3600
 	}

@@ -13,7 +13,9 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// yamlBlock is a fenced ```yaml block of a Markdown file.
+// yamlBlock is a fenced ```yaml block of a Markdown file: an authproxy
+// configuration. Other YAML (Prometheus rules, Kubernetes objects) is
+// fenced as ```yml.
 var yamlBlock = regexp.MustCompile("(?ms)^```yaml\n(.*?)^```")
 
 // Every YAML snippet in the README and docs/ is an authproxy configuration

@@ -224,7 +224,12 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 				note = "; the CA does not exist yet and will be created by run (ca.generate)"
 			}
 		}
-		_, err = proxy.New(cfg, injs, proxy.Options{})
+		var srv *proxy.Server
+		if srv, err = proxy.New(cfg, injs, proxy.Options{}); err == nil {
+			if notAfter, ok := srv.CANotAfter(); ok && time.Until(notAfter) < proxy.CAExpiryWarning {
+				fmt.Fprintf(stderr, "%s: warning: %s\n", path, proxy.CAExpiresSoon(notAfter))
+			}
+		}
 	}
 	if err != nil {
 		printProblems(stderr, path, err)
@@ -375,7 +380,7 @@ func cmdCA(args []string, stdout, stderr io.Writer) int {
 	}
 	authority, err := ca.Load(*certFile, *keyFile, ca.Options{})
 	if err != nil {
-		fmt.Fprintln(stderr, err)
+		fmt.Fprintln(stderr, proxy.CAError(&config.CA{CertFile: *certFile, KeyFile: *keyFile}, err))
 		return 1
 	}
 	_, _ = stdout.Write(authority.CertPEM())

@@ -9,6 +9,7 @@ package netwait
 
 import (
 	"crypto/tls"
+	"io"
 	"net"
 )
 
@@ -21,8 +22,9 @@ import (
 type Conn struct {
 	net.Conn
 	prefix []byte
-	r      *rawFD // nil: reads and writes go to the connection's
-	hook   func() // read and written by the reading goroutine only
+	r      *rawFD    // nil: reads and writes go to the connection's
+	hook   func()    // read and written by the reading goroutine only
+	rec    io.Writer // as hook
 }
 
 // Wrap returns c with prefix served first. Wrap must be given the
@@ -66,16 +68,26 @@ func (c *Conn) CloseWrite() error {
 	return nil
 }
 
-func (c *Conn) Read(p []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(p, c.prefix)
+// SetRecorder makes every read write what it returns to w as well, until
+// it is called with nil; a forward listener keeps the last bytes of a TLS
+// handshake with it, to read an alert the TLS layer could not. Only the
+// goroutine that reads c may call SetRecorder.
+func (c *Conn) SetRecorder(w io.Writer) { c.rec = w }
+
+func (c *Conn) Read(p []byte) (n int, err error) {
+	switch {
+	case len(c.prefix) > 0:
+		n = copy(p, c.prefix)
 		c.prefix = c.prefix[n:]
-		return n, nil
+	case c.r == nil || len(p) == 0:
+		n, err = c.Conn.Read(p)
+	default:
+		n, err = c.r.read(p, c.hook)
 	}
-	if c.r == nil || len(p) == 0 {
-		return c.Conn.Read(p)
+	if c.rec != nil && n > 0 {
+		_, _ = c.rec.Write(p[:n])
 	}
-	return c.r.read(p, c.hook)
+	return n, err
 }
 
 // Write writes to the descriptor where the connection exposes one (as
