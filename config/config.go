@@ -9,6 +9,7 @@
 package config
 
 import (
+	"log/slog"
 	"errors"
 	"fmt"
 	"net"
@@ -53,6 +54,21 @@ type Log struct {
 	Access bool `yaml:"access"`
 	// AccessSample is the fraction of requests logged (default 1).
 	AccessSample float64 `yaml:"access_sample"`
+}
+
+// ParseLogLevel reads log.level ("" is info).
+func ParseLogLevel(s string) (slog.Level, error) {
+	switch s {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "", "info":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("unknown level %q (known: debug, info, warn, error)", s)
 }
 
 // Admin is the operator's listener: liveness and readiness for probes,
@@ -322,10 +338,8 @@ func (c *Config) validate() []error {
 	var errs []error
 	add := func(path, format string, args ...any) { errs = append(errs, Errorf(path, format, args...)) }
 
-	switch c.Log.Level {
-	case "", "debug", "info", "warn", "error":
-	default:
-		add("log.level", "unknown level %q (known: debug, info, warn, error)", c.Log.Level)
+	if _, err := ParseLogLevel(c.Log.Level); err != nil {
+		add("log.level", "%v", err)
 	}
 	switch c.Log.Format {
 	case "", "text", "json":

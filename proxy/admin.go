@@ -29,6 +29,9 @@ func (s *Server) adminHandler(withPProf bool) http.Handler {
 		mux.Handle("GET /metrics", s.metrics.Handler())
 	}
 	mux.HandleFunc("GET /status", s.serveStatus)
+	mux.HandleFunc("GET /logging", s.serveLogging)
+	mux.HandleFunc("PUT /logging", s.serveLogging)
+	mux.HandleFunc("DELETE /logging", s.serveLogging)
 	if withPProf {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -37,9 +40,14 @@ func (s *Server) adminHandler(withPProf bool) http.Handler {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
-		plain(w, http.StatusNotFound, "authproxy admin: /healthz, /readyz, /metrics, /status"+map[bool]string{true: ", /debug/pprof/"}[withPProf]+"\n")
+		plain(w, http.StatusNotFound, "authproxy admin: /healthz, /readyz, /metrics, /status, /logging"+map[bool]string{true: ", /debug/pprof/"}[withPProf]+"\n")
 	})
-	return mux
+	// No answer of this listener is for a cache to keep: metrics and
+	// profiles are of a moment, the rest is live state.
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		mux.ServeHTTP(w, r)
+	})
 }
 
 func plain(w http.ResponseWriter, status int, body string) {

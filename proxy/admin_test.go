@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/sim"
 )
 
@@ -83,6 +84,26 @@ func TestAdminProfilerIsOptIn(t *testing.T) {
 	}
 	if st, body := adminGet(t, p, "/debug/pprof/heap?debug=1"); st != 200 || strings.Contains(body, secretToken) {
 		t.Errorf("heap profile: %d (or it shows the secret)", st)
+	}
+}
+
+// No answer of the admin listener is for a cache to keep (docs/operations.md).
+func TestAdminAnswersAreNeverCached(t *testing.T) {
+	e := newEnv(t)
+	e.metrics = metrics.New("test")
+	up := e.httpsUpstream(&sim.Echo{})
+	cfg := strings.Replace(sidecarConfig(port(t, up.URL), "deny"), "listeners:\n", "admin: {address: 127.0.0.1:0, pprof: true}\nlisteners:\n", 1)
+	p := e.start(cfg, nil, nil)
+	for _, path := range []string{"/healthz", "/readyz", "/metrics", "/status", "/status?format=json", "/logging", "/debug/pprof/", "/debug/pprof/heap", "/nowhere"} {
+		resp, err := h1Client().Get("http://" + p.srv.AdminAddr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+			t.Errorf("%s: Cache-Control %q, want no-store", path, cc)
+		}
 	}
 }
 

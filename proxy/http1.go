@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"sync"
+	"sync/atomic"
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/metrics"
@@ -24,14 +25,13 @@ type exchangeKey struct{}
 // core sends requests upstream: it strips the client's credentials, calls
 // the injector, and round-trips. It is shared by every listener.
 type core struct {
-	metrics      *metrics.Metrics // nil: none
-	access       bool             // log.access
-	observed     bool             // metrics, the access log or the status page want each request
-	accessSample float64          // log.access_sample
-	up           *transport.Set
-	log          *slog.Logger
-	rp           *httputil.ReverseProxy
-	maxReplay    int64 // retry.max_body_bytes
+	metrics   *metrics.Metrics          // nil: none
+	access    atomic.Pointer[accessLog] // log.access, log.access_sample: a reload swaps them
+	observed  atomic.Bool               // metrics, the access log or the status page want each request
+	up        *transport.Set
+	log       *slog.Logger
+	rp        *httputil.ReverseProxy
+	maxReplay int64 // retry.max_body_bytes
 }
 
 func newCore(up *transport.Set, logger *slog.Logger) *core {

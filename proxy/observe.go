@@ -46,7 +46,7 @@ func (c *core) finished(d done) {
 		d.route.requests.Add(1)
 	}
 	c.metrics.Request(d.listener, route, d.protocol, d.status, d.took)
-	if !c.access || (c.accessSample < 1 && rand.Float64() >= c.accessSample) {
+	if a := c.access.Load(); !a.on || (a.sample < 1 && rand.Float64() >= a.sample) {
 		return
 	}
 	path, keys := "", ""
@@ -123,7 +123,7 @@ func noteFailure(r *http.Request, err error) {
 // CONNECT, which is a decision, logged and counted as one) is recorded
 // when it is over.
 func (c *core) instrument(listener string, h http.Handler) http.Handler {
-	if !c.observed {
+	if !c.observed.Load() {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -216,7 +216,7 @@ func (c *core) observeRelay(listener string, r *h2relay.Relay) {
 		}
 		r.OnRefused = func(reason string) { c.metrics.Refused(listener, reason) }
 	}
-	if !c.observed {
+	if !c.observed.Load() {
 		return
 	}
 	r.OnStreamEnd = func(req *h2relay.Request, t *h2relay.Target, end h2relay.StreamEnd) {

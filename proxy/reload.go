@@ -22,8 +22,9 @@ var ErrNeedsRestart = errors.New("needs a restart")
 
 // Reload applies a new configuration's listeners, injectors and routes to
 // the running server, or nothing: cfg must differ from the running one
-// only in those (upstream, timeouts, CA, token cache, retry, log and admin
-// need a restart), and is checked whole first. An unchanged listener keeps
+// only in those and in log.level, log.access and log.access_sample
+// (upstream, timeouts, CA, token cache, retry, log.format and admin need a
+// restart), and is checked whole first. An unchanged listener keeps
 // its socket and connections; a new one is bound and served; a removed
 // one stops accepting and drains within timeouts.shutdown; a changed one
 // is both (on the same address, connections arriving between the two are
@@ -38,7 +39,7 @@ func (s *Server) Reload(cfg *config.Config, injs map[string]injectors.Injector) 
 	s.reload.Lock()
 	defer s.reload.Unlock()
 	if changed := staticChanges(s.cfg, cfg); len(changed) > 0 {
-		return fmt.Errorf("%w: %s changed (only listeners, injectors and routes are reloaded)", ErrNeedsRestart, strings.Join(changed, ", "))
+		return fmt.Errorf("%w: %s changed (a reload applies listeners, injectors, routes, log.level, log.access and log.access_sample)", ErrNeedsRestart, strings.Join(changed, ", "))
 	}
 	tables, routes, err := buildTables(cfg, injs)
 	if err != nil {
@@ -109,8 +110,13 @@ func (s *Server) Reload(cfg *config.Config, injs map[string]injectors.Injector) 
 	s.warm, s.status = warm, status
 	s.rmu.Unlock()
 	s.cfg, s.injs = cfg, injs
+	level, _ := config.ParseLogLevel(cfg.Log.Level)
+	s.logging.setBase(level)
+	s.core.access.Store(newAccessLog(cfg.Log))
+	s.core.observed.Store(s.core.metrics != nil || cfg.Log.Access || cfg.Admin != nil)
 	s.log.Info("configuration reloaded", "injectors_kept", strings.Join(kept, ","), "injectors_new", strings.Join(fresh, ","),
-		"injectors_retired", strings.Join(retired, ","), "routes", len(routes))
+		"injectors_retired", strings.Join(retired, ","), "routes", len(routes),
+		"log_level", levelName(level), "log_access", cfg.Log.Access, "log_access_sample", newAccessLog(cfg.Log).sample)
 	return nil
 }
 
@@ -244,7 +250,7 @@ func staticChanges(a, b *config.Config) []string {
 		name string
 		a, b any
 	}{
-		{"log", a.Log, b.Log}, {"admin", a.Admin, b.Admin},
+		{"log.format", a.Log.Format, b.Log.Format}, {"admin", a.Admin, b.Admin},
 		{"ca", a.CA, b.CA}, {"upstream", a.Upstream, b.Upstream}, {"timeouts", a.Timeouts, b.Timeouts},
 		{"token_cache", a.TokenCache, b.TokenCache}, {"retry", a.Retry, b.Retry},
 	} {

@@ -48,6 +48,11 @@ type Options struct {
 	// Cache is the injectors' token cache, whose credentials the admin
 	// listener's /status describes; nil shows none.
 	Cache *tokencache.Cache
+	// LogLevel is the level of Logger (and of every logger of the
+	// process): the proxy sets it to log.level, at start and at each
+	// reload, and the admin listener's /logging overrides it for a while.
+	// nil: the level is fixed, and /logging says so.
+	LogLevel *slog.LevelVar
 }
 
 // Server runs every configured listener. Build it with New, then Run it.
@@ -62,6 +67,7 @@ type Server struct {
 	cfg       *config.Config
 	injs      map[string]injectors.Injector
 	cache     *tokencache.Cache
+	logging   *logControl
 
 	// Background work, started by Run and by reloads.
 	bgMu     sync.Mutex
@@ -147,12 +153,12 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	}
 	c := newCore(up, logger)
 	c.metrics = opts.Metrics
-	c.access, c.accessSample = cfg.Log.Access, cfg.Log.AccessSample
-	c.observed = c.metrics != nil || c.access || cfg.Admin != nil
+	c.access.Store(newAccessLog(cfg.Log))
+	c.observed.Store(c.metrics != nil || cfg.Log.Access || cfg.Admin != nil)
 	s.status = newStatusSource(cfg, injs, opts.Cache)
-	if c.accessSample == 0 {
-		c.accessSample = 1
-	}
+	s.logging = &logControl{lv: opts.LogLevel, log: logger}
+	level, _ := config.ParseLogLevel(cfg.Log.Level)
+	s.logging.setBase(level)
 	c.maxReplay = cfg.Retry.MaxBodyBytes
 	if c.maxReplay == 0 {
 		c.maxReplay = defaultMaxReplayBody

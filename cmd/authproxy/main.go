@@ -261,7 +261,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	} else if created {
 		logger.Info("created a new interception CA (ca.generate); clients must trust it", "cert_file", cfg.CA.CertFile)
 	}
-	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger, Metrics: m, Cache: env.Cache})
+	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger, Metrics: m, Cache: env.Cache, LogLevel: logLevel})
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1
@@ -315,17 +315,16 @@ func generateCA(cfg *config.Config) (bool, error) {
 	return true, ca.Create(cfg.CA.CertFile, cfg.CA.KeyFile, "authproxy local CA", false) // directories too
 }
 
+// logLevel is the level of every logger of the process: log.level, which
+// a reload changes, or an override through the admin listener's /logging.
+var logLevel = new(slog.LevelVar)
+
+// newLogger is a logger in c's format at the process's level, which it
+// sets to c's.
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	var level slog.Level
-	switch c.Level {
-	case "debug":
-		level = slog.LevelDebug
-	case "warn":
-		level = slog.LevelWarn
-	case "error":
-		level = slog.LevelError
-	}
-	opts := &slog.HandlerOptions{Level: level}
+	level, _ := config.ParseLogLevel(c.Level) // validated by config.Load
+	logLevel.Set(level)
+	opts := &slog.HandlerOptions{Level: logLevel}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}

@@ -308,7 +308,7 @@ routes:
 
 	// 4. A change that needs a restart is refused, and said so.
 	write("", "timeouts: {idle: 1m}")
-	waitBody(t, logs.String, "timeouts changed (only listeners, injectors and routes are reloaded)")
+	waitBody(t, logs.String, "timeouts changed (a reload applies listeners, injectors, routes, log.level, log.access and log.access_sample)")
 
 	// 5. SIGHUP's path, with the config as it was: applied.
 	write("", "")

@@ -75,3 +75,21 @@ func (p *Proc) Await(t testing.TB, re *regexp.Regexp, d time.Duration) []string 
 		}
 	}
 }
+
+// Stop sends SIGTERM and waits up to d for the command to close its
+// stderr (it has logged all it will); then Logs is complete.
+func (p *Proc) Stop(t testing.TB, d time.Duration) {
+	t.Helper()
+	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+	timeout := time.After(d)
+	for {
+		select {
+		case _, ok := <-p.lines:
+			if !ok {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("the command did not end within %v of SIGTERM:\n%s", d, p.Logs())
+		}
+	}
+}
