@@ -9,9 +9,11 @@
 package config
 
 import (
-	"log/slog"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
@@ -280,6 +282,12 @@ type Config struct {
 	File
 	// Routes per listener name, in file order, each with its parsed pattern.
 	RoutesByListener map[string][]RouteRef
+	// Fingerprint tells configurations apart (the status page shows it):
+	// the first 16 hex digits of the SHA-256 of the YAML document as
+	// parsed, with comments, layout and every scalar under a "value" key
+	// left out, so that it carries nothing of a secret written inline (two
+	// files that differ only there have the same fingerprint).
+	Fingerprint string
 }
 
 // RouteRef is a validated route.
@@ -329,6 +337,7 @@ func parse(data []byte, dir string) (*Config, error) {
 	if len(root.Content) == 0 {
 		return cfg, Errorf("", "the configuration is empty")
 	}
+	cfg.Fingerprint = fingerprint(&root)
 	errs := Flatten(DecodeNode(&root, "", &cfg.File))
 	errs = append(errs, cfg.validate()...)
 	return cfg, FirstPerPath(errs...)
@@ -800,4 +809,31 @@ func resolvePaths(n *yaml.Node, dir string) {
 			resolvePaths(v, dir)
 		}
 	}
+}
+
+// fingerprint is Config.Fingerprint of a parsed document.
+func fingerprint(root *yaml.Node) string {
+	h := sha256.New()
+	var walk func(n *yaml.Node, underValue bool)
+	walk = func(n *yaml.Node, underValue bool) {
+		fmt.Fprintf(h, "%d:%d:", n.Kind, len(n.Content))
+		// An alias is hashed by its anchor's name, not followed: what
+		// it names is hashed where it is defined.
+		if n.Kind == yaml.ScalarNode || n.Kind == yaml.AliasNode {
+			if underValue {
+				fmt.Fprint(h, "-;")
+			} else {
+				fmt.Fprintf(h, "%d:%s;", len(n.Value), n.Value)
+			}
+		}
+		for i, c := range n.Content {
+			v := underValue
+			if n.Kind == yaml.MappingNode && i%2 == 1 && n.Content[i-1].Value == "value" {
+				v = true
+			}
+			walk(c, v)
+		}
+	}
+	walk(root, false)
+	return hex.EncodeToString(h.Sum(nil))[:16]
 }

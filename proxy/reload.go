@@ -108,6 +108,7 @@ func (s *Server) Reload(cfg *config.Config, injs map[string]injectors.Injector) 
 	}
 	s.rmu.Lock()
 	s.warm, s.status = warm, status
+	s.configState.Fingerprint, s.configState.LoadedAt = cfg.Fingerprint, time.Now().UTC().Format(time.RFC3339)
 	s.rmu.Unlock()
 	s.cfg, s.injs = cfg, injs
 	level, _ := config.ParseLogLevel(cfg.Log.Level)
@@ -118,6 +119,24 @@ func (s *Server) Reload(cfg *config.Config, injs map[string]injectors.Injector) 
 		"injectors_retired", strings.Join(retired, ","), "routes", len(routes),
 		"log_level", levelName(level), "log_access", cfg.Log.Access, "log_access_sample", newAccessLog(cfg.Log).sample)
 	return nil
+}
+
+// NoteReload records the outcome of a reload tried for trigger (err nil:
+// applied), for the status page. err is shown: it must quote no secret,
+// as config and injector errors do not.
+func (s *Server) NoteReload(trigger string, err error) {
+	r := &statusReload{At: time.Now().UTC().Format(time.RFC3339), Trigger: trigger, Outcome: "applied"}
+	if err != nil {
+		r.Outcome = "rejected"
+		var msgs []string
+		for _, p := range config.Flatten(err) {
+			msgs = append(msgs, p.Error())
+		}
+		r.Error = strings.Join(msgs, "; ")
+	}
+	s.rmu.Lock()
+	s.configState.LastReload = r
+	s.rmu.Unlock()
 }
 
 // reloadListeners applies cfg's listeners: it binds the new ones, drains

@@ -53,6 +53,8 @@ type Options struct {
 	// reload, and the admin listener's /logging overrides it for a while.
 	// nil: the level is fixed, and /logging says so.
 	LogLevel *slog.LevelVar
+	// Version is the build's, for the status page ("" shows "dev").
+	Version string
 }
 
 // Server runs every configured listener. Build it with New, then Run it.
@@ -85,7 +87,11 @@ type Server struct {
 	admin     *http.Server // nil without an admin listener
 	adminAddr string
 	adminLn   net.Listener
-	rmu       sync.RWMutex // guards warm and status, which reloads replace
+	rmu       sync.RWMutex // guards warm, status and configState, which reloads replace
+	// configState is the running configuration's fingerprint and load
+	// time, and the last reload tried (the status page's).
+	configState statusConfig
+	started     time.Time
 	warm      []warmer     // injectors with warm: true
 	status    *statusSource
 	serving   atomic.Bool // every listener is bound and served (readiness)
@@ -157,6 +163,8 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	c.observed.Store(c.metrics != nil || cfg.Log.Access || cfg.Admin != nil)
 	s.status = newStatusSource(cfg, injs, opts.Cache)
 	s.logging = &logControl{lv: opts.LogLevel, log: logger}
+	s.started = time.Now()
+	s.configState = statusConfig{Fingerprint: cfg.Fingerprint, LoadedAt: s.started.UTC().Format(time.RFC3339)}
 	level, _ := config.ParseLogLevel(cfg.Log.Level)
 	s.logging.setBase(level)
 	c.maxReplay = cfg.Retry.MaxBodyBytes

@@ -21,14 +21,37 @@ import (
 // counts, and the listeners.
 
 type statusView struct {
-	Generated string `json:"generated"`
-	Ready     string `json:"ready"`
+	Generated     string  `json:"generated"`
+	Version       string  `json:"version"`
+	Started       string  `json:"started"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	// Ready is /readyz's verdict; NotReadyReason says why not.
+	Ready          bool         `json:"ready"`
+	NotReadyReason string       `json:"not_ready_reason,omitempty"`
+	Config         statusConfig `json:"config"`
 	// TokenStore is token_cache.shared's state: "shared", or "degraded"
 	// while the store is unreachable ("" without one).
 	TokenStore string             `json:"token_store,omitempty"`
 	Listeners  []statusListener   `json:"listeners"`
 	Routes     []statusRoute      `json:"routes"`
 	Injectors  []statusInjectorJS `json:"injectors"`
+}
+
+// statusConfig is the running configuration and the last reload.
+type statusConfig struct {
+	Fingerprint string `json:"fingerprint"` // config.Config.Fingerprint
+	LoadedAt    string `json:"loaded_at"`   // at start or by the last applied reload
+	// LastReload is the last reload tried (null: none since start).
+	LastReload *statusReload `json:"last_reload"`
+}
+
+type statusReload struct {
+	At      string `json:"at"`
+	Trigger string `json:"trigger"` // SIGHUP, a watched file changed
+	Outcome string `json:"outcome"` // applied, rejected
+	// Error is why it was rejected: the problems with their YAML paths,
+	// which quote no secret.
+	Error string `json:"error,omitempty"`
 }
 
 type statusListener struct {
@@ -44,24 +67,35 @@ type statusRoute struct {
 }
 
 type statusInjectorJS struct {
-	Name        string                    `json:"name"`
-	Kind        string                    `json:"kind"`
+	Name string `json:"name"`
+	Kind string `json:"kind"`
+	// Warm: its credentials are fetched before the proxy is ready (warm:
+	// true), or held from the start (static headers).
 	Warm        bool                      `json:"warm"`
 	Credentials []statusCredential        `json:"credentials"`
 	Sessions    []injectors.SessionReport `json:"sessions,omitempty"`
 }
 
+// statusCredential is one key of an injector. Durations are seconds; one
+// that does not apply is absent.
 type statusCredential struct {
-	Key         string  `json:"key"`
-	State       string  `json:"state"` // valid, refreshing, serving stale, failing, expired
-	ExpiresIn   string  `json:"expires_in,omitempty"`
-	NextRefresh string  `json:"next_refresh,omitempty"`
-	Age         string  `json:"age,omitempty"` // since the token held was fetched (an ODIL session's age)
-	Left        float64 `json:"lifetime_left"` // fraction of the lifetime left, 0 to 1
-	Fetches     int     `json:"fetches"`
-	Failures    int     `json:"failures"`
-	Renewals    int     `json:"renewals"`
-	LastError   string  `json:"last_error,omitempty"`
+	Key   string `json:"key"`
+	State string `json:"state"` // valid, refreshing, serving stale, failing, expired
+	// ExpiresInSeconds: until the token held expires (absent: none held,
+	// or it has no expiry, as an ODIL session kept alive by use).
+	ExpiresInSeconds *float64 `json:"expires_in_seconds,omitempty"`
+	// NextRefreshSeconds: until its background refresh (absent: none is
+	// due, as for a token with no expiry).
+	NextRefreshSeconds *float64 `json:"next_refresh_seconds,omitempty"`
+	// AgeSeconds: since the token held was fetched (an ODIL session's age).
+	AgeSeconds *float64 `json:"age_seconds,omitempty"`
+	// NextAttemptSeconds: after failures, until a fetch is tried again.
+	NextAttemptSeconds *float64 `json:"next_attempt_seconds,omitempty"`
+	Left               float64  `json:"lifetime_left"` // fraction of the lifetime left, 0 to 1
+	Fetches            int      `json:"fetches"`
+	Failures           int      `json:"failures"`
+	Renewals           int      `json:"renewals"`
+	LastError          string   `json:"last_error,omitempty"`
 }
 
 // statusSource is what the page reads, fixed when the server is built.
@@ -93,7 +127,19 @@ func newStatusSource(cfg *config.Config, injs map[string]injectors.Injector, cac
 
 func (s *Server) statusView() statusView {
 	now := time.Now()
-	v := statusView{Generated: now.UTC().Format(time.RFC3339), Ready: s.readiness()}
+	why := s.readiness()
+	v := statusView{Generated: now.UTC().Format(time.RFC3339), Version: s.opts.Version, Started: s.started.UTC().Format(time.RFC3339),
+		UptimeSeconds: now.Sub(s.started).Round(time.Second).Seconds(), Ready: why == "", NotReadyReason: why}
+	if v.Version == "" {
+		v.Version = "dev"
+	}
+	s.rmu.RLock()
+	v.Config = s.configState
+	if s.configState.LastReload != nil {
+		r := *s.configState.LastReload
+		v.Config.LastReload = &r
+	}
+	s.rmu.RUnlock()
 	if s.cache != nil {
 		if configured, up := s.cache.StoreState(); configured {
 			v.TokenStore = "shared"
@@ -136,7 +182,7 @@ func (s *Server) statusView() statusView {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		in := statusInjectorJS{Name: name, Kind: src.kinds[name], Warm: src.warm[name], Credentials: []statusCredential{}}
+		in := statusInjectorJS{Name: name, Kind: src.kinds[name], Warm: src.warm[name] || src.kinds[name] == "static", Credentials: []statusCredential{}}
 		for _, e := range byName[name] {
 			in.Credentials = append(in.Credentials, credentialOf(e, now))
 		}
@@ -162,19 +208,25 @@ func credentialOf(e tokencache.Entry, now time.Time) statusCredential {
 	default:
 		c.State = "expired"
 	}
+	secs := func(d time.Duration) *float64 { f := d.Round(time.Second).Seconds(); return &f }
 	if e.Valid && !e.Expiry.IsZero() {
-		c.ExpiresIn = e.Expiry.Sub(now).Round(time.Second).String()
+		c.ExpiresInSeconds = secs(e.Expiry.Sub(now))
 		if life := e.Expiry.Sub(e.FetchedAt); life > 0 {
 			c.Left = min(1, max(0, float64(e.Expiry.Sub(now))/float64(life)))
+		}
+		// A refresh is due only for a token that expires, and before it
+		// does.
+		if !e.RefreshAt.IsZero() && e.RefreshAt.After(now) && e.RefreshAt.Before(e.Expiry) {
+			c.NextRefreshSeconds = secs(e.RefreshAt.Sub(now))
 		}
 	} else if e.Valid {
 		c.Left = 1 // no expiry: a session kept alive by use
 	}
 	if e.Valid && !e.FetchedAt.IsZero() {
-		c.Age = now.Sub(e.FetchedAt).Round(time.Second).String()
+		c.AgeSeconds = secs(now.Sub(e.FetchedAt))
 	}
-	if e.Valid && !e.RefreshAt.IsZero() && e.RefreshAt.After(now) {
-		c.NextRefresh = e.RefreshAt.Sub(now).Round(time.Second).String()
+	if e.Failures > 0 && e.RetryAt.After(now) {
+		c.NextAttemptSeconds = secs(e.RetryAt.Sub(now))
 	}
 	return c
 }
@@ -208,6 +260,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
 
 var statusHTML = template.Must(template.New("status").Funcs(template.FuncMap{
 	"pct": func(f float64) int { return int(f*100 + 0.5) },
+	"up":  func(f float64) *float64 { return &f },
 	"level": func(f float64) string {
 		switch {
 		case f > 0.5:
@@ -216,6 +269,13 @@ var statusHTML = template.Must(template.New("status").Funcs(template.FuncMap{
 			return "low"
 		}
 		return "due"
+	},
+	// dur shows seconds as a duration ("" when absent).
+	"dur": func(f *float64) string {
+		if f == nil {
+			return ""
+		}
+		return (time.Duration(*f) * time.Second).String()
 	},
 	"fmtTime": func(t time.Time) string {
 		if t.IsZero() {
@@ -238,18 +298,21 @@ th{background:#f3f3f3;font-weight:600} .key{font-family:ui-monospace,monospace;f
 .ready{color:#2d7d3a;font-weight:600} .notready{color:#b3321f;font-weight:600} .muted{color:#777}
 </style></head><body>
 <h1>authproxy</h1>
-<p>{{if .Ready}}<span class="notready">not ready: {{.Ready}}</span>{{else}}<span class="ready">ready</span>{{end}}
+<p>{{if .Ready}}<span class="ready">ready</span>{{else}}<span class="notready">not ready: {{.NotReadyReason}}</span>{{end}}
 <span class="muted">· {{.Generated}} · refreshes every 5 s · <a href="?format=json">JSON</a></span></p>
+<p class="muted">version {{.Version}} · up {{dur (up .UptimeSeconds)}} (since {{.Started}})</p>
+<p>configuration <span class="key">{{.Config.Fingerprint}}</span> <span class="muted">loaded {{.Config.LoadedAt}}</span>
+{{with .Config.LastReload}}· last reload {{.At}} ({{.Trigger}}): {{if eq .Outcome "applied"}}<span class="ready">applied</span>{{else}}<span class="notready">rejected</span> <span class="muted">— the configuration above goes on serving</span><br><span class="key">{{.Error}}</span>{{end}}{{else}}<span class="muted">· no reload since start</span>{{end}}</p>
 {{if eq .TokenStore "shared"}}<p>token store: <span class="ready">shared</span> <span class="muted">(token_cache.shared: tokens fetched once for the fleet)</span></p>{{end}}
 {{if eq .TokenStore "degraded"}}<p>token store: <span class="notready">degraded</span> <span class="muted">(token_cache.shared is unreachable: this proxy fetches its own tokens until it answers)</span></p>{{end}}
 <h2>Injectors</h2>
 {{range .Injectors}}
 <h3>{{.Name}} <span class="muted">({{.Kind}}{{if .Warm}}, warm{{end}})</span></h3>
-{{if .Credentials}}<table><tr><th>credential</th><th>state</th><th>lifetime left</th><th>expires in</th><th>next refresh</th><th>age</th><th>fetches</th><th>failures</th><th>renewals</th><th>last error</th></tr>
+{{if .Credentials}}<table><tr><th>credential</th><th>state</th><th>lifetime left</th><th>expires in</th><th>next refresh</th><th>age</th><th>fetches</th><th>failures</th><th>next attempt</th><th>renewals</th><th>last error</th></tr>
 {{range .Credentials}}<tr><td class="key">{{if .Key}}{{.Key}}{{else}}(default){{end}}</td><td class="state-{{.State}}">{{.State}}</td>
 <td><span class="bar {{level .Left}}"><span style="width:{{pct .Left}}%"></span></span> {{pct .Left}}%</td>
-<td>{{.ExpiresIn}}</td><td>{{.NextRefresh}}</td><td>{{.Age}}</td><td>{{.Fetches}}</td><td>{{.Failures}}</td><td>{{.Renewals}}</td><td>{{.LastError}}</td></tr>
-{{end}}</table>{{else}}<p class="muted">no credential held</p>{{end}}
+<td>{{dur .ExpiresInSeconds}}</td><td>{{dur .NextRefreshSeconds}}</td><td>{{dur .AgeSeconds}}</td><td>{{.Fetches}}</td><td>{{.Failures}}</td><td>{{dur .NextAttemptSeconds}}</td><td>{{.Renewals}}</td><td>{{.LastError}}</td></tr>
+{{end}}</table>{{else if eq .Kind "static"}}<p class="muted">fixed headers, held from the start</p>{{else}}<p class="muted">no credential held</p>{{end}}
 {{if .Sessions}}<table><tr><th>session</th><th>state</th><th>endpoint</th><th>token stream</th><th>rotations</th><th>last rotation</th><th>reconnects</th><th>known since</th><th>ended</th></tr>
 {{range .Sessions}}<tr><td class="key">{{.ID}}</td><td>{{.State}}</td><td class="key">{{.Endpoint}}</td><td>{{.Stream}}</td><td>{{.Rotations}}</td><td>{{fmtTime .LastRotation}}</td><td>{{.Reconnects}}</td><td>{{fmtTime .Since}}</td><td>{{.Ended}}</td></tr>
 {{end}}</table>{{end}}

@@ -41,7 +41,7 @@ func TestStatusPageInARealBrowser(t *testing.T) {
 	pingPong(t, ctx, pb.NewCanClient(session), 300*time.Millisecond) // the token stream rotates meanwhile
 
 	var view struct {
-		Ready     string
+		Ready     bool
 		Injectors []struct {
 			Name, Kind  string
 			Credentials []struct{ Key, State string }

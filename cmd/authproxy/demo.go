@@ -58,7 +58,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: ca: %v\n", path, err)
 		return 1
 	}
-	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: newLogger(cfg.Log, stderr), Metrics: m, Cache: env.Cache, LogLevel: logLevel})
+	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: newLogger(cfg.Log, stderr), Metrics: m, Cache: env.Cache, LogLevel: logLevel, Version: versionString()})
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1

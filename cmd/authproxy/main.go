@@ -261,7 +261,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	} else if created {
 		logger.Info("created a new interception CA (ca.generate); clients must trust it", "cert_file", cfg.CA.CertFile)
 	}
-	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger, Metrics: m, Cache: env.Cache, LogLevel: logLevel})
+	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger, Metrics: m, Cache: env.Cache, LogLevel: logLevel, Version: versionString()})
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1

@@ -59,6 +59,7 @@ func (rl *reloader) reload(why string) {
 		}
 	}
 	rl.m.Reload(err)
+	rl.srv.NoteReload(why, err)
 	if err != nil {
 		for _, p := range config.Flatten(err) {
 			rl.log.Error("reload rejected; the running configuration goes on serving", "trigger", why, "problem", p)
