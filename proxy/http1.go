@@ -31,11 +31,12 @@ type core struct {
 	up        *transport.Set
 	log       *slog.Logger
 	rp        *httputil.ReverseProxy
-	maxReplay int64 // retry.max_body_bytes
+	maxReplay int64       // retry.max_body_bytes
+	refusals  *sampledLog // requests no route matches
 }
 
 func newCore(up *transport.Set, logger *slog.Logger) *core {
-	c := &core{up: up, log: logger}
+	c := &core{up: up, log: logger, refusals: newSampledLog()}
 	c.rp = &httputil.ReverseProxy{
 		Rewrite:      c.rewrite,
 		Transport:    roundTripperFunc(c.roundTrip),
@@ -192,8 +193,15 @@ func (c *core) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	writeError(w, r, err)
 }
 
-// logFailure logs a failed request without its query, body or headers.
+// logFailure logs a failed request without its query, body or headers. A
+// request no route matches is a refusal, which any client (a scanner on a
+// forward listener) can cause at will: it is logged at info and sampled
+// (the access log and authproxy_requests_total have each).
 func (c *core) logFailure(r *http.Request, err error) {
+	if errors.Is(err, ErrNoRoute) {
+		c.refusals.log(c.log, slog.LevelInfo, "request refused: no route matches", "method", r.Method, "host", r.Host, "path", r.URL.Path)
+		return
+	}
 	c.log.Warn("request failed", "method", r.Method, "host", r.Host, "path", r.URL.Path, "err", err)
 }
 

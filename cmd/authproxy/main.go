@@ -386,15 +386,17 @@ func cmdCA(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// cmdHealth asks the admin listener's /readyz and exits 0 when it says
-// ready: a HEALTHCHECK for the distroless image, which has no shell or
-// curl. -addr defaults to admin.address of -config ($AUTHPROXY_CONFIG),
+// cmdHealth asks the admin listener's /readyz (with -live, /healthz) and
+// exits 0 when it says ready (alive): a HEALTHCHECK for the distroless
+// image, which has no shell or curl, and the exec probes of a sidecar
+// whose admin listener is on loopback. -addr defaults to admin.address of -config ($AUTHPROXY_CONFIG),
 // else 127.0.0.1:15000.
 func cmdHealth(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("health", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "", "the admin listener's host:port (default: admin.address of the config, else 127.0.0.1:15000)")
 	path := fs.String("config", os.Getenv("AUTHPROXY_CONFIG"), "configuration file whose admin.address to ask; default $AUTHPROXY_CONFIG")
+	live := fs.Bool("live", false, "ask /healthz (the process serves: a liveness probe) instead of /readyz")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -407,7 +409,11 @@ func cmdHealth(args []string, stdout, stderr io.Writer) int {
 		*addr = "127.0.0.1:15000"
 	}
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 5 * time.Second}
-	resp, err := client.Get("http://" + *addr + "/readyz")
+	probe := "/readyz"
+	if *live {
+		probe = "/healthz"
+	}
+	resp, err := client.Get("http://" + *addr + probe)
 	if err != nil {
 		fmt.Fprintf(stderr, "authproxy health: %v\n", err)
 		return 1

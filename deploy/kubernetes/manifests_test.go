@@ -67,6 +67,10 @@ func objects(t *testing.T, file string) []any {
 			obj = &policyv1.PodDisruptionBudget{}
 		case "networking.k8s.io/v1 NetworkPolicy":
 			obj = &networkingv1.NetworkPolicy{}
+		case "monitoring.coreos.com/v1 PodMonitor":
+			obj = &podMonitor{}
+		case "monitoring.coreos.com/v1 ServiceMonitor":
+			obj = &serviceMonitor{}
 		default:
 			t.Fatalf("%s: a %s %s is not known to this test", file, tm.APIVersion, tm.Kind)
 		}
@@ -85,113 +89,189 @@ func TestManifests(t *testing.T) {
 	}
 	pods := 0
 	for _, file := range files {
-		t.Run(file, func(t *testing.T) {
-			objs := objects(t, file)
-			configMaps := map[string]*corev1.ConfigMap{}
-			for _, o := range objs {
-				if cm, ok := o.(*corev1.ConfigMap); ok {
-					configMaps[cm.Name] = cm
-				}
-			}
-			// The pod templates of the file: the proxy's, and others (a
-			// shared token store) that its Services and policies may name.
-			type podInfo struct {
-				name   string
-				labels map[string]string
-				ports  []corev1.ContainerPort
-				proxy  bool
-			}
-			var all []podInfo
-			var gateway *podInfo
-			for _, o := range objs {
-				switch o := o.(type) {
-				case *corev1.Pod:
-					checkPod(t, o.Spec, configMaps)
-					pods++
-				case *appsv1.Deployment:
-					sel, err := metav1.LabelSelectorAsSelector(o.Spec.Selector)
-					if err != nil || !sel.Matches(labels.Set(o.Spec.Template.Labels)) {
-						t.Errorf("deployment %s: its selector does not match its template (%v)", o.Name, err)
-					}
-					info := podInfo{name: o.Name, labels: o.Spec.Template.Labels, ports: o.Spec.Template.Spec.Containers[0].Ports}
-					for _, c := range o.Spec.Template.Spec.Containers {
-						info.proxy = info.proxy || c.Name == "authproxy"
-					}
-					all = append(all, info)
-					if !info.proxy {
-						checkStore(t, o)
-						continue
-					}
-					if o.Spec.Replicas == nil || *o.Spec.Replicas < 2 {
-						t.Errorf("deployment %s: a gateway needs at least 2 replicas", o.Name)
-					}
-					checkPod(t, o.Spec.Template.Spec, configMaps)
-					gateway = &all[len(all)-1]
-					pods++
-				}
-			}
-			// selected is the pod template a selector picks (nil: none).
-			selected := func(sel labels.Selector) *podInfo {
-				for i := range all {
-					if sel.Matches(labels.Set(all[i].labels)) {
-						return &all[i]
-					}
-				}
-				return nil
-			}
-			for _, o := range objs {
-				switch o := o.(type) {
-				case *corev1.Service:
-					pod := selected(labels.SelectorFromSet(o.Spec.Selector))
-					if pod == nil {
-						t.Errorf("service %s selects no pod of the file", o.Name)
-						continue
-					}
-					for _, p := range o.Spec.Ports {
-						if !hasPort(pod.ports, p.TargetPort.String()) {
-							t.Errorf("service %s: target port %s is no container port of %s", o.Name, p.TargetPort.String(), pod.name)
-						}
-					}
-				case *policyv1.PodDisruptionBudget:
-					sel, err := metav1.LabelSelectorAsSelector(o.Spec.Selector)
-					if err != nil || gateway == nil || !sel.Matches(labels.Set(gateway.labels)) {
-						t.Errorf("pdb %s selects no gateway pod", o.Name)
-					}
-				case *networkingv1.NetworkPolicy:
-					sel, err := metav1.LabelSelectorAsSelector(&o.Spec.PodSelector)
-					pod := selected(sel)
-					if err != nil || pod == nil {
-						t.Errorf("network policy %s selects no pod of the file", o.Name)
-						continue
-					}
-					for _, rule := range o.Spec.Ingress {
-						for _, p := range rule.Ports {
-							if p.Port == nil || !hasPort(pod.ports, p.Port.String()) || p.Port.IntValue() == 15000 {
-								t.Errorf("network policy %s opens %v, not the port %s serves", o.Name, p.Port, pod.name)
-							}
-						}
-						for _, peer := range rule.From {
-							if peer.PodSelector == nil || peer.NamespaceSelector != nil || peer.IPBlock != nil {
-								t.Errorf("network policy %s lets in more than this namespace's pods: %+v", o.Name, peer)
-								continue
-							}
-							if pod.proxy {
-								continue // the proxy port: every pod of the namespace
-							}
-							// The store: only the proxy's pods.
-							from, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
-							if err != nil || gateway == nil || from.Empty() || !from.Matches(labels.Set(gateway.labels)) {
-								t.Errorf("network policy %s lets other pods than the proxy's reach %s", o.Name, pod.name)
-							}
-						}
-					}
-				}
-			}
-		})
+		t.Run(file, func(t *testing.T) { pods += checkManifest(t, file) })
 	}
 	if pods < 2 {
 		t.Errorf("%d pod specs checked, want the sidecar pod and the gateway", pods)
 	}
+}
+
+// checkManifest checks the objects of one manifest file against each other
+// and against the proxy they run; it returns the pod specs it checked.
+func checkManifest(t *testing.T, file string) (pods int) {
+	objs := objects(t, file)
+	configMaps := map[string]*corev1.ConfigMap{}
+	for _, o := range objs {
+		if cm, ok := o.(*corev1.ConfigMap); ok {
+			configMaps[cm.Name] = cm
+		}
+	}
+	// The pod templates of the file: the proxy's, and others (a
+	// shared token store) that its Services and policies may name.
+	type podInfo struct {
+		name   string
+		labels map[string]string
+		ports  []corev1.ContainerPort
+		proxy  bool
+	}
+	var all []podInfo
+	var gateway *podInfo
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *corev1.Pod:
+			checkPod(t, o.Spec, configMaps)
+			pods++
+		case *appsv1.Deployment:
+			sel, err := metav1.LabelSelectorAsSelector(o.Spec.Selector)
+			if err != nil || !sel.Matches(labels.Set(o.Spec.Template.Labels)) {
+				t.Errorf("deployment %s: its selector does not match its template (%v)", o.Name, err)
+			}
+			info := podInfo{name: o.Name, labels: o.Spec.Template.Labels, ports: o.Spec.Template.Spec.Containers[0].Ports}
+			for _, c := range o.Spec.Template.Spec.Containers {
+				info.proxy = info.proxy || c.Name == "authproxy"
+			}
+			all = append(all, info)
+			if !info.proxy {
+				checkStore(t, o)
+				continue
+			}
+			if o.Spec.Replicas == nil || *o.Spec.Replicas < 2 {
+				t.Errorf("deployment %s: a gateway needs at least 2 replicas", o.Name)
+			}
+			checkPod(t, o.Spec.Template.Spec, configMaps)
+			gateway = &all[len(all)-1]
+			pods++
+		}
+	}
+	// selected is the pod template a selector picks (nil: none).
+	selected := func(sel labels.Selector) *podInfo {
+		for i := range all {
+			if sel.Matches(labels.Set(all[i].labels)) {
+				return &all[i]
+			}
+		}
+		return nil
+	}
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *corev1.Service:
+			pod := selected(labels.SelectorFromSet(o.Spec.Selector))
+			if pod == nil {
+				t.Errorf("service %s selects no pod of the file", o.Name)
+				continue
+			}
+			for _, p := range o.Spec.Ports {
+				if !hasPort(pod.ports, p.TargetPort.String()) {
+					t.Errorf("service %s: target port %s is no container port of %s", o.Name, p.TargetPort.String(), pod.name)
+				}
+			}
+		case *policyv1.PodDisruptionBudget:
+			sel, err := metav1.LabelSelectorAsSelector(o.Spec.Selector)
+			if err != nil || gateway == nil || !sel.Matches(labels.Set(gateway.labels)) {
+				t.Errorf("pdb %s selects no gateway pod", o.Name)
+			}
+		case *networkingv1.NetworkPolicy:
+			sel, err := metav1.LabelSelectorAsSelector(&o.Spec.PodSelector)
+			pod := selected(sel)
+			if err != nil || pod == nil {
+				t.Errorf("network policy %s selects no pod of the file", o.Name)
+				continue
+			}
+			for _, rule := range o.Spec.Ingress {
+				admin := false
+				for _, p := range rule.Ports {
+					if p.Port == nil || !hasPort(pod.ports, p.Port.String()) {
+						t.Errorf("network policy %s opens %v, not a port %s serves", o.Name, p.Port, pod.name)
+					}
+					admin = admin || p.Port != nil && p.Port.IntValue() == 15000
+				}
+				if admin && len(rule.Ports) != 1 {
+					t.Errorf("network policy %s opens the admin port in a rule with other ports", o.Name)
+				}
+				for _, peer := range rule.From {
+					if admin {
+						// The admin port (/status, /metrics): one namespace,
+						// the monitoring one, never every pod.
+						if peer.NamespaceSelector == nil || peer.IPBlock != nil || len(peer.NamespaceSelector.MatchLabels) == 0 ||
+							peer.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] == "" {
+							t.Errorf("network policy %s opens the admin port to more than a named namespace: %+v", o.Name, peer)
+						}
+						continue
+					}
+					if peer.PodSelector == nil || peer.NamespaceSelector != nil || peer.IPBlock != nil {
+						t.Errorf("network policy %s lets in more than this namespace's pods: %+v", o.Name, peer)
+						continue
+					}
+					if pod.proxy {
+						continue // the proxy port: every pod of the namespace
+					}
+					// The store: only the proxy's pods.
+					from, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
+					if err != nil || gateway == nil || from.Empty() || !from.Matches(labels.Set(gateway.labels)) {
+						t.Errorf("network policy %s lets other pods than the proxy's reach %s", o.Name, pod.name)
+					}
+				}
+			}
+		case *podMonitor:
+			sel, err := metav1.LabelSelectorAsSelector(&o.Spec.Selector)
+			if err != nil || gateway == nil || sel.Empty() || !sel.Matches(labels.Set(gateway.labels)) {
+				t.Errorf("pod monitor %s selects no gateway pod", o.Name)
+			}
+			for _, ep := range o.Spec.PodMetricsEndpoints {
+				if gateway == nil || containerPort(gateway.ports, ep.Port) != "15000" || ep.Path != "/metrics" {
+					t.Errorf("pod monitor %s scrapes %s%s, not the admin listener's /metrics", o.Name, ep.Port, ep.Path)
+				}
+			}
+		case *serviceMonitor:
+			sel, err := metav1.LabelSelectorAsSelector(&o.Spec.Selector)
+			found := false
+			for _, so := range objs {
+				if svc, ok := so.(*corev1.Service); ok && err == nil && !sel.Empty() && sel.Matches(labels.Set(svc.Labels)) {
+					found = true
+					for _, ep := range o.Spec.Endpoints {
+						ok := false
+						for _, p := range svc.Spec.Ports {
+							ok = ok || p.Name == ep.Port && gateway != nil && containerPort(gateway.ports, p.TargetPort.String()) == "15000"
+						}
+						if !ok || ep.Path != "/metrics" {
+							t.Errorf("service monitor %s scrapes %s%s, not the admin listener's /metrics", o.Name, ep.Port, ep.Path)
+						}
+					}
+				}
+			}
+			if !found {
+				t.Errorf("service monitor %s selects no service of the file", o.Name)
+			}
+		}
+	}
+	return pods
+}
+
+// podMonitor and serviceMonitor are the Prometheus Operator's kinds, as far
+// as the manifests use them (monitoring.coreos.com/v1; its Go types would
+// bring the operator's module).
+type podMonitor struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Selector            metav1.LabelSelector `json:"selector"`
+		PodMetricsEndpoints []struct {
+			Port string `json:"port"`
+			Path string `json:"path"`
+		} `json:"podMetricsEndpoints"`
+	} `json:"spec"`
+}
+
+type serviceMonitor struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Selector  metav1.LabelSelector `json:"selector"`
+		Endpoints []struct {
+			Port string `json:"port"`
+			Path string `json:"path"`
+		} `json:"endpoints"`
+	} `json:"spec"`
 }
 
 // checkPod checks the authproxy container of a pod against its config: the
@@ -279,28 +359,55 @@ func checkPod(t *testing.T, spec corev1.PodSpec, configMaps map[string]*corev1.C
 		}
 	}
 
-	// The probes: the admin listener's port, its real paths.
+	// The probes: over HTTP, the admin listener's port and real paths on
+	// the pod's IP; or, with the admin listener on loopback (closed to
+	// the cluster), the image's binary asking it from inside.
 	if cfg.Admin == nil {
 		t.Fatal("no admin listener for the probes")
 	}
-	_, port, _ := net.SplitHostPort(cfg.Admin.Address)
+	host, port, _ := net.SplitHostPort(cfg.Admin.Address)
 	probes := map[string]*corev1.Probe{"startup": proxy.StartupProbe, "readiness": proxy.ReadinessProbe, "liveness": proxy.LivenessProbe}
 	want := map[string]string{"startup": "/readyz", "readiness": "/readyz", "liveness": "/healthz"}
 	for kind, p := range probes {
-		if p == nil || p.HTTPGet == nil {
-			t.Errorf("no %s probe over HTTP", kind)
-			continue
-		}
-		if p.HTTPGet.Path != want[kind] {
-			t.Errorf("%s probe asks %s, want %s", kind, p.HTTPGet.Path, want[kind])
-		}
-		if !hasPort(proxy.Ports, p.HTTPGet.Port.String()) || containerPort(proxy.Ports, p.HTTPGet.Port.String()) != port {
-			t.Errorf("%s probe's port %s is not the admin listener's %s", kind, p.HTTPGet.Port.String(), port)
+		switch {
+		case p == nil:
+			t.Errorf("no %s probe", kind)
+		case p.HTTPGet != nil:
+			if p.HTTPGet.Path != want[kind] {
+				t.Errorf("%s probe asks %s, want %s", kind, p.HTTPGet.Path, want[kind])
+			}
+			if !hasPort(proxy.Ports, p.HTTPGet.Port.String()) || containerPort(proxy.Ports, p.HTTPGet.Port.String()) != port {
+				t.Errorf("%s probe's port %s is not the admin listener's %s", kind, p.HTTPGet.Port.String(), port)
+			}
+			// The kubelet probes the pod's IP: loopback would never answer.
+			if host != "0.0.0.0" || !cfg.Admin.AllowRemoteClients {
+				t.Errorf("admin.address %s cannot be probed by the kubelet over HTTP", cfg.Admin.Address)
+			}
+		case p.Exec != nil:
+			wantCmd := []string{"/authproxy", "health"}
+			if kind == "liveness" {
+				wantCmd = append(wantCmd, "-live")
+			}
+			if strings.Join(p.Exec.Command, " ") != strings.Join(wantCmd, " ") {
+				t.Errorf("%s probe runs %q, want %q", kind, p.Exec.Command, wantCmd)
+			}
+		default:
+			t.Errorf("%s probe neither asks HTTP nor runs authproxy health", kind)
 		}
 	}
-	// The kubelet probes the pod's IP: loopback would never answer.
-	if host, _, _ := net.SplitHostPort(cfg.Admin.Address); host != "0.0.0.0" || !cfg.Admin.AllowRemoteClients {
-		t.Errorf("admin.address %s cannot be probed by the kubelet", cfg.Admin.Address)
+	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+		t.Error("the pod mounts a service-account token, which the proxy never uses (automountServiceAccountToken: false)")
+	}
+	limited := false
+	for _, e := range proxy.Env {
+		if e.Name == "GOMEMLIMIT" {
+			r := e.ValueFrom
+			limited = r != nil && r.ResourceFieldRef != nil && r.ResourceFieldRef.Resource == "limits.memory" &&
+				(r.ResourceFieldRef.ContainerName == "" || r.ResourceFieldRef.ContainerName == proxy.Name)
+		}
+	}
+	if _, ok := proxy.Resources.Limits[corev1.ResourceMemory]; !limited || !ok {
+		t.Error("GOMEMLIMIT is not the container's memory limit (env valueFrom resourceFieldRef limits.memory, with a limit set)")
 	}
 	drain := cfg.Timeouts.ShutdownDelay.D(0) + cfg.Timeouts.Shutdown.D(30*time.Second)
 	if spec.TerminationGracePeriodSeconds == nil || time.Duration(*spec.TerminationGracePeriodSeconds)*time.Second <= drain {

@@ -252,17 +252,7 @@ func rewrite(t *testing.T, text, root string, mounts []string) string {
 // until /healthz answers 200, and /readyz too where no issuer must be
 // reached first.
 func TestManifestsStartAsWritten(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "bin")
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	binary := filepath.Join(bin, "authproxy")
-	if out, err := exec.Command("go", "build", "-o", binary, "github.com/authproxy/authproxy/cmd/authproxy").CombinedOutput(); err != nil {
-		t.Fatalf("building authproxy: %v\n%s", err, out)
-	}
-	// The container's user passes through the test's directories.
-	os.Chmod(filepath.Dir(bin), 0o755)
-	os.Chmod(filepath.Dir(filepath.Dir(bin)), 0o755)
+	binary := buildProxy(t)
 	files, _ := filepath.Glob("*.yaml")
 	started := 0
 	for _, file := range files {
@@ -276,6 +266,23 @@ func TestManifestsStartAsWritten(t *testing.T) {
 	if started < len(files) {
 		t.Errorf("%d proxies started from %d manifests", started, len(files))
 	}
+}
+
+// buildProxy builds the authproxy binary where the container's user can
+// run it.
+func buildProxy(t *testing.T) string {
+	bin := filepath.Join(t.TempDir(), "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	binary := filepath.Join(bin, "authproxy")
+	if out, err := exec.Command("go", "build", "-o", binary, "github.com/authproxy/authproxy/cmd/authproxy").CombinedOutput(); err != nil {
+		t.Fatalf("building authproxy: %v\n%s", err, out)
+	}
+	// The container's user passes through the test's directories.
+	os.Chmod(filepath.Dir(bin), 0o755)
+	os.Chmod(filepath.Dir(filepath.Dir(bin)), 0o755)
+	return binary
 }
 
 func startPod(t *testing.T, binary string, pod proxyPod) {
@@ -399,6 +406,23 @@ func startPod(t *testing.T, binary string, pod proxyPod) {
 				t.Fatalf("%s never answered 200 (%v):\n%s", path, err, proc.Logs())
 			}
 			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// Exec probes run as the kubelet runs them: the image's binary, in the
+	// container, as its user, with its environment.
+	for kind, p := range map[string]*corev1.Probe{"startup": pod.container.StartupProbe, "liveness": pod.container.LivenessProbe} {
+		if p == nil || p.Exec == nil {
+			continue
+		}
+		if kind == "startup" && strings.Contains(cfgText, "warm: true") {
+			continue // ready only once an issuer, which is not here, answers
+		}
+		if p.Exec.Command[0] != "/authproxy" {
+			t.Fatalf("%s probe runs %s, not the image's binary", kind, p.Exec.Command[0])
+		}
+		// -addr: the test moved the admin listener to a free port.
+		if out, err := run(ctx, append(p.Exec.Command[1:], "-addr", addr)...).CombinedOutput(); err != nil {
+			t.Errorf("the %s probe %q failed: %v\n%s\n%s", kind, p.Exec.Command, err, out, proc.Logs())
 		}
 	}
 	if l := proc.Logs(); strings.Contains(l, "no such host") || strings.Contains(l, "lookup ") {

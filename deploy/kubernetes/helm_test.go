@@ -1,0 +1,91 @@
+package kubernetes
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// tool finds a program the tests drive that bash .ci/test installs with
+// go install (into $(go env GOPATH)/bin, which may not be on PATH).
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+	p := filepath.Join(strings.TrimSpace(string(gopath)), "bin", name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s is needed (bash .ci/test installs it with go install)", name)
+	}
+	return p
+}
+
+// chartValueSets are the value sets the chart is rendered with: its
+// defaults, everything switched on, and the optional parts off.
+var chartValueSets = []struct {
+	name string
+	args []string
+}{
+	{"defaults", nil},
+	{"shared-monitored", []string{"--set", "sharedStore.enabled=true", "--set", "podMonitor.enabled=true", "--set", "serviceMonitor.enabled=true", "--set", "replicas=3"}},
+	{"bare", []string{"--set", "networkPolicy.enabled=false", "--set", "podDisruptionBudget.enabled=false", "--set-json", "podAnnotations={}"}},
+}
+
+// renderChart renders deploy/helm/authproxy with helm template and writes
+// the result to a file of its own.
+func renderChart(t *testing.T, args []string) (file string, rendered []byte) {
+	t.Helper()
+	cmd := exec.Command(tool(t, "helm"), append([]string{"template", "gw", "../helm/authproxy", "--namespace", "egress"}, args...)...)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helm template %v: %v\n%s", args, err, stderr.String())
+	}
+	file = filepath.Join(t.TempDir(), "rendered.yaml")
+	if err := os.WriteFile(file, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file, out
+}
+
+// The Helm chart, rendered with each value set by Helm itself: its objects
+// are valid for Kubernetes 1.29 and 1.30 as kubectl-validate (offline)
+// says, they pass every check the plain manifests pass, and the rendered
+// gateway starts as the kubelet would start it.
+func TestHelmChart(t *testing.T) {
+	validate := tool(t, "kubectl-validate")
+	binary := buildProxy(t)
+	for _, vs := range chartValueSets {
+		t.Run(vs.name, func(t *testing.T) {
+			file, rendered := renderChart(t, vs.args)
+			// kubectl-validate knows the built-in kinds; the Prometheus
+			// Operator's are checked by checkManifest alone.
+			var native []string
+			for _, doc := range strings.Split(string(rendered), "\n---\n") {
+				if !strings.Contains(doc, "apiVersion: monitoring.coreos.com/") {
+					native = append(native, doc)
+				}
+			}
+			nativeFile := filepath.Join(t.TempDir(), "native.yaml")
+			os.WriteFile(nativeFile, []byte(strings.Join(native, "\n---\n")), 0o644)
+			for _, version := range []string{"1.29", "1.30"} {
+				out, err := exec.Command(validate, "--version", version, nativeFile).CombinedOutput()
+				if err != nil {
+					t.Errorf("kubectl-validate --version %s: %v\n%s", version, err, out)
+				}
+			}
+			if pods := checkManifest(t, file); pods != 1 {
+				t.Errorf("%d proxy pod specs, want the gateway's", pods)
+			}
+			for _, pod := range proxyPods(t, file) {
+				startPod(t, binary, pod)
+			}
+		})
+	}
+}
