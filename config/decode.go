@@ -201,7 +201,12 @@ func decodeValue(n *yaml.Node, path string, v reflect.Value, secret bool, errs *
 			seen[key] = true
 			idx, ok := fields[key]
 			if !ok {
-				*errs = append(*errs, Errorf(kpath, "unknown key (known: %s)", strings.Join(sortedKeys(fields), ", ")))
+				known := sortedKeys(fields)
+				if near := Suggest(key, known); near != "" {
+					*errs = append(*errs, Errorf(kpath, "unknown key: did you mean %s? (known: %s)", near, strings.Join(known, ", ")))
+				} else {
+					*errs = append(*errs, Errorf(kpath, "unknown key (known: %s)", strings.Join(known, ", ")))
+				}
 				continue
 			}
 			decodeValue(n.Content[i+1], kpath, v.FieldByIndex(idx), secret, errs)

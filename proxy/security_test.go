@@ -655,7 +655,16 @@ routes:
 // (go.uber.org/goleak, against a baseline taken with the connections
 // open). The calls are cancelled by the client alone, 20 ms in: with a
 // grpc-timeout the upstream's own deadline would race the client's.
+//
+// The reset budget refills while the relay waits for its client: a relay
+// that cannot keep up with 1,000 cancellations a second never waits, and
+// treats them as a flood (docs/security.md). A race build on a loaded
+// machine is that relay, so there the client sends 2,000 over the 10 s.
 func TestRelayWellBehavedCancellationIsNotCutOff(t *testing.T) {
+	perTick := 10 // every 10 ms
+	if raceBuild {
+		perTick = 2
+	}
 	for _, listener := range []string{"sidecar", "forward"} {
 		t.Run(listener, func(t *testing.T) {
 			e := newEnv(t)
@@ -677,9 +686,9 @@ func TestRelayWellBehavedCancellationIsNotCutOff(t *testing.T) {
 			var wg sync.WaitGroup
 			tick := time.NewTicker(10 * time.Millisecond)
 			defer tick.Stop()
-			for range 1000 { // 10 calls every 10 ms
+			for range 1000 { // perTick calls every 10 ms
 				<-tick.C
-				for range 10 {
+				for range perTick {
 					wg.Go(func() {
 						ctx, cancel := context.WithCancel(context.Background())
 						defer time.AfterFunc(20*time.Millisecond, cancel).Stop()
@@ -694,8 +703,8 @@ func TestRelayWellBehavedCancellationIsNotCutOff(t *testing.T) {
 				}
 			}
 			wg.Wait()
-			if cancelled.Load() != 10_000 || other.Load() != 0 {
-				t.Errorf("%d calls cancelled, %d ended otherwise; want all 10,000 cancelled", cancelled.Load(), other.Load())
+			if want := int64(1000 * perTick); cancelled.Load() != want || other.Load() != 0 {
+				t.Errorf("%d calls cancelled, %d ended otherwise; want all %d cancelled", cancelled.Load(), other.Load(), want)
 			}
 			if strings.Contains(p.logs.String(), "resets streams faster") {
 				t.Errorf("the well-behaved connection was cut off")

@@ -37,16 +37,18 @@ import (
 var version = ""
 
 const usage = `usage:
-  authproxy demo [-once]            run all five systems offline on simulated upstreams
-  authproxy run -config FILE        run the proxy
-  authproxy check -config FILE      validate the config and print every problem
-        [-skip-secrets]             without reading secrets or the CA (lint in CI)
-  authproxy ca init -config FILE    create the interception CA (ca.cert_file, ca.key_file)
-  authproxy ca export -config FILE  print the CA certificate for clients to trust
-  authproxy health [-addr HOST:PORT] exit 0 when the admin listener says ready (a container HEALTHCHECK)
-  authproxy version                 print the version (also --version)
+  authproxy demo [-once]              run all five systems offline on simulated upstreams
+  authproxy run FILE                  run the proxy
+  authproxy check [-skip-secrets] FILE
+                                      validate the config and print every problem
+                                      (-skip-secrets: without reading secrets or the CA, for CI)
+  authproxy ca init|export FILE       create the interception CA / print its certificate
+  authproxy health [-live] [-addr HOST:PORT]
+                                      exit 0 when the admin listener says ready (-live: alive)
+  authproxy version                   print the version (also --version)
 
--config defaults to $AUTHPROXY_CONFIG; every command takes -h.
+FILE may also be given as -config FILE, and defaults to $AUTHPROXY_CONFIG;
+every command takes -h.
 `
 
 func main() {
@@ -77,6 +79,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "authproxy", versionString())
 		return 0
 	default:
+		if near := config.Suggest(args[0], commands); near != "" {
+			fmt.Fprintf(stderr, "authproxy: unknown command %q: did you mean %s?\n%s", args[0], near, usage)
+			return 2
+		}
 		fmt.Fprintf(stderr, "authproxy: unknown command %q\n%s", args[0], usage)
 		return 2
 	}
@@ -91,6 +97,9 @@ func versionString() string {
 	}
 	return "dev"
 }
+
+// commands are the subcommands run knows.
+var commands = []string{"demo", "run", "check", "ca", "health", "version"}
 
 // helpArgs ask for usage, which is no error (exit 0).
 var helpArgs = []string{"-h", "-help", "--help", "help"}
@@ -121,8 +130,23 @@ func configFlag(name string, args []string, stderr io.Writer, more ...func(*flag
 	if code := parseFlags(fs, args); code >= 0 {
 		return "", code
 	}
-	if *path == "" || fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "usage: authproxy %s -config FILE (or $AUTHPROXY_CONFIG)\n", name)
+	// The file may be given as an argument (authproxy check FILE), with
+	// flags before or after it.
+	if fs.NArg() > 0 {
+		file := fs.Arg(0)
+		explicit := false
+		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+		if code := parseFlags(fs, fs.Args()[1:]); code >= 0 {
+			return "", code
+		}
+		if fs.NArg() > 0 || explicit && *path != file {
+			fmt.Fprintf(stderr, "usage: authproxy %s [flags] FILE (or -config FILE, or $AUTHPROXY_CONFIG): give one file\n", name)
+			return "", 2
+		}
+		*path = file
+	}
+	if *path == "" {
+		fmt.Fprintf(stderr, "usage: authproxy %s [flags] FILE (or -config FILE, or $AUTHPROXY_CONFIG)\n", name)
 		return "", 2
 	}
 	return *path, -1
@@ -333,11 +357,11 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 
 func cmdCA(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 1 && slices.Contains(helpArgs, args[0]) {
-		fmt.Fprint(stderr, "usage: authproxy ca init|export -config FILE (or -cert FILE -key FILE)\n")
+		fmt.Fprint(stderr, "usage: authproxy ca init|export FILE (or -config FILE, or -cert FILE -key FILE)\n")
 		return 0
 	}
 	if len(args) == 0 || (args[0] != "init" && args[0] != "export") {
-		fmt.Fprint(stderr, "usage: authproxy ca init|export -config FILE\n")
+		fmt.Fprint(stderr, "usage: authproxy ca init|export FILE (or -config FILE, or -cert FILE -key FILE)\n")
 		return 2
 	}
 	sub := args[0]
@@ -352,6 +376,17 @@ func cmdCA(args []string, stdout, stderr io.Writer) int {
 	}
 	if *certFile != "" || *keyFile != "" {
 		*path = "" // explicit files win over $AUTHPROXY_CONFIG
+	}
+	if fs.NArg() > 0 { // authproxy ca init FILE
+		file := fs.Arg(0)
+		if code := parseFlags(fs, fs.Args()[1:]); code >= 0 {
+			return code
+		}
+		if fs.NArg() > 0 {
+			fmt.Fprint(stderr, "usage: authproxy ca init|export [flags] FILE: give one file\n")
+			return 2
+		}
+		*path = file
 	}
 	if *path != "" {
 		cfg, err := config.Load(*path)

@@ -372,3 +372,35 @@ routes:
 		t.Error("check -skip-secrets created the CA directory")
 	}
 }
+
+// The config file as an argument, flags before or after it; a misspelt
+// command or top-level key gets a suggestion.
+func TestCheckTakesTheFileAsAnArgument(t *testing.T) {
+	env := []string{"EXAMPLE_API_TOKEN=x"}
+	for _, args := range [][]string{
+		{"check", "../../config.example.yaml"},
+		{"check", "-skip-secrets", "../../config.example.yaml"},
+		{"check", "../../config.example.yaml", "-skip-secrets"},
+		{"check", "-config", "../../config.example.yaml", "../../config.example.yaml"},
+	} {
+		if out, errOut, code := runBinary(t, env, args...); code != 0 || !strings.Contains(out, "config.example.yaml: OK") {
+			t.Errorf("%v: exit %d %q %q", args, code, out, errOut)
+		}
+	}
+	for _, args := range [][]string{
+		{"check", "a.yaml", "b.yaml"},
+		{"check", "-config", "a.yaml", "b.yaml"},
+	} {
+		if _, errOut, code := runBinary(t, env, args...); code != 2 || !strings.Contains(errOut, "give one file") {
+			t.Errorf("%v: exit %d %q, want a usage error", args, code, errOut)
+		}
+	}
+	if _, errOut, code := runBinary(t, nil, "chekc", "x.yaml"); code != 2 || !strings.Contains(errOut, `unknown command "chekc": did you mean check?`) {
+		t.Errorf("a misspelt command: exit %d %q", code, errOut)
+	}
+	cfg := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(cfg, []byte("listners: []\n"), 0o644)
+	if _, errOut, code := runBinary(t, nil, "check", cfg); code != 1 || !strings.Contains(errOut, "listners: unknown key: did you mean listeners?") {
+		t.Errorf("a misspelt key: exit %d %q", code, errOut)
+	}
+}

@@ -7,6 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // tool finds a program the tests drive that bash .ci/test installs with
@@ -87,5 +91,44 @@ func TestHelmChart(t *testing.T) {
 				startPod(t, binary, pod)
 			}
 		})
+	}
+}
+
+// docs/kubernetes.md's sidecar snippet for an application's own chart is
+// sidecar.yaml's proxy container and volumes (but for the image).
+func TestSidecarSnippetIsTheManifest(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/kubernetes.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(doc)
+	i := strings.Index(text, "### The sidecar, in your own chart")
+	if i < 0 {
+		t.Fatal("docs/kubernetes.md has no sidecar snippet")
+	}
+	start := strings.Index(text[i:], "```yml\n") + i + len("```yml\n")
+	end := strings.Index(text[start:], "```") + start
+	var snippet struct {
+		Spec corev1.PodSpec `json:"spec"`
+	}
+	if err := yaml.UnmarshalStrict([]byte(text[start:end]), &snippet); err != nil {
+		t.Fatalf("the snippet: %v", err)
+	}
+	var manifest corev1.PodSpec
+	for _, o := range objects(t, "sidecar.yaml") {
+		if p, ok := o.(*corev1.Pod); ok {
+			manifest = p.Spec
+		}
+	}
+	got, want := snippet.Spec.InitContainers[0], manifest.InitContainers[0]
+	got.Image, got.ImagePullPolicy, want.Image, want.ImagePullPolicy = "", "", "", ""
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("the snippet's container differs from sidecar.yaml's (-manifest +snippet):\n%s", d)
+	}
+	if d := cmp.Diff(manifest.Volumes, snippet.Spec.Volumes); d != "" {
+		t.Errorf("the snippet's volumes differ from sidecar.yaml's:\n%s", d)
+	}
+	if d := cmp.Diff(manifest.SecurityContext, snippet.Spec.SecurityContext); d != "" || *snippet.Spec.AutomountServiceAccountToken {
+		t.Errorf("the snippet's pod security differs from sidecar.yaml's:\n%s", d)
 	}
 }
