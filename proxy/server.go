@@ -92,10 +92,10 @@ type Server struct {
 	// time, and the last reload tried (the status page's).
 	configState statusConfig
 	started     time.Time
-	warm      []warmer     // injectors with warm: true
-	status    *statusSource
-	serving   atomic.Bool // every listener is bound and served (readiness)
-	stopping  atomic.Bool // shutdown has started (readiness false)
+	warm        []warmer // injectors with warm: true
+	status      *statusSource
+	serving     atomic.Bool // every listener is bound and served (readiness)
+	stopping    atomic.Bool // shutdown has started (readiness false)
 
 	ready chan struct{}
 	mu    sync.Mutex

@@ -74,7 +74,7 @@ func TestLogLevelChangesWithoutARestart(t *testing.T) {
 		Level       string
 		ConfigLevel string `json:"config_level"`
 		Override    *string
-		Left               *float64 `json:"override_seconds_left"`
+		Left        *float64 `json:"override_seconds_left"`
 	}) {
 		t.Helper()
 		_, body := doReq(t, "GET", admin+"/logging")
