@@ -41,8 +41,22 @@ type File struct {
 	Timeouts   Timeouts             `yaml:"timeouts"`
 	TokenCache TokenCache           `yaml:"token_cache"`
 	Retry      Retry                `yaml:"retry"`
+	Tracing    *Tracing             `yaml:"tracing"`
 	Injectors  map[string]yaml.Node `yaml:"injectors"`
 	Routes     []Route              `yaml:"routes"`
+}
+
+// Tracing exports a span per request and per token fetch to an
+// OpenTelemetry collector over OTLP/HTTP. Off when absent.
+type Tracing struct {
+	// OTLPEndpoint is the collector's OTLP/HTTP URL; "/v1/traces" is
+	// added when it has no path (http://otel-collector:4318).
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	// SampleRatio is the fraction of traces started here that are sampled
+	// (default 1); a client's traceparent decides for its own traces.
+	SampleRatio *float64 `yaml:"sample_ratio"`
+	// ServiceName is the service.name of the spans (default authproxy).
+	ServiceName string `yaml:"service_name"`
 }
 
 // Log configures the proxy's own log (never request bodies or secrets).
@@ -349,6 +363,20 @@ func (c *Config) validate() []error {
 
 	if _, err := ParseLogLevel(c.Log.Level); err != nil {
 		add("log.level", "%v", err)
+	}
+	if tr := c.Tracing; tr != nil {
+		shown := RedactURL(tr.OTLPEndpoint)
+		switch u, err := url.Parse(tr.OTLPEndpoint); {
+		case tr.OTLPEndpoint == "":
+			add("tracing.otlp_endpoint", "required: the collector's OTLP/HTTP URL, for example http://otel-collector:4318")
+		case HasUserInfo(tr.OTLPEndpoint):
+			add("tracing.otlp_endpoint", "%q: takes no user info (it would be shown in messages)", shown)
+		case err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https"):
+			add("tracing.otlp_endpoint", "%q is not an http or https URL such as http://otel-collector:4318", shown)
+		}
+		if r := tr.SampleRatio; r != nil && (*r < 0 || *r > 1) {
+			add("tracing.sample_ratio", "must be a fraction from 0 to 1, not %v", *r)
+		}
 	}
 	switch c.Log.Format {
 	case "", "text", "json":

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"github.com/authproxy/authproxy/tracing"
 	"io"
 	"maps"
 	"net/http"
@@ -122,13 +123,14 @@ func isGRPC(r *http.Request) bool {
 // errorReply is what the proxy answers instead of forwarding: for gRPC a
 // Trailers-Only response (status 200, grpc-status and grpc-message in the
 // headers, no body), otherwise the HTTP status and a one-line text.
-func errorReply(r *http.Request, err error) (status int, header http.Header, body string) {
+func errorReply(r *http.Request, err error, id string) (status int, header http.Header, body string) {
 	status, code, msg := classify(err)
 	if isGRPC(r) {
 		return http.StatusOK, http.Header{
 			"Content-Type": {"application/grpc"},
 			"Grpc-Status":  {strconv.Itoa(int(code))},
 			"Grpc-Message": {encodeGRPCMessage(msg)},
+			"X-Request-Id": {id},
 		}, ""
 	}
 	body = msg + "\n"
@@ -136,13 +138,23 @@ func errorReply(r *http.Request, err error) (status int, header http.Header, bod
 		"Content-Type":           {"text/plain; charset=utf-8"},
 		"X-Content-Type-Options": {"nosniff"},
 		"Content-Length":         {strconv.Itoa(len(body))},
+		"X-Request-Id":           {id},
 	}, body
+}
+
+// requestIDOf is the id of a request of the HTTP/1.1 engine (the one its
+// access-log line names, when it has one).
+func requestIDOf(r *http.Request) string {
+	if ri := infoOf(r); ri != nil {
+		return ri.requestID(r.Header)
+	}
+	return tracing.RequestID(r.Header)
 }
 
 // writeError answers a request that will not be forwarded.
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	noteFailure(r, err)
-	status, header, body := errorReply(r, err)
+	status, header, body := errorReply(r, err, requestIDOf(r))
 	maps.Copy(w.Header(), header)
 	w.WriteHeader(status)
 	_, _ = io.WriteString(w, body)
@@ -151,7 +163,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 // errorResponse is writeError as an *http.Response, for goproxy's
 // intercepted connections, which copy whatever response they are given.
 func errorResponse(r *http.Request, err error) *http.Response {
-	status, header, body := errorReply(r, err)
+	status, header, body := errorReply(r, err, requestIDOf(r))
 	return &http.Response{
 		StatusCode: status, Status: fmt.Sprintf("%d %s", status, http.StatusText(status)),
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,

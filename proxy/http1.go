@@ -7,6 +7,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"github.com/authproxy/authproxy/tracing"
 	"io"
 	"log"
 	"log/slog"
@@ -31,8 +32,9 @@ type core struct {
 	up        *transport.Set
 	log       *slog.Logger
 	rp        *httputil.ReverseProxy
-	maxReplay int64       // retry.max_body_bytes
-	refusals  *sampledLog // requests no route matches
+	maxReplay int64           // retry.max_body_bytes
+	refusals  *sampledLog     // requests no route matches
+	tracer    *tracing.Tracer // nil: tracing off
 }
 
 func newCore(up *transport.Set, logger *slog.Logger) *core {
@@ -79,6 +81,12 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 	ireq, err := strip(out, x)
 	if err != nil {
 		return nil, err
+	}
+	if c.tracer != nil && x.span == nil {
+		x.span = c.tracer.StartRequest(out.Header)
+		if ri := infoOf(out); ri != nil {
+			ri.id = x.span.TraceID()
+		}
 	}
 	if rt != nil {
 		err := rt.injector.Inject(ireq)

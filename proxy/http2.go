@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/authproxy/authproxy/tracing"
 	"io"
 	"net"
 	"net/http"
@@ -68,6 +69,15 @@ type matched struct {
 	x      *exchange
 	ireq   *injectors.Request // nil for a request no route matched
 	reason string             // why the proxy answered itself, for the access log
+	id     string             // the request's id (tracing.RequestID), once one is needed
+}
+
+// requestID is the stream's id for the access log and its error answer.
+func (m *matched) requestID(h http.Header) string {
+	if m.id == "" {
+		m.id = tracing.RequestID(h)
+	}
+	return m.id
 }
 
 func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
@@ -99,6 +109,10 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 			return nil, err
 		}
 		m = &matched{r: r, x: x, ireq: ireq}
+		if h.core.tracer != nil {
+			x.span = h.core.tracer.StartRequest(r.Header)
+			m.id = x.span.TraceID()
+		}
 		req.Data = m
 	}
 	r, x, ireq := m.r, m.x, m.ireq
@@ -221,12 +235,13 @@ func (h relayHandler) Reply(req *h2relay.Request, t *h2relay.Target, err error) 
 		r.URL = u
 	}
 	h.core.logFailure(r, err)
-	if m, ok := req.Data.(*matched); ok {
-		m.reason = reasonOf(err)
-	} else {
-		req.Data = &matched{reason: reasonOf(err)}
+	m, ok := req.Data.(*matched)
+	if !ok {
+		m = &matched{}
+		req.Data = m
 	}
-	status, header, body := errorReply(r, err)
+	m.reason = reasonOf(err)
+	status, header, body := errorReply(r, err, m.requestID(req.Header))
 	return h2relay.Reply{Status: status, Header: header, Body: body}
 }
 

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"github.com/authproxy/authproxy/tracing"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -36,6 +37,8 @@ type done struct {
 	in, out            int64  // body bytes from the client, and to it
 	upstream           string // host:port the request went to ("" if none)
 	reason             string // why the proxy answered itself ("" if it did not)
+	span               *tracing.Span
+	id                 func() string // the request's id, for the access log
 }
 
 // finished records a request that is over.
@@ -46,6 +49,7 @@ func (c *core) finished(d done) {
 		d.route.requests.Add(1)
 	}
 	c.metrics.Request(d.listener, route, d.protocol, d.status, d.took)
+	d.span.End(d.listener, d.protocol, route, injector, d.status, d.reason)
 	if a := c.access.Load(); !a.on || (a.sample < 1 && rand.Float64() >= a.sample) {
 		return
 	}
@@ -67,7 +71,8 @@ func (c *core) finished(d done) {
 	c.log.Info("request", "listener", d.listener, "route", route, "injector", injector,
 		"method", d.method, "host", d.host, "path", path, "query_keys", keys,
 		"status", d.status, "duration", d.took.Round(time.Microsecond).String(),
-		"bytes_in", d.in, "bytes_out", d.out, "upstream", d.upstream, "protocol", d.protocol, "reason", d.reason)
+		"bytes_in", d.in, "bytes_out", d.out, "upstream", d.upstream, "protocol", d.protocol, "reason", d.reason,
+		"request_id", d.id())
 }
 
 // reasonOf names why the proxy answered a request itself.
@@ -96,6 +101,15 @@ type reqInfo struct {
 	listener string
 	x        *exchange
 	reason   string
+	id       string // tracing.RequestID, once one is needed
+}
+
+// requestID is the request's id for the access log and its error answer.
+func (ri *reqInfo) requestID(h http.Header) string {
+	if ri.id == "" {
+		ri.id = tracing.RequestID(h)
+	}
+	return ri.id
 }
 
 type reqInfoKey struct{}
@@ -141,12 +155,13 @@ func (c *core) instrument(listener string, h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, ri)))
 		d := done{listener: listener, protocol: "http1", method: r.Method, host: r.Host, url: r.URL,
-			status: sw.status, took: time.Since(began), out: sw.n, reason: ri.reason}
+			status: sw.status, took: time.Since(began), out: sw.n, reason: ri.reason,
+			id: func() string { return ri.requestID(r.Header) }}
 		if body != nil {
 			d.in = body.n
 		}
 		if x := ri.x; x != nil {
-			d.route = x.route
+			d.route, d.span = x.route, x.span
 			if x.target != nil {
 				d.upstream = x.target.Host
 			}
@@ -222,16 +237,19 @@ func (c *core) observeRelay(listener string, r *h2relay.Relay) {
 	r.OnStreamEnd = func(req *h2relay.Request, t *h2relay.Target, end h2relay.StreamEnd) {
 		d := done{listener: listener, protocol: "h2", method: req.Method, host: req.Authority,
 			status: end.Status, took: time.Since(end.Began), in: end.In, out: end.Out, rawPath: req.Path}
-		if mt, ok := req.Data.(*matched); ok {
-			d.reason = mt.reason
-			if mt.x != nil {
-				d.route = mt.x.route
-			}
+		mt, ok := req.Data.(*matched)
+		if !ok {
+			mt = &matched{}
 		}
+		d.reason = mt.reason
+		if mt.x != nil {
+			d.route, d.span = mt.x.route, mt.x.span
+		}
+		d.id = func() string { return mt.requestID(req.Header) }
 		if t != nil {
 			d.upstream = t.Addr
 			if x, ok := t.Data.(*exchange); ok {
-				d.route = x.route
+				d.route, d.span = x.route, x.span
 			}
 		}
 		c.finished(d)

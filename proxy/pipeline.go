@@ -5,6 +5,7 @@ package proxy
 // credentials and have the injector add the real one.
 
 import (
+	"github.com/authproxy/authproxy/tracing"
 	"io"
 	"net"
 	"net/http"
@@ -90,8 +91,9 @@ type exchange struct {
 	clientHost   string // the Host the client sent
 	sidecar      bool
 	listenerAddr string
-	inBody       io.Closer   // the client's request body (ReverseProxy hands the transport a copy that does not close it)
-	inTrailer    http.Header // the client's request trailers, filled in as its body ends (ReverseProxy's copy is not)
+	inBody       io.Closer     // the client's request body (ReverseProxy hands the transport a copy that does not close it)
+	inTrailer    http.Header   // the client's request trailers, filled in as its body ends (ReverseProxy's copy is not)
+	span         *tracing.Span // with tracing on, from the moment the request was stripped
 }
 
 // strip removes the client's credentials from out, which the caller owns

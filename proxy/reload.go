@@ -114,7 +114,7 @@ func (s *Server) Reload(cfg *config.Config, injs map[string]injectors.Injector) 
 	level, _ := config.ParseLogLevel(cfg.Log.Level)
 	s.logging.setBase(level)
 	s.core.access.Store(newAccessLog(cfg.Log))
-	s.core.observed.Store(s.core.metrics != nil || cfg.Log.Access || cfg.Admin != nil)
+	s.core.observed.Store(s.core.metrics != nil || cfg.Log.Access || cfg.Admin != nil || s.core.tracer != nil)
 	s.log.Info("configuration reloaded", "injectors_kept", strings.Join(kept, ","), "injectors_new", strings.Join(fresh, ","),
 		"injectors_retired", strings.Join(retired, ","), "routes", len(routes),
 		"log_level", levelName(level), "log_access", cfg.Log.Access, "log_access_sample", newAccessLog(cfg.Log).sample)
@@ -271,7 +271,7 @@ func staticChanges(a, b *config.Config) []string {
 	}{
 		{"log.format", a.Log.Format, b.Log.Format}, {"admin", a.Admin, b.Admin},
 		{"ca", a.CA, b.CA}, {"upstream", a.Upstream, b.Upstream}, {"timeouts", a.Timeouts, b.Timeouts},
-		{"token_cache", a.TokenCache, b.TokenCache}, {"retry", a.Retry, b.Retry},
+		{"token_cache", a.TokenCache, b.TokenCache}, {"retry", a.Retry, b.Retry}, {"tracing", a.Tracing, b.Tracing},
 	} {
 		if !reflect.DeepEqual(f.a, f.b) {
 			out = append(out, f.name)

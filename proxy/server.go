@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/authproxy/authproxy/tracing"
 	"io/fs"
 	"log"
 	"log/slog"
@@ -55,6 +56,8 @@ type Options struct {
 	LogLevel *slog.LevelVar
 	// Version is the build's, for the status page ("" shows "dev").
 	Version string
+	// Tracer exports a span per request (config tracing); nil: off.
+	Tracer *tracing.Tracer
 }
 
 // Server runs every configured listener. Build it with New, then Run it.
@@ -160,7 +163,8 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	c := newCore(up, logger)
 	c.metrics = opts.Metrics
 	c.access.Store(newAccessLog(cfg.Log))
-	c.observed.Store(c.metrics != nil || cfg.Log.Access || cfg.Admin != nil)
+	c.tracer = opts.Tracer
+	c.observed.Store(c.metrics != nil || cfg.Log.Access || cfg.Admin != nil || c.tracer != nil)
 	s.status = newStatusSource(cfg, injs, opts.Cache)
 	s.logging = &logControl{lv: opts.LogLevel, log: logger}
 	s.started = time.Now()

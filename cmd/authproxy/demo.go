@@ -49,7 +49,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 
 	// The proxy itself: loaded, built and run as `authproxy run` does.
 	path := world.ConfigPath
-	cfg, injs, m, env, err := loadWith(path, stderr, true, false)
+	cfg, injs, m, env, _, err := loadWith(path, stderr, true, false)
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1

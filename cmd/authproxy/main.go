@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/authproxy/authproxy/tracing"
 	"io"
 	"log/slog"
 	"net/http"
@@ -155,14 +156,14 @@ func configFlag(name string, args []string, stderr io.Writer, more ...func(*flag
 // load reads the config and builds the injectors, reporting every problem.
 // The injectors log to the config's log on stderr.
 func load(path string, stderr io.Writer) (*config.Config, map[string]injectors.Injector, error) {
-	cfg, injs, _, _, err := loadWith(path, stderr, false, false)
+	cfg, injs, _, _, _, err := loadWith(path, stderr, false, false)
 	return cfg, injs, err
 }
 
 // lint is load without reading a secret (check -skip-secrets): each
 // secret source is checked for its shape only.
 func lint(path string, stderr io.Writer) (*config.Config, map[string]injectors.Injector, error) {
-	cfg, injs, _, _, err := loadWith(path, stderr, false, true)
+	cfg, injs, _, _, _, err := loadWith(path, stderr, false, true)
 	return cfg, injs, err
 }
 
@@ -171,10 +172,10 @@ func lint(path string, stderr io.Writer) (*config.Config, map[string]injectors.I
 // and the injectors' environment (the one token cache of the process, for
 // /status and reloads). With skipSecrets it reads no secret
 // (injectors.Env.SkipSecrets).
-func loadWith(path string, stderr io.Writer, withMetrics, skipSecrets bool) (*config.Config, map[string]injectors.Injector, *metrics.Metrics, injectors.Env, error) {
+func loadWith(path string, stderr io.Writer, withMetrics, skipSecrets bool) (*config.Config, map[string]injectors.Injector, *metrics.Metrics, injectors.Env, *tracing.Tracer, error) {
 	cfg, err := config.Load(path)
 	if cfg == nil {
-		return nil, nil, nil, injectors.Env{}, err
+		return nil, nil, nil, injectors.Env{}, nil, err
 	}
 	env := injectors.Env{Log: newLogger(cfg.Log, stderr), SkipSecrets: skipSecrets}
 	var m *metrics.Metrics
@@ -182,14 +183,25 @@ func loadWith(path string, stderr io.Writer, withMetrics, skipSecrets bool) (*co
 		m = metrics.New(versionString())
 		env.Events = m
 	}
+	var tracer *tracing.Tracer
+	if withMetrics && err == nil {
+		if tracer, err = tracing.New(cfg.Tracing, versionString()); err != nil {
+			return nil, nil, nil, injectors.Env{}, nil, err
+		}
+	}
 	opts := injectors.CacheOptions(cfg.TokenCache, nil)
 	opts.Log = env.Log
-	if m != nil {
+	switch {
+	case m != nil && tracer != nil:
+		opts.Observer = observers{m, tracer}
+	case m != nil:
 		opts.Observer = m
+	case tracer != nil:
+		opts.Observer = observers{tracer}
 	}
 	store, serr := injectors.NewStore(cfg, env)
 	if serr != nil {
-		return nil, nil, nil, injectors.Env{}, errors.Join(err, serr)
+		return nil, nil, nil, injectors.Env{}, nil, errors.Join(err, serr)
 	}
 	if store != nil {
 		opts.Store = store
@@ -200,9 +212,37 @@ func loadWith(path string, stderr io.Writer, withMetrics, skipSecrets bool) (*co
 	m.WatchCache(env.Cache)
 	injs, ierr := injectors.BuildAll(cfg, env)
 	if err = errors.Join(err, ierr); err != nil {
-		return nil, nil, nil, injectors.Env{}, err
+		return nil, nil, nil, injectors.Env{}, nil, err
 	}
-	return cfg, injs, m, env, nil
+	return cfg, injs, m, env, tracer, nil
+}
+
+// observers tells the token cache's events to each of them: the metrics
+// count fetches, the tracer makes a span of each.
+type observers []interface {
+	Fetched(name string, d time.Duration, refresh bool, err error)
+}
+
+func (o observers) Looked(name string, hit bool) {
+	for _, x := range o {
+		if l, ok := x.(interface{ Looked(string, bool) }); ok {
+			l.Looked(name, hit)
+		}
+	}
+}
+
+func (o observers) Fetched(name string, d time.Duration, refresh bool, err error) {
+	for _, x := range o {
+		x.Fetched(name, d, refresh, err)
+	}
+}
+
+func (o observers) Evicted(name string) {
+	for _, x := range o {
+		if e, ok := x.(interface{ Evicted(string) }); ok {
+			e.Evicted(name)
+		}
+	}
 }
 
 func printProblems(stderr io.Writer, path string, err error) {
@@ -273,11 +313,16 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if code >= 0 {
 		return code
 	}
-	cfg, injs, m, env, err := loadWith(path, stderr, true, false)
+	cfg, injs, m, env, tracer, err := loadWith(path, stderr, true, false)
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1
 	}
+	defer func() { // the spans still buffered leave, within a bound
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tracer.Shutdown(ctx)
+	}()
 	logger := newLogger(cfg.Log, stderr)
 	if created, err := generateCA(cfg); err != nil {
 		fmt.Fprintf(stderr, "%s: ca: %v\n", path, err)
@@ -285,7 +330,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	} else if created {
 		logger.Info("created a new interception CA (ca.generate); clients must trust it", "cert_file", cfg.CA.CertFile)
 	}
-	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger, Metrics: m, Cache: env.Cache, LogLevel: logLevel, Version: versionString()})
+	srv, err := proxy.New(cfg, injs, proxy.Options{Logger: logger, Metrics: m, Cache: env.Cache, LogLevel: logLevel, Version: versionString(), Tracer: tracer})
 	if err != nil {
 		printProblems(stderr, path, err)
 		return 1

@@ -130,7 +130,7 @@ routes:
 	write("", "")
 
 	var logs syncbuf.Buffer
-	cfg, injs, m, env, err := loadWith(path, &logs, true, false)
+	cfg, injs, m, env, _, err := loadWith(path, &logs, true, false)
 	if err != nil {
 		t.Fatal(err)
 	}

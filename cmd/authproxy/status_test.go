@@ -120,7 +120,8 @@ func TestStatusTellsTheTruth(t *testing.T) {
 		return v, html
 	}
 
-	// The issuer is down: not ready, and why; the key's next attempt.
+	// The issuer is down: not ready, and why; the key's next attempt
+	// (within the backoff of 30 s ± 50% jitter).
 	var v statusJSON
 	waitUntil(t, "a failed warm fetch on /status", func() bool {
 		v, _ = status()
@@ -130,7 +131,7 @@ func TestStatusTellsTheTruth(t *testing.T) {
 		t.Errorf("ready %v, not_ready_reason %q", v.Ready, v.NotReadyReason)
 	}
 	c := v.Injectors[0].Credentials[0]
-	if c.State != "failing" || c.NextAttempt == nil || *c.NextAttempt <= 0 || *c.NextAttempt > 30 || c.ExpiresIn != nil || c.NextRefresh != nil {
+	if c.State != "failing" || c.NextAttempt == nil || *c.NextAttempt <= 0 || *c.NextAttempt > 45 || c.ExpiresIn != nil || c.NextRefresh != nil {
 		t.Errorf("a failing key: %+v (next attempt %v)", c, c.NextAttempt)
 	}
 	if in := v.Injectors[1]; in.Name != "key" || in.Kind != "static" || !in.Warm {
