@@ -186,7 +186,9 @@ routes:
 	// The spans arrive (the exporter batches for up to 2 s).
 	var traced, started, fetch *tracepb.Span
 	waitUntil(t, "the spans at the collector", func() bool {
-		traced = recv.span(func(s *tracepb.Span) bool { return hex.EncodeToString(s.TraceId) == clientTrace && s.Name == "authproxy request" })
+		traced = recv.span(func(s *tracepb.Span) bool {
+			return hex.EncodeToString(s.TraceId) == clientTrace && s.Name == "authproxy request"
+		})
 		if up != nil {
 			started = recv.span(func(s *tracepb.Span) bool { return fresh != nil && hex.EncodeToString(s.TraceId) == fresh[1] })
 		}
