@@ -65,6 +65,37 @@ func Create(certFile, keyFile, commonName string, force bool) error {
 	return writeFile(certFile, certPEM, 0o644)
 }
 
+// CanCreate reports whether Create could write file: the nearest of its
+// directories that exists must take a new file (tried with a temporary
+// one, removed at once). Its error says which directory refused.
+func CanCreate(file string) error {
+	dir := filepath.Dir(file)
+	for {
+		st, err := os.Stat(dir)
+		if err == nil {
+			if !st.IsDir() {
+				return fmt.Errorf("%s is not a directory", dir)
+			}
+			break
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	f, err := os.CreateTemp(dir, ".authproxy-check-*")
+	if err != nil {
+		return fmt.Errorf("cannot create files in %s (%v)", dir, errors.Unwrap(err))
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}
+
 // NewCAPEM generates a CA certificate and key, PEM-encoded.
 func NewCAPEM(commonName string, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

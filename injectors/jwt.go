@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // signingKey is a private key that signs compact JWS (RS256, ES256, ES384).
@@ -24,8 +25,23 @@ type signingKey struct {
 
 // parseSigningKey reads a PEM private key: PKCS#8, PKCS#1 (RSA) or SEC 1 (EC).
 func parseSigningKey(pemData []byte) (signingKey, error) {
-	block, _ := pem.Decode(pemData)
-	if block == nil {
+	var block *pem.Block
+	var seen []string
+	for rest := pemData; ; {
+		b, r := pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if strings.HasSuffix(b.Type, "PRIVATE KEY") {
+			block = b
+			break
+		}
+		seen, rest = append(seen, b.Type), r
+	}
+	switch {
+	case block == nil && len(seen) > 0:
+		return signingKey{}, fmt.Errorf("holds %s, not a private key: give the PEM private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)", strings.Join(seen, ", "))
+	case block == nil:
 		return signingKey{}, errors.New("no PEM block found")
 	}
 	var key any
@@ -38,8 +54,8 @@ func parseSigningKey(pemData []byte) (signingKey, error) {
 	default:
 		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
 	}
-	if err != nil {
-		return signingKey{}, fmt.Errorf("parsing the %s: %v", block.Type, err)
+	if err != nil { // x509's error would quote the key's ASN.1 structure
+		return signingKey{}, fmt.Errorf("its %s block does not parse as a key of that type", block.Type)
 	}
 	switch k := key.(type) {
 	case *rsa.PrivateKey:

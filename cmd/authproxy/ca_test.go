@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -130,5 +131,43 @@ func TestCAFileErrorsNameTheKey(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// ca.generate into a place the proxy cannot write fails in check, as it
+// would in run, naming the key and the directory.
+func TestCAGenerateIntoAnUnwritablePlaceFailsInCheck(t *testing.T) {
+	dir := t.TempDir()
+	locked := filepath.Join(dir, "locked")
+	os.Mkdir(locked, 0o555)
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+listeners:
+  - {name: fwd, kind: forward, address: "127.0.0.1:0"}
+ca: {cert_file: %q, key_file: %q, generate: true}
+injectors:
+  tok: {kind: static, headers: {X-Key: {value: k}}}
+routes:
+  - {name: api, match: {host: api.example.test}, injector: tok}
+`, filepath.Join(locked, "sub", "ca.crt"), filepath.Join(locked, "sub", "ca.key"))), 0o644)
+	cmd := exec.Command(binary, "check", cfg)
+	if os.Geteuid() == 0 { // root writes anywhere: check as nobody
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		os.Chmod(dir, 0o755)
+		os.Chmod(filepath.Dir(dir), 0o755)
+		os.Chmod(cfg, 0o644)
+	}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "ca.cert_file: ca.generate cannot create "+filepath.Join(locked, "sub", "ca.crt")) ||
+		!strings.Contains(string(out), "cannot create files in "+locked) || !strings.Contains(string(out), "ca.key_file: ") {
+		t.Errorf("check: %v\n%s", err, out)
+	}
+	// Writable: check passes and creates nothing.
+	os.Chmod(locked, 0o777)
+	if out, err := exec.Command(binary, "check", cfg).CombinedOutput(); err != nil || !strings.Contains(string(out), "will be created by run") {
+		t.Errorf("check with a writable directory: %v\n%s", err, out)
+	}
+	if entries, _ := os.ReadDir(locked); len(entries) != 0 {
+		t.Errorf("check left %d entries in the CA's directory", len(entries))
 	}
 }

@@ -268,6 +268,17 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	cfg, injs, err := loader(path, stderr)
 	if err == nil {
 		generate := cfg.CA != nil && cfg.CA.Generate && !exists(cfg.CA.CertFile) && !exists(cfg.CA.KeyFile)
+		if generate && !skipSecrets { // run will create them: can it?
+			for key, file := range map[string]string{"ca.cert_file": cfg.CA.CertFile, "ca.key_file": cfg.CA.KeyFile} {
+				if cerr := ca.CanCreate(file); cerr != nil {
+					err = errors.Join(err, config.Errorf(key, "ca.generate cannot create %s as this user (uid %d): %v", file, os.Getuid(), cerr))
+				}
+			}
+			if err != nil {
+				printProblems(stderr, path, err)
+				return 1
+			}
+		}
 		if cfg.CA != nil && (generate || skipSecrets) {
 			// Check the rest against a throwaway CA; run creates the real one.
 			tmp, terr := os.MkdirTemp("", "authproxy-check")
