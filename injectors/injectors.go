@@ -6,6 +6,7 @@ package injectors
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"reflect"
 	"slices"
 
 	"context"
@@ -459,6 +460,18 @@ func decodeThen[C any, I Injector](newFn func(name string, cfg C, env Env) (I, e
 			return nil, err // not a typed nil in the interface
 		}
 		return inj, nil
+	}
+}
+
+// KindTypes gives the type each kind's block decodes into (less warm,
+// which every kind takes): what config.Schema describes.
+func KindTypes() map[string]reflect.Type {
+	return map[string]reflect.Type{
+		"static":  reflect.TypeFor[StaticConfig](),
+		"oauth2":  reflect.TypeFor[OAuth2Config](),
+		"odil":    reflect.TypeFor[ODILConfig](),
+		"openobd": reflect.TypeFor[OpenOBDConfig](),
+		"viss":    reflect.TypeFor[VISSConfig](),
 	}
 }
 

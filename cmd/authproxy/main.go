@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -46,6 +47,7 @@ const usage = `usage:
   authproxy ca init|export FILE       create the interception CA / print its certificate
   authproxy health [-live] [-addr HOST:PORT]
                                       exit 0 when the admin listener says ready (-live: alive)
+  authproxy schema                    print the configuration's JSON Schema (for editors)
   authproxy version                   print the version (also --version)
 
 FILE may also be given as -config FILE, and defaults to $AUTHPROXY_CONFIG;
@@ -76,6 +78,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCA(args[1:], stdout, stderr)
 	case "health":
 		return cmdHealth(args[1:], stdout, stderr)
+	case "schema":
+		if len(args) > 1 {
+			fmt.Fprint(stderr, "usage: authproxy schema > authproxy.schema.json\n")
+			return 2
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(config.Schema(injectors.KindTypes())); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		return 0
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "authproxy", versionString())
 		return 0
@@ -100,7 +114,7 @@ func versionString() string {
 }
 
 // commands are the subcommands run knows.
-var commands = []string{"demo", "run", "check", "ca", "health", "version"}
+var commands = []string{"demo", "run", "check", "ca", "health", "schema", "version"}
 
 // helpArgs ask for usage, which is no error (exit 0).
 var helpArgs = []string{"-h", "-help", "--help", "help"}
@@ -255,63 +269,114 @@ func printProblems(stderr io.Writer, path string, err error) {
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	var skipSecrets bool
+	var format string
 	path, code := configFlag("check", args, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&skipSecrets, "skip-secrets", false, "read no secret (values from env or file) and not the CA: check the config's shape, for CI")
+		fs.StringVar(&format, "format", "text", "text, or json: one JSON object on stdout (file, ok, summary, problems with path and message, warnings)")
 	})
 	if code >= 0 {
 		return code
 	}
+	if format != "text" && format != "json" {
+		fmt.Fprintf(stderr, "authproxy check: -format is text or json, not %q\n", format)
+		return 2
+	}
+	res := checkConfig(path, skipSecrets, stderr)
+	if format == "json" {
+		type problem struct {
+			Path    string `json:"path"`
+			Message string `json:"message"`
+		}
+		out := struct {
+			File     string    `json:"file"`
+			OK       bool      `json:"ok"`
+			Summary  string    `json:"summary,omitempty"`
+			Problems []problem `json:"problems"`
+			Warnings []string  `json:"warnings"`
+		}{File: path, OK: res.problems == nil, Summary: res.summary, Problems: []problem{}, Warnings: append([]string{}, res.warnings...)}
+		for _, p := range config.Flatten(res.problems) {
+			var ce *config.Error
+			if errors.As(p, &ce) {
+				out.Problems = append(out.Problems, problem{Path: ce.Path, Message: ce.Msg})
+			} else {
+				out.Problems = append(out.Problems, problem{Message: p.Error()})
+			}
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(out)
+	} else {
+		for _, w := range res.warnings {
+			fmt.Fprintf(stderr, "%s: warning: %s\n", path, w)
+		}
+		if res.problems != nil {
+			printProblems(stderr, path, res.problems)
+		} else {
+			fmt.Fprintf(stdout, "%s: %s\n", path, res.summary)
+		}
+	}
+	if res.problems != nil {
+		return 1
+	}
+	return 0
+}
+
+// checked is what check found: problems (nil: none), warnings, and a
+// summary of a good config.
+type checked struct {
+	problems error
+	warnings []string
+	summary  string
+}
+
+// checkConfig runs check's checks; the injectors' log goes to logw.
+func checkConfig(path string, skipSecrets bool, logw io.Writer) (res checked) {
 	loader, note := load, ""
 	if skipSecrets {
 		loader, note = lint, "; secrets and the CA not read (-skip-secrets)"
 	}
-	cfg, injs, err := loader(path, stderr)
-	if err == nil {
-		generate := cfg.CA != nil && cfg.CA.Generate && !exists(cfg.CA.CertFile) && !exists(cfg.CA.KeyFile)
-		if generate && !skipSecrets { // run will create them: can it?
-			for key, file := range map[string]string{"ca.cert_file": cfg.CA.CertFile, "ca.key_file": cfg.CA.KeyFile} {
-				if cerr := ca.CanCreate(file); cerr != nil {
-					err = errors.Join(err, config.Errorf(key, "ca.generate cannot create %s as this user (uid %d): %v", file, os.Getuid(), cerr))
-				}
-			}
-			if err != nil {
-				printProblems(stderr, path, err)
-				return 1
-			}
-		}
-		if cfg.CA != nil && (generate || skipSecrets) {
-			// Check the rest against a throwaway CA; run creates the real one.
-			tmp, terr := os.MkdirTemp("", "authproxy-check")
-			if terr != nil {
-				fmt.Fprintln(stderr, terr)
-				return 1
-			}
-			defer os.RemoveAll(tmp)
-			caCfg := *cfg.CA
-			caCfg.CertFile, caCfg.KeyFile = filepath.Join(tmp, "ca.crt"), filepath.Join(tmp, "ca.key")
-			caCfg.Generate = true
-			cfg.CA = &caCfg
-			if _, err = generateCA(cfg); err != nil {
-				fmt.Fprintln(stderr, err)
-				return 1
-			}
-			if !skipSecrets {
-				note = "; the CA does not exist yet and will be created by run (ca.generate)"
-			}
-		}
-		var srv *proxy.Server
-		if srv, err = proxy.New(cfg, injs, proxy.Options{}); err == nil {
-			if notAfter, ok := srv.CANotAfter(); ok && time.Until(notAfter) < proxy.CAExpiryWarning {
-				fmt.Fprintf(stderr, "%s: warning: %s\n", path, proxy.CAExpiresSoon(notAfter))
-			}
-		}
-	}
+	cfg, injs, err := loader(path, logw)
 	if err != nil {
-		printProblems(stderr, path, err)
-		return 1
+		return checked{problems: err}
 	}
-	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d routes, %d injectors)%s\n", path, len(cfg.Listeners), len(cfg.Routes), len(injs), note)
-	return 0
+	generate := cfg.CA != nil && cfg.CA.Generate && !exists(cfg.CA.CertFile) && !exists(cfg.CA.KeyFile)
+	if generate && !skipSecrets { // run will create them: can it?
+		for key, file := range map[string]string{"ca.cert_file": cfg.CA.CertFile, "ca.key_file": cfg.CA.KeyFile} {
+			if cerr := ca.CanCreate(file); cerr != nil {
+				err = errors.Join(err, config.Errorf(key, "ca.generate cannot create %s as this user (uid %d): %v", file, os.Getuid(), cerr))
+			}
+		}
+		if err != nil {
+			return checked{problems: err}
+		}
+	}
+	if cfg.CA != nil && (generate || skipSecrets) {
+		// Check the rest against a throwaway CA; run creates the real one.
+		tmp, terr := os.MkdirTemp("", "authproxy-check")
+		if terr != nil {
+			return checked{problems: terr}
+		}
+		defer os.RemoveAll(tmp)
+		caCfg := *cfg.CA
+		caCfg.CertFile, caCfg.KeyFile = filepath.Join(tmp, "ca.crt"), filepath.Join(tmp, "ca.key")
+		caCfg.Generate = true
+		cfg.CA = &caCfg
+		if _, err = generateCA(cfg); err != nil {
+			return checked{problems: config.Errorf("ca", "%v", err)}
+		}
+		if !skipSecrets {
+			note = "; the CA does not exist yet and will be created by run (ca.generate)"
+		}
+	}
+	srv, err := proxy.New(cfg, injs, proxy.Options{})
+	if err != nil {
+		return checked{problems: err}
+	}
+	if notAfter, ok := srv.CANotAfter(); ok && time.Until(notAfter) < proxy.CAExpiryWarning {
+		res.warnings = append(res.warnings, proxy.CAExpiresSoon(notAfter))
+	}
+	res.summary = fmt.Sprintf("OK (%d listeners, %d routes, %d injectors)%s", len(cfg.Listeners), len(cfg.Routes), len(injs), note)
+	return res
 }
 
 func exists(path string) bool {
