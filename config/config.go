@@ -839,6 +839,11 @@ func resolvePaths(n *yaml.Node, dir string) {
 	}
 }
 
+// NodeFingerprint is Fingerprint's digest of one block (an injector's):
+// two blocks that differ only in values under "value" keys (inline
+// secrets) have the same.
+func NodeFingerprint(n *yaml.Node) string { return fingerprint(n) }
+
 // fingerprint is Config.Fingerprint of a parsed document.
 func fingerprint(root *yaml.Node) string {
 	h := sha256.New()

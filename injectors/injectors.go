@@ -215,6 +215,18 @@ func Fingerprints(cfg *config.Config, lookupEnv func(string) (string, bool)) map
 	return out
 }
 
+// BlockFingerprints digests each injector's block as written, leaving out
+// what its secrets hold (and inline secret values): an injector whose
+// Fingerprints changed while its BlockFingerprints did not had only its
+// credentials rotated.
+func BlockFingerprints(cfg *config.Config) map[string]string {
+	out := map[string]string{}
+	for name, n := range cfg.Injectors {
+		out[name] = config.NodeFingerprint(&n)
+	}
+	return out
+}
+
 // written holds the files the proxy wrote itself (a generated long-term
 // key), by absolute path, with the SHA-256 of what it wrote. Such a file
 // is the proxy's state, not configuration: its appearance is no change to

@@ -36,6 +36,15 @@ var ErrNeedsRestart = errors.New("needs a restart")
 // forgets its name's tokens), and the instance it replaces stops its
 // background work once the drain bound has passed.
 func (s *Server) Reload(cfg *config.Config, injs map[string]injectors.Injector) error {
+	return s.ReloadRotated(cfg, injs, nil)
+}
+
+// ReloadRotated is Reload where the injectors rotated names had only their
+// credentials changed (a client secret, a key file; not their block):
+// their tokens are kept (tokencache.Cache.Renew) and served until the new
+// instance has fetched with the new credentials or they expire, so that a
+// secret rotated before the issuer accepts it drops nothing at once.
+func (s *Server) ReloadRotated(cfg *config.Config, injs map[string]injectors.Injector, rotated map[string]bool) error {
 	s.reload.Lock()
 	defer s.reload.Unlock()
 	if changed := staticChanges(s.cfg, cfg); len(changed) > 0 {
@@ -60,7 +69,13 @@ func (s *Server) Reload(cfg *config.Config, injs map[string]injectors.Injector) 
 	for _, name := range slices.Sorted(maps.Keys(old)) {
 		if injs[name] != old[name] {
 			retired = append(retired, name)
-			if s.cache != nil {
+			switch {
+			case s.cache == nil:
+			case rotated[name] && injs[name] != nil:
+				kept := s.cache.Renew(name)
+				s.log.Warn("injector credentials changed: its tokens are kept until the new credentials fetch one, or they expire",
+					"injector", name, "tokens_kept", kept)
+			default:
 				s.cache.Forget(name)
 			}
 		}

@@ -565,6 +565,42 @@ func (c *Cache) StoreState() (configured, up bool) {
 	return true, true
 }
 
+// Renew keeps the valid tokens of every key that name begins, for an
+// injector whose credentials (not its configuration) a reload changed:
+// each is due a refresh at once, which its next lookup starts with the new
+// injector's fetch (the old one's is dropped, so no background refresh
+// uses the old credentials); until a fetch succeeds, the kept token is
+// served, as a token whose refresh fails is, and it expires as it would
+// have. Keys with no valid token are dropped. It returns how many tokens
+// it kept.
+func (c *Cache) Renew(name string) (kept int) {
+	now := c.opts.Now()
+	var drop []string
+	for _, key := range c.entries.Keys() {
+		if KeyName(key) != name {
+			continue
+		}
+		e, ok := c.entries.Peek(key)
+		if !ok {
+			continue
+		}
+		e.mu.Lock()
+		if e.validLocked(now) {
+			e.refreshAt, e.fetch = now, nil
+			kept++
+		} else {
+			drop = append(drop, key)
+		}
+		e.mu.Unlock()
+	}
+	c.forgetting.Store(true)
+	defer c.forgetting.Store(false)
+	for _, key := range drop {
+		c.entries.Remove(key)
+	}
+	return kept
+}
+
 // Forget drops every key that name begins, so its next lookup fetches
 // afresh (an injector replaced by a reload starts with no tokens).
 func (c *Cache) Forget(name string) {

@@ -30,11 +30,13 @@ type reloader struct {
 
 	mu     sync.Mutex
 	injs   map[string]injectors.Injector
-	prints map[string]string
+	prints map[string]string // injectors.Fingerprints: block and credentials
+	blocks map[string]string // injectors.BlockFingerprints: block alone
 }
 
 func newReloader(path string, cfg *config.Config, injs map[string]injectors.Injector, srv *proxy.Server, env injectors.Env, m *metrics.Metrics, log *slog.Logger) *reloader {
-	return &reloader{path: path, srv: srv, env: env, m: m, log: log, injs: injs, prints: injectors.Fingerprints(cfg, os.LookupEnv)}
+	return &reloader{path: path, srv: srv, env: env, m: m, log: log, injs: injs,
+		prints: injectors.Fingerprints(cfg, os.LookupEnv), blocks: injectors.BlockFingerprints(cfg)}
 }
 
 // reload loads the file and applies it, or logs why not (each problem
@@ -48,14 +50,19 @@ func (rl *reloader) reload(why string) {
 		injs, err = injectors.BuildAll(cfg, rl.env)
 	}
 	if err == nil {
-		prints := injectors.Fingerprints(cfg, os.LookupEnv)
+		prints, blocks := injectors.Fingerprints(cfg, os.LookupEnv), injectors.BlockFingerprints(cfg)
+		rotated := map[string]bool{}
 		for name := range injs {
-			if old, ok := rl.injs[name]; ok && rl.prints[name] == prints[name] {
+			old, ok := rl.injs[name]
+			switch {
+			case ok && rl.prints[name] == prints[name]:
 				injs[name] = old // unchanged: keeps its tokens, sessions and streams
+			case ok && rl.blocks[name] == blocks[name]:
+				rotated[name] = true // new credentials: its tokens serve until they fetch
 			}
 		}
-		if err = rl.srv.Reload(cfg, injs); err == nil {
-			rl.injs, rl.prints = injs, prints
+		if err = rl.srv.ReloadRotated(cfg, injs, rotated); err == nil {
+			rl.injs, rl.prints, rl.blocks = injs, prints, blocks
 		}
 	}
 	rl.m.Reload(err)
