@@ -30,6 +30,7 @@ var (
 	out      = flag.String("out", "", "also write the report to this markdown file")
 	work     = flag.String("work", "", "working directory (default: a temporary one)")
 	only     = flag.String("scenarios", "", "comma-separated scenario keys to run (default: all): "+strings.Join(scenarioKeys, ", "))
+	tracing  = flag.Bool("tracing", false, "run every authproxy with tracing on (sample_ratio 1), exporting to an OTLP/HTTP sink of the harness's own on 127.0.0.1:18199")
 )
 
 var scenarioKeys = []string{"h1-1", "h1-64", "h2", "grpc", "grpc-go", "grpc-bidi", "fwd-h1", "fwd-h2", "odil", "openobd", "memory"}
@@ -128,6 +129,9 @@ func main() {
 		die("%v", err)
 	}
 
+	if *tracing {
+		startOTLPSink("127.0.0.1:18199")
+	}
 	var contenders []contender
 	const freshBase = 18103 // the memory test's fresh processes
 	contenders = append(contenders, contender{name: "direct (TLS)", h1: "https://127.0.0.1:18443/", h2: "https://127.0.0.1:18443/", grpc: "127.0.0.1:18444",
@@ -624,8 +628,12 @@ func writeConfig(path, kind string, port int, caFile, proxyCA string) {
 	if kind == "oauth2" {
 		injector = `tok: {kind: oauth2, token_url: "https://127.0.0.1:18443/token", client_id: {value: bench}, client_secret: {value: bench-secret}}`
 	}
+	traced := ""
+	if *tracing {
+		traced = "tracing: {otlp_endpoint: \"http://127.0.0.1:18199\", sample_ratio: 1}\n"
+	}
 	cfg := fmt.Sprintf(`log: {level: warn}
-listeners:
+`+traced+`listeners:
   - {name: app, kind: sidecar, address: "127.0.0.1:%[1]d", upstream: "https://127.0.0.1:18443"}
   - {name: grpc, kind: sidecar, address: "127.0.0.1:%[2]d", upstream: "https://127.0.0.1:18444"}
   - {name: fwd, kind: forward, address: "127.0.0.1:%[3]d"}
@@ -647,6 +655,21 @@ routes:
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		die("%v", err)
 	}
+}
+
+// startOTLPSink answers every OTLP/HTTP export with success, having read
+// it whole: a collector that costs the proxy what a real one's answer does
+// and keeps nothing.
+func startOTLPSink(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		die("otlp sink: %v", err)
+	}
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.WriteHeader(http.StatusOK)
+	}))
 }
 
 // startMitmproxy runs mitmdump as a forward proxy that intercepts every
