@@ -104,10 +104,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func versionString() string {
-	if version != "" {
-		return version
+	bi, ok := debug.ReadBuildInfo()
+	return versionOf(version, bi, ok)
+}
+
+// versionOf is the version to report: the one -ldflags "-X main.version"
+// set, else the module version the build recorded (go install
+// github.com/authproxy/authproxy/cmd/authproxy@v1.2.3 records v1.2.3; a
+// build in a checkout records "(devel)" or a pseudo-version), else "dev".
+func versionOf(linked string, bi *debug.BuildInfo, ok bool) string {
+	if linked != "" {
+		return linked
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+	if ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		return bi.Main.Version
 	}
 	return "dev"

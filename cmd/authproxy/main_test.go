@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -403,5 +404,43 @@ func TestCheckTakesTheFileAsAnArgument(t *testing.T) {
 	os.WriteFile(cfg, []byte("listners: []\n"), 0o644)
 	if _, errOut, code := runBinary(t, nil, "check", cfg); code != 1 || !strings.Contains(errOut, "listners: unknown key: did you mean listeners?") {
 		t.Errorf("a misspelt key: exit %d %q", code, errOut)
+	}
+}
+
+// The version reported: -ldflags first, then what go install recorded.
+func TestVersionOfABuild(t *testing.T) {
+	installed := &debug.BuildInfo{Main: debug.Module{Path: "github.com/authproxy/authproxy", Version: "v1.4.2"}}
+	devel := &debug.BuildInfo{Main: debug.Module{Path: "github.com/authproxy/authproxy", Version: "(devel)"}}
+	for _, c := range []struct {
+		linked string
+		bi     *debug.BuildInfo
+		ok     bool
+		want   string
+	}{
+		{"v9.9.9", installed, true, "v9.9.9"},
+		{"", installed, true, "v1.4.2"},
+		{"", devel, true, "dev"},
+		{"", nil, false, "dev"},
+	} {
+		if got := versionOf(c.linked, c.bi, c.ok); got != c.want {
+			t.Errorf("versionOf(%q, %v) = %q, want %q", c.linked, c.bi, got, c.want)
+		}
+	}
+	// The binary of these tests, built in a checkout, says what its build
+	// info says.
+	out, err := exec.Command("go", "version", "-m", binary).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\tmod\tgithub.com/authproxy/authproxy\t(\S+)`).FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("go version -m: %s", out)
+	}
+	want := m[1]
+	if want == "(devel)" {
+		want = "dev"
+	}
+	if got, _, _ := runBinary(t, nil, "version"); got != "authproxy "+want+"\n" {
+		t.Errorf("authproxy version says %q, its build info %q", got, m[1])
 	}
 }
