@@ -137,11 +137,10 @@ func noteFailure(r *http.Request, err error) {
 // CONNECT, which is a decision, logged and counted as one) is recorded
 // when it is over.
 func (c *core) instrument(listener string, h http.Handler) http.Handler {
-	if !c.observed.Load() {
-		return h
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodConnect {
+		// observed is looked at per request: a reload may turn the access
+		// log on for a listener it keeps.
+		if r.Method == http.MethodConnect || !c.observed.Load() {
 			h.ServeHTTP(w, r)
 			return
 		}
@@ -231,10 +230,10 @@ func (c *core) observeRelay(listener string, r *h2relay.Relay) {
 		}
 		r.OnRefused = func(reason string) { c.metrics.Refused(listener, reason) }
 	}
-	if !c.observed.Load() {
-		return
-	}
 	r.OnStreamEnd = func(req *h2relay.Request, t *h2relay.Target, end h2relay.StreamEnd) {
+		if !c.observed.Load() { // as in instrument
+			return
+		}
 		d := done{listener: listener, protocol: "h2", method: req.Method, host: req.Authority,
 			status: end.Status, took: time.Since(end.Began), in: end.In, out: end.Out, rawPath: req.Path}
 		mt, ok := req.Data.(*matched)

@@ -178,3 +178,43 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// A proxy with nothing that watches requests (no admin listener, no
+// access log) turns its access log on at a reload, for the listeners the
+// reload keeps, HTTP/1.1 and h2c alike.
+func TestReloadTurnsTheAccessLogOnForKeptListeners(t *testing.T) {
+	up := httptest.NewServer(&sim.Echo{})
+	t.Cleanup(up.Close)
+	upPort := up.URL[strings.LastIndex(up.URL, ":")+1:]
+	cfg := filepath.Join(t.TempDir(), "c.yaml")
+	config := func(access bool) []byte {
+		return []byte(fmt.Sprintf(`
+log: {access: %v}
+reload: {watch: false}
+listeners:
+  - {name: app, kind: sidecar, address: "127.0.0.1:0", upstream: "http://127.0.0.1:%s"}
+injectors:
+  tok: {kind: static, headers: {X-Key: {value: k}}}
+routes:
+  - {name: api, match: {path: /v1/*}, injector: tok, allow_plaintext: true}
+`, access, upPort))
+	}
+	os.WriteFile(cfg, config(false), 0o644)
+	p := proctest.Start(t, exec.Command(binary, "run", cfg))
+	app := "http://" + p.Await(t, regexp.MustCompile(`listener=app kind=sidecar address=(\S+)`), 20*time.Second)[1]
+	os.WriteFile(cfg, config(true), 0o644)
+	syscall.Kill(p.Cmd.Process.Pid, syscall.SIGHUP)
+	p.Await(t, regexp.MustCompile(`msg="reload applied"`), 20*time.Second)
+	h2c := &http.Client{Transport: &http.Transport{Proxy: nil, Protocols: new(http.Protocols)}, Timeout: 30 * time.Second}
+	h2c.Transport.(*http.Transport).Protocols.SetUnencryptedHTTP2(true)
+	if st, _ := doReq(t, "GET", app+"/v1/after-h1"); st != 200 {
+		t.Fatalf("GET: %d", st)
+	}
+	resp, err := h2c.Get(app + "/v1/after-h2")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("h2c GET: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	p.Await(t, regexp.MustCompile(`msg=request listener=app .*path=/v1/after-h1 `), 20*time.Second)
+	p.Await(t, regexp.MustCompile(`msg=request listener=app .*path=/v1/after-h2 .*protocol=h2 `), 20*time.Second)
+}
