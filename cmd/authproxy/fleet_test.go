@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,22 +56,10 @@ func newFleet(t *testing.T, n int, expiresIn int, fetchTimeout string, opts ...f
 	t.Helper()
 	dir := t.TempDir()
 	f := &fleet{t: t, redis: redistest.Start(t)}
-	pki, err := sim.NewPKI(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, _ := pki.ServerTLS("auth.fleet.test", "api.fleet.test")
+	pki, serve := testTLS(t, dir, "auth.fleet.test", "api.fleet.test")
 	f.ts = &sim.TokenServer{ClientID: "fleet-app", ClientSecret: fleetSecret, Auth: "basic", ExpiresIn: expiresIn}
 	for _, o := range opts {
 		o(f.ts)
-	}
-	serve := func(h http.Handler) string {
-		s := httptest.NewUnstartedServer(h)
-		s.TLS, s.EnableHTTP2 = tlsCfg, true
-		s.StartTLS()
-		t.Cleanup(s.Close)
-		_, p, _ := net.SplitHostPort(s.Listener.Addr().String())
-		return p
 	}
 	authPort, apiPort := serve(f.ts), serve(f.ts.RequireToken(&sim.Echo{}))
 	f.cfg = filepath.Join(dir, "fleet.yaml")

@@ -26,23 +26,12 @@ import (
 // injector's block (not its credentials) still starts it afresh.
 func TestSecretRotatedBeforeTheIssuerKeepsTheToken(t *testing.T) {
 	dir := t.TempDir()
-	pki, err := sim.NewPKI(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, _ := pki.ServerTLS("auth.rot.test", "api.rot.test")
+	pki, serve := testTLS(t, dir, "auth.rot.test", "api.rot.test")
 	oldTS := &sim.TokenServer{ClientID: "rot-app", ClientSecret: "old-secret-1", Auth: "basic", ExpiresIn: 3600}
 	newTS := &sim.TokenServer{ClientID: "rot-app", ClientSecret: "new-secret-2", Auth: "basic", ExpiresIn: 3600}
 	var issuer atomic.Pointer[sim.TokenServer] // the issuer accepts one secret at a time
 	issuer.Store(oldTS)
 	var refused atomic.Int64
-	serve := func(h http.Handler) string {
-		s := httptest.NewUnstartedServer(h)
-		s.TLS = tlsCfg
-		s.StartTLS()
-		t.Cleanup(s.Close)
-		return s.URL[strings.LastIndex(s.URL, ":")+1:]
-	}
 	authPort := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := httptest.NewRecorder()
 		issuer.Load().ServeHTTP(rec, r)

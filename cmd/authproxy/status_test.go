@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,20 +72,9 @@ routes:
 // (never a secret) after a rejected reload; version and uptime.
 func TestStatusTellsTheTruth(t *testing.T) {
 	dir := t.TempDir()
-	pki, err := sim.NewPKI(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, _ := pki.ServerTLS("auth.status.test", "api.status.test")
+	pki, serve := testTLS(t, dir, "auth.status.test", "api.status.test")
 	ts := &sim.TokenServer{ClientID: "status-app", ClientSecret: "s3cret-for-status", Auth: "basic", ExpiresIn: 3600}
 	ts.SetDown(http.StatusServiceUnavailable)
-	serve := func(h http.Handler) string {
-		s := httptest.NewUnstartedServer(h)
-		s.TLS = tlsCfg
-		s.StartTLS()
-		t.Cleanup(s.Close)
-		return s.URL[strings.LastIndex(s.URL, ":")+1:]
-	}
 	authPort, apiPort := serve(ts), serve(&sim.Echo{})
 	cfg := filepath.Join(dir, "c.yaml")
 	write := func(secret, extra string) {

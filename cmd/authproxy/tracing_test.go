@@ -97,19 +97,8 @@ func attr(s *tracepb.Span, key string) string {
 // access log and the proxy's own error answers name the trace.
 func TestTracingExportsSpansOverOTLP(t *testing.T) {
 	dir := t.TempDir()
-	pki, err := sim.NewPKI(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, _ := pki.ServerTLS("auth.trace.test", "api.trace.test")
+	pki, serve := testTLS(t, dir, "auth.trace.test", "api.trace.test")
 	ts := &sim.TokenServer{ClientID: "trace-app", ClientSecret: "trace-s3cret-value", Auth: "basic", ExpiresIn: 3600}
-	serve := func(h http.Handler) string {
-		s := httptest.NewUnstartedServer(h)
-		s.TLS = tlsCfg
-		s.StartTLS()
-		t.Cleanup(s.Close)
-		return s.URL[strings.LastIndex(s.URL, ":")+1:]
-	}
 	authPort, apiPort := serve(ts), serve(ts.RequireToken(&sim.Echo{}))
 	recv := &otlpReceiver{}
 	collector := httptest.NewServer(recv)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,20 +22,9 @@ import (
 // exchange, and a later request reuses them.
 func TestGeneratedVISSKeyDoesNotReload(t *testing.T) {
 	dir := t.TempDir()
-	pki, err := sim.NewPKI(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, _ := pki.ServerTLS("viss.authproxy.test")
+	pki, serve := testTLS(t, dir, "viss.authproxy.test")
 	viss := sim.NewVISS()
 	t.Cleanup(viss.Close)
-	serve := func(h http.Handler) string {
-		s := httptest.NewUnstartedServer(h)
-		s.TLS = tlsCfg
-		s.StartTLS()
-		t.Cleanup(s.Close)
-		return s.Listener.Addr().String()[strings.LastIndex(s.Listener.Addr().String(), ":")+1:]
-	}
 	agts, ats, data := serve(viss.AGTS()), serve(viss.ATS()), serve(viss.Data())
 	keyFile := filepath.Join(dir, "keys", "viss-key.pem")
 	if err := os.MkdirAll(filepath.Dir(keyFile), 0o700); err != nil {
