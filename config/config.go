@@ -42,8 +42,25 @@ type File struct {
 	TokenCache TokenCache           `yaml:"token_cache"`
 	Retry      Retry                `yaml:"retry"`
 	Tracing    *Tracing             `yaml:"tracing"`
+	Clients    map[string]Client    `yaml:"clients"`
 	Injectors  map[string]yaml.Node `yaml:"injectors"`
 	Routes     []Route              `yaml:"routes"`
+}
+
+// Client is a caller the proxy recognises, by one rule: a username and
+// password sent as Proxy-Authorization: Basic (what HTTP_PROXY with user
+// info makes clients send), or the connection's source address. A route's
+// clients name who may use its credential.
+type Client struct {
+	Basic   *BasicClient `yaml:"basic"`
+	Sources []string     `yaml:"sources"` // addresses or CIDR prefixes
+}
+
+// BasicClient is a client's Proxy-Authorization: Basic username and
+// password.
+type BasicClient struct {
+	Username string       `yaml:"username"`
+	Password SecretSource `yaml:"password"`
 }
 
 // Tracing exports a span per request and per token fetch to an
@@ -232,6 +249,10 @@ type Route struct {
 	// StripHeaders are more client headers to drop, besides Authorization,
 	// Proxy-Authorization and every header the injector sets.
 	StripHeaders []string `yaml:"strip_headers"`
+	// Clients are the clients (names of clients:) that may use the
+	// route's credential; "anyone" admits callers with no identity too.
+	// Absent: every caller, as without clients.
+	Clients []string `yaml:"clients"`
 	// UpstreamProtocol chooses the protocol to TLS upstreams: "auto"
 	// (default: HTTP/2 for gRPC, a keep-alive pool of HTTP/1.1 connections
 	// for everything else), "http1" or "http2" (by ALPN, HTTP/1.1 when the
@@ -363,6 +384,39 @@ func (c *Config) validate() []error {
 
 	if _, err := ParseLogLevel(c.Log.Level); err != nil {
 		add("log.level", "%v", err)
+	}
+	usernames := map[string]string{}
+	for _, name := range sortedMapKeys(c.Clients) {
+		cl, path := c.Clients[name], Join("clients", name)
+		switch {
+		case name == "anyone" || name == "unknown":
+			add(path, "%q is a word routes and metrics use for callers with no identity: give the client another name", name)
+		case (cl.Basic != nil) == (len(cl.Sources) > 0):
+			add(path, "give exactly one rule: basic: {username, password} or sources: [CIDR, ...]")
+		case cl.Basic != nil:
+			if cl.Basic.Username == "" || strings.Contains(cl.Basic.Username, ":") {
+				add(Join(path, "basic", "username"), "required, and without a colon (Basic authentication splits at the first one)")
+			} else if other, dup := usernames[cl.Basic.Username]; dup {
+				add(Join(path, "basic", "username"), "client %q has the same username", other)
+			}
+			usernames[cl.Basic.Username] = name
+			if err := cl.Basic.Password.Check(); err != nil {
+				add(Join(path, "basic", "password"), "%v", err)
+			}
+		default:
+			for i, src := range cl.Sources {
+				if _, err := ParseSource(src); err != nil {
+					add(fmt.Sprintf("%s.sources[%d]", path, i), "%v", err)
+				}
+			}
+		}
+	}
+	for i, r := range c.Routes {
+		for j, name := range r.Clients {
+			if _, ok := c.Clients[name]; !ok && name != "anyone" {
+				add(fmt.Sprintf("routes[%d].clients[%d]", i, j), "no client %q under clients: (known: %s, and anyone)", name, strings.Join(sortedMapKeys(c.Clients), ", "))
+			}
+		}
 	}
 	if tr := c.Tracing; tr != nil {
 		shown := RedactURL(tr.OTLPEndpoint)
@@ -837,6 +891,19 @@ func resolvePaths(n *yaml.Node, dir string) {
 			resolvePaths(v, dir)
 		}
 	}
+}
+
+// ParseSource reads a client's source: an address (one host) or a CIDR
+// prefix.
+func ParseSource(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR prefix such as 10.0.0.0/8", s)
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
 // NodeFingerprint is Fingerprint's digest of one block (an injector's):

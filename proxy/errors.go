@@ -62,6 +62,10 @@ func classify(err error) (status int, code codes.Code, msg string) {
 	switch {
 	case errors.Is(err, ErrNoRoute):
 		return http.StatusNotFound, codes.Unimplemented, "authproxy: no route matches this request"
+	case errors.Is(err, ErrProxyAuth):
+		return http.StatusProxyAuthRequired, codes.Unauthenticated, "authproxy: proxy authentication required" + where
+	case errors.Is(err, ErrClientNotAllowed):
+		return http.StatusForbidden, codes.PermissionDenied, "authproxy: this client may not use the route's credential" + where
 	case errors.Is(err, ErrMisdirected):
 		return http.StatusMisdirectedRequest, codes.PermissionDenied, "authproxy: request host differs from the CONNECT target"
 	case errors.Is(err, ErrDestinationRefused):
@@ -125,6 +129,11 @@ func isGRPC(r *http.Request) bool {
 // headers, no body), otherwise the HTTP status and a one-line text.
 func errorReply(r *http.Request, err error, id string) (status int, header http.Header, body string) {
 	status, code, msg := classify(err)
+	defer func() {
+		if errors.Is(err, ErrProxyAuth) {
+			header.Set("Proxy-Authenticate", `Basic realm="authproxy"`)
+		}
+	}()
 	if isGRPC(r) {
 		return http.StatusOK, http.Header{
 			"Content-Type": {"application/grpc"},

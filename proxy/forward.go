@@ -60,7 +60,10 @@ type forward struct {
 }
 
 // interception is the CONNECT target of one intercepted connection.
-type interception struct{ target, hostname, port string }
+type interception struct {
+	target, hostname, port string
+	auth, remote           string // the CONNECT's Proxy-Authorization and source: the tunnel's caller
+}
 
 type interceptionKey struct{}
 
@@ -131,6 +134,9 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 	target := &url.URL{Scheme: scheme, Host: r.URL.Host}
 	x := &exchange{target: target, clientHost: r.Host}
 	rt, params, err := matchRoute(f.table.Load(), hostname, port, r.Method, r.URL.EscapedPath())
+	if err == nil && rt != nil && rt.clients != nil {
+		err = authorize(rt, f.core.clients.Load().identify(r.Header.Get("Proxy-Authorization"), r.RemoteAddr))
+	}
 	if err != nil {
 		f.core.logFailure(r, err)
 		writeError(w, r, err)
@@ -218,7 +224,16 @@ func (f *forward) handleConnect(host string, pctx *goproxy.ProxyCtx) (*goproxy.C
 			pctx.Resp = refusal(pctx.Req, http.StatusServiceUnavailable, "authproxy: shutting down\n")
 			return goproxy.RejectConnect, host
 		}
-		it := &interception{target: target, hostname: hostname, port: port}
+		it := &interception{target: target, hostname: hostname, port: port,
+			auth: pctx.Req.Header.Get("Proxy-Authorization"), remote: pctx.Req.RemoteAddr}
+		if c := f.core.clients.Load().identify(it.auth, it.remote); c.bad {
+			// Wrong credentials are refused at once, whatever the route.
+			f.metrics.Connect(f.name, "refused")
+			f.log.Info("CONNECT refused: proxy credentials match no client", "target", target, "client", pctx.Req.RemoteAddr, "claimed", c.claimed)
+			pctx.Resp = refusal(pctx.Req, http.StatusProxyAuthRequired, "authproxy: proxy authentication required\n")
+			pctx.Resp.Header.Set("Proxy-Authenticate", `Basic realm="authproxy"`)
+			return goproxy.RejectConnect, host
+		}
 		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
 			f.intercept(client, it)
 		}}, target
@@ -337,6 +352,11 @@ func (f *forward) interceptedExchange(r *http.Request, conn any) (*exchange, err
 	rt, params, err := matchRoute(f.table.Load(), it.hostname, it.port, r.Method, r.URL.EscapedPath())
 	if err != nil {
 		return nil, err
+	}
+	if rt != nil && rt.clients != nil { // the CONNECT's identity, against the rules in force
+		if err := authorize(rt, f.core.clients.Load().identify(it.auth, it.remote)); err != nil {
+			return nil, err
+		}
 	}
 	if rt == nil && !f.tunnel {
 		return nil, ErrNoRoute

@@ -32,9 +32,10 @@ type core struct {
 	up        *transport.Set
 	log       *slog.Logger
 	rp        *httputil.ReverseProxy
-	maxReplay int64           // retry.max_body_bytes
-	refusals  *sampledLog     // requests no route matches
-	tracer    *tracing.Tracer // nil: tracing off
+	maxReplay int64                       // retry.max_body_bytes
+	refusals  *sampledLog                 // requests no route matches
+	clients   atomic.Pointer[clientRules] // config clients; a reload swaps them
+	tracer    *tracing.Tracer             // nil: tracing off
 }
 
 func newCore(up *transport.Set, logger *slog.Logger) *core {

@@ -32,8 +32,9 @@ type routeRT struct {
 	protocol       string // config.Protocol*: upstream protocol over TLS and plain HTTP
 	allowPlaintext bool
 	tlsUpgrade     bool
-	strip          []string // canonical names of client headers to remove
-	stripLower     []string // the same in lower case, as HTTP/2 carries them
+	strip          []string        // canonical names of client headers to remove
+	stripLower     []string        // the same in lower case, as HTTP/2 carries them
+	clients        map[string]bool // routes[].clients; nil: every caller
 }
 
 // observing is the route's response observer for ireq: nil without a
@@ -59,6 +60,12 @@ func newRouteRT(ref config.RouteRef, inj injectors.Injector) *routeRT {
 		protocol:       r.UpstreamProtocol,
 	}
 	rt.observer, _ = inj.(injectors.ResponseObserver)
+	if r.Clients != nil {
+		rt.clients = map[string]bool{}
+		for _, c := range r.Clients {
+			rt.clients[c] = true
+		}
+	}
 	if ref.Upstream != nil {
 		u := *ref.Upstream
 		if u.Scheme == "h2c" {
@@ -109,6 +116,9 @@ func strip(out *http.Request, x *exchange) (*injectors.Request, error) {
 		stripHeaders = rt.strip
 	}
 	forwardTrailers(out, x.inTrailer, stripHeaders)
+	// A caller's proxy credentials are for the proxy alone, on every
+	// request, matched or not.
+	delete(out.Header, "Proxy-Authorization")
 	if rt == nil {
 		return nil, nil
 	}

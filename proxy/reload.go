@@ -54,6 +54,10 @@ func (s *Server) ReloadRotated(cfg *config.Config, injs map[string]injectors.Inj
 	if err != nil {
 		return err
 	}
+	clients, err := newClientRules(cfg, s.opts.SkipSecrets)
+	if err != nil {
+		return err
+	}
 	if err := s.reloadListeners(cfg, tables); err != nil {
 		return err
 	}
@@ -80,6 +84,7 @@ func (s *Server) ReloadRotated(cfg *config.Config, injs map[string]injectors.Inj
 			}
 		}
 	}
+	s.core.clients.Store(clients) // the callers first, then the routes that name them
 	s.mu.Lock()
 	for _, l := range s.listeners {
 		t := tables[l.name]

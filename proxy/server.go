@@ -58,6 +58,8 @@ type Options struct {
 	Version string
 	// Tracer exports a span per request (config tracing); nil: off.
 	Tracer *tracing.Tracer
+	// SkipSecrets reads no client password (check -skip-secrets).
+	SkipSecrets bool
 }
 
 // Server runs every configured listener. Build it with New, then Run it.
@@ -164,6 +166,11 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	c.metrics = opts.Metrics
 	c.access.Store(newAccessLog(cfg.Log))
 	c.tracer = opts.Tracer
+	clients, err := newClientRules(cfg, opts.SkipSecrets)
+	if err != nil {
+		return nil, err
+	}
+	c.clients.Store(clients)
 	c.observed.Store(c.metrics != nil || cfg.Log.Access || cfg.Admin != nil || c.tracer != nil)
 	s.status = newStatusSource(cfg, injs, opts.Cache)
 	s.logging = &logControl{lv: opts.LogLevel, log: logger}

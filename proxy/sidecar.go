@@ -42,6 +42,11 @@ func (s *sidecar) exchangeFor(r *http.Request) (*exchange, error) {
 	if err != nil {
 		return nil, err
 	}
+	if rt != nil && rt.clients != nil {
+		if err := authorize(rt, s.core.clients.Load().identify(r.Header.Get("Proxy-Authorization"), r.RemoteAddr)); err != nil {
+			return nil, err
+		}
+	}
 	if rt == nil {
 		if s.pass == nil {
 			return nil, fmt.Errorf("sidecar: %w", ErrNoRoute)

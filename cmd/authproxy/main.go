@@ -377,7 +377,7 @@ func checkConfig(path string, skipSecrets bool, logw io.Writer) (res checked) {
 			note = "; the CA does not exist yet and will be created by run (ca.generate)"
 		}
 	}
-	srv, err := proxy.New(cfg, injs, proxy.Options{})
+	srv, err := proxy.New(cfg, injs, proxy.Options{SkipSecrets: skipSecrets})
 	if err != nil {
 		return checked{problems: err}
 	}

@@ -104,6 +104,11 @@ func (rl *reloader) watch(ctx context.Context) {
 		files := []string{rl.path}
 		if cfg, err := config.Load(rl.path); err == nil {
 			files = append(files, injectors.SecretFiles(cfg)...)
+			for _, cl := range cfg.Clients { // a client's password file
+				if cl.Basic != nil && cl.Basic.Password.File != "" {
+					files = append(files, cl.Basic.Password.File)
+				}
+			}
 		}
 		for _, f := range files {
 			if abs, err := filepath.Abs(f); err == nil {

@@ -1,0 +1,151 @@
+package proxy
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/authproxy/authproxy/config"
+)
+
+// Caller identities (config clients) and who may use a route's credential
+// (routes[].clients). A caller is recognised by a Proxy-Authorization:
+// Basic username and password (compared in constant time, and kept only
+// as a hash), or else by its connection's source address (the longest
+// prefix that holds it). A forward listener takes the identity of a
+// CONNECT's Proxy-Authorization for every request of its tunnel, and is
+// looked at again, against the rules in force, at each request: a reload
+// that removes a client cuts its tunnels off at their next request.
+
+var (
+	// ErrProxyAuth: the route names its clients and the caller is none of
+	// them for want of an identity, or gave credentials that match none.
+	ErrProxyAuth = errors.New("the route's credential is for named clients: identify with Proxy-Authorization")
+	// ErrClientNotAllowed: a known caller the route does not name.
+	ErrClientNotAllowed = errors.New("this client may not use the route's credential")
+)
+
+// clientRules are the configured clients, as the proxy checks them.
+type clientRules struct {
+	basic   map[string]basicClient // by username
+	sources []sourceClient         // longest prefix first
+}
+
+type basicClient struct {
+	name string
+	hash [32]byte // SHA-256 of the password
+}
+
+type sourceClient struct {
+	name   string
+	prefix netip.Prefix
+}
+
+// newClientRules reads the clients' passwords (none with skipSecrets,
+// where every password is taken as wrong).
+func newClientRules(cfg *config.Config, skipSecrets bool) (*clientRules, error) {
+	cr := &clientRules{basic: map[string]basicClient{}}
+	var errs []error
+	for name, cl := range cfg.Clients {
+		switch {
+		case cl.Basic != nil:
+			var hash [32]byte
+			if !skipSecrets {
+				pw, err := cl.Basic.Password.Resolve(os.LookupEnv)
+				if err != nil {
+					errs = append(errs, config.Errorf(config.Join("clients", name, "basic", "password"), "%v", err))
+					continue
+				}
+				hash = sha256.Sum256([]byte(pw.Reveal()))
+			}
+			cr.basic[cl.Basic.Username] = basicClient{name: name, hash: hash}
+		default:
+			for _, src := range cl.Sources {
+				p, err := config.ParseSource(src)
+				if err != nil { // validated by config
+					return nil, err
+				}
+				cr.sources = append(cr.sources, sourceClient{name: name, prefix: p})
+			}
+		}
+	}
+	slices.SortStableFunc(cr.sources, func(a, b sourceClient) int { return b.prefix.Bits() - a.prefix.Bits() })
+	return cr, errors.Join(errs...)
+}
+
+// caller is who sent a request, as far as the proxy can tell.
+type caller struct {
+	name    string // the client's name; "" when none
+	bad     bool   // it gave Proxy-Authorization that matches no client
+	claimed string // the username it gave (for the log: never the password)
+}
+
+// identify recognises the caller of a request whose Proxy-Authorization is
+// auth and whose connection comes from remote.
+func (cr *clientRules) identify(auth, remote string) caller {
+	if auth != "" {
+		scheme, cred, _ := strings.Cut(auth, " ")
+		if !strings.EqualFold(scheme, "Basic") {
+			return caller{bad: true}
+		}
+		raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+		if err != nil {
+			return caller{bad: true}
+		}
+		user, pass, ok := strings.Cut(string(raw), ":")
+		if !ok {
+			return caller{bad: true}
+		}
+		c := caller{claimed: user}
+		bc, known := cr.basic[user]
+		hash := sha256.Sum256([]byte(pass))
+		// Compared even for an unknown user, so that the time taken says
+		// nothing of which usernames exist.
+		if subtle.ConstantTimeCompare(hash[:], bc.hash[:]) != 1 || !known || bc.hash == ([32]byte{}) {
+			c.bad = true
+			return c
+		}
+		c.name = bc.name
+		return c
+	}
+	if len(cr.sources) > 0 {
+		host, _, err := net.SplitHostPort(remote)
+		if err != nil {
+			host = remote
+		}
+		if a, err := netip.ParseAddr(host); err == nil {
+			a = a.Unmap()
+			for _, s := range cr.sources {
+				if s.prefix.Contains(a) {
+					return caller{name: s.name}
+				}
+			}
+		}
+	}
+	return caller{}
+}
+
+// authorize says whether c may use rt's credential: nil, or ErrProxyAuth
+// (no identity, or a wrong one) or ErrClientNotAllowed (a known caller
+// rt does not name).
+func authorize(rt *routeRT, c caller) error {
+	if rt == nil || rt.clients == nil {
+		return nil
+	}
+	switch {
+	case c.bad:
+		return &routeError{route: rt.name, err: ErrProxyAuth}
+	case c.name != "" && rt.clients[c.name], rt.clients["anyone"]:
+		return nil
+	case c.name == "":
+		return &routeError{route: rt.name, err: ErrProxyAuth}
+	}
+	return &routeError{route: rt.name, err: fmt.Errorf("%w (client %q)", ErrClientNotAllowed, c.name)}
+}

@@ -1,0 +1,259 @@
+package proxy_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/sim"
+)
+
+const clientsConfig = `
+clients:
+  billing: {basic: {username: billing, password: {value: "pw-billing-1"}}}
+  reports: {basic: {username: reports, password: {value: "pw-reports-2"}}}
+  office:  {sources: ["127.0.0.2"]}
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://api.authproxy.test:%[1]s"}
+  - {name: fwd, kind: forward, address: 127.0.0.1:0}
+  - {name: grpc, kind: sidecar, address: 127.0.0.1:0, host: grpc.authproxy.test, upstream: "https://grpc.authproxy.test:%[3]s"}
+ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1, grpc.authproxy.test: 127.0.0.1}}
+injectors:
+  bearer: {kind: static, headers: {Authorization: {value: %[2]q, prefix: "Bearer "}}}
+routes:
+  - {name: billing, listeners: [app], match: {path: /billing/*}, injector: bearer, clients: [billing]}
+  - {name: office, listeners: [app], match: {path: /office/*}, injector: bearer, clients: [office, billing]}
+  - {name: public, listeners: [app], match: {path: /public/*}, injector: bearer, clients: [anyone]}
+  - {name: open, listeners: [app], match: {path: /open/*}, injector: bearer}
+  - {name: fwd-billing, listeners: [fwd], match: {host: api.authproxy.test, path: /billing/*}, injector: bearer, clients: [billing]}
+  - {name: grpc-billing, listeners: [grpc], match: {path: /grpc.testing.TestService/*}, injector: bearer, clients: [billing]}
+`
+
+func basicAuth(user, pass string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+}
+
+// Who may use a route's credential (clients, routes[].clients), on the
+// sidecar (HTTP/1.1, h2c, gRPC) and the forward listener (CONNECT with
+// HTTP/1.1 and HTTP/2 inside, absolute URIs; Go's transport and curl with
+// user info in the proxy URL): the allowed caller gets the credential and
+// the upstream never sees its Proxy-Authorization; a caller with no or a
+// wrong identity gets 407 with Proxy-Authenticate (gRPC UNAUTHENTICATED),
+// a known caller the route does not name 403 (PERMISSION_DENIED); and the
+// upstream counts nothing from those.
+func TestRoutesGiveTheirCredentialOnlyToTheirClients(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl is needed (bash .ci/test installs it as root)")
+	}
+	e := newEnv(t)
+	echo := &sim.Echo{}
+	up := e.httpsUpstream(echo)
+	_, grpcPort := e.grpcUpstream()
+	p := e.start(fmt.Sprintf(clientsConfig, port(t, up.URL), secretToken, grpcPort), nil, nil)
+
+	var allowed int64
+	check := func(t *testing.T, resp *http.Response, err error, want int) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("status %d, want %d: %s", resp.StatusCode, want, body)
+		}
+		switch want {
+		case 200:
+			allowed++
+			var seen sim.Seen
+			json.Unmarshal(body, &seen)
+			if seen.Header.Get("Authorization") != "Bearer "+secretToken || seen.Header.Get("Proxy-Authorization") != "" {
+				t.Errorf("the upstream got Authorization %q, Proxy-Authorization %q", seen.Header.Get("Authorization"), seen.Header.Get("Proxy-Authorization"))
+			}
+		case 407:
+			if resp.Header.Get("Proxy-Authenticate") != `Basic realm="authproxy"` {
+				t.Errorf("407 without Proxy-Authenticate: %v", resp.Header)
+			}
+		}
+	}
+
+	// The sidecar: Proxy-Authorization on each request, or the source.
+	office := &http.Transport{Proxy: nil, DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).DialContext}
+	for _, c := range []struct {
+		proto string
+		tr    *http.Transport
+	}{{"http1", h1Client().Transport.(*http.Transport)}, {"h2c", h2cClient().Transport.(*http.Transport)}} {
+		t.Run("sidecar/"+c.proto, func(t *testing.T) {
+			get := func(path, auth string) (*http.Response, error) {
+				req, _ := http.NewRequest("GET", "http://"+p.addr("app")+path, nil)
+				if auth != "" {
+					req.Header.Set("Proxy-Authorization", auth)
+				}
+				return (&http.Client{Transport: c.tr, Timeout: 30 * time.Second}).Do(req)
+			}
+			resp, err := get("/billing/a", basicAuth("billing", "pw-billing-1"))
+			check(t, resp, err, 200)
+			resp, err = get("/billing/a", "")
+			check(t, resp, err, 407)
+			resp, err = get("/billing/a", basicAuth("billing", "wrong"))
+			check(t, resp, err, 407)
+			resp, err = get("/billing/a", basicAuth("nobody", "pw-billing-1"))
+			check(t, resp, err, 407)
+			resp, err = get("/billing/a", "Bearer some-token")
+			check(t, resp, err, 407)
+			resp, err = get("/billing/a", basicAuth("reports", "pw-reports-2"))
+			check(t, resp, err, 403)
+			resp, err = get("/public/a", "")
+			check(t, resp, err, 200)
+			resp, err = get("/open/a", basicAuth("reports", "pw-reports-2")) // no clients: as before, and the header is not sent on
+			check(t, resp, err, 200)
+			resp, err = get("/office/a", "")
+			check(t, resp, err, 407)
+		})
+	}
+	t.Run("sidecar/source", func(t *testing.T) {
+		cl := &http.Client{Transport: office, Timeout: 30 * time.Second}
+		resp, err := cl.Get("http://" + p.addr("app") + "/office/a")
+		check(t, resp, err, 200)
+		resp, err = cl.Get("http://" + p.addr("app") + "/billing/a")
+		check(t, resp, err, 403)
+	})
+
+	// The forward listener: the CONNECT's identity holds for its tunnel.
+	target := "https://api.authproxy.test:" + port(t, up.URL)
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("forward/h2=%v", h2), func(t *testing.T) {
+			via := func(user *url.Userinfo) *http.Client {
+				c := proxiedClient(p.addr("fwd"), &tlsRoots{e.proxyCA}, h2)
+				c.Transport.(*http.Transport).Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: p.addr("fwd"), User: user})
+				return c
+			}
+			resp, err := via(url.UserPassword("billing", "pw-billing-1")).Get(target + "/billing/x")
+			check(t, resp, err, 200)
+			resp, err = via(nil).Get(target + "/billing/x")
+			check(t, resp, err, 407)
+			resp, err = via(url.UserPassword("reports", "pw-reports-2")).Get(target + "/billing/x")
+			check(t, resp, err, 403)
+			// Wrong credentials are refused at the CONNECT.
+			if _, err := via(url.UserPassword("billing", "wrong")).Get(target + "/billing/x"); err == nil || !strings.Contains(err.Error(), "Proxy Authentication Required") {
+				t.Errorf("a CONNECT with a wrong password: %v", err)
+			}
+		})
+	}
+	t.Run("forward/curl", func(t *testing.T) {
+		curl := func(user string) (string, error) {
+			out, err := exec.Command("curl", "-sS", "--max-time", "20", "--cacert", e.caCert, "-o", "/dev/null", "-w", "%{http_code}",
+				"-x", "http://"+user+p.addr("fwd"), target+"/billing/x").CombinedOutput()
+			return string(out), err
+		}
+		if out, err := curl("billing:pw-billing-1@"); err != nil || out != "200" {
+			t.Errorf("curl as billing: %s %v", out, err)
+		} else {
+			allowed++
+		}
+		if out, _ := curl("reports:pw-reports-2@"); out != "403" {
+			t.Errorf("curl as reports: %s", out)
+		}
+		if out, _ := curl(""); out != "407" {
+			t.Errorf("curl with no identity: %s", out)
+		}
+	})
+
+	// gRPC on the sidecar: the codes a gRPC client understands.
+	t.Run("sidecar/grpc", func(t *testing.T) {
+		client := grpcClient(t, p.addr("grpc"))
+		call := func(auth string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if auth != "" {
+				ctx = metadata.AppendToOutgoingContext(ctx, "proxy-authorization", auth)
+			}
+			_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{})
+			return err
+		}
+		if err := call(basicAuth("billing", "pw-billing-1")); err != nil {
+			t.Errorf("billing: %v", err)
+		}
+		if err := call(""); status.Code(err) != codes.Unauthenticated {
+			t.Errorf("no identity: %v, want UNAUTHENTICATED", err)
+		}
+		if err := call(basicAuth("reports", "pw-reports-2")); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("reports: %v, want PERMISSION_DENIED", err)
+		}
+	})
+	if got := echo.Requests(); got != allowed {
+		t.Errorf("the upstream served %d requests, want the %d allowed ones only", got, allowed)
+	}
+	for _, s := range []string{"pw-billing-1", "pw-reports-2", base64.StdEncoding.EncodeToString([]byte("billing:pw-billing-1"))} {
+		if strings.Contains(p.logs.String(), s) {
+			t.Errorf("the log shows a client's password")
+		}
+	}
+}
+
+// A reload applies clients to the next request, on connections already
+// open: a tunnel whose CONNECT identified a client that the reload removes
+// is refused at its next request (HTTP/1.1 and HTTP/2 inside), and a
+// route that the reload opens to that caller serves it.
+func TestReloadAppliesClientsToOpenTunnels(t *testing.T) {
+	e := newEnv(t)
+	up := e.httpsUpstream(&sim.Echo{})
+	_, grpcPort := e.grpcUpstream()
+	yamlText := fmt.Sprintf(clientsConfig, port(t, up.URL), secretToken, grpcPort)
+	p := e.start(yamlText, nil, nil)
+	target := "https://api.authproxy.test:" + port(t, up.URL) + "/billing/x"
+	clients := map[bool]*http.Client{}
+	for _, h2 := range []bool{false, true} {
+		c := proxiedClient(p.addr("fwd"), &tlsRoots{e.proxyCA}, h2)
+		c.Transport.(*http.Transport).Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: p.addr("fwd"), User: url.UserPassword("billing", "pw-billing-1")})
+		clients[h2] = c
+		if st := statusOf(t, c, target); st != 200 {
+			t.Fatalf("h2=%v before the reload: %d", h2, st)
+		}
+	}
+	reload := func(text string) {
+		t.Helper()
+		cfg, err := parseConfig(e, text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		injs, err := injectors.BuildAll(cfg, injectors.Env{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.srv.Reload(cfg, injs); err != nil {
+			t.Fatalf("reload: %v", err)
+		}
+	}
+	// billing's password changes: the open tunnels' credentials match no
+	// client any more.
+	reload(strings.Replace(yamlText, "pw-billing-1", "pw-billing-rotated", 1))
+	for h2, c := range clients {
+		if st := statusOf(t, c, target); st != http.StatusProxyAuthRequired {
+			t.Errorf("h2=%v, on the tunnel opened before the reload: %d, want 407", h2, st)
+		}
+	}
+	// The route opened to anyone: the same tunnels are served again.
+	reload(strings.Replace(yamlText, "path: /billing/*}, injector: bearer, clients: [billing]}\n  - {name: grpc", "path: /billing/*}, injector: bearer, clients: [anyone]}\n  - {name: grpc", 1))
+	for h2, c := range clients {
+		if st := statusOf(t, c, target); st != 200 {
+			t.Errorf("h2=%v, after the route opened to anyone: %d, want 200", h2, st)
+		}
+	}
+}
