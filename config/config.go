@@ -418,6 +418,19 @@ func (c *Config) validate() []error {
 			}
 		}
 	}
+	// Safe by default: a listener that takes remote clients hands no
+	// credential to whoever reaches it.
+	for i, r := range c.Routes {
+		if r.Clients != nil {
+			continue
+		}
+		for j, l := range c.Listeners {
+			if l.AllowRemoteClients && (len(r.Listeners) == 0 || slices.Contains(r.Listeners, l.Name)) {
+				add(fmt.Sprintf("routes[%d]", i), "route %q is served by listeners[%d] (%q), which takes remote clients (allow_remote_clients: true): whoever reaches it would get the route's credential. Name who may use it: clients: [NAME, ...] with the callers under clients: (docs/clients.md; clients: [anyone] opens it to every caller on purpose), or serve it on loopback listeners only (listeners: [...])", r.Name, j, l.Name)
+				break
+			}
+		}
+	}
 	if tr := c.Tracing; tr != nil {
 		shown := RedactURL(tr.OTLPEndpoint)
 		switch u, err := url.Parse(tr.OTLPEndpoint); {

@@ -343,6 +343,7 @@ func checkPod(t *testing.T, spec corev1.PodSpec, configMaps map[string]*corev1.C
 		files = append(files, cfg.CA.CertFile, cfg.CA.KeyFile)
 	}
 	files = append(files, injectors.SecretFiles(cfg)...)
+	files = append(files, clientFiles(cfg)...)
 	if sh := cfg.TokenCache.Shared; sh != nil {
 		for _, src := range []config.SecretSource{sh.Username, sh.Password, sh.EncryptionKey} {
 			if src.File != "" {
@@ -432,6 +433,17 @@ func checkStore(t *testing.T, d *appsv1.Deployment) {
 	if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Errorf("deployment %s: the store runs as root or on a writable root", d.Name)
 	}
+}
+
+// clientFiles are the files of the clients' passwords.
+func clientFiles(cfg *config.Config) []string {
+	var out []string
+	for _, cl := range cfg.Clients {
+		if cl.Basic != nil && cl.Basic.Password.File != "" {
+			out = append(out, cl.Basic.Password.File)
+		}
+	}
+	return out
 }
 
 func under(path string, dirs []string) bool {

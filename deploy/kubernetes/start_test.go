@@ -323,7 +323,7 @@ func startPod(t *testing.T, binary string, pod proxyPod) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wanted := injectors.SecretFiles(cfg)
+	wanted := append(injectors.SecretFiles(cfg), clientFiles(cfg)...)
 	if cfg.CA != nil {
 		wanted = append(wanted, cfg.CA.CertFile, cfg.CA.KeyFile)
 	}
