@@ -62,8 +62,8 @@ type Metrics struct {
 }
 
 type requestKey struct {
-	listener, route, protocol string
-	class                     int // status / 100; 0: reset
+	listener, route, protocol, client string
+	class                             int // status / 100; 0: reset
 }
 
 type requestSeries struct {
@@ -86,8 +86,8 @@ func New(version string) *Metrics {
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	f(build)
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_requests_total",
-		Help: "Requests (HTTP/2 streams) answered, by listener, route (\"\" when none matched), protocol and status class (\"reset\" for a stream reset before an answer)."},
-		[]string{"listener", "route", "protocol", "status_class"})
+		Help: "Requests (HTTP/2 streams) answered, by listener, route (\"\" when none matched), protocol, client (a configured client's name; anyone: no identity; unknown: credentials that match no client) and status class (\"reset\" for a stream reset before an answer)."},
+		[]string{"listener", "route", "protocol", "client", "status_class"})
 	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "authproxy_request_duration_seconds",
 		Help: "Time from a request's head to the end of its answer, by listener and protocol.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)},
 		[]string{"listener", "protocol"})
@@ -261,11 +261,11 @@ func (m *Metrics) Reload(err error) {
 
 // Request records an answered request: status 0 is a stream reset before
 // any answer.
-func (m *Metrics) Request(listener, route, protocol string, status int, d time.Duration) {
+func (m *Metrics) Request(listener, route, protocol, client string, status int, d time.Duration) {
 	if m == nil {
 		return
 	}
-	k := requestKey{listener: listener, route: route, protocol: protocol}
+	k := requestKey{listener: listener, route: route, protocol: protocol, client: client}
 	if status > 0 {
 		k.class = status / 100
 	}
@@ -276,7 +276,7 @@ func (m *Metrics) Request(listener, route, protocol string, status int, d time.D
 			class = strconv.Itoa(k.class) + "xx"
 		}
 		v, _ = m.requestSeries.LoadOrStore(k, &requestSeries{
-			requests: m.requests.WithLabelValues(listener, route, protocol, class),
+			requests: m.requests.WithLabelValues(listener, route, protocol, client, class),
 			duration: m.duration.WithLabelValues(listener, protocol),
 		})
 	}

@@ -61,7 +61,7 @@ func TestReasonsAndOutcomes(t *testing.T) {
 		}
 	}
 	var m *Metrics // nil records nothing, and never panics
-	m.Request("l", "r", "h2", 200, time.Millisecond)
+	m.Request("l", "r", "h2", "anyone", 200, time.Millisecond)
 	m.UpstreamFailure("l", "r", "other")
 	m.Injection("i", nil)
 	m.Looked("i", true)
@@ -88,10 +88,10 @@ func TestRequestAndInjectionSeries(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 50; i++ {
-				m.Request("sidecar", "api", "h2", 200, time.Millisecond)
-				m.Request("sidecar", "api", "h2", 204, time.Millisecond)
-				m.Request("sidecar", "api", "http/1.1", 503, time.Millisecond)
-				m.Request("fwd", "api", "h2", 0, time.Millisecond)
+				m.Request("sidecar", "api", "h2", "anyone", 200, time.Millisecond)
+				m.Request("sidecar", "api", "h2", "anyone", 204, time.Millisecond)
+				m.Request("sidecar", "api", "http/1.1", "anyone", 503, time.Millisecond)
+				m.Request("fwd", "api", "h2", "anyone", 0, time.Millisecond)
 				m.Injection("static", nil)
 				m.Injection("static", injectors.ErrCredentialRejected)
 			}
@@ -118,14 +118,14 @@ func TestRequestAndInjectionSeries(t *testing.T) {
 		}
 	}
 	for key, want := range map[string]float64{
-		"authproxy_requests_total listener=sidecar protocol=h2 route=api status_class=2xx":       400,
-		"authproxy_requests_total listener=sidecar protocol=http/1.1 route=api status_class=5xx": 200,
-		"authproxy_requests_total listener=fwd protocol=h2 route=api status_class=reset":         200,
-		"authproxy_request_duration_seconds listener=sidecar protocol=h2":                        400,
-		"authproxy_request_duration_seconds listener=sidecar protocol=http/1.1":                  200,
-		"authproxy_request_duration_seconds listener=fwd protocol=h2":                            200,
-		"authproxy_injections_total injector=static outcome=ok":                                  200,
-		"authproxy_injections_total injector=static outcome=rejected":                            200,
+		"authproxy_requests_total client=anyone listener=sidecar protocol=h2 route=api status_class=2xx":       400,
+		"authproxy_requests_total client=anyone listener=sidecar protocol=http/1.1 route=api status_class=5xx": 200,
+		"authproxy_requests_total client=anyone listener=fwd protocol=h2 route=api status_class=reset":         200,
+		"authproxy_request_duration_seconds listener=sidecar protocol=h2":                                      400,
+		"authproxy_request_duration_seconds listener=sidecar protocol=http/1.1":                                200,
+		"authproxy_request_duration_seconds listener=fwd protocol=h2":                                          200,
+		"authproxy_injections_total injector=static outcome=ok":                                                200,
+		"authproxy_injections_total injector=static outcome=rejected":                                          200,
 	} {
 		if got[key] != want {
 			t.Errorf("%s = %v, want %v", key, got[key], want)
@@ -139,7 +139,7 @@ func BenchmarkRequestAndInjection(b *testing.B) {
 	m := New("test")
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		m.Request("sidecar", "api", "h2", 200, time.Millisecond)
+		m.Request("sidecar", "api", "h2", "anyone", 200, time.Millisecond)
 		m.Injection("static", nil)
 	}
 }

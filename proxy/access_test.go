@@ -45,8 +45,8 @@ func TestAccessLog(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		`msg=request listener=app route=api injector=bearer method=GET host=` + p.addr("app") + ` path=/v1/things query_keys=b,token status=200`,
-		`route=api injector=bearer method=GET host=` + p.addr("app") + ` path=/v1/h2 query_keys=x status=200`,
+		`msg=request listener=app route=api injector=bearer client=anyone method=GET host=` + p.addr("app") + ` path=/v1/things query_keys=b,token status=200`,
+		`route=api injector=bearer client=anyone method=GET host=` + p.addr("app") + ` path=/v1/h2 query_keys=x status=200`,
 		`protocol=h2 reason=""`,
 		`protocol=http1 reason=""`,
 		`path=/nowhere query_keys="" status=404`,

@@ -132,6 +132,29 @@ func (cr *clientRules) identify(auth, remote string) caller {
 	return caller{}
 }
 
+// label is c as the metrics and the access log name it: a client's name,
+// "anyone" (no identity) or "unknown" (credentials that match no client).
+func (c caller) label() string {
+	switch {
+	case c.name != "":
+		return c.name
+	case c.bad:
+		return "unknown"
+	}
+	return "anyone"
+}
+
+// check identifies the caller of a request that matched rt (nil: none),
+// and says whether it may use rt's credential. With no client configured
+// it does nothing: every caller is anyone.
+func (cr *clientRules) check(rt *routeRT, auth, remote string) (label string, err error) {
+	if len(cr.basic) == 0 && len(cr.sources) == 0 {
+		return "anyone", authorize(rt, caller{})
+	}
+	c := cr.identify(auth, remote)
+	return c.label(), authorize(rt, c)
+}
+
 // authorize says whether c may use rt's credential: nil, or ErrProxyAuth
 // (no identity, or a wrong one) or ErrClientNotAllowed (a known caller
 // rt does not name).

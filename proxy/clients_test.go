@@ -20,10 +20,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/sim"
 )
 
 const clientsConfig = `
+log: {access: true}
+admin: {address: 127.0.0.1:0}
 clients:
   billing: {basic: {username: billing, password: {value: "pw-billing-1"}}}
   reports: {basic: {username: reports, password: {value: "pw-reports-2"}}}
@@ -62,6 +65,7 @@ func TestRoutesGiveTheirCredentialOnlyToTheirClients(t *testing.T) {
 		t.Fatal("curl is needed (bash .ci/test installs it as root)")
 	}
 	e := newEnv(t)
+	e.metrics = metrics.New("test")
 	echo := &sim.Echo{}
 	up := e.httpsUpstream(echo)
 	_, grpcPort := e.grpcUpstream()
@@ -199,6 +203,32 @@ func TestRoutesGiveTheirCredentialOnlyToTheirClients(t *testing.T) {
 	})
 	if got := echo.Requests(); got != allowed {
 		t.Errorf("the upstream served %d requests, want the %d allowed ones only", got, allowed)
+	}
+	// Who asked is in the metrics (bounded: client names, anyone,
+	// unknown) and the access log.
+	waitFor(t, "the last requests counted", func() bool {
+		return value(scrape(t, p), "authproxy_requests_total", map[string]string{"listener": "grpc", "route": "grpc-billing", "protocol": "h2", "client": "reports", "status_class": "2xx"}) == 1
+	})
+	fams := scrape(t, p)
+	for _, c := range []struct {
+		labels map[string]string
+		want   float64
+	}{
+		{map[string]string{"listener": "app", "route": "billing", "protocol": "http1", "client": "billing", "status_class": "2xx"}, 1},
+		{map[string]string{"listener": "app", "route": "billing", "protocol": "h2", "client": "unknown", "status_class": "4xx"}, 3},
+		{map[string]string{"listener": "app", "route": "billing", "protocol": "http1", "client": "anyone", "status_class": "4xx"}, 1},
+		{map[string]string{"listener": "app", "route": "billing", "protocol": "http1", "client": "office", "status_class": "4xx"}, 1},
+		{map[string]string{"listener": "fwd", "route": "fwd-billing", "protocol": "h2", "client": "reports", "status_class": "4xx"}, 2}, // Go over h2, and curl (which takes h2 by ALPN)
+	} {
+		if got := value(fams, "authproxy_requests_total", c.labels); got != c.want {
+			t.Errorf("authproxy_requests_total%v = %v, want %v", c.labels, got, c.want)
+		}
+	}
+	logs := p.logs.String()
+	for _, want := range []string{"route=billing injector=bearer client=billing method=GET", "client=reports method=GET", "reason=proxy_auth", "reason=client_not_allowed"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the access log lacks %q", want)
+		}
 	}
 	for _, s := range []string{"pw-billing-1", "pw-reports-2", base64.StdEncoding.EncodeToString([]byte("billing:pw-billing-1"))} {
 		if strings.Contains(p.logs.String(), s) {

@@ -134,8 +134,12 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 	target := &url.URL{Scheme: scheme, Host: r.URL.Host}
 	x := &exchange{target: target, clientHost: r.Host}
 	rt, params, err := matchRoute(f.table.Load(), hostname, port, r.Method, r.URL.EscapedPath())
-	if err == nil && rt != nil && rt.clients != nil {
-		err = authorize(rt, f.core.clients.Load().identify(r.Header.Get("Proxy-Authorization"), r.RemoteAddr))
+	if err == nil {
+		x.client, err = f.core.clients.Load().check(rt, r.Header.Get("Proxy-Authorization"), r.RemoteAddr)
+		if rt != nil {
+			x.route = rt
+			noteExchange(r, x)
+		}
 	}
 	if err != nil {
 		f.core.logFailure(r, err)
@@ -331,6 +335,9 @@ func (f *forward) intercept(client net.Conn, it *interception) {
 func (f *forward) serveIntercepted(w http.ResponseWriter, r *http.Request) {
 	x, err := f.interceptedExchange(r, r.Context().Value(interceptionKey{}))
 	if err != nil {
+		if x != nil {
+			noteExchange(r, x)
+		}
 		f.core.logFailure(r, err)
 		writeError(w, r, err)
 		return
@@ -353,15 +360,12 @@ func (f *forward) interceptedExchange(r *http.Request, conn any) (*exchange, err
 	if err != nil {
 		return nil, err
 	}
-	if rt != nil && rt.clients != nil { // the CONNECT's identity, against the rules in force
-		if err := authorize(rt, f.core.clients.Load().identify(it.auth, it.remote)); err != nil {
-			return nil, err
-		}
-	}
+	// The CONNECT's identity, against the rules in force.
+	client, aerr := f.core.clients.Load().check(rt, it.auth, it.remote)
 	if rt == nil && !f.tunnel {
 		return nil, ErrNoRoute
 	}
-	return &exchange{route: rt, params: params, target: &url.URL{Scheme: "https", Host: it.target}, clientHost: it.target}, nil
+	return &exchange{route: rt, params: params, target: &url.URL{Scheme: "https", Host: it.target}, clientHost: it.target, client: client}, aerr
 }
 
 // dialTunnel dials the target of a tunnelled CONNECT (never through an

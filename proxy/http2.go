@@ -95,6 +95,9 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 		}).WithContext(req.Context)
 		x, err := h.exchangeFor(r, req.ConnData)
 		if err != nil {
+			if x != nil { // refused: named for the metrics and the log
+				req.Data = &matched{x: x}
+			}
 			return nil, err
 		}
 		// r is the proxy's own: it becomes the request sent upstream.

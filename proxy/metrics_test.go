@@ -122,8 +122,8 @@ routes:
 	// last ones.
 	fams := scrape(t, p)
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); fams = scrape(t, p) {
-		if value(fams, "authproxy_requests_total", map[string]string{"listener": "fwd", "route": "fwd-api", "protocol": "h2", "status_class": "2xx"}) == 1 &&
-			value(fams, "authproxy_requests_total", map[string]string{"listener": "app", "route": "api", "protocol": "h2", "status_class": "2xx"}) == 50 {
+		if value(fams, "authproxy_requests_total", map[string]string{"listener": "fwd", "route": "fwd-api", "protocol": "h2", "client": "anyone", "status_class": "2xx"}) == 1 &&
+			value(fams, "authproxy_requests_total", map[string]string{"listener": "app", "route": "api", "protocol": "h2", "client": "anyone", "status_class": "2xx"}) == 50 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -133,10 +133,10 @@ routes:
 		labels map[string]string
 		want   float64
 	}{
-		{"authproxy_requests_total", map[string]string{"listener": "app", "route": "api", "protocol": "h2", "status_class": "2xx"}, 50},
-		{"authproxy_requests_total", map[string]string{"listener": "app", "route": "api", "protocol": "http1", "status_class": "2xx"}, 10},
-		{"authproxy_requests_total", map[string]string{"listener": "app", "route": "", "protocol": "http1", "status_class": "4xx"}, 1},
-		{"authproxy_requests_total", map[string]string{"listener": "fwd", "route": "fwd-api", "protocol": "h2", "status_class": "2xx"}, 1},
+		{"authproxy_requests_total", map[string]string{"listener": "app", "route": "api", "protocol": "h2", "client": "anyone", "status_class": "2xx"}, 50},
+		{"authproxy_requests_total", map[string]string{"listener": "app", "route": "api", "protocol": "http1", "client": "anyone", "status_class": "2xx"}, 10},
+		{"authproxy_requests_total", map[string]string{"listener": "app", "route": "", "protocol": "http1", "client": "anyone", "status_class": "4xx"}, 1},
+		{"authproxy_requests_total", map[string]string{"listener": "fwd", "route": "fwd-api", "protocol": "h2", "client": "anyone", "status_class": "2xx"}, 1},
 		{"authproxy_request_duration_seconds", map[string]string{"listener": "app", "protocol": "h2"}, 50},
 		{"authproxy_token_fetches_total", map[string]string{"injector": "fleet", "outcome": "ok"}, 1},
 		// the first request looks twice (a token in hand? no; then the

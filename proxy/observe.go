@@ -39,6 +39,7 @@ type done struct {
 	reason             string // why the proxy answered itself ("" if it did not)
 	span               *tracing.Span
 	id                 func() string // the request's id, for the access log
+	client             string        // caller.label ("" when unknown to the engine: anyone)
 }
 
 // finished records a request that is over.
@@ -48,7 +49,11 @@ func (c *core) finished(d done) {
 		route, injector = d.route.name, d.route.injectorName
 		d.route.requests.Add(1)
 	}
-	c.metrics.Request(d.listener, route, d.protocol, d.status, d.took)
+	client := d.client
+	if client == "" {
+		client = "anyone"
+	}
+	c.metrics.Request(d.listener, route, d.protocol, client, d.status, d.took)
 	d.span.End(d.listener, d.protocol, route, injector, d.status, d.reason)
 	if a := c.access.Load(); !a.on || (a.sample < 1 && rand.Float64() >= a.sample) {
 		return
@@ -68,7 +73,7 @@ func (c *core) finished(d done) {
 			keys = strings.Join(ks, ",")
 		}
 	}
-	c.log.Info("request", "listener", d.listener, "route", route, "injector", injector,
+	c.log.Info("request", "listener", d.listener, "route", route, "injector", injector, "client", client,
 		"method", d.method, "host", d.host, "path", path, "query_keys", keys,
 		"status", d.status, "duration", d.took.Round(time.Microsecond).String(),
 		"bytes_in", d.in, "bytes_out", d.out, "upstream", d.upstream, "protocol", d.protocol, "reason", d.reason,
@@ -160,7 +165,7 @@ func (c *core) instrument(listener string, h http.Handler) http.Handler {
 			d.in = body.n
 		}
 		if x := ri.x; x != nil {
-			d.route, d.span = x.route, x.span
+			d.route, d.span, d.client = x.route, x.span, x.client
 			if x.target != nil {
 				d.upstream = x.target.Host
 			}
@@ -242,13 +247,13 @@ func (c *core) observeRelay(listener string, r *h2relay.Relay) {
 		}
 		d.reason = mt.reason
 		if mt.x != nil {
-			d.route, d.span = mt.x.route, mt.x.span
+			d.route, d.span, d.client = mt.x.route, mt.x.span, mt.x.client
 		}
 		d.id = func() string { return mt.requestID(req.Header) }
 		if t != nil {
 			d.upstream = t.Addr
 			if x, ok := t.Data.(*exchange); ok {
-				d.route, d.span = x.route, x.span
+				d.route, d.span, d.client = x.route, x.span, x.client
 			}
 		}
 		c.finished(d)

@@ -101,6 +101,7 @@ type exchange struct {
 	inBody       io.Closer     // the client's request body (ReverseProxy hands the transport a copy that does not close it)
 	inTrailer    http.Header   // the client's request trailers, filled in as its body ends (ReverseProxy's copy is not)
 	span         *tracing.Span // with tracing on, from the moment the request was stripped
+	client       string        // who sent it (caller.label)
 }
 
 // strip removes the client's credentials from out, which the caller owns

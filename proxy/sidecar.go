@@ -25,6 +25,9 @@ type sidecar struct {
 func (s *sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x, err := s.exchangeFor(r)
 	if err != nil {
+		if x != nil {
+			noteExchange(r, x)
+		}
 		s.core.logFailure(r, err)
 		writeError(w, r, err)
 		return
@@ -42,17 +45,15 @@ func (s *sidecar) exchangeFor(r *http.Request) (*exchange, error) {
 	if err != nil {
 		return nil, err
 	}
-	if rt != nil && rt.clients != nil {
-		if err := authorize(rt, s.core.clients.Load().identify(r.Header.Get("Proxy-Authorization"), r.RemoteAddr)); err != nil {
-			return nil, err
-		}
-	}
+	client, err := s.core.clients.Load().check(rt, r.Header.Get("Proxy-Authorization"), r.RemoteAddr)
 	if rt == nil {
 		if s.pass == nil {
 			return nil, fmt.Errorf("sidecar: %w", ErrNoRoute)
 		}
-		return &exchange{target: s.pass, join: true, h2c: s.passH2C, clientHost: r.Host, sidecar: true, listenerAddr: s.addr}, nil
+		return &exchange{target: s.pass, join: true, h2c: s.passH2C, clientHost: r.Host, sidecar: true, listenerAddr: s.addr, client: client}, nil
 	}
+	// A refused caller's exchange names its route and itself, for the
+	// metrics and the log; it is never sent.
 	return &exchange{route: rt, params: params, target: rt.upstream, join: true, h2c: rt.h2c,
-		clientHost: r.Host, sidecar: true, listenerAddr: s.addr}, nil
+		clientHost: r.Host, sidecar: true, listenerAddr: s.addr, client: client}, err
 }

@@ -88,7 +88,7 @@ func TestLogLevelChangesWithoutARestart(t *testing.T) {
 		syscall.Kill(pid, syscall.SIGHUP)
 	}
 	accessLine := func(path string) *regexp.Regexp {
-		return regexp.MustCompile(`msg=request listener=app route=api injector=tok method=GET host=\S+ path=` + regexp.QuoteMeta(path) + ` `)
+		return regexp.MustCompile(`msg=request listener=app route=api injector=tok client=anyone method=GET host=\S+ path=` + regexp.QuoteMeta(path) + ` `)
 	}
 	var absent []string // paths whose access line must never appear
 

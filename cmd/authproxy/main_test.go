@@ -212,7 +212,7 @@ routes:
 	}
 	body, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if want := `authproxy_requests_total{listener="app",protocol="http1",route="api",status_class="2xx"} 1`; !strings.Contains(string(body), want) ||
+	if want := `authproxy_requests_total{client="anyone",listener="app",protocol="http1",route="api",status_class="2xx"} 1`; !strings.Contains(string(body), want) ||
 		!strings.Contains(string(body), "authproxy_build_info{") {
 		t.Errorf("/metrics lacks %s or the build info:\n%.3000s", want, body)
 	}
