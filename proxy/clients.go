@@ -6,11 +6,16 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/time/rate"
 
 	"github.com/authproxy/authproxy/config"
 )
@@ -30,7 +35,64 @@ var (
 	ErrProxyAuth = errors.New("the route's credential is for named clients: identify with Proxy-Authorization")
 	// ErrClientNotAllowed: a known caller the route does not name.
 	ErrClientNotAllowed = errors.New("this client may not use the route's credential")
+	// ErrTooManyAttempts: the caller's source gave wrong proxy credentials
+	// too often; it is refused until its budget refills.
+	ErrTooManyAttempts = errors.New("too many failed proxy authentications from this address")
 )
+
+// Failed proxy authentications are throttled per source address: a burst
+// of attemptBurst, then one per attemptEvery. Past that, every request from
+// the address that needs an identity is refused with 429, right
+// credentials included (else a guess's 429 or 200 would still tell).
+const (
+	attemptBurst = 10
+	attemptEvery = 6 * time.Second
+	// attemptSources bounds the addresses remembered (least recently
+	// failed forgotten first).
+	attemptSources = 4096
+)
+
+// attempts are the failed-authentication budgets by source address; they
+// outlive reloads.
+type attempts struct {
+	lim     *lru.Cache[netip.Addr, *rate.Limiter]
+	log     *slog.Logger
+	sampled *sampledLog
+}
+
+func newAttempts(log *slog.Logger) *attempts {
+	c, _ := lru.New[netip.Addr, *rate.Limiter](attemptSources)
+	return &attempts{lim: c, log: log, sampled: newSampledLog()}
+}
+
+func sourceAddr(remote string) netip.Addr {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	a, _ := netip.ParseAddr(host)
+	return a.Unmap()
+}
+
+// throttled reports whether remote has spent its budget.
+func (a *attempts) throttled(remote string) bool {
+	l, ok := a.lim.Get(sourceAddr(remote))
+	return ok && l.Tokens() < 1
+}
+
+// failed spends one of remote's budget, and logs the attempt (sampled)
+// with the username it claimed, never its password.
+func (a *attempts) failed(remote, claimed, route string) {
+	a.sampled.log(a.log, slog.LevelWarn, "proxy authentication failed: the credentials match no client",
+		"client", remote, "claimed", claimed, "route", route)
+	src := sourceAddr(remote)
+	l, ok := a.lim.Get(src)
+	if !ok {
+		l = rate.NewLimiter(rate.Every(attemptEvery), attemptBurst)
+		a.lim.Add(src, l)
+	}
+	l.Allow()
+}
 
 // clientRules are the configured clients, as the proxy checks them.
 type clientRules struct {
@@ -147,12 +209,19 @@ func (c caller) label() string {
 // check identifies the caller of a request that matched rt (nil: none),
 // and says whether it may use rt's credential. With no client configured
 // it does nothing: every caller is anyone.
-func (cr *clientRules) check(rt *routeRT, auth, remote string) (label string, err error) {
+func (cr *clientRules) check(rt *routeRT, auth, remote string, att *attempts) (label string, err error) {
 	if len(cr.basic) == 0 && len(cr.sources) == 0 {
 		return "anyone", authorize(rt, caller{})
 	}
+	if rt != nil && rt.clients != nil && att.throttled(remote) {
+		return "unknown", &routeError{route: rt.name, err: ErrTooManyAttempts}
+	}
 	c := cr.identify(auth, remote)
-	return c.label(), authorize(rt, c)
+	err = authorize(rt, c)
+	if c.bad && err != nil {
+		att.failed(remote, c.claimed, rt.name)
+	}
+	return c.label(), err
 }
 
 // authorize says whether c may use rt's credential: nil, or ErrProxyAuth

@@ -287,3 +287,62 @@ func TestReloadAppliesClientsToOpenTunnels(t *testing.T) {
 		}
 	}
 }
+
+// Failed proxy authentications are throttled per source address: after a
+// burst of 10, that address gets 429 (gRPC RESOURCE_EXHAUSTED), right
+// credentials included, on the sidecar and at the CONNECT; another address
+// is not affected; each failure is logged with the username it claimed,
+// never the password.
+func TestFailedAuthenticationsAreThrottledPerSource(t *testing.T) {
+	e := newEnv(t)
+	up := e.httpsUpstream(&sim.Echo{})
+	_, grpcPort := e.grpcUpstream()
+	p := e.start(fmt.Sprintf(clientsConfig, port(t, up.URL), secretToken, grpcPort), nil, nil)
+	get := func(tr *http.Transport, auth string) int {
+		req, _ := http.NewRequest("GET", "http://"+p.addr("app")+"/billing/x", nil)
+		req.Header.Set("Proxy-Authorization", auth)
+		resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	local := h1Client().Transport.(*http.Transport)
+	start, refused := time.Now(), 0
+	var last time.Time
+	for st := 0; st != http.StatusTooManyRequests; {
+		if refused > 40 {
+			t.Fatalf("%d wrong passwords in %v and no 429", refused, time.Since(start))
+		}
+		if st = get(local, basicAuth("billing", fmt.Sprintf("guess-%d", refused))); st == http.StatusProxyAuthRequired {
+			refused++
+		}
+		last = time.Now()
+	}
+	if bound := 10 + int(time.Since(start)/(6*time.Second)) + 1; refused < 10 || refused > bound {
+		t.Errorf("%d wrong passwords before 429, want 10 to %d", refused, bound)
+	}
+	if st := get(local, basicAuth("billing", "pw-billing-1")); st != http.StatusTooManyRequests && time.Since(last) < 6*time.Second {
+		t.Errorf("the right password from the throttled address: %d, want 429", st)
+	}
+	// Another source address keeps its own budget.
+	other := &http.Transport{Proxy: nil, DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}}).DialContext}
+	if st := get(other, basicAuth("billing", "pw-billing-1")); st != 200 {
+		t.Errorf("another address with the right password: %d, want 200", st)
+	}
+	// A CONNECT with credentials from the throttled address: 429.
+	c := proxiedClient(p.addr("fwd"), &tlsRoots{e.proxyCA}, false)
+	c.Transport.(*http.Transport).Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: p.addr("fwd"), User: url.UserPassword("billing", "pw-billing-1")})
+	if _, err := c.Get("https://api.authproxy.test:" + port(t, up.URL) + "/billing/x"); (err == nil || !strings.Contains(err.Error(), "Too Many Requests")) && time.Since(last) < 6*time.Second {
+		t.Errorf("a CONNECT from the throttled address: %v, want 429", err)
+	}
+	logs := p.logs.String()
+	if !strings.Contains(logs, `msg="proxy authentication failed: the credentials match no client" client=127.0.0.1:`) || !strings.Contains(logs, "claimed=billing") {
+		t.Errorf("the failures are not logged with the claimed name:\n%.2000s", logs)
+	}
+	if strings.Contains(logs, "guess-") || strings.Contains(logs, "pw-billing-1") {
+		t.Error("the log shows a password")
+	}
+}

@@ -64,6 +64,8 @@ func classify(err error) (status int, code codes.Code, msg string) {
 		return http.StatusNotFound, codes.Unimplemented, "authproxy: no route matches this request"
 	case errors.Is(err, ErrProxyAuth):
 		return http.StatusProxyAuthRequired, codes.Unauthenticated, "authproxy: proxy authentication required" + where
+	case errors.Is(err, ErrTooManyAttempts):
+		return http.StatusTooManyRequests, codes.ResourceExhausted, "authproxy: too many failed proxy authentications from this address; try later" + where
 	case errors.Is(err, ErrClientNotAllowed):
 		return http.StatusForbidden, codes.PermissionDenied, "authproxy: this client may not use the route's credential" + where
 	case errors.Is(err, ErrMisdirected):

@@ -135,7 +135,7 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{target: target, clientHost: r.Host}
 	rt, params, err := matchRoute(f.table.Load(), hostname, port, r.Method, r.URL.EscapedPath())
 	if err == nil {
-		x.client, err = f.core.clients.Load().check(rt, r.Header.Get("Proxy-Authorization"), r.RemoteAddr)
+		x.client, err = f.core.clients.Load().check(rt, r.Header.Get("Proxy-Authorization"), r.RemoteAddr, f.core.attempts)
 		if rt != nil {
 			x.route = rt
 			noteExchange(r, x)
@@ -230,10 +230,15 @@ func (f *forward) handleConnect(host string, pctx *goproxy.ProxyCtx) (*goproxy.C
 		}
 		it := &interception{target: target, hostname: hostname, port: port,
 			auth: pctx.Req.Header.Get("Proxy-Authorization"), remote: pctx.Req.RemoteAddr}
+		if it.auth != "" && f.core.attempts.throttled(it.remote) {
+			f.metrics.Connect(f.name, "refused")
+			pctx.Resp = refusal(pctx.Req, http.StatusTooManyRequests, "authproxy: too many failed proxy authentications from this address; try later\n")
+			return goproxy.RejectConnect, host
+		}
 		if c := f.core.clients.Load().identify(it.auth, it.remote); c.bad {
 			// Wrong credentials are refused at once, whatever the route.
 			f.metrics.Connect(f.name, "refused")
-			f.log.Info("CONNECT refused: proxy credentials match no client", "target", target, "client", pctx.Req.RemoteAddr, "claimed", c.claimed)
+			f.core.attempts.failed(it.remote, c.claimed, "")
 			pctx.Resp = refusal(pctx.Req, http.StatusProxyAuthRequired, "authproxy: proxy authentication required\n")
 			pctx.Resp.Header.Set("Proxy-Authenticate", `Basic realm="authproxy"`)
 			return goproxy.RejectConnect, host
@@ -361,7 +366,7 @@ func (f *forward) interceptedExchange(r *http.Request, conn any) (*exchange, err
 		return nil, err
 	}
 	// The CONNECT's identity, against the rules in force.
-	client, aerr := f.core.clients.Load().check(rt, it.auth, it.remote)
+	client, aerr := f.core.clients.Load().check(rt, it.auth, it.remote, f.core.attempts)
 	if rt == nil && !f.tunnel {
 		return nil, ErrNoRoute
 	}

@@ -35,11 +35,12 @@ type core struct {
 	maxReplay int64                       // retry.max_body_bytes
 	refusals  *sampledLog                 // requests no route matches
 	clients   atomic.Pointer[clientRules] // config clients; a reload swaps them
+	attempts  *attempts                   // failed proxy authentications by source
 	tracer    *tracing.Tracer             // nil: tracing off
 }
 
 func newCore(up *transport.Set, logger *slog.Logger) *core {
-	c := &core{up: up, log: logger, refusals: newSampledLog()}
+	c := &core{up: up, log: logger, refusals: newSampledLog(), attempts: newAttempts(logger)}
 	c.rp = &httputil.ReverseProxy{
 		Rewrite:      c.rewrite,
 		Transport:    roundTripperFunc(c.roundTrip),

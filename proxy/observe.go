@@ -86,7 +86,7 @@ func reasonOf(err error) string {
 		err  error
 		word string
 	}{
-		{ErrNoRoute, "no_route"}, {ErrProxyAuth, "proxy_auth"}, {ErrClientNotAllowed, "client_not_allowed"}, {ErrMisdirected, "misdirected"}, {ErrDestinationRefused, "destination_refused"},
+		{ErrNoRoute, "no_route"}, {ErrProxyAuth, "proxy_auth"}, {ErrClientNotAllowed, "client_not_allowed"}, {ErrTooManyAttempts, "too_many_attempts"}, {ErrMisdirected, "misdirected"}, {ErrDestinationRefused, "destination_refused"},
 		{ErrUnsafePath, "unsafe_path"}, {ErrPlaintext, "plaintext"}, {ErrUpstream, "upstream"}, {h2relay.ErrUpstream, "upstream"},
 		{h2relay.ErrHeaderTooLarge, "header_too_large"},
 		{injectors.ErrBadRequest, "bad_request"}, {injectors.ErrFailedPrecondition, "precondition"},
