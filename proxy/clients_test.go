@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -344,5 +345,55 @@ func TestFailedAuthenticationsAreThrottledPerSource(t *testing.T) {
 	}
 	if strings.Contains(logs, "guess-") || strings.Contains(logs, "pw-billing-1") {
 		t.Error("the log shows a password")
+	}
+}
+
+// grpc-go (here grpcurl, whose transport is grpc-go's) through HTTPS_PROXY
+// with user info sends the CONNECT's Proxy-Authorization: the named client
+// lists services and calls, another gets PERMISSION_DENIED, and a client
+// with no user info UNAUTHENTICATED.
+func TestGRPCThroughHTTPSProxyWithUserInfo(t *testing.T) {
+	bin, err := exec.LookPath("grpcurl")
+	if err != nil {
+		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+		bin = strings.TrimSpace(string(gopath)) + "/bin/grpcurl"
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatal("grpcurl is needed (bash .ci/test installs it with go install)")
+	}
+	e := newEnv(t)
+	_, grpcPort := e.grpcUpstream()
+	p := e.start(fmt.Sprintf(`
+clients:
+  billing: {basic: {username: billing, password: {value: "pw-billing-1"}}}
+  reports: {basic: {username: reports, password: {value: "pw-reports-2"}}}
+listeners:
+  - {name: fwd, kind: forward, address: 127.0.0.1:0}
+ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {grpc.authproxy.test: 127.0.0.1}}
+injectors:
+  bearer: {kind: static, headers: {Authorization: {value: %q, prefix: "Bearer "}}}
+routes:
+  - {name: grpc, match: {host: grpc.authproxy.test, path: /*}, injector: bearer, clients: [billing]}
+`, secretToken), nil, nil)
+	target := "grpc.authproxy.test:" + grpcPort
+	run := func(user string, args ...string) (string, error) {
+		cmd := exec.Command(bin, append([]string{"-cacert", e.caCert, "-max-time", "20"}, args...)...)
+		cmd.Env = []string{"HTTPS_PROXY=http://" + user + p.addr("fwd"), "PATH=/usr/bin:/bin"}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run("billing:pw-billing-1@", target, "list"); err != nil || !strings.Contains(out, "grpc.testing.TestService") {
+		t.Errorf("list as billing: %v\n%s", err, out)
+	}
+	out, err := run("billing:pw-billing-1@", "-d", `{"fill_username": true}`, target, "grpc.testing.TestService/UnaryCall")
+	if err != nil || !strings.Contains(out, `"username": "Bearer `+secretToken+`"`) {
+		t.Errorf("a call as billing: %v\n%s", err, out)
+	}
+	if out, err := run("reports:pw-reports-2@", target, "list"); err == nil || !strings.Contains(out, "PermissionDenied") {
+		t.Errorf("list as reports: %v\n%s", err, out)
+	}
+	if out, err := run("", target, "list"); err == nil || !strings.Contains(out, "Unauthenticated") {
+		t.Errorf("list with no user info: %v\n%s", err, out)
 	}
 }
