@@ -47,6 +47,8 @@ const usage = `usage:
   authproxy ca init|export FILE       create the interception CA / print its certificate
   authproxy health [-live] [-addr HOST:PORT]
                                       exit 0 when the admin listener says ready (-live: alive)
+  authproxy route [-listener NAME] [-client NAME] FILE METHOD URL
+                                      the route a request would match, and whether that caller may use it
   authproxy schema                    print the configuration's JSON Schema (for editors)
   authproxy version                   print the version (also --version)
 
@@ -78,6 +80,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCA(args[1:], stdout, stderr)
 	case "health":
 		return cmdHealth(args[1:], stdout, stderr)
+	case "route":
+		return cmdRoute(args[1:], stdout, stderr)
 	case "schema":
 		if len(args) > 1 {
 			fmt.Fprint(stderr, "usage: authproxy schema > authproxy.schema.json\n")
@@ -123,7 +127,7 @@ func versionOf(linked string, bi *debug.BuildInfo, ok bool) string {
 }
 
 // commands are the subcommands run knows.
-var commands = []string{"demo", "run", "check", "ca", "health", "schema", "version"}
+var commands = []string{"demo", "run", "check", "route", "ca", "health", "schema", "version"}
 
 // helpArgs ask for usage, which is no error (exit 0).
 var helpArgs = []string{"-h", "-help", "--help", "help"}
