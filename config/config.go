@@ -53,7 +53,21 @@ type File struct {
 // clients name who may use its credential.
 type Client struct {
 	Basic   *BasicClient `yaml:"basic"`
+	JWT     *JWTClient   `yaml:"jwt"`
 	Sources []string     `yaml:"sources"` // addresses or CIDR prefixes
+}
+
+// JWTClient recognises a caller by a JWT (a Kubernetes projected
+// service-account token, say) sent as Proxy-Authorization: Bearer or as
+// the Basic password, signed (RS256 or ES256) by a key of the JWKS file,
+// with this issuer, audience and subject.
+type JWTClient struct {
+	JWKSFile string `yaml:"jwks_file"`
+	Issuer   string `yaml:"issuer"`
+	Audience string `yaml:"audience"`
+	// Subject is the sub claim: exact, or a prefix with a trailing "*"
+	// (system:serviceaccount:reports:*).
+	Subject string `yaml:"subject"`
 }
 
 // BasicClient is a client's Proxy-Authorization: Basic username and
@@ -391,8 +405,17 @@ func (c *Config) validate() []error {
 		switch {
 		case name == "anyone" || name == "unknown":
 			add(path, "%q is a word routes and metrics use for callers with no identity: give the client another name", name)
-		case (cl.Basic != nil) == (len(cl.Sources) > 0):
-			add(path, "give exactly one rule: basic: {username, password} or sources: [CIDR, ...]")
+		case btoi(cl.Basic != nil)+btoi(cl.JWT != nil)+btoi(len(cl.Sources) > 0) != 1:
+			add(path, "give exactly one rule: basic: {username, password}, jwt: {jwks_file, issuer, audience, subject} or sources: [CIDR, ...]")
+		case cl.JWT != nil:
+			for _, f := range []struct{ key, v string }{{"jwks_file", cl.JWT.JWKSFile}, {"issuer", cl.JWT.Issuer}, {"audience", cl.JWT.Audience}, {"subject", cl.JWT.Subject}} {
+				if f.v == "" {
+					add(Join(path, "jwt", f.key), "required")
+				}
+			}
+			if i := strings.Index(cl.JWT.Subject, "*"); i >= 0 && i != len(cl.JWT.Subject)-1 {
+				add(Join(path, "jwt", "subject"), "a * may only end the subject (a prefix), as in system:serviceaccount:reports:*")
+			}
 		case cl.Basic != nil:
 			if cl.Basic.Username == "" || strings.Contains(cl.Basic.Username, ":") {
 				add(Join(path, "basic", "username"), "required, and without a colon (Basic authentication splits at the first one)")
@@ -904,6 +927,13 @@ func resolvePaths(n *yaml.Node, dir string) {
 			resolvePaths(v, dir)
 		}
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // ParseSource reads a client's source: an address (one host) or a CIDR

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -97,7 +98,8 @@ func (a *attempts) failed(remote, claimed, route string) {
 // clientRules are the configured clients, as the proxy checks them.
 type clientRules struct {
 	basic   map[string]basicClient // by username
-	sources []sourceClient         // longest prefix first
+	jwt     *jwts
+	sources []sourceClient // longest prefix first
 }
 
 type basicClient struct {
@@ -113,10 +115,19 @@ type sourceClient struct {
 // newClientRules reads the clients' passwords (none with skipSecrets,
 // where every password is taken as wrong).
 func newClientRules(cfg *config.Config, skipSecrets bool) (*clientRules, error) {
-	cr := &clientRules{basic: map[string]basicClient{}}
+	verified, _ := lru.New[[32]byte, verifiedJWT](jwtCacheSize)
+	cr := &clientRules{basic: map[string]basicClient{}, jwt: &jwts{verified: verified}}
 	var errs []error
-	for name, cl := range cfg.Clients {
+	for _, name := range slices.Sorted(maps.Keys(cfg.Clients)) {
+		cl := cfg.Clients[name]
 		switch {
+		case cl.JWT != nil:
+			jc, err := newJWTClient(name, cl.JWT)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			cr.jwt.clients = append(cr.jwt.clients, jc)
 		case cl.Basic != nil:
 			var hash [32]byte
 			if !skipSecrets {
@@ -154,6 +165,12 @@ type caller struct {
 func (cr *clientRules) identify(auth, remote string) caller {
 	if auth != "" {
 		scheme, cred, _ := strings.Cut(auth, " ")
+		if strings.EqualFold(scheme, "Bearer") {
+			if name, ok := cr.jwt.verify(strings.TrimSpace(cred), time.Now()); ok {
+				return caller{name: name}
+			}
+			return caller{bad: true, claimed: "(a JWT)"}
+		}
 		if !strings.EqualFold(scheme, "Basic") {
 			return caller{bad: true}
 		}
@@ -167,6 +184,11 @@ func (cr *clientRules) identify(auth, remote string) caller {
 		}
 		c := caller{claimed: user}
 		bc, known := cr.basic[user]
+		if !known && looksLikeJWT(pass) { // a JWT as the password, for tools that take only user info
+			if name, ok := cr.jwt.verify(pass, time.Now()); ok {
+				return caller{name: name}
+			}
+		}
 		hash := sha256.Sum256([]byte(pass))
 		// Compared even for an unknown user, so that the time taken says
 		// nothing of which usernames exist.
@@ -210,7 +232,7 @@ func (c caller) label() string {
 // and says whether it may use rt's credential. With no client configured
 // it does nothing: every caller is anyone.
 func (cr *clientRules) check(rt *routeRT, auth, remote string, att *attempts) (label string, err error) {
-	if len(cr.basic) == 0 && len(cr.sources) == 0 {
+	if len(cr.basic) == 0 && len(cr.sources) == 0 && len(cr.jwt.clients) == 0 {
 		return "anyone", authorize(rt, caller{})
 	}
 	if rt != nil && rt.clients != nil && att.throttled(remote) {

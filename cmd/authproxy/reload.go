@@ -108,6 +108,9 @@ func (rl *reloader) watch(ctx context.Context) {
 				if cl.Basic != nil && cl.Basic.Password.File != "" {
 					files = append(files, cl.Basic.Password.File)
 				}
+				if cl.JWT != nil { // a rotated JWKS (the cluster's keys)
+					files = append(files, cl.JWT.JWKSFile)
+				}
 			}
 		}
 		for _, f := range files {
