@@ -99,7 +99,10 @@ routes:
 		{"alg none", "Bearer " + none, 407},
 		{"HS256 with the public key", "Bearer " + sign(jose.HS256, pubPEM, "r1", claims(nil)), 407},
 		{"unknown kid", "Bearer " + sign(jose.RS256, rsaKey, "r9", claims(nil)), 407},
-		{"another key, same kid", "Bearer " + func() string { k, _ := rsa.GenerateKey(rand.Reader, 2048); return sign(jose.RS256, k, "r1", claims(nil)) }(), 407},
+		{"another key, same kid", "Bearer " + func() string {
+			k, _ := rsa.GenerateKey(rand.Reader, 2048)
+			return sign(jose.RS256, k, "r1", claims(nil))
+		}(), 407},
 	}
 	// (10 refusals from one address: one more would be throttled, 429.)
 	allowed := int64(0)
