@@ -127,6 +127,11 @@ type Admin struct {
 	AllowRemoteClients bool `yaml:"allow_remote_clients"`
 	// PProf serves /debug/pprof/ (CPU and heap profiles of the proxy).
 	PProf bool `yaml:"pprof"`
+	// Clients who may read and change what the listener serves besides
+	// /healthz and /readyz, which stay open to probes; identified by the
+	// Authorization header (what Prometheus sends for basic_auth and
+	// bearer tokens). Absent: everyone who reaches the listener.
+	Clients []string `yaml:"clients"`
 }
 
 // Reload says how the configuration is reloaded: on SIGHUP always, and
@@ -431,6 +436,13 @@ func (c *Config) validate() []error {
 				if _, err := ParseSource(src); err != nil {
 					add(fmt.Sprintf("%s.sources[%d]", path, i), "%v", err)
 				}
+			}
+		}
+	}
+	if c.Admin != nil {
+		for j, name := range c.Admin.Clients {
+			if _, ok := c.Clients[name]; !ok && name != "anyone" {
+				add(fmt.Sprintf("admin.clients[%d]", j), "no client %q under clients: (known: %s, and anyone)", name, strings.Join(sortedMapKeys(c.Clients), ", "))
 			}
 		}
 	}

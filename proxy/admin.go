@@ -44,10 +44,45 @@ func (s *Server) adminHandler(withPProf bool) http.Handler {
 	})
 	// No answer of this listener is for a cache to keep: metrics and
 	// profiles are of a moment, the rest is live state.
+	var allowed map[string]bool // admin.clients; nil: everyone
+	if a := s.cfg.Admin; a != nil && a.Clients != nil {
+		allowed = map[string]bool{}
+		for _, c := range a.Clients {
+			allowed[c] = true
+		}
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
+		if allowed != nil && r.URL.Path != "/healthz" && r.URL.Path != "/readyz" && !s.adminAllowed(w, r, allowed) {
+			return
+		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// adminAllowed checks an admin request's caller (its Authorization:
+// Basic, or Bearer with a JWT client) against admin.clients, and answers
+// 401 or 403 when it may not.
+func (s *Server) adminAllowed(w http.ResponseWriter, r *http.Request, allowed map[string]bool) bool {
+	att := s.core.attempts
+	if att.throttled(r.RemoteAddr) {
+		plain(w, http.StatusTooManyRequests, "authproxy admin: too many failed authentications from this address; try later\n")
+		return false
+	}
+	c := s.core.clients.Load().identify(r.Header.Get("Authorization"), r.RemoteAddr)
+	switch {
+	case c.name != "" && allowed[c.name], allowed["anyone"] && !c.bad:
+		return true
+	case c.name == "":
+		if c.bad {
+			att.failed(r.RemoteAddr, c.claimed, "admin")
+		}
+		w.Header().Set("WWW-Authenticate", `Basic realm="authproxy admin"`)
+		plain(w, http.StatusUnauthorized, "authproxy admin: authentication required\n")
+	default:
+		plain(w, http.StatusForbidden, "authproxy admin: this client may not use the admin listener\n")
+	}
+	return false
 }
 
 func plain(w http.ResponseWriter, status int, body string) {

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net/http"
@@ -171,5 +172,56 @@ routes:
 	}
 	if !strings.Contains(p.logs.String(), `injector warm: its credentials are held" injector=fleet`) {
 		t.Errorf("warming is not logged:\n%s", p.logs.String())
+	}
+}
+
+// admin.clients: Prometheus scrapes /metrics with basic auth (its
+// basic_auth sends Authorization: Basic), everyone else gets 401 (a wrong
+// password too) or 403 (a known client not named), and the probes'
+// /healthz and /readyz stay open.
+func TestAdminClients(t *testing.T) {
+	e := newEnv(t)
+	e.metrics = metrics.New("test")
+	up := e.httpsUpstream(&sim.Echo{})
+	cfg := strings.Replace(sidecarConfig(port(t, up.URL), "deny"), "listeners:\n", `clients:
+  prom: {basic: {username: prometheus, password: {value: scrape-pw}}}
+  apps: {basic: {username: apps, password: {value: apps-pw}}}
+admin: {address: 127.0.0.1:0, clients: [prom]}
+listeners:
+`, 1)
+	p := e.start(cfg, nil, nil)
+	get := func(path, auth string) (int, http.Header) {
+		req, _ := http.NewRequest("GET", "http://"+p.srv.AdminAddr().String()+path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := h1Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header
+	}
+	basic := func(u, pw string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+pw)) }
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if st, _ := get(path, ""); st != 200 {
+			t.Errorf("%s without credentials: %d, want 200 (probes)", path, st)
+		}
+	}
+	for _, path := range []string{"/metrics", "/status", "/status?format=json", "/logging"} {
+		if st, h := get(path, ""); st != http.StatusUnauthorized || h.Get("WWW-Authenticate") == "" {
+			t.Errorf("%s without credentials: %d %v, want 401 with WWW-Authenticate", path, st, h)
+		}
+		if st, _ := get(path, basic("prometheus", "wrong")); st != http.StatusUnauthorized {
+			t.Errorf("%s with a wrong password: %d, want 401", path, st)
+		}
+		if st, _ := get(path, basic("apps", "apps-pw")); st != http.StatusForbidden {
+			t.Errorf("%s as a client admin.clients does not name: %d, want 403", path, st)
+		}
+		// (/logging answers 501 here: the test's logger has a fixed level.)
+		if st, _ := get(path, basic("prometheus", "scrape-pw")); st != 200 && !(path == "/logging" && st == http.StatusNotImplemented) {
+			t.Errorf("%s as prometheus: %d, want it served", path, st)
+		}
 	}
 }
