@@ -225,6 +225,35 @@ func TestRoutesGiveTheirCredentialOnlyToTheirClients(t *testing.T) {
 			t.Errorf("authproxy_requests_total%v = %v, want %v", c.labels, got, c.want)
 		}
 	}
+	// And on /status: each route's clients, each caller's requests and
+	// refusals.
+	var status struct {
+		Routes []struct {
+			Name    string
+			Clients []string
+		}
+		Clients []struct {
+			Name              string
+			Requests, Refused int64
+		}
+	}
+	if st, body := adminGet(t, p, "/status?format=json"); st != 200 || json.Unmarshal([]byte(body), &status) != nil {
+		t.Fatalf("/status: %d %s", st, body)
+	}
+	got := map[string][2]int64{}
+	for _, c := range status.Clients {
+		got[c.Name] = [2]int64{c.Requests, c.Refused}
+	}
+	// billing: 2 sidecar + 2 forward + 1 curl + 1 gRPC, none refused;
+	// reports: refused everywhere but on the open route (2).
+	if got["billing"] != [2]int64{6, 0} || got["reports"][1] == 0 || got["unknown"][0] != got["unknown"][1] || got["unknown"][0] == 0 {
+		t.Errorf("/status clients: %v", got)
+	}
+	for _, r := range status.Routes {
+		if r.Name == "office" && strings.Join(r.Clients, ",") != "billing,office" || r.Name == "open" && r.Clients != nil {
+			t.Errorf("/status route %s: clients %v", r.Name, r.Clients)
+		}
+	}
 	logs := p.logs.String()
 	for _, want := range []string{"route=billing injector=bearer client=billing method=GET", "client=reports method=GET", "reason=proxy_auth", "reason=client_not_allowed"} {
 		if !strings.Contains(logs, want) {

@@ -23,6 +23,9 @@ import (
 
 type exchangeKey struct{}
 
+// clientCount is one caller label's requests, for /status.
+type clientCount struct{ requests, refused atomic.Int64 }
+
 // core sends requests upstream: it strips the client's credentials, calls
 // the injector, and round-trips. It is shared by every listener.
 type core struct {
@@ -36,7 +39,10 @@ type core struct {
 	refusals  *sampledLog                 // requests no route matches
 	clients   atomic.Pointer[clientRules] // config clients; a reload swaps them
 	attempts  *attempts                   // failed proxy authentications by source
-	tracer    *tracing.Tracer             // nil: tracing off
+	// clientCounts are requests by caller label (bounded: the configured
+	// clients, anyone, unknown), for /status.
+	clientCounts sync.Map        // string -> *clientCount
+	tracer       *tracing.Tracer // nil: tracing off
 }
 
 func newCore(up *transport.Set, logger *slog.Logger) *core {

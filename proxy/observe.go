@@ -54,6 +54,17 @@ func (c *core) finished(d done) {
 		client = "anyone"
 	}
 	c.metrics.Request(d.listener, route, d.protocol, client, d.status, d.took)
+	if d.client != "" { // requests whose caller was looked at, for /status
+		cc, ok := c.clientCounts.Load(client)
+		if !ok {
+			cc, _ = c.clientCounts.LoadOrStore(client, &clientCount{})
+		}
+		cc.(*clientCount).requests.Add(1)
+		switch d.reason {
+		case "proxy_auth", "client_not_allowed", "too_many_attempts":
+			cc.(*clientCount).refused.Add(1)
+		}
+	}
 	d.span.End(d.listener, d.protocol, route, injector, d.status, d.reason)
 	if a := c.access.Load(); !a.on || (a.sample < 1 && rand.Float64() >= a.sample) {
 		return

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/authproxy/authproxy/config"
@@ -34,7 +35,18 @@ type statusView struct {
 	TokenStore string             `json:"token_store,omitempty"`
 	Listeners  []statusListener   `json:"listeners"`
 	Routes     []statusRoute      `json:"routes"`
+	Clients    []statusClient     `json:"clients"`
 	Injectors  []statusInjectorJS `json:"injectors"`
+}
+
+// statusClient is one caller label (a configured client, anyone,
+// unknown) with the requests it sent since start: answered by the
+// upstream or the proxy, and refused for its identity (401/403/407/429
+// the proxy gave).
+type statusClient struct {
+	Name     string `json:"name"`
+	Requests int64  `json:"requests"`
+	Refused  int64  `json:"refused"`
 }
 
 // statusConfig is the running configuration and the last reload.
@@ -61,9 +73,10 @@ type statusListener struct {
 }
 
 type statusRoute struct {
-	Name     string `json:"name"`
-	Injector string `json:"injector"`
-	Requests int64  `json:"requests"`
+	Name     string   `json:"name"`
+	Injector string   `json:"injector"`
+	Clients  []string `json:"clients"` // routes[].clients; null: every caller
+	Requests int64    `json:"requests"`
 }
 
 type statusInjectorJS struct {
@@ -166,10 +179,16 @@ func (s *Server) statusView() statusView {
 		if !ok {
 			i = len(v.Routes)
 			at[rt.name] = i
-			v.Routes = append(v.Routes, statusRoute{Name: rt.name, Injector: rt.injectorName})
+			v.Routes = append(v.Routes, statusRoute{Name: rt.name, Injector: rt.injectorName, Clients: sortedKeys(rt.clients)})
 		}
 		v.Routes[i].Requests += rt.requests.Load()
 	}
+	s.core.clientCounts.Range(func(name, count any) bool {
+		c := count.(*clientCount)
+		v.Clients = append(v.Clients, statusClient{Name: name.(string), Requests: c.requests.Load(), Refused: c.refused.Load()})
+		return true
+	})
+	slices.SortFunc(v.Clients, func(a, b statusClient) int { return strings.Compare(a.Name, b.Name) })
 	byName := map[string][]tokencache.Entry{}
 	if src.cache != nil {
 		for _, e := range src.cache.Entries() {
@@ -318,12 +337,29 @@ th{background:#f3f3f3;font-weight:600} .key{font-family:ui-monospace,monospace;f
 {{end}}</table>{{end}}
 {{end}}
 <h2>Routes</h2>
-<table><tr><th>route</th><th>injector</th><th>requests</th></tr>
-{{range .Routes}}<tr><td>{{.Name}}</td><td>{{.Injector}}</td><td>{{.Requests}}</td></tr>{{end}}
+<table><tr><th>route</th><th>injector</th><th>clients</th><th>requests</th></tr>
+{{range .Routes}}<tr><td>{{.Name}}</td><td>{{.Injector}}</td><td>{{if .Clients}}{{range $i, $c := .Clients}}{{if $i}}, {{end}}{{$c}}{{end}}{{else}}<span class="muted">every caller</span>{{end}}</td><td>{{.Requests}}</td></tr>{{end}}
 </table>
+{{if .Clients}}<h2>Clients</h2>
+<table><tr><th>client</th><th>requests</th><th>refused for their identity</th></tr>
+{{range .Clients}}<tr><td>{{.Name}}</td><td>{{.Requests}}</td><td>{{.Refused}}</td></tr>{{end}}
+</table>{{end}}
 <h2>Listeners</h2>
 <table><tr><th>listener</th><th>kind</th><th>address</th></tr>
 {{range .Listeners}}<tr><td>{{.Name}}</td><td>{{.Kind}}</td><td class="key">{{.Address}}</td></tr>{{end}}
 </table>
 </body></html>
 `))
+
+// sortedKeys are a set's members in order (nil for a nil set).
+func sortedKeys(set map[string]bool) []string {
+	if set == nil {
+		return nil
+	}
+	out := make([]string, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
