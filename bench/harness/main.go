@@ -189,6 +189,11 @@ func main() {
 					proxyURL: fwd, proxyCA: proxyCA,
 					grpcGo: "upstream.bench.test:18444", grpcGoArgs: []string{"-ca", caFile + "," + proxyCA},
 					grpcGoEnv: []string{"HTTPS_PROXY=" + fwd}})
+				// The same, where the route names its clients and the
+				// client sends a proxy password with every CONNECT.
+				waitPort(fmt.Sprintf("127.0.0.1:%d", port+30))
+				forwards = append(forwards, contender{name: "authproxy forward, static, basic auth", procs: procs, pids: c.pids, proc: c.proc,
+					only: []string{"fwd-h1", "fwd-h2"}, proxyURL: fmt.Sprintf("http://bench:bench-proxy-pw@127.0.0.1:%d", port+30), proxyCA: proxyCA})
 			}
 			contenders = append(contenders, c)
 			port++
@@ -637,6 +642,7 @@ func writeConfig(path, kind string, port int, caFile, proxyCA string) {
   - {name: app, kind: sidecar, address: "127.0.0.1:%[1]d", upstream: "https://127.0.0.1:18443"}
   - {name: grpc, kind: sidecar, address: "127.0.0.1:%[2]d", upstream: "https://127.0.0.1:18444"}
   - {name: fwd, kind: forward, address: "127.0.0.1:%[3]d"}
+  - {name: fwd-auth, kind: forward, address: "127.0.0.1:%[10]d"}
   - {name: odil, kind: sidecar, address: "127.0.0.1:%[8]d", upstream: "https://upstream.bench.test:18445"}
   - {name: obd, kind: sidecar, address: "127.0.0.1:%[9]d", upstream: "https://upstream.bench.test:18446"}
 ca: {cert_file: %[5]q, key_file: %[6]q, generate: true}
@@ -651,7 +657,10 @@ routes:
   - {name: obd, listeners: [obd], match: {path: /*}, injector: obd}
   - {name: fwd-https, listeners: [fwd], match: {host: "127.0.0.1:18443"}, injector: tok}
   - {name: fwd-grpc, listeners: [fwd], match: {host: "upstream.bench.test:18444"}, injector: tok}
-`, port, port+50, port+20, caFile, proxyCA, proxyCA+".key", injector, port+60, port+70)
+  - {name: fwd-https-auth, listeners: [fwd-auth], match: {host: "127.0.0.1:18443"}, injector: tok, clients: [bench]}
+clients:
+  bench: {basic: {username: bench, password: {value: bench-proxy-pw}}}
+`, port, port+50, port+20, caFile, proxyCA, proxyCA+".key", injector, port+60, port+70, port+30)
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		die("%v", err)
 	}
