@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -20,7 +19,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/sim"
 )
@@ -287,20 +285,7 @@ func TestReloadAppliesClientsToOpenTunnels(t *testing.T) {
 			t.Fatalf("h2=%v before the reload: %d", h2, st)
 		}
 	}
-	reload := func(text string) {
-		t.Helper()
-		cfg, err := parseConfig(e, text)
-		if err != nil {
-			t.Fatal(err)
-		}
-		injs, err := injectors.BuildAll(cfg, injectors.Env{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.srv.Reload(cfg, injs); err != nil {
-			t.Fatalf("reload: %v", err)
-		}
-	}
+	reload := func(text string) { t.Helper(); reloadText(t, e, p, text) }
 	// billing's password changes: the open tunnels' credentials match no
 	// client any more.
 	reload(strings.Replace(yamlText, "pw-billing-1", "pw-billing-rotated", 1))
@@ -382,14 +367,7 @@ func TestFailedAuthenticationsAreThrottledPerSource(t *testing.T) {
 // lists services and calls, another gets PERMISSION_DENIED, and a client
 // with no user info UNAUTHENTICATED.
 func TestGRPCThroughHTTPSProxyWithUserInfo(t *testing.T) {
-	bin, err := exec.LookPath("grpcurl")
-	if err != nil {
-		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
-		bin = strings.TrimSpace(string(gopath)) + "/bin/grpcurl"
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatal("grpcurl is needed (bash .ci/test installs it with go install)")
-	}
+	bin := grpcurl(t)
 	e := newEnv(t)
 	_, grpcPort := e.grpcUpstream()
 	p := e.start(fmt.Sprintf(`

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -203,14 +202,7 @@ func TestExpectContinueIsAnswered(t *testing.T) {
 // the forward listener (HTTPS_PROXY, interception): server reflection
 // (list, describe) and then a call, with the credential injected.
 func TestGRPCurlThroughTheForwardListener(t *testing.T) {
-	bin, err := exec.LookPath("grpcurl")
-	if err != nil {
-		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
-		bin = strings.TrimSpace(string(gopath)) + "/bin/grpcurl"
-		if _, err := os.Stat(bin); err != nil {
-			t.Fatal("grpcurl is needed (bash .ci/test installs it with go install)")
-		}
-	}
+	bin := grpcurl(t)
 	e := newEnv(t)
 	_, grpcPort := e.grpcUpstream()
 	cfg := strings.Replace(grpcConfig(grpcPort), "path: /grpc.testing.TestService/*", "path: /*", 1)

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -309,4 +310,36 @@ func waitGoroutines(t *testing.T, baseline, slack int) {
 func parseConfig(e *env, yamlText string) (*config.Config, error) {
 	yamlText = strings.NewReplacer("{{CA_CERT}}", e.caCert, "{{CA_KEY}}", e.caKey, "{{UPSTREAM_CA}}", e.pki.CAFile).Replace(yamlText)
 	return config.Parse([]byte(yamlText))
+}
+
+// grpcurl finds the grpcurl program (bash .ci/test installs it with go
+// install, into $(go env GOPATH)/bin, which may not be on PATH).
+func grpcurl(t testing.TB) string {
+	t.Helper()
+	if bin, err := exec.LookPath("grpcurl"); err == nil {
+		return bin
+	}
+	gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+	bin := strings.TrimSpace(string(gopath)) + "/bin/grpcurl"
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatal("grpcurl is needed (bash .ci/test installs it with go install)")
+	}
+	return bin
+}
+
+// reloadText reloads the running proxy p with a new configuration, as a
+// SIGHUP would (its injectors built afresh).
+func reloadText(t testing.TB, e *env, p *running, yamlText string) {
+	t.Helper()
+	cfg, err := parseConfig(e, yamlText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	injs, err := injectors.BuildAll(cfg, injectors.Env{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.srv.Reload(cfg, injs); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
 }

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/sim"
 )
 
@@ -203,16 +202,6 @@ routes:
 		}
 	}
 	check("at start")
-	cfg, err := parseConfig(e, yamlText)
-	if err != nil {
-		t.Fatal(err)
-	}
-	injs, err := injectors.BuildAll(cfg, injectors.Env{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.srv.Reload(cfg, injs); err != nil {
-		t.Fatalf("reload: %v", err)
-	}
+	reloadText(t, e, p, yamlText)
 	check("after a reload")
 }
