@@ -75,16 +75,17 @@ routes:
 				if v := seen.Header.Values("Traceparent"); len(v) != 0 {
 					t.Errorf("the upstream got traceparent %q for a request without one", v)
 				}
-				resp, _ := do("/nowhere-"+proto, "")
+				refused := "/nowhere-" + listener + "-" + proto // each subtest's own line
+				resp, _ := do(refused, "")
 				id := resp.Header.Get("X-Request-Id")
 				if resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusForbidden || !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(id) {
 					t.Fatalf("a refused request: %d, X-Request-Id %q", resp.StatusCode, id)
 				}
 				waitFor(t, "the access-log lines", func() bool {
-					return strings.Contains(p.logs.String(), "path=/nowhere-"+proto+" ") && strings.Contains(p.logs.String(), "request_id="+trace)
+					return regexp.MustCompile(`msg=request .*path=` + refused + ` .*request_id=`).MatchString(p.logs.String()) && strings.Contains(p.logs.String(), "request_id="+trace)
 				})
 				logs := p.logs.String()
-				if !regexp.MustCompile(`path=/nowhere-` + proto + ` .*request_id=` + id).MatchString(logs) {
+				if !regexp.MustCompile(`path=` + refused + ` .*request_id=` + id).MatchString(logs) {
 					t.Errorf("the refused request's access-log line does not name X-Request-Id %s:\n%s", id, logs)
 				}
 				if !regexp.MustCompile(`path=/v1/traced .*protocol=` + map[string]string{"http1": "http1", "h2": "h2"}[proto] + ` .*request_id=` + trace).MatchString(logs) {
