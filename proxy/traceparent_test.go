@@ -82,7 +82,7 @@ routes:
 					t.Fatalf("a refused request: %d, X-Request-Id %q", resp.StatusCode, id)
 				}
 				waitFor(t, "the access-log lines", func() bool {
-					return regexp.MustCompile(`msg=request .*path=` + refused + ` .*request_id=`).MatchString(p.logs.String()) && strings.Contains(p.logs.String(), "request_id="+trace)
+					return regexp.MustCompile(`msg=request .*path=`+refused+` .*request_id=`).MatchString(p.logs.String()) && strings.Contains(p.logs.String(), "request_id="+trace)
 				})
 				logs := p.logs.String()
 				if !regexp.MustCompile(`path=` + refused + ` .*request_id=` + id).MatchString(logs) {
