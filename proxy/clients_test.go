@@ -61,7 +61,7 @@ func basicAuth(user, pass string) string {
 // upstream counts nothing from those.
 func TestRoutesGiveTheirCredentialOnlyToTheirClients(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
-		t.Fatal("curl is needed (bash .ci/test installs it as root)")
+		t.Fatal("curl is needed (bash .ci/deps installs it as root)")
 	}
 	e := newEnv(t)
 	e.metrics = metrics.New("test")

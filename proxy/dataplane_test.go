@@ -178,7 +178,7 @@ func TestExpectContinueIsAnswered(t *testing.T) {
 		})
 	}
 	if _, err := exec.LookPath("curl"); err != nil {
-		t.Fatal("curl is needed (bash .ci/test installs it as root)")
+		t.Fatal("curl is needed (bash .ci/deps installs it as root)")
 	}
 	for _, tc := range []struct{ name, url string }{
 		{"forward intercepted", "https://" + w.target() + "/up/file"},

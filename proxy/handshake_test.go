@@ -41,7 +41,7 @@ func connectOnly(t *testing.T, addr, target string) net.Conn {
 // whole.
 func TestInterceptionHandshakeFailuresAreVisible(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
-		t.Fatal("curl is needed (bash .ci/test installs it as root)")
+		t.Fatal("curl is needed (bash .ci/deps installs it as root)")
 	}
 	e := newEnv(t)
 	e.metrics = metrics.New("test")

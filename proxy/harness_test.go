@@ -312,7 +312,7 @@ func parseConfig(e *env, yamlText string) (*config.Config, error) {
 	return config.Parse([]byte(yamlText))
 }
 
-// grpcurl finds the grpcurl program (bash .ci/test installs it with go
+// grpcurl finds the grpcurl program (bash .ci/deps installs it with go
 // install, into $(go env GOPATH)/bin, which may not be on PATH).
 func grpcurl(t testing.TB) string {
 	t.Helper()
@@ -322,7 +322,7 @@ func grpcurl(t testing.TB) string {
 	gopath, _ := exec.Command("go", "env", "GOPATH").Output()
 	bin := strings.TrimSpace(string(gopath)) + "/bin/grpcurl"
 	if _, err := os.Stat(bin); err != nil {
-		t.Fatal("grpcurl is needed (bash .ci/test installs it with go install)")
+		t.Fatal("grpcurl is needed (bash .ci/deps installs it with go install)")
 	}
 	return bin
 }

@@ -27,7 +27,7 @@ import (
 func TestStatusPageInARealBrowser(t *testing.T) {
 	browser, err := exec.LookPath("chromium")
 	if err != nil {
-		t.Fatal("chromium is needed (bash .ci/test installs it as root)")
+		t.Fatal("chromium is needed (bash .ci/deps installs it as root)")
 	}
 	w := newOBDWorld(t, true, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -13,7 +13,7 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// tool finds a program the tests drive that bash .ci/test installs with
+// tool finds a program the tests drive that bash .ci/deps installs with
 // go install (into $(go env GOPATH)/bin, which may not be on PATH).
 func tool(t *testing.T, name string) string {
 	t.Helper()
@@ -23,7 +23,7 @@ func tool(t *testing.T, name string) string {
 	gopath, _ := exec.Command("go", "env", "GOPATH").Output()
 	p := filepath.Join(strings.TrimSpace(string(gopath)), "bin", name)
 	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("%s is needed (bash .ci/test installs it with go install)", name)
+		t.Fatalf("%s is needed (bash .ci/deps installs it with go install)", name)
 	}
 	return p
 }

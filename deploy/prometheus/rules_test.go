@@ -1,5 +1,5 @@
 // Package prometheus_test checks the alert rules shipped for authproxy with
-// Prometheus' own promtool (Debian's prometheus package; bash .ci/test
+// Prometheus' own promtool (Debian's prometheus package; bash .ci/deps
 // installs it as root).
 package prometheus_test
 
@@ -20,7 +20,7 @@ func promtool(t *testing.T, stdin []byte, args ...string) string {
 	t.Helper()
 	bin, err := exec.LookPath("promtool")
 	if err != nil {
-		t.Fatal("promtool is needed (Debian's prometheus package; bash .ci/test installs it as root)")
+		t.Fatal("promtool is needed (Debian's prometheus package; bash .ci/deps installs it as root)")
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdin = bytes.NewReader(stdin)

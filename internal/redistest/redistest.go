@@ -31,7 +31,7 @@ func StartTLS(t testing.TB, certFile, keyFile, caFile string) *Server {
 }
 
 // Start runs redis-server on a free port. A missing redis-server fails the
-// test: .ci/test installs it as root (Debian's redis-server).
+// test: .ci/deps installs it as root (Debian's redis-server).
 func Start(t testing.TB) *Server {
 	t.Helper()
 	return start(t, nil)
@@ -40,7 +40,7 @@ func Start(t testing.TB) *Server {
 func start(t testing.TB, tlsArgs []string) *Server {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Fatal("redis-server is not installed (apt-get install redis-server; bash .ci/test does it as root)")
+		t.Fatal("redis-server is not installed (apt-get install redis-server; bash .ci/deps does it as root)")
 	}
 	for attempt := 0; ; attempt++ {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
