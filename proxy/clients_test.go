@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/authproxy/authproxy/internal/proctest"
 	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/sim"
 )
@@ -367,7 +368,7 @@ func TestFailedAuthenticationsAreThrottledPerSource(t *testing.T) {
 // lists services and calls, another gets PERMISSION_DENIED, and a client
 // with no user info UNAUTHENTICATED.
 func TestGRPCThroughHTTPSProxyWithUserInfo(t *testing.T) {
-	bin := grpcurl(t)
+	bin := proctest.Tool(t, "grpcurl")
 	e := newEnv(t)
 	_, grpcPort := e.grpcUpstream()
 	p := e.start(fmt.Sprintf(`

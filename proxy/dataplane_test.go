@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/authproxy/authproxy/internal/proctest"
 )
 
 // worldPath is one way through the proxy to the listenerWorld's upstream:
@@ -202,7 +204,7 @@ func TestExpectContinueIsAnswered(t *testing.T) {
 // the forward listener (HTTPS_PROXY, interception): server reflection
 // (list, describe) and then a call, with the credential injected.
 func TestGRPCurlThroughTheForwardListener(t *testing.T) {
-	bin := grpcurl(t)
+	bin := proctest.Tool(t, "grpcurl")
 	e := newEnv(t)
 	_, grpcPort := e.grpcUpstream()
 	cfg := strings.Replace(grpcConfig(grpcPort), "path: /grpc.testing.TestService/*", "path: /*", 1)

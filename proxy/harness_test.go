@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -310,21 +309,6 @@ func waitGoroutines(t *testing.T, baseline, slack int) {
 func parseConfig(e *env, yamlText string) (*config.Config, error) {
 	yamlText = strings.NewReplacer("{{CA_CERT}}", e.caCert, "{{CA_KEY}}", e.caKey, "{{UPSTREAM_CA}}", e.pki.CAFile).Replace(yamlText)
 	return config.Parse([]byte(yamlText))
-}
-
-// grpcurl finds the grpcurl program (bash .ci/deps installs it with go
-// install, into $(go env GOPATH)/bin, which may not be on PATH).
-func grpcurl(t testing.TB) string {
-	t.Helper()
-	if bin, err := exec.LookPath("grpcurl"); err == nil {
-		return bin
-	}
-	gopath, _ := exec.Command("go", "env", "GOPATH").Output()
-	bin := strings.TrimSpace(string(gopath)) + "/bin/grpcurl"
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatal("grpcurl is needed (bash .ci/deps installs it with go install)")
-	}
-	return bin
 }
 
 // reloadText reloads the running proxy p with a new configuration, as a

@@ -8,25 +8,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/authproxy/authproxy/internal/proctest"
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 )
-
-// tool finds a program the tests drive that bash .ci/deps installs with
-// go install (into $(go env GOPATH)/bin, which may not be on PATH).
-func tool(t *testing.T, name string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	gopath, _ := exec.Command("go", "env", "GOPATH").Output()
-	p := filepath.Join(strings.TrimSpace(string(gopath)), "bin", name)
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("%s is needed (bash .ci/deps installs it with go install)", name)
-	}
-	return p
-}
 
 // chartValueSets are the value sets the chart is rendered with: its
 // defaults, everything switched on, and the optional parts off.
@@ -43,7 +29,7 @@ var chartValueSets = []struct {
 // the result to a file of its own.
 func renderChart(t *testing.T, args []string) (file string, rendered []byte) {
 	t.Helper()
-	cmd := exec.Command(tool(t, "helm"), append([]string{"template", "gw", "../helm/authproxy", "--namespace", "egress"}, args...)...)
+	cmd := exec.Command(proctest.Tool(t, "helm"), append([]string{"template", "gw", "../helm/authproxy", "--namespace", "egress"}, args...)...)
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -63,7 +49,7 @@ func renderChart(t *testing.T, args []string) (file string, rendered []byte) {
 // says, they pass every check the plain manifests pass, and the rendered
 // gateway starts as the kubelet would start it.
 func TestHelmChart(t *testing.T) {
-	validate := tool(t, "kubectl-validate")
+	validate := proctest.Tool(t, "kubectl-validate")
 	binary := buildProxy(t)
 	for _, vs := range chartValueSets {
 		t.Run(vs.name, func(t *testing.T) {

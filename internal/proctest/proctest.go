@@ -4,8 +4,11 @@ package proctest
 
 import (
 	"bufio"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -92,4 +95,20 @@ func (p *Proc) Stop(t testing.TB, d time.Duration) {
 			t.Fatalf("the command did not end within %v of SIGTERM:\n%s", d, p.Logs())
 		}
 	}
+}
+
+// Tool finds a program the tests drive that bash .ci/deps installs with go
+// install, into $(go env GOPATH)/bin, which may not be on PATH; the test
+// fails, naming it, when it is nowhere.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+	p := filepath.Join(strings.TrimSpace(string(gopath)), "bin", name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s is needed (bash .ci/deps installs it with go install)", name)
+	}
+	return p
 }
