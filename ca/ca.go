@@ -366,10 +366,64 @@ func (c *CA) Issue(names ...string) (*tls.Certificate, error) {
 	}, nil
 }
 
+// IssueClient mints a client certificate (ExtKeyUsageClientAuth) from
+// tmpl, which gives its subject, SANs and validity (a zero NotBefore or
+// NotAfter: an hour ago, and the CA's validity from now); its serial
+// number, key and usages are set here. It returns the certificate and key
+// as PEM.
+func (c *CA) IssueClient(tmpl x509.Certificate) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: generate client key: %w", err)
+	}
+	now := c.now()
+	if tmpl.NotBefore.IsZero() {
+		tmpl.NotBefore = now.Add(-time.Hour)
+	}
+	if tmpl.NotAfter.IsZero() {
+		tmpl.NotAfter = now.Add(c.validity)
+		if tmpl.NotAfter.After(c.cert.NotAfter) {
+			tmpl.NotAfter = c.cert.NotAfter
+		}
+	}
+	tmpl.SerialNumber = randomSerial()
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, c.cert, key.Public(), c.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: sign client certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
+}
+
 func randomSerial() *big.Int {
 	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
 	return n
+}
+
+// ReadPrivateKey reads a private key file (PEM, at most 1 MiB) that no
+// other user may read: the mode checked is the open file's. The error
+// says how to fix the mode.
+func ReadPrivateKey(keyFile string) ([]byte, error) {
+	f, err := os.Open(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if err := keyModeOK(st); err != nil {
+		return nil, fmt.Errorf("%v: a private key must be the proxy's alone; chmod 600 %s (on Kubernetes, mount its Secret with fsGroup set to the proxy's group and defaultMode 0440 or 0400)", err, keyFile)
+	}
+	return io.ReadAll(io.LimitReader(f, 1<<20))
 }

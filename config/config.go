@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -49,21 +50,48 @@ type File struct {
 
 // Client is a caller the proxy recognises, by one rule: a username and
 // password sent as Proxy-Authorization: Basic (what HTTP_PROXY with user
-// info makes clients send), or the connection's source address. A route's
-// clients name who may use its credential.
+// info makes clients send), a JWT, a TLS client certificate, or the
+// connection's source address. A route's clients name who may use its
+// credential.
 type Client struct {
 	Basic   *BasicClient `yaml:"basic"`
 	JWT     *JWTClient   `yaml:"jwt"`
+	TLS     *TLSClient   `yaml:"tls"`
 	Sources []string     `yaml:"sources"` // addresses or CIDR prefixes
+}
+
+// TLSClient recognises a caller by the client certificate it presented to
+// a listener with tls.client_ca_file: by one URI SAN (a SPIFFE ID) or one
+// DNS SAN of the certificate.
+type TLSClient struct {
+	URISAN string `yaml:"uri_san"`
+	DNSSAN string `yaml:"dns_san"`
 }
 
 // JWTClient recognises a caller by a JWT (a Kubernetes projected
 // service-account token, say) sent as Proxy-Authorization: Bearer or as
-// the Basic password, signed (RS256 or ES256) by a key of the JWKS file,
-// with this issuer, audience and subject.
+// the Basic password, signed (RS256 or ES256) by a key of the JWKS (a file,
+// or a URL fetched over verified TLS), with this issuer, audience and
+// subject.
 type JWTClient struct {
 	JWKSFile string `yaml:"jwks_file"`
-	Issuer   string `yaml:"issuer"`
+	// JWKSURL is an https URL serving the JWKS (the cluster's
+	// /openid/v1/jwks). Redirects are never followed.
+	JWKSURL string `yaml:"jwks_url"`
+	// JWKSCAFile is the PEM bundle that verifies jwks_url's server, instead
+	// of the system roots and upstream.ca_file (the cluster's ca.crt).
+	JWKSCAFile string `yaml:"jwks_ca_file"`
+	// JWKSTokenFile holds a bearer token sent to jwks_url, re-read at each
+	// fetch (the proxy's own service-account token, which the API server
+	// asks for).
+	JWKSTokenFile string `yaml:"jwks_token_file"`
+	// JWKSRefresh is how often jwks_url is fetched again (default 5m). A
+	// token whose kid is unknown fetches it at once, at most once a minute.
+	JWKSRefresh Duration `yaml:"jwks_refresh"`
+	// JWKSKeep is how long the last keys fetched stay in use while jwks_url
+	// cannot be fetched (default 24h); past that, no token verifies.
+	JWKSKeep Duration `yaml:"jwks_keep"`
+	Issuer   string   `yaml:"issuer"`
 	Audience string `yaml:"audience"`
 	// Subject is the sub claim: exact, or a prefix with a trailing "*"
 	// (system:serviceaccount:reports:*).
@@ -172,6 +200,19 @@ type Listener struct {
 	// AllowRemoteClients permits a non-loopback address. A listener that
 	// injects credentials must not be reachable by others by accident.
 	AllowRemoteClients bool `yaml:"allow_remote_clients"`
+	// TLS makes the listener speak TLS to its clients: an HTTPS proxy
+	// (HTTPS_PROXY=https://...) or a TLS sidecar. Absent: plain TCP.
+	TLS *ListenerTLS `yaml:"tls"`
+}
+
+// ListenerTLS is a listener's certificate and, with ClientCAFile, the CA
+// its clients' certificates must chain to: a client without one, or with
+// one that names no tls client, is refused during the handshake. The
+// files are read again when they change (at the next handshake).
+type ListenerTLS struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
 }
 
 // CA is the local certificate authority that signs interception certificates.
@@ -404,16 +445,59 @@ func (c *Config) validate() []error {
 	if _, err := ParseLogLevel(c.Log.Level); err != nil {
 		add("log.level", "%v", err)
 	}
-	usernames := map[string]string{}
+	usernames, sans := map[string]string{}, map[string]string{}
 	for _, name := range sortedMapKeys(c.Clients) {
 		cl, path := c.Clients[name], Join("clients", name)
 		switch {
 		case name == "anyone" || name == "unknown":
 			add(path, "%q is a word routes and metrics use for callers with no identity: give the client another name", name)
-		case btoi(cl.Basic != nil)+btoi(cl.JWT != nil)+btoi(len(cl.Sources) > 0) != 1:
-			add(path, "give exactly one rule: basic: {username, password}, jwt: {jwks_file, issuer, audience, subject} or sources: [CIDR, ...]")
+		case btoi(cl.Basic != nil)+btoi(cl.JWT != nil)+btoi(cl.TLS != nil)+btoi(len(cl.Sources) > 0) != 1:
+			add(path, "give exactly one rule: basic: {username, password}, jwt: {jwks_file or jwks_url, issuer, audience, subject}, tls: {uri_san or dns_san} or sources: [CIDR, ...]")
+		case cl.TLS != nil:
+			san := "uri:" + cl.TLS.URISAN
+			switch {
+			case (cl.TLS.URISAN == "") == (cl.TLS.DNSSAN == ""):
+				add(Join(path, "tls"), "give one of uri_san (a SPIFFE ID: spiffe://cluster.local/ns/NS/sa/NAME) or dns_san")
+			case cl.TLS.URISAN != "" && !strings.Contains(cl.TLS.URISAN, ":"):
+				add(Join(path, "tls", "uri_san"), "%q is not a URI (spiffe://cluster.local/ns/NS/sa/NAME)", cl.TLS.URISAN)
+			default:
+				if cl.TLS.DNSSAN != "" {
+					san = "dns:" + cl.TLS.DNSSAN
+				}
+				if other, dup := sans[san]; dup {
+					add(Join(path, "tls"), "client %q has the same SAN", other)
+				}
+				sans[san] = name
+			}
+			if !slices.ContainsFunc(c.Listeners, func(l Listener) bool { return l.TLS != nil && l.TLS.ClientCAFile != "" }) {
+				add(Join(path, "tls"), "no listener asks its clients for a certificate: set tls: {cert_file, key_file, client_ca_file} on the listener they reach")
+			}
 		case cl.JWT != nil:
-			for _, f := range []struct{ key, v string }{{"jwks_file", cl.JWT.JWKSFile}, {"issuer", cl.JWT.Issuer}, {"audience", cl.JWT.Audience}, {"subject", cl.JWT.Subject}} {
+			required := []struct{ key, v string }{{"issuer", cl.JWT.Issuer}, {"audience", cl.JWT.Audience}, {"subject", cl.JWT.Subject}}
+			switch {
+			case (cl.JWT.JWKSFile == "") == (cl.JWT.JWKSURL == ""):
+				add(Join(path, "jwt"), "give one of jwks_file (a JWKS on disk) or jwks_url (https://...)")
+			case cl.JWT.JWKSURL != "":
+				if u, err := url.Parse(cl.JWT.JWKSURL); err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
+					add(Join(path, "jwt", "jwks_url"), "%q is not an https URL without user info (https://kubernetes.default.svc/openid/v1/jwks)", RedactURL(cl.JWT.JWKSURL))
+				}
+			default:
+				for _, f := range []struct {
+					key string
+					set bool
+				}{{"jwks_ca_file", cl.JWT.JWKSCAFile != ""}, {"jwks_token_file", cl.JWT.JWKSTokenFile != ""}, {"jwks_refresh", cl.JWT.JWKSRefresh != 0}, {"jwks_keep", cl.JWT.JWKSKeep != 0}} {
+					if f.set {
+						add(Join(path, "jwt", f.key), "only for jwks_url (a jwks_file is read again when it changes)")
+					}
+				}
+			}
+			if r := cl.JWT.JWKSRefresh; r != 0 && r.D(0) < time.Minute {
+				add(Join(path, "jwt", "jwks_refresh"), "at least 1m (an unknown kid fetches the keys at once anyway)")
+			}
+			if k := cl.JWT.JWKSKeep; k != 0 && k.D(0) < cl.JWT.JWKSRefresh.D(5*time.Minute) {
+				add(Join(path, "jwt", "jwks_keep"), "at least jwks_refresh (%s): keys must outlive a refresh", cl.JWT.JWKSRefresh.D(5*time.Minute))
+			}
+			for _, f := range required {
 				if f.v == "" {
 					add(Join(path, "jwt", f.key), "required")
 				}
@@ -507,6 +591,14 @@ func (c *Config) validate() []error {
 		default:
 			listeners[l.Name] = l
 			listenerIndex[l.Name] = i
+		}
+		if t := l.TLS; t != nil {
+			if t.CertFile == "" || t.KeyFile == "" {
+				add(Join(p, "tls"), "give cert_file and key_file (the listener's certificate and key, PEM)")
+			}
+			if t.ClientCAFile != "" && !slices.ContainsFunc(slices.Collect(maps.Values(c.Clients)), func(cl Client) bool { return cl.TLS != nil }) {
+				add(Join(p, "tls", "client_ca_file"), "no client is recognised by its certificate, so every one would be refused: add clients: {NAME: {tls: {uri_san: ...}}}, or remove client_ca_file")
+			}
 		}
 		if err := checkListenAddress(l.Address, l.AllowRemoteClients); err != nil {
 			add(Join(p, "address"), "%v", err)

@@ -42,6 +42,7 @@ type Metrics struct {
 	evictions        *prometheus.CounterVec
 	connections      *prometheus.GaugeVec
 	connects         *prometheus.CounterVec
+	tlsFailures      *prometheus.CounterVec
 	caExpiry         prometheus.Gauge
 	caOnce           sync.Once
 	refreshFailures  *prometheus.CounterVec
@@ -111,6 +112,8 @@ func New(version string) *Metrics {
 		Help: "Client connections open, by listener and protocol (http1, h2)."}, []string{"listener", "protocol"})
 	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_connect_total",
 		Help: "CONNECTs on forward listeners, by listener and decision (intercepted: the client's TLS handshake with the proxy succeeded; handshake_failed: it did not, the client does not trust the CA or gave up; tunnelled; refused)."}, []string{"listener", "decision"})
+	m.tlsFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_listener_tls_handshake_failures_total",
+		Help: "Client TLS handshakes that failed on listeners with tls (no client certificate, one the listener refuses, or a client that does not trust the listener's certificate), by listener."}, []string{"listener"})
 	m.caExpiry = prometheus.NewGauge(prometheus.GaugeOpts{Name: "authproxy_ca_expiry_timestamp_seconds",
 		Help: "When the interception CA's certificate expires (Unix time); absent without a CA."})
 	m.refreshFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "authproxy_token_refresh_failures_total",
@@ -130,7 +133,7 @@ func New(version string) *Metrics {
 		Help: "When the configuration last loaded: at start, then at each good reload (Unix time)."})
 	m.lastReload.SetToCurrentTime()
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.upstreamFailures, m.injections, m.fetches, m.fetchDuration,
-		m.lookups, m.evictions, m.connections, m.connects, m.refreshFailures, m.events, m.goaways, m.refused, m.reloads, m.lastReload} {
+		m.lookups, m.evictions, m.connections, m.connects, m.tlsFailures, m.refreshFailures, m.events, m.goaways, m.refused, m.reloads, m.lastReload} {
 		f(c)
 	}
 	return m
@@ -402,6 +405,15 @@ func (m *Metrics) CAExpiry(notAfter time.Time) {
 	}
 	m.caOnce.Do(func() { m.reg.MustRegister(m.caExpiry) })
 	m.caExpiry.Set(float64(notAfter.Unix()))
+}
+
+// ListenerTLSFailed counts a client's failed TLS handshake on a listener
+// with tls.
+func (m *Metrics) ListenerTLSFailed(listener string) {
+	if m == nil {
+		return
+	}
+	m.tlsFailures.WithLabelValues(listener).Inc()
 }
 
 func (m *Metrics) Connect(listener, decision string) {

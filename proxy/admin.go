@@ -69,7 +69,7 @@ func (s *Server) adminAllowed(w http.ResponseWriter, r *http.Request, allowed ma
 		plain(w, http.StatusTooManyRequests, "authproxy admin: too many failed authentications from this address; try later\n")
 		return false
 	}
-	c := s.core.clients.Load().identify(r.Header.Get("Authorization"), r.RemoteAddr)
+	c := s.core.clients.Load().identify(r.Header.Get("Authorization"), r.RemoteAddr, nil)
 	switch {
 	case c.name != "" && allowed[c.name], allowed["anyone"] && !c.bad:
 		return true

@@ -1,10 +1,7 @@
 package proxy
 
 import (
-	"crypto/ecdsa"
-	"crypto/rsa"
 	"crypto/sha256"
-	"encoding/json"
 	"os"
 	"strings"
 	"time"
@@ -30,7 +27,8 @@ const (
 
 type jwtClient struct {
 	name     string
-	keys     jose.JSONWebKeySet // public RSA and EC keys only
+	keys     func(kid string) []jose.JSONWebKey // the RSA and EC public keys with this kid
+	source   *jwksSource                        // jwks_url's (nil: jwks_file)
 	issuer   string
 	audience string
 	subject  string // exact, or a prefix when prefix is set
@@ -48,26 +46,39 @@ type jwts struct {
 	verified *lru.Cache[[32]byte, verifiedJWT]
 }
 
-func newJWTClient(name string, c *config.JWTClient) (jwtClient, error) {
+func newJWTClient(name string, c *config.JWTClient, sources *jwksSources) (jwtClient, error) {
+	path := config.Join("clients", name, "jwt")
+	jc := jwtClient{name: name, issuer: c.Issuer, audience: c.Audience, subject: strings.TrimSuffix(c.Subject, "*"), prefix: strings.HasSuffix(c.Subject, "*")}
+	if c.JWKSURL != "" {
+		src, err := sources.source(c, path)
+		if err != nil {
+			return jwtClient{}, err
+		}
+		jc.source, jc.keys = src, src.lookup
+		return jc, nil
+	}
 	data, err := os.ReadFile(c.JWKSFile)
 	if err != nil {
-		return jwtClient{}, config.Errorf(config.Join("clients", name, "jwt", "jwks_file"), "%v", err)
+		return jwtClient{}, config.Errorf(config.Join(path, "jwks_file"), "%v", err)
 	}
-	var set jose.JSONWebKeySet
-	if err := json.Unmarshal(data, &set); err != nil {
-		return jwtClient{}, config.Errorf(config.Join("clients", name, "jwt", "jwks_file"), "%s is not a JWKS (a JSON object with a keys array)", c.JWKSFile)
+	keys, err := parseJWKS(data)
+	if err != nil {
+		return jwtClient{}, config.Errorf(config.Join(path, "jwks_file"), "%s: %v", c.JWKSFile, err)
 	}
-	jc := jwtClient{name: name, issuer: c.Issuer, audience: c.Audience, subject: strings.TrimSuffix(c.Subject, "*"), prefix: strings.HasSuffix(c.Subject, "*")}
-	for _, k := range set.Keys {
-		switch k.Key.(type) {
-		case *rsa.PublicKey, *ecdsa.PublicKey:
-			jc.keys.Keys = append(jc.keys.Keys, k)
+	set := jose.JSONWebKeySet{Keys: keys}
+	jc.keys = set.Key
+	return jc, nil
+}
+
+// sources are the jwks_url sources the clients use.
+func (j *jwts) sources() map[*jwksSource]bool {
+	out := map[*jwksSource]bool{}
+	for _, jc := range j.clients {
+		if jc.source != nil {
+			out[jc.source] = true
 		}
 	}
-	if len(jc.keys.Keys) == 0 {
-		return jwtClient{}, config.Errorf(config.Join("clients", name, "jwt", "jwks_file"), "%s holds no RSA or EC public key", c.JWKSFile)
-	}
-	return jc, nil
+	return out
 }
 
 func (jc jwtClient) subjectOK(sub string) bool {
@@ -92,7 +103,7 @@ func (j *jwts) verify(raw string, now time.Time) (string, bool) {
 	}
 	kid := tok.Headers[0].KeyID
 	for _, jc := range j.clients {
-		for _, k := range jc.keys.Key(kid) {
+		for _, k := range jc.keys(kid) {
 			var c jwt.Claims
 			if tok.Claims(k.Key, &c) != nil || c.Expiry == nil {
 				continue

@@ -24,8 +24,9 @@ import (
 // Caller identities (config clients) and who may use a route's credential
 // (routes[].clients). A caller is recognised by a Proxy-Authorization:
 // Basic username and password (compared in constant time, and kept only
-// as a hash), or else by its connection's source address (the longest
-// prefix that holds it). A forward listener takes the identity of a
+// as a hash) or a JWT (clientjwt.go), else by the client certificate of a
+// TLS listener (listentls.go), else by its connection's source address
+// (the longest prefix that holds it). A forward listener takes the identity of a
 // CONNECT's Proxy-Authorization for every request of its tunnel, and is
 // looked at again, against the rules in force, at each request: a reload
 // that removes a client cuts its tunnels off at their next request.
@@ -99,7 +100,19 @@ func (a *attempts) failed(remote, claimed, route string) {
 type clientRules struct {
 	basic   map[string]basicClient // by username
 	jwt     *jwts
-	sources []sourceClient // longest prefix first
+	tls     map[string]string // client names by certificate identity (certNames)
+	sources []sourceClient    // longest prefix first
+}
+
+// tlsClient is the client a certificate with these identities names ("":
+// none).
+func (cr *clientRules) tlsClient(names []string) string {
+	for _, n := range names {
+		if name, ok := cr.tls[n]; ok {
+			return name
+		}
+	}
+	return ""
 }
 
 type basicClient struct {
@@ -114,15 +127,21 @@ type sourceClient struct {
 
 // newClientRules reads the clients' passwords (none with skipSecrets,
 // where every password is taken as wrong).
-func newClientRules(cfg *config.Config, skipSecrets bool) (*clientRules, error) {
+func newClientRules(cfg *config.Config, skipSecrets bool, sources *jwksSources) (*clientRules, error) {
 	verified, _ := lru.New[[32]byte, verifiedJWT](jwtCacheSize)
-	cr := &clientRules{basic: map[string]basicClient{}, jwt: &jwts{verified: verified}}
+	cr := &clientRules{basic: map[string]basicClient{}, jwt: &jwts{verified: verified}, tls: map[string]string{}}
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(cfg.Clients)) {
 		cl := cfg.Clients[name]
 		switch {
+		case cl.TLS != nil:
+			if cl.TLS.URISAN != "" {
+				cr.tls["uri:"+cl.TLS.URISAN] = name
+			} else {
+				cr.tls["dns:"+cl.TLS.DNSSAN] = name
+			}
 		case cl.JWT != nil:
-			jc, err := newJWTClient(name, cl.JWT)
+			jc, err := newJWTClient(name, cl.JWT, sources)
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -161,8 +180,11 @@ type caller struct {
 }
 
 // identify recognises the caller of a request whose Proxy-Authorization is
-// auth and whose connection comes from remote.
-func (cr *clientRules) identify(auth, remote string) caller {
+// auth and whose connection comes from remote, with a client certificate
+// that gives names (certNames; none on plain TCP). The first rule the
+// request satisfies decides: Proxy-Authorization (basic, then jwt), then
+// the certificate, then the source address.
+func (cr *clientRules) identify(auth, remote string, names []string) caller {
 	if auth != "" {
 		scheme, cred, _ := strings.Cut(auth, " ")
 		if strings.EqualFold(scheme, "Bearer") {
@@ -199,6 +221,9 @@ func (cr *clientRules) identify(auth, remote string) caller {
 		c.name = bc.name
 		return c
 	}
+	if name := cr.tlsClient(names); name != "" {
+		return caller{name: name}
+	}
 	if len(cr.sources) > 0 {
 		host, _, err := net.SplitHostPort(remote)
 		if err != nil {
@@ -231,14 +256,14 @@ func (c caller) label() string {
 // check identifies the caller of a request that matched rt (nil: none),
 // and says whether it may use rt's credential. With no client configured
 // it does nothing: every caller is anyone.
-func (cr *clientRules) check(rt *routeRT, auth, remote string, att *attempts) (label string, err error) {
-	if len(cr.basic) == 0 && len(cr.sources) == 0 && len(cr.jwt.clients) == 0 {
+func (cr *clientRules) check(rt *routeRT, auth, remote string, names []string, att *attempts) (label string, err error) {
+	if len(cr.basic) == 0 && len(cr.sources) == 0 && len(cr.jwt.clients) == 0 && len(cr.tls) == 0 {
 		return "", authorize(rt, caller{}) // "": not looked at (the metrics say anyone)
 	}
 	if rt != nil && rt.clients != nil && att.throttled(remote) {
 		return "unknown", &routeError{route: rt.name, err: ErrTooManyAttempts}
 	}
-	c := cr.identify(auth, remote)
+	c := cr.identify(auth, remote, names)
 	err = authorize(rt, c)
 	if c.bad && err != nil {
 		att.failed(remote, c.claimed, rt.name)

@@ -18,7 +18,7 @@ func BenchmarkIdentifyCaller(b *testing.B) {
 		"billing": {Basic: &config.BasicClient{Username: "billing", Password: config.SecretSource{Value: &pw}}},
 		"office":  {Sources: []string{"10.0.0.0/8"}},
 	}}}
-	cr, err := newClientRules(cfg, false)
+	cr, err := newClientRules(cfg, false, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -28,7 +28,7 @@ func BenchmarkIdentifyCaller(b *testing.B) {
 	b.Run("basic", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := cr.check(rt, auth, "127.0.0.1:40000", att); err != nil {
+			if _, err := cr.check(rt, auth, "127.0.0.1:40000", nil, att); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -41,7 +41,19 @@ func BenchmarkIdentifyCaller(b *testing.B) {
 	b.Run("jwt-cached", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := cr.check(rt, "Bearer "+tok, "127.0.0.1:40000", att); err != nil {
+			if _, err := cr.check(rt, "Bearer "+tok, "127.0.0.1:40000", nil, att); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	// A client certificate's identities, looked up at each request.
+	cr.tls["uri:spiffe://cluster.local/ns/garage/sa/app"] = "garage"
+	rt.clients["garage"] = true
+	names := []string{"dns:app.garage.svc", "uri:spiffe://cluster.local/ns/garage/sa/app"}
+	b.Run("tls", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := cr.check(rt, "", "127.0.0.1:40000", names, att); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -62,7 +62,8 @@ type forward struct {
 // interception is the CONNECT target of one intercepted connection.
 type interception struct {
 	target, hostname, port string
-	auth, remote           string // the CONNECT's Proxy-Authorization and source: the tunnel's caller
+	auth, remote           string   // the CONNECT's Proxy-Authorization and source: the tunnel's caller
+	names                  []string // the certificate identities of the CONNECT's connection (TLS listeners)
 }
 
 type interceptionKey struct{}
@@ -135,7 +136,7 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{target: target, clientHost: r.Host}
 	rt, params, err := matchRoute(f.table.Load(), hostname, port, r.Method, r.URL.EscapedPath())
 	if err == nil {
-		x.client, err = f.core.clients.Load().check(rt, r.Header.Get("Proxy-Authorization"), r.RemoteAddr, f.core.attempts)
+		x.client, err = f.core.clients.Load().check(rt, r.Header.Get("Proxy-Authorization"), r.RemoteAddr, peerNames(r.Context()), f.core.attempts)
 		if rt != nil {
 			x.route = rt
 			noteExchange(r, x)
@@ -229,13 +230,13 @@ func (f *forward) handleConnect(host string, pctx *goproxy.ProxyCtx) (*goproxy.C
 			return goproxy.RejectConnect, host
 		}
 		it := &interception{target: target, hostname: hostname, port: port,
-			auth: pctx.Req.Header.Get("Proxy-Authorization"), remote: pctx.Req.RemoteAddr}
+			auth: pctx.Req.Header.Get("Proxy-Authorization"), remote: pctx.Req.RemoteAddr, names: peerNames(pctx.Req.Context())}
 		if it.auth != "" && f.core.attempts.throttled(it.remote) {
 			f.metrics.Connect(f.name, "refused")
 			pctx.Resp = refusal(pctx.Req, http.StatusTooManyRequests, "authproxy: too many failed proxy authentications from this address; try later\n")
 			return goproxy.RejectConnect, host
 		}
-		if c := f.core.clients.Load().identify(it.auth, it.remote); c.bad {
+		if c := f.core.clients.Load().identify(it.auth, it.remote, it.names); c.bad {
 			// Wrong credentials are refused at once, whatever the route.
 			f.metrics.Connect(f.name, "refused")
 			f.core.attempts.failed(it.remote, c.claimed, "")
@@ -366,7 +367,7 @@ func (f *forward) interceptedExchange(r *http.Request, conn any) (*exchange, err
 		return nil, err
 	}
 	// The CONNECT's identity, against the rules in force.
-	client, aerr := f.core.clients.Load().check(rt, it.auth, it.remote, f.core.attempts)
+	client, aerr := f.core.clients.Load().check(rt, it.auth, it.remote, it.names, f.core.attempts)
 	if rt == nil && !f.tunnel {
 		return nil, ErrNoRoute
 	}

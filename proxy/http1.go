@@ -38,6 +38,7 @@ type core struct {
 	maxReplay int64                       // retry.max_body_bytes
 	refusals  *sampledLog                 // requests no route matches
 	clients   atomic.Pointer[clientRules] // config clients; a reload swaps them
+	jwks      *jwksSources                // the JWT clients' jwks_url keys, kept across reloads
 	attempts  *attempts                   // failed proxy authentications by source
 	// clientCounts are requests by caller label (bounded: the configured
 	// clients, anyone, unknown), for /status.

@@ -87,12 +87,16 @@ func (h relayHandler) Open(req *h2relay.Request) (*h2relay.Target, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: the request's :path does not parse", injectors.ErrBadRequest)
 		}
+		ctx := req.Context
+		if pc, ok := req.ConnData.(*peerConn); ok { // a TLS sidecar's connection
+			ctx = context.WithValue(ctx, peerKey{}, pc)
+		}
 		r := (&http.Request{
 			Method: req.Method, URL: u, RequestURI: req.Path,
 			Proto: "HTTP/2.0", ProtoMajor: 2,
 			Header: req.Header, Host: req.Authority, RemoteAddr: req.RemoteAddr,
 			Body: http.NoBody,
-		}).WithContext(req.Context)
+		}).WithContext(ctx)
 		x, err := h.exchangeFor(r, req.ConnData)
 		if err != nil {
 			if x != nil { // refused: named for the metrics and the log

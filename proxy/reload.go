@@ -54,7 +54,7 @@ func (s *Server) ReloadRotated(cfg *config.Config, injs map[string]injectors.Inj
 	if err != nil {
 		return err
 	}
-	clients, err := newClientRules(cfg, s.opts.SkipSecrets)
+	clients, err := newClientRules(cfg, s.opts.SkipSecrets, s.core.jwks)
 	if err != nil {
 		return err
 	}
@@ -85,6 +85,7 @@ func (s *Server) ReloadRotated(cfg *config.Config, injs map[string]injectors.Inj
 		}
 	}
 	s.core.clients.Store(clients) // the callers first, then the routes that name them
+	s.core.jwks.keepOnly(clients.jwt.sources())
 	s.mu.Lock()
 	for _, l := range s.listeners {
 		t := tables[l.name]
@@ -260,9 +261,7 @@ func (s *Server) reloadListeners(cfg *config.Config, tables map[string]*route.Ta
 		if nl.sc != nil {
 			nl.sc.addr = nl.ln.Addr().String()
 		}
-		if nl.fwd != nil {
-			nl.ln = &trackingListener{Listener: nl.ln, set: &nl.fwd.conns}
-		}
+		nl.wrap()
 	}
 	for _, r := range removed {
 		if !wanted[r.name] {

@@ -115,7 +115,19 @@ type listener struct {
 	sc                  *sidecar       // sidecar listeners only
 	fwd                 *forward       // forward listeners only
 	relay               *h2relay.Relay // sidecars: relays their h2c connections (forward: fwd.relay)
+	tls                 *listenerTLS   // listeners with tls only
 	ln                  net.Listener
+}
+
+// wrap puts on the bound socket what the listener's connections pass
+// through: the forward listener's connection tracking, then TLS.
+func (l *listener) wrap() {
+	if l.fwd != nil {
+		l.ln = &trackingListener{Listener: l.ln, set: &l.fwd.conns}
+	}
+	if l.tls != nil {
+		l.ln = &tlsListener{Listener: l.ln, t: l.tls}
+	}
 }
 
 // New builds the server. It does no network I/O and starts no goroutines.
@@ -166,7 +178,8 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 	c.metrics = opts.Metrics
 	c.access.Store(newAccessLog(cfg.Log))
 	c.tracer = opts.Tracer
-	clients, err := newClientRules(cfg, opts.SkipSecrets)
+	c.jwks = newJWKSSources(up, logger)
+	clients, err := newClientRules(cfg, opts.SkipSecrets, c.jwks)
 	if err != nil {
 		return nil, err
 	}
@@ -268,8 +281,24 @@ func (s *Server) buildListener(cfg *config.Config, l config.Listener, table *rou
 		}
 		handler = ln.fwd
 	}
+	if l.TLS != nil {
+		alpn := []string{"h2", "http/1.1"} // a sidecar relays h2 (grpc-go asks for it)
+		if l.Kind == config.KindForward {
+			alpn = []string{"http/1.1"} // CONNECT and absolute URIs
+		}
+		var err error
+		ln.tls, err = newListenerTLS(*l.TLS, config.Join(config.Index("listeners", listenerIndex(cfg, l.Name)), "tls"), alpn,
+			c.clients.Load, logger.With("listener", l.Name))
+		if err != nil {
+			return nil, err
+		}
+		if opts.Metrics != nil {
+			ln.tls.failed = func() { opts.Metrics.ListenerTLSFailed(l.Name) }
+		}
+	}
 	ln.srv = &http.Server{
 		Handler:           c.instrument(l.Name, handler),
+		ConnContext:       withPeer,
 		Protocols:         protocols,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ReadHeaderTimeout: t.ReadHeader.D(10 * time.Second),
@@ -280,6 +309,11 @@ func (s *Server) buildListener(cfg *config.Config, l config.Listener, table *rou
 		ln.srv.ConnState = connStates(opts.Metrics, l.Name, nil)
 	}
 	return ln, nil
+}
+
+// listenerIndex is the index of the listener named name in cfg.
+func listenerIndex(cfg *config.Config, name string) int {
+	return slices.IndexFunc(cfg.Listeners, func(l config.Listener) bool { return l.Name == name })
 }
 
 // buildTables builds every listener's route table, and returns the routes.
@@ -384,11 +418,10 @@ func (s *Server) Run(ctx context.Context) error {
 		if l.sc != nil {
 			l.sc.addr = l.ln.Addr().String()
 		}
-		if l.fwd != nil {
-			l.ln = &trackingListener{Listener: l.ln, set: &l.fwd.conns}
-		}
+		l.wrap()
 	}
 	s.mu.Unlock()
+	s.core.jwks.start() // the JWT clients' jwks_url keys, in the background
 	s.serving.Store(true) // every listener is bound: connections wait in their backlogs
 	close(s.ready)
 
@@ -486,7 +519,11 @@ func (s *Server) serveListener(l *listener) {
 					}
 					return
 				}
-				go l.relay.ServeConn(c)
+				if pc := peerOf(c); pc != nil {
+					go l.relay.ServeConnWith(c, pc)
+				} else {
+					go l.relay.ServeConn(c)
+				}
 			}
 		})
 	}

@@ -45,7 +45,7 @@ func (s *sidecar) exchangeFor(r *http.Request) (*exchange, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := s.core.clients.Load().check(rt, r.Header.Get("Proxy-Authorization"), r.RemoteAddr, s.core.attempts)
+	client, err := s.core.clients.Load().check(rt, r.Header.Get("Proxy-Authorization"), r.RemoteAddr, peerNames(r.Context()), s.core.attempts)
 	if rt == nil {
 		if s.pass == nil {
 			return nil, fmt.Errorf("sidecar: %w", ErrNoRoute)
