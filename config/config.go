@@ -92,7 +92,7 @@ type JWTClient struct {
 	// cannot be fetched (default 24h); past that, no token verifies.
 	JWKSKeep Duration `yaml:"jwks_keep"`
 	Issuer   string   `yaml:"issuer"`
-	Audience string `yaml:"audience"`
+	Audience string   `yaml:"audience"`
 	// Subject is the sub claim: exact, or a prefix with a trailing "*"
 	// (system:serviceaccount:reports:*).
 	Subject string `yaml:"subject"`

@@ -200,7 +200,10 @@ routes:
 		p2 := e.start(cfg, nil, nil)
 		waitFor(t, "the JWKS fetched at start", func() bool { return strings.Contains(p2.logs.String(), "JWKS fetched") })
 		js.set(func(s *jwksServer) {
-			s.answer = func(w http.ResponseWriter) bool { http.Error(w, "etcd unavailable", http.StatusServiceUnavailable); return true }
+			s.answer = func(w http.ResponseWriter) bool {
+				http.Error(w, "etcd unavailable", http.StatusServiceUnavailable)
+				return true
+			}
 		})
 		before := js.fetches.Load()
 		req := func(tok string) int {

@@ -421,7 +421,7 @@ func (s *Server) Run(ctx context.Context) error {
 		l.wrap()
 	}
 	s.mu.Unlock()
-	s.core.jwks.start() // the JWT clients' jwks_url keys, in the background
+	s.core.jwks.start()   // the JWT clients' jwks_url keys, in the background
 	s.serving.Store(true) // every listener is bound: connections wait in their backlogs
 	close(s.ready)
 
