@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/time/rate"
 
@@ -125,8 +126,9 @@ type sourceClient struct {
 	prefix netip.Prefix
 }
 
-// newClientRules reads the clients' passwords (none with skipSecrets,
-// where every password is taken as wrong).
+// newClientRules reads the clients' passwords and JWKS files and builds
+// their jwks_url sources (none with skipSecrets, where every password is
+// taken as wrong and no JWT verifies).
 func newClientRules(cfg *config.Config, skipSecrets bool, sources *jwksSources) (*clientRules, error) {
 	verified, _ := lru.New[[32]byte, verifiedJWT](jwtCacheSize)
 	cr := &clientRules{basic: map[string]basicClient{}, jwt: &jwts{verified: verified}, tls: map[string]string{}}
@@ -140,6 +142,8 @@ func newClientRules(cfg *config.Config, skipSecrets bool, sources *jwksSources) 
 			} else {
 				cr.tls["dns:"+cl.TLS.DNSSAN] = name
 			}
+		case cl.JWT != nil && skipSecrets: // no key: no token verifies
+			cr.jwt.clients = append(cr.jwt.clients, jwtClient{name: name, keys: func(string) []jose.JSONWebKey { return nil }})
 		case cl.JWT != nil:
 			jc, err := newJWTClient(name, cl.JWT, sources)
 			if err != nil {

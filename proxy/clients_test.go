@@ -405,3 +405,67 @@ routes:
 		t.Errorf("list with no user info: %v\n%s", err, out)
 	}
 }
+
+// pythonRequests fetches url with Python's requests through proxy (a URL
+// with user info), trusting caFile, and returns the status, the body, or
+// the ProxyError requests raises for a refused CONNECT ("407", "403").
+const pythonRequests = `
+import json, sys, requests
+url, proxy, ca = sys.argv[1:4]
+try:
+    r = requests.get(url, proxies={"http": proxy, "https": proxy}, verify=ca, timeout=30)
+    print(json.dumps({"status": r.status_code, "body": r.text}))
+except requests.exceptions.ProxyError as e:
+    print(json.dumps({"status": 0, "body": str(e)}))
+`
+
+// Python's requests through the forward listener with user info in the
+// proxy URL (CONNECT, the tunnel intercepted): the allowed caller's
+// request carries the credential, a wrong password gets 407 on the
+// CONNECT, another client 403 on its request in the tunnel, and the
+// upstream counts only the first.
+func TestPythonRequestsThroughTheGateway(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Fatal("python3 with requests is needed (bash .ci/deps installs python3-requests as root)")
+	}
+	e := newEnv(t)
+	echo := &sim.Echo{}
+	up := e.httpsUpstream(echo)
+	_, grpcPort := e.grpcUpstream()
+	p := e.start(fmt.Sprintf(clientsConfig, port(t, up.URL), secretToken, grpcPort), nil, nil)
+	target := "https://api.authproxy.test:" + port(t, up.URL) + "/billing/py"
+	get := func(user, pass string) (int, string) {
+		t.Helper()
+		proxyURL := (&url.URL{Scheme: "http", User: url.UserPassword(user, pass), Host: p.addr("fwd")}).String()
+		out, err := exec.Command("python3", "-c", pythonRequests, target, proxyURL, e.caCert).CombinedOutput()
+		if err != nil {
+			t.Fatalf("python3: %v\n%s", err, out)
+		}
+		var r struct {
+			Status int
+			Body   string
+		}
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("python3 printed %s", out)
+		}
+		return r.Status, r.Body
+	}
+	st, body := get("billing", "pw-billing-1")
+	var seen sim.Seen
+	if st != 200 || json.Unmarshal([]byte(body), &seen) != nil {
+		t.Fatalf("billing: %d %s", st, body)
+	}
+	if seen.Header.Get("Authorization") != "Bearer "+secretToken || seen.Header.Get("Proxy-Authorization") != "" {
+		t.Errorf("the upstream got Authorization %q, Proxy-Authorization %q", seen.Header.Get("Authorization"), seen.Header.Get("Proxy-Authorization"))
+	}
+	if st, body := get("billing", "wrong"); st != 0 || !strings.Contains(body, "407") {
+		t.Errorf("a wrong password: %d %s, want the CONNECT refused with 407", st, body)
+	}
+	// A known client: the tunnel is opened, and its request refused.
+	if st, body := get("reports", "pw-reports-2"); st != 403 {
+		t.Errorf("reports: %d %s, want 403", st, body)
+	}
+	if got := echo.Requests(); got != 1 {
+		t.Errorf("the upstream served %d requests, want 1", got)
+	}
+}

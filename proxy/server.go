@@ -58,7 +58,8 @@ type Options struct {
 	Version string
 	// Tracer exports a span per request (config tracing); nil: off.
 	Tracer *tracing.Tracer
-	// SkipSecrets reads no client password (check -skip-secrets).
+	// SkipSecrets reads no client password, JWKS or TLS listener file
+	// (check -skip-secrets): such a server is for checking, not serving.
 	SkipSecrets bool
 }
 
@@ -281,7 +282,7 @@ func (s *Server) buildListener(cfg *config.Config, l config.Listener, table *rou
 		}
 		handler = ln.fwd
 	}
-	if l.TLS != nil {
+	if l.TLS != nil && !opts.SkipSecrets { // check -skip-secrets reads no key
 		alpn := []string{"h2", "http/1.1"} // a sidecar relays h2 (grpc-go asks for it)
 		if l.Kind == config.KindForward {
 			alpn = []string{"http/1.1"} // CONNECT and absolute URIs

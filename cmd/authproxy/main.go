@@ -284,7 +284,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	var skipSecrets bool
 	var format string
 	path, code := configFlag("check", args, stderr, func(fs *flag.FlagSet) {
-		fs.BoolVar(&skipSecrets, "skip-secrets", false, "read no secret (values from env or file) and not the CA: check the config's shape, for CI")
+		fs.BoolVar(&skipSecrets, "skip-secrets", false, "read no secret (values from env or file), not the CA, and no client's or TLS listener's file: check the config's shape, for CI")
 		fs.StringVar(&format, "format", "text", "text, or json: one JSON object on stdout (file, ok, summary, problems with path and message, warnings)")
 	})
 	if code >= 0 {

@@ -435,12 +435,20 @@ func checkStore(t *testing.T, d *appsv1.Deployment) {
 	}
 }
 
-// clientFiles are the files of the clients' passwords.
+// clientFiles are the files the clients' rules read: passwords, and a JWT
+// client's JWKS, or the CA and token it fetches its jwks_url with.
 func clientFiles(cfg *config.Config) []string {
 	var out []string
 	for _, cl := range cfg.Clients {
 		if cl.Basic != nil && cl.Basic.Password.File != "" {
 			out = append(out, cl.Basic.Password.File)
+		}
+		if j := cl.JWT; j != nil {
+			for _, f := range []string{j.JWKSFile, j.JWKSCAFile, j.JWKSTokenFile} {
+				if f != "" {
+					out = append(out, f)
+				}
+			}
 		}
 	}
 	return out

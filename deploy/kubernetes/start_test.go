@@ -112,6 +112,16 @@ func content(t *testing.T, cfg *config.Config, path string, made map[string][]by
 		made[cfg.CA.KeyFile], _ = os.ReadFile(key)
 		return made[path]
 	}
+	for _, cl := range cfg.Clients {
+		if cl.JWT != nil && path == cl.JWT.JWKSCAFile { // the cluster's CA (kube-root-ca.crt)
+			certPEM, _, err := ca.NewCAPEM("manifest test cluster CA", time.Now(), time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			made[path] = certPEM
+			return certPEM
+		}
+	}
 	if strings.HasSuffix(path, ".json") {
 		k, err := rsa.GenerateKey(rand.Reader, 2048)
 		if err != nil {
@@ -215,7 +225,7 @@ func rewrite(t *testing.T, text, root string, mounts []string) string {
 				} else {
 					n.Value = "127.0.0.1:0"
 				}
-			case "upstream", "token_url", "base_url", "agts_url", "ats_url":
+			case "upstream", "token_url", "base_url", "agts_url", "ats_url", "jwks_url":
 				if i := strings.Index(n.Value, "://"); i >= 0 {
 					hosts = append(hosts, strings.Split(strings.SplitN(n.Value[i+3:], "/", 2)[0], ":")[0])
 				}
@@ -353,6 +363,35 @@ func startPod(t *testing.T, binary string, pod proxyPod) {
 				}
 			}
 			layOut(t, dir, data, v.Secret.DefaultMode, id)
+		case v.Projected != nil:
+			// The kubelet writes every source's files into one volume: a
+			// service-account token at its path, a ConfigMap's or a
+			// Secret's keys at their items' paths.
+			provided := map[string]bool{}
+			for _, src := range v.Projected.Sources {
+				switch {
+				case src.ServiceAccountToken != nil:
+					provided[src.ServiceAccountToken.Path] = true
+				case src.ConfigMap != nil:
+					for _, it := range src.ConfigMap.Items {
+						provided[it.Path] = true
+					}
+				case src.Secret != nil:
+					for _, it := range src.Secret.Items {
+						provided[it.Path] = true
+					}
+				}
+			}
+			data := map[string][]byte{}
+			for _, f := range wanted {
+				if filepath.Dir(f) == m.MountPath {
+					if !provided[filepath.Base(f)] {
+						t.Errorf("%s: no source of projected volume %s writes %s", f, m.Name, filepath.Base(f))
+					}
+					data[filepath.Base(f)] = content(t, cfg, f, made)
+				}
+			}
+			layOut(t, dir, data, v.Projected.DefaultMode, id)
 		case v.EmptyDir != nil:
 			if err := os.MkdirAll(dir, 0o777); err != nil {
 				t.Fatal(err)
