@@ -23,6 +23,11 @@ var chartValueSets = []struct {
 	{"defaults", nil},
 	{"shared-monitored", []string{"--set", "sharedStore.enabled=true", "--set", "podMonitor.enabled=true", "--set", "serviceMonitor.enabled=true", "--set", "replicas=3"}},
 	{"bare", []string{"--set", "networkPolicy.enabled=false", "--set", "podDisruptionBudget.enabled=false", "--set-json", "podAnnotations={}"}},
+	// The reports namespace's pods, by their service-account tokens,
+	// checked against the cluster's keys (docs/kubernetes.md).
+	{"cluster-tokens", []string{"--set", "clusterJWKS.enabled=true", "--set", "networkPolicy.clientNamespaces={reports}",
+		"--set-json", `config.clients.reports={"jwt":{"jwks_url":"https://kubernetes.default.svc/openid/v1/jwks","jwks_ca_file":"/var/run/secrets/authproxy/kube/ca.crt","jwks_token_file":"/var/run/secrets/authproxy/kube/token","issuer":"https://kubernetes.default.svc.cluster.local","audience":"authproxy","subject":"system:serviceaccount:reports:*"}}`,
+		"--set-json", `config.routes=[{"name":"api","match":{"host":"api.example.com"},"injector":"api-token","clients":["apps","reports"]}]`}},
 }
 
 // renderChart renders deploy/helm/authproxy with helm template and writes

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -197,6 +198,10 @@ func checkManifest(t *testing.T, file string) (pods int) {
 							t.Errorf("network policy %s opens the admin port to more than a named namespace: %+v", o.Name, peer)
 						}
 						continue
+					}
+					if pod.proxy && peer.PodSelector == nil && peer.IPBlock == nil && peer.NamespaceSelector != nil &&
+						len(peer.NamespaceSelector.MatchLabels) == 1 && peer.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "" {
+						continue // the proxy port: one more namespace, named, whose pods identify themselves
 					}
 					if peer.PodSelector == nil || peer.NamespaceSelector != nil || peer.IPBlock != nil {
 						t.Errorf("network policy %s lets in more than this namespace's pods: %+v", o.Name, peer)
@@ -475,4 +480,110 @@ func containerPort(ports []corev1.ContainerPort, p string) string {
 		}
 	}
 	return ""
+}
+
+// The client pod of docs/kubernetes.md's walkthrough fits gateway.yaml:
+// its projected token has the audience of a jwt client, its service
+// account matches that client's subject, the NetworkPolicy admits its
+// namespace on the proxy port, and the app is told where the token is.
+func TestClientPodWalkthroughFitsTheGateway(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/kubernetes.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pod *corev1.Pod
+	for _, block := range strings.Split(string(doc), "```yml\n")[1:] {
+		block, _, _ = strings.Cut(block, "```")
+		if strings.Contains(block, "kind: Pod\n") && strings.Contains(block, "serviceAccountToken") {
+			pod = &corev1.Pod{}
+			if err := yaml.UnmarshalStrict([]byte(block), pod); err != nil {
+				t.Fatalf("the walkthrough's pod: %v", err)
+			}
+		}
+	}
+	if pod == nil {
+		t.Fatal("docs/kubernetes.md shows no client pod with a projected service-account token")
+	}
+	for _, file := range []string{"gateway.yaml", "gateway-shared.yaml"} {
+		t.Run(file, func(t *testing.T) {
+			var cfg *config.Config
+			var policy *networkingv1.NetworkPolicy
+			for _, o := range objects(t, file) {
+				switch o := o.(type) {
+				case *corev1.ConfigMap:
+					if text, ok := o.Data["config.yaml"]; ok {
+						if cfg, err = config.Parse([]byte(text)); err != nil {
+							t.Fatal(err)
+						}
+					}
+				case *networkingv1.NetworkPolicy:
+					if o.Spec.PodSelector.MatchLabels["app"] == "authproxy-gateway" {
+						policy = o
+					}
+				}
+			}
+			if cfg == nil || policy == nil {
+				t.Fatal("no config or NetworkPolicy")
+			}
+			sa := "system:serviceaccount:" + pod.Namespace + ":" + pod.Spec.ServiceAccountName
+			var client string
+			var audience string
+			for name, cl := range cfg.Clients {
+				if j := cl.JWT; j != nil && (j.Subject == sa || strings.HasSuffix(j.Subject, "*") && strings.HasPrefix(sa, strings.TrimSuffix(j.Subject, "*"))) {
+					client, audience = name, j.Audience
+				}
+			}
+			if client == "" {
+				t.Fatalf("no jwt client of the gateway takes %s", sa)
+			}
+			used := false
+			for _, r := range cfg.Routes {
+				used = used || slices.Contains(r.Clients, client)
+			}
+			if !used {
+				t.Errorf("no route names client %s", client)
+			}
+			// The token: a projected volume with the client's audience,
+			// whose path the app's environment names.
+			var tokenPath string
+			for _, v := range pod.Spec.Volumes {
+				if v.Projected == nil {
+					continue
+				}
+				for _, src := range v.Projected.Sources {
+					if st := src.ServiceAccountToken; st != nil && st.Audience == audience {
+						for _, m := range pod.Spec.Containers[0].VolumeMounts {
+							if m.Name == v.Name {
+								tokenPath = m.MountPath + "/" + st.Path
+							}
+						}
+					}
+				}
+			}
+			if tokenPath == "" {
+				t.Fatalf("the pod mounts no service-account token with audience %q", audience)
+			}
+			named := false
+			for _, e := range pod.Spec.Containers[0].Env {
+				named = named || e.Value == tokenPath
+			}
+			if !named {
+				t.Errorf("the app's environment does not name the token's path %s", tokenPath)
+			}
+			admitted := false
+			for _, rule := range policy.Spec.Ingress {
+				for _, p := range rule.Ports {
+					if p.Port == nil || p.Port.IntValue() != 3128 {
+						continue
+					}
+					for _, peer := range rule.From {
+						admitted = admitted || peer.NamespaceSelector != nil && peer.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] == pod.Namespace
+					}
+				}
+			}
+			if !admitted {
+				t.Errorf("the NetworkPolicy does not let namespace %s reach the proxy port", pod.Namespace)
+			}
+		})
+	}
 }
