@@ -29,7 +29,8 @@ import (
 // (keys rotated, a redirect, down).
 type jwksServer struct {
 	srv     *httptest.Server
-	caFile  string // its own CA, for jwks_ca_file
+	caFile  string   // its CA, for jwks_ca_file
+	pki     *sim.PKI // which issued its certificate
 	fetches atomic.Int64
 	mu      sync.Mutex
 	keys    jose.JSONWebKeySet
@@ -37,17 +38,18 @@ type jwksServer struct {
 	tokens  []string                         // the Authorization headers received
 }
 
-func newJWKSServer(t *testing.T, e *env, h http.Handler) *jwksServer {
-	dir := t.TempDir()
-	pki, err := sim.NewPKI(dir)
-	if err != nil {
-		t.Fatal(err)
+func newJWKSServer(t *testing.T, pki *sim.PKI, h http.Handler) *jwksServer {
+	if pki == nil {
+		var err error
+		if pki, err = sim.NewPKI(t.TempDir()); err != nil {
+			t.Fatal(err)
+		}
 	}
 	tlsCfg, err := pki.ServerTLS("kubernetes.default.svc", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &jwksServer{caFile: pki.CAFile}
+	s := &jwksServer{caFile: pki.CAFile, pki: pki}
 	s.srv = httptest.NewUnstartedServer(h)
 	s.srv.TLS = tlsCfg
 	s.srv.StartTLS()
@@ -112,7 +114,7 @@ func TestJWTClientsFromJWKSURL(t *testing.T) {
 	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	rotated, _ := rsa.GenerateKey(rand.Reader, 2048)
-	js := newJWKSServer(t, e, nil)
+	js := newJWKSServer(t, nil, nil)
 	js.keys = jose.JSONWebKeySet{Keys: []jose.JSONWebKey{
 		{Key: &rsaKey.PublicKey, KeyID: "r1", Algorithm: "RS256", Use: "sig"},
 		{Key: &ecKey.PublicKey, KeyID: "e1", Algorithm: "ES256", Use: "sig"},
@@ -229,15 +231,21 @@ routes:
 	})
 
 	t.Run("redirect", func(t *testing.T) {
-		// The endpoint redirects to one that serves the right keys: the
-		// proxy never follows, and has no keys.
-		good := newJWKSServer(t, e, nil)
+		// The endpoint redirects to one that serves the right keys, with a
+		// certificate of the same CA: the proxy never follows, and has no
+		// keys.
+		good := newJWKSServer(t, nil, nil)
 		good.keys = js.keys
-		redirect := newJWKSServer(t, e, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		redirect := newJWKSServer(t, good.pki, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, good.srv.URL+"/openid/v1/jwks", http.StatusFound)
 		}))
 		p3 := e.start(config("https://kubernetes.default.svc:"+port(t, redirect.srv.URL)+"/openid/v1/jwks", redirect.caFile), nil, nil)
-		waitFor(t, "the redirect refused", func() bool { return strings.Contains(p3.logs.String(), "never follows") })
+		waitFor(t, "the first fetch", func() bool {
+			return strings.Contains(p3.logs.String(), "never follows") || strings.Contains(p3.logs.String(), "JWKS fetched")
+		})
+		if !strings.Contains(p3.logs.String(), "never follows") {
+			t.Errorf("the fetch did not stop at the redirect:\n%s", p3.logs.String())
+		}
 		r, _ := http.NewRequest("GET", "http://"+p3.addr("app")+"/reports/x", nil)
 		r.Header.Set("Proxy-Authorization", "Bearer "+k8sToken(t, jose.RS256, rsaKey, "r1"))
 		resp, err := h1Client().Do(r)
