@@ -292,13 +292,38 @@ func SecretFiles(cfg *config.Config) []string {
 	return slices.Compact(out)
 }
 
-// walkSecrets calls fn for every file and env a block names.
+// IssuedTokenFiles lists the files of tokens someone else issues that the
+// injector blocks read at each use (PerUseKeys): not watched, but they
+// must be there.
+func IssuedTokenFiles(cfg *config.Config) []string {
+	var out []string
+	for _, n := range cfg.Injectors {
+		if n.Kind != yaml.MappingNode {
+			continue
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k, v := n.Content[i].Value, n.Content[i+1]; slices.Contains(PerUseKeys, k) && v.Kind == yaml.MappingNode {
+				for j := 0; j+1 < len(v.Content); j += 2 {
+					if v.Content[j].Value == "file" && v.Content[j+1].Value != "" {
+						out = append(out, v.Content[j+1].Value)
+					}
+				}
+			}
+		}
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+// walkSecrets calls fn for every file and env a block names, but for the
+// issued tokens it reads at each use (PerUseKeys).
 func walkSecrets(n *yaml.Node, fn func(kind, ref string)) {
 	switch n.Kind {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i].Value, n.Content[i+1]
 			switch {
+			case slices.Contains(PerUseKeys, k):
 			case v.Kind == yaml.ScalarNode && config.IsFileKey(k) && v.Value != "":
 				fn("file", v.Value)
 			case v.Kind == yaml.ScalarNode && k == "env" && v.Value != "":

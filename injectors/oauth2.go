@@ -2,6 +2,7 @@ package injectors
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -63,6 +64,23 @@ type OAuth2Config struct {
 	Prefix *string `yaml:"prefix"`
 	// DefaultLifetime applies when the response gives no lifetime.
 	DefaultLifetime config.Duration `yaml:"default_lifetime"` // default 5m
+
+	// ClientAssertion is a JWT that someone else issues and rotates (a
+	// Kubernetes projected service-account token, a SPIFFE JWT-SVID), read
+	// from its file before each token request: the client_assertion of
+	// private_key_jwt, or the assertion of jwt_bearer, in place of one the
+	// proxy signs. The proxy then holds no key.
+	ClientAssertion config.SecretSource `yaml:"client_assertion"`
+	// Grant is client_credentials (default) or token_exchange (RFC 8693:
+	// SubjectToken, and ActorToken if set, exchanged for a token for
+	// Audience and Resource).
+	Grant              string              `yaml:"grant"`
+	SubjectToken       config.SecretSource `yaml:"subject_token"`      // read from its file before each request
+	SubjectTokenType   string              `yaml:"subject_token_type"` // default urn:ietf:params:oauth:token-type:jwt
+	ActorToken         config.SecretSource `yaml:"actor_token"`        // read from its file before each request
+	ActorTokenType     string              `yaml:"actor_token_type"`   // required with actor_token
+	RequestedTokenType string              `yaml:"requested_token_type"`
+	Resource           string              `yaml:"resource"` // template, sent as resource
 }
 
 const (
@@ -70,6 +88,8 @@ const (
 	obhIssuer        = "https://auth.obh-mobility.com"
 	jwtBearerType    = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 	jwtBearerGrant   = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+	tokenExchange    = "urn:ietf:params:oauth:grant-type:token-exchange"
+	jwtTokenType     = "urn:ietf:params:oauth:token-type:jwt"
 	maxTokenResponse = 1 << 20
 )
 
@@ -130,7 +150,18 @@ type OAuth2 struct {
 	assertAud string
 	scopes    []template
 	audience  template
+	resource  template
 	params    []namedTemplate
+
+	// Tokens someone else issues and rotates, read from their files before
+	// each token request ("": none).
+	assertionFile     string // client_assertion
+	grant             string // client_credentials or token_exchange
+	subjectFile       string
+	subjectType       string
+	actorFile         string
+	actorType         string
+	requestedType     string
 	jsonBody  bool
 	header    string
 	prefix    string
@@ -228,18 +259,55 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 		}
 	}
 	hasKey := cfg.PrivateKey.IsSet() || cfg.KeyFile.IsSet()
+	assertionFile := issuedFile(cfg.ClientAssertion, "client_assertion", add)
+	if assertionFile != "" && hasKey {
+		add("client_assertion", "give client_assertion (a JWT the platform issues) or a key to sign one (private_key, key_file), not both")
+	}
 	if cfg.AuthStyle == "" {
 		cfg.AuthStyle = "client_secret_basic"
 		switch {
-		case hasKey && cfg.Preset == "obh": // Zitadel's service users: the JWT-bearer grant
+		case (hasKey || cfg.ClientAssertion.IsSet()) && cfg.Preset == "obh": // Zitadel's service users: the JWT-bearer grant
 			cfg.AuthStyle = "jwt_bearer"
-		case hasKey:
+		case hasKey || cfg.ClientAssertion.IsSet():
 			cfg.AuthStyle = "private_key_jwt"
 		}
 	}
+	grant := cfg.Grant
+	switch grant {
+	case "", "client_credentials":
+		grant = "client_credentials"
+		for _, f := range []struct {
+			key string
+			set bool
+		}{{"subject_token", cfg.SubjectToken.IsSet()}, {"subject_token_type", cfg.SubjectTokenType != ""}, {"actor_token", cfg.ActorToken.IsSet()},
+			{"actor_token_type", cfg.ActorTokenType != ""}, {"requested_token_type", cfg.RequestedTokenType != ""}} {
+			if f.set {
+				add(f.key, "only with grant: token_exchange")
+			}
+		}
+	case "token_exchange":
+		if cfg.AuthStyle == "jwt_bearer" {
+			add("auth_style", "jwt_bearer is a grant of its own: token_exchange authenticates the client with client_secret_basic, client_secret_post, private_key_jwt or none")
+		}
+		if !cfg.SubjectToken.IsSet() {
+			add("subject_token", "required with grant: token_exchange: {file: ...}, the token to exchange")
+		}
+		if cfg.ActorToken.IsSet() != (cfg.ActorTokenType != "") {
+			add("actor_token_type", "give actor_token and actor_token_type together")
+		}
+	default:
+		add("grant", "unknown grant %q (known: client_credentials, token_exchange)", cfg.Grant)
+	}
 
 	o := &OAuth2{name: name, cache: env.Cache, client: noRedirects(env.HTTPClient), now: env.Now,
-		authStyle: cfg.AuthStyle, keyID: cfg.KeyID, lifetime: cfg.DefaultLifetime.D(5 * time.Minute)}
+		authStyle: cfg.AuthStyle, keyID: cfg.KeyID, lifetime: cfg.DefaultLifetime.D(5 * time.Minute),
+		assertionFile: assertionFile, grant: grant, requestedType: cfg.RequestedTokenType}
+	if grant == "token_exchange" {
+		o.subjectFile = issuedFile(cfg.SubjectToken, "subject_token", add)
+		o.subjectType = cmp.Or(cfg.SubjectTokenType, jwtTokenType)
+		o.actorFile = issuedFile(cfg.ActorToken, "actor_token", add)
+		o.actorType = cfg.ActorTokenType
+	}
 	if o.now == nil {
 		o.now = time.Now
 	}
@@ -261,12 +329,18 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 	}
 
 	var err error
-	if keyFile != nil {
+	switch {
+	case keyFile != nil:
 		o.id, o.keyID = config.NewSecret(keyFile.id()), keyFile.KeyID
-	} else if zitadelFile {
+	case zitadelFile:
 		// its own error says what is wrong with it
-	} else if o.id, err = env.secret(cfg.ClientID); err != nil {
-		add("client_id", "%v", err)
+	case !cfg.ClientID.IsSet() && (cfg.ClientAssertion.IsSet() || cfg.AuthStyle == "none"):
+		// the assertion names the client (or the client is public and
+		// unnamed): client_id is sent only when given
+	default:
+		if o.id, err = env.secret(cfg.ClientID); err != nil {
+			add("client_id", "%v", err)
+		}
 	}
 	switch cfg.AuthStyle {
 	case "client_secret_basic", "client_secret_post":
@@ -276,9 +350,19 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 		if cfg.PrivateKey.IsSet() {
 			add("private_key", "only used with auth_style: private_key_jwt")
 		}
+	case "none":
+		if grant != "token_exchange" {
+			add("auth_style", "none (no client authentication) is for grant: token_exchange only")
+		}
+		if cfg.ClientSecret.IsSet() || hasKey || assertionFile != "" {
+			add("auth_style", "none sends no client credential: leave out client_secret, keys and client_assertion")
+		}
 	case "private_key_jwt", "jwt_bearer":
 		if cfg.ClientSecret.IsSet() {
 			add("client_secret", "not used with %s (the signed assertion replaces it)", cfg.AuthStyle)
+		}
+		if cfg.ClientAssertion.IsSet() {
+			break // the platform's JWT is the assertion: no key
 		}
 		keyPath := "key_file"
 		if !cfg.KeyFile.IsSet() {
@@ -311,7 +395,7 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 			}
 		}
 	default:
-		add("auth_style", "unknown style %q (known: client_secret_basic, client_secret_post, private_key_jwt, jwt_bearer)", cfg.AuthStyle)
+		add("auth_style", "unknown style %q (known: client_secret_basic, client_secret_post, private_key_jwt, jwt_bearer, none)", cfg.AuthStyle)
 	}
 	switch cfg.BasicEncoding {
 	case "", "form":
@@ -341,7 +425,10 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 	if o.audience, err = parseTemplate(cfg.Audience); err != nil {
 		add("audience", "%v", err)
 	}
-	o.static = o.static && o.audience.static()
+	if o.resource, err = parseTemplate(cfg.Resource); err != nil {
+		add("resource", "%v", err)
+	}
+	o.static = o.static && o.audience.static() && o.resource.static()
 	paramNames := make([]string, 0, len(cfg.Params))
 	for k := range cfg.Params {
 		paramNames = append(paramNames, k)
@@ -349,7 +436,8 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 	sort.Strings(paramNames)
 	for _, k := range paramNames {
 		switch k {
-		case "grant_type", "scope", "audience", "client_id", "client_secret", "client_assertion", "client_assertion_type", "assertion":
+		case "grant_type", "scope", "audience", "resource", "client_id", "client_secret", "client_assertion", "client_assertion_type", "assertion",
+			"subject_token", "subject_token_type", "actor_token", "actor_token_type", "requested_token_type":
 			add(config.Join("params", k), "set by the injector itself")
 			continue
 		}
@@ -395,7 +483,10 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 			keyPub = string(der)
 		}
 	}
-	o.cache.Identify(name, "oauth2", o.tokenURL, o.id.Reveal(), digest(o.secret.Reveal()), keyPub, o.keyID, o.authStyle, o.assertAud)
+	// The files of issued tokens are named, not read: who holds the token
+	// file is who the tokens are for.
+	o.cache.Identify(name, "oauth2", o.tokenURL, o.id.Reveal(), digest(o.secret.Reveal()), keyPub, o.keyID, o.authStyle, o.assertAud,
+		o.grant, o.assertionFile, o.subjectFile, o.subjectType, o.actorFile, o.actorType, o.requestedType)
 	return o, nil
 }
 
@@ -513,6 +604,16 @@ func (o *OAuth2) render(req *Request) (scope, aud string, params url.Values, err
 			params.Set(p.name, v)
 		}
 	}
+	resource, err := o.resource.render(req)
+	if err != nil {
+		return "", "", nil, err
+	}
+	if resource != "" {
+		if params == nil {
+			params = url.Values{}
+		}
+		params.Set("resource", resource)
+	}
 	return strings.Join(parts, " "), aud, params, nil
 }
 
@@ -528,6 +629,31 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 	if o.authStyle == "jwt_bearer" {
 		form.Set("grant_type", jwtBearerGrant)
 	}
+	// The tokens someone else issues, as their files hold them now; they
+	// are scrubbed from every error like the injector's own secrets.
+	var issued []string
+	if o.grant == "token_exchange" {
+		form.Set("grant_type", tokenExchange)
+		subject, err := o.readIssued(o.subjectFile, "subject_token", o.subjectType == jwtTokenType || o.subjectType == idTokenType)
+		if err != nil {
+			return tokencache.Token{}, err
+		}
+		issued = append(issued, subject)
+		form.Set("subject_token", subject)
+		form.Set("subject_token_type", o.subjectType)
+		if o.actorFile != "" {
+			actor, err := o.readIssued(o.actorFile, "actor_token", o.actorType == jwtTokenType || o.actorType == idTokenType)
+			if err != nil {
+				return tokencache.Token{}, err
+			}
+			issued = append(issued, actor)
+			form.Set("actor_token", actor)
+			form.Set("actor_token_type", o.actorType)
+		}
+		if o.requestedType != "" {
+			form.Set("requested_token_type", o.requestedType)
+		}
+	}
 	if scope != "" {
 		form.Set("scope", scope)
 	}
@@ -538,25 +664,41 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 		form[k] = v
 	}
 	var assertion string
+	var err error
 	switch o.authStyle {
 	case "client_secret_post":
 		form.Set("client_id", o.id.Reveal())
 		form.Set("client_secret", o.secret.Reveal())
-	case "private_key_jwt":
-		var err error
-		if assertion, err = o.assertion(); err != nil {
-			return tokencache.Token{}, fmt.Errorf("%w: injector %q: signing the client assertion: %v", ErrCredentialUnavailable, o.name, err)
+	case "none":
+		if id := o.id.Reveal(); id != "" {
+			form.Set("client_id", id)
 		}
-		form.Set("client_id", o.id.Reveal())
+	case "private_key_jwt":
+		if o.assertionFile != "" {
+			assertion, err = o.readIssued(o.assertionFile, "client_assertion", true)
+		} else if assertion, err = o.assertion(); err != nil {
+			err = fmt.Errorf("%w: injector %q: signing the client assertion: %v", ErrCredentialUnavailable, o.name, err)
+		}
+		if err != nil {
+			return tokencache.Token{}, err
+		}
+		if id := o.id.Reveal(); id != "" {
+			form.Set("client_id", id)
+		}
 		form.Set("client_assertion_type", jwtBearerType)
 		form.Set("client_assertion", assertion)
 	case "jwt_bearer": // the assertion is the grant; there is no client authentication
-		var err error
-		if assertion, err = o.bearerAssertion(); err != nil {
-			return tokencache.Token{}, fmt.Errorf("%w: injector %q: signing the assertion: %v", ErrCredentialUnavailable, o.name, err)
+		if o.assertionFile != "" {
+			assertion, err = o.readIssued(o.assertionFile, "client_assertion", true)
+		} else if assertion, err = o.bearerAssertion(); err != nil {
+			err = fmt.Errorf("%w: injector %q: signing the assertion: %v", ErrCredentialUnavailable, o.name, err)
+		}
+		if err != nil {
+			return tokencache.Token{}, err
 		}
 		form.Set("assertion", assertion)
 	}
+	issued = append(issued, assertion)
 	var body []byte
 	contentType := "application/x-www-form-urlencoded"
 	if o.jsonBody {
@@ -586,7 +728,7 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 	resp, err := o.client.Do(req)
 	if err != nil {
 		return tokencache.Token{}, issuerErr(o.name, "token request to "+o.endpoint, err,
-			func(msg string) string { return o.secrets.scrub(msg, assertion) })
+			func(msg string) string { return o.secrets.scrub(msg, issued...) })
 	}
 	defer resp.Body.Close()
 	if isRedirect(resp) {
@@ -621,7 +763,7 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 			hint = " (a Zitadel service user authenticates with a key through the JWT-bearer grant: auth_style: jwt_bearer with its key file)"
 		}
 		err := fmt.Errorf("%w: injector %q: token endpoint %s answered %s: %s%s",
-			kind, o.name, o.endpoint, resp.Status, o.secrets.excerpt([]byte(detail), assertion), hint)
+			kind, o.name, o.endpoint, resp.Status, o.secrets.excerpt([]byte(detail), issued...), hint)
 		if tr.Error != "" {
 			err = &codedError{err: err, code: &OAuthError{Code: tr.Error}}
 		}
@@ -629,7 +771,7 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 	}
 	if jsonErr != nil {
 		return tokencache.Token{}, fmt.Errorf("%w: injector %q: token endpoint %s answered %s with a body that is not a token response: %s",
-			ErrCredentialUnavailable, o.name, o.endpoint, resp.Status, o.secrets.excerpt(data, assertion))
+			ErrCredentialUnavailable, o.name, o.endpoint, resp.Status, o.secrets.excerpt(data, issued...))
 	}
 	value := tr.AccessToken
 	if value == "" {
