@@ -155,17 +155,17 @@ type OAuth2 struct {
 
 	// Tokens someone else issues and rotates, read from their files before
 	// each token request ("": none).
-	assertionFile     string // client_assertion
-	grant             string // client_credentials or token_exchange
-	subjectFile       string
-	subjectType       string
-	actorFile         string
-	actorType         string
-	requestedType     string
-	jsonBody  bool
-	header    string
-	prefix    string
-	lifetime  time.Duration
+	assertionFile string // client_assertion
+	grant         string // client_credentials or token_exchange
+	subjectFile   string
+	subjectType   string
+	actorFile     string
+	actorType     string
+	requestedType string
+	jsonBody      bool
+	header        string
+	prefix        string
+	lifetime      time.Duration
 
 	static      bool // no template reads the request
 	staticKey   string
