@@ -348,6 +348,7 @@ func checkPod(t *testing.T, spec corev1.PodSpec, configMaps map[string]*corev1.C
 		files = append(files, cfg.CA.CertFile, cfg.CA.KeyFile)
 	}
 	files = append(files, injectors.SecretFiles(cfg)...)
+	files = append(files, injectors.IssuedTokenFiles(cfg)...)
 	files = append(files, clientFiles(cfg)...)
 	if sh := cfg.TokenCache.Shared; sh != nil {
 		for _, src := range []config.SecretSource{sh.Username, sh.Password, sh.EncryptionKey} {

@@ -334,6 +334,7 @@ func startPod(t *testing.T, binary string, pod proxyPod) {
 		t.Fatal(err)
 	}
 	wanted := append(injectors.SecretFiles(cfg), clientFiles(cfg)...)
+	wanted = append(wanted, injectors.IssuedTokenFiles(cfg)...)
 	if cfg.CA != nil {
 		wanted = append(wanted, cfg.CA.CertFile, cfg.CA.KeyFile)
 	}
