@@ -205,6 +205,14 @@ type Listener struct {
 	TLS *ListenerTLS `yaml:"tls"`
 }
 
+// TLSClientCert is a client certificate the proxy presents to an upstream
+// or an issuer: PEM files, the key readable by the proxy alone, read
+// again when they change.
+type TLSClientCert struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
 // ListenerTLS is a listener's certificate and, with ClientCAFile, the CA
 // its clients' certificates must chain to: a client without one, or with
 // one that names no tls client, is refused during the handshake. The
@@ -309,6 +317,9 @@ type Route struct {
 	// StripHeaders are more client headers to drop, besides Authorization,
 	// Proxy-Authorization and every header the injector sets.
 	StripHeaders []string `yaml:"strip_headers"`
+	// TLSClient is the client certificate the proxy presents to the
+	// route's upstream (mutual TLS). Absent: none.
+	TLSClient *TLSClientCert `yaml:"tls_client"`
 	// Clients are the clients (names of clients:) that may use the
 	// route's credential; "anyone" admits callers with no identity too.
 	// Absent: every caller, as without clients.
@@ -771,6 +782,14 @@ func (c *Config) validate() []error {
 		}
 		if routeUpstream != nil && routeUpstream.Scheme != "https" && !r.AllowPlaintext {
 			add(Join(p, "upstream"), "%s sends the credential in plaintext; use https or set allow_plaintext: true", r.Upstream)
+		}
+		if tc := r.TLSClient; tc != nil {
+			switch {
+			case tc.CertFile == "" || tc.KeyFile == "":
+				add(Join(p, "tls_client"), "give cert_file and key_file (the client certificate and its key, PEM)")
+			case routeUpstream != nil && routeUpstream.Scheme != "https":
+				add(Join(p, "tls_client"), "a client certificate is presented over TLS only, and the upstream is %s", r.Upstream)
+			}
 		}
 		switch r.UpstreamProtocol {
 		case "", ProtocolAuto, ProtocolHTTP1, ProtocolHTTP2:

@@ -11,7 +11,7 @@ import (
 // key, a Duration as a Go duration string, a secret as exactly one of
 // value, env and file. injectorKinds gives the type each injector kind's
 // block decodes into (the injectors package's); every block also takes
-// warm. Editors check a configuration against it as it is typed
+// warm, and each kind that calls an issuer tls_client. Editors check a configuration against it as it is typed
 // (yaml-language-server); "authproxy schema" prints it.
 func Schema(injectorKinds map[string]reflect.Type) map[string]any {
 	s := schemaOf(reflect.TypeFor[File]())
@@ -28,6 +28,9 @@ func Schema(injectorKinds map[string]reflect.Type) map[string]any {
 	for _, k := range kinds {
 		then := schemaOf(injectorKinds[k])
 		then["properties"].(map[string]any)["warm"] = map[string]any{"type": "boolean"}
+		if k != "static" { // the kinds that call an issuer
+			then["properties"].(map[string]any)["tls_client"] = schemaOf(reflect.TypeFor[TLSClientCert]())
+		}
 		branches = append(branches, map[string]any{
 			"if":   map[string]any{"properties": map[string]any{"kind": map[string]any{"const": k}}, "required": []any{"kind"}},
 			"then": then,

@@ -27,6 +27,7 @@ type pool struct {
 type poolKey struct {
 	scheme, addr string
 	bridge       bool
+	upstream     Upstream // Target.Upstream (nil: the relay's Dial and Bridge)
 }
 
 // poolKey returns the key of t's pool (r.mu held).
@@ -41,7 +42,7 @@ func (r *Relay) poolKey(t *Target) poolKey {
 			}
 		}
 	}
-	return poolKey{scheme: t.Scheme, addr: t.Addr, bridge: bridge}
+	return poolKey{scheme: t.Scheme, addr: t.Addr, bridge: bridge, upstream: t.Upstream}
 }
 
 // upstream returns a connection to t's upstream with a stream slot
@@ -161,12 +162,16 @@ func (c *conn) reserve() bool {
 func (p *pool) dial(ctx context.Context) (*conn, error) {
 	var nc net.Conn
 	if p.bridge {
-		nc = p.r.dialBridge(p.scheme, p.addr)
+		nc = p.r.dialBridge(p.scheme, p.addr, p.upstream)
 	} else {
 		// Not the stream's context: other streams may wait for this dial.
 		// The dialer has its own timeouts.
 		var err error
-		if nc, err = p.r.Dial(context.WithoutCancel(ctx), p.scheme, p.addr); err != nil {
+		dial := p.r.Dial
+		if p.upstream != nil {
+			dial = p.upstream.Dial
+		}
+		if nc, err = dial(context.WithoutCancel(ctx), p.scheme, p.addr); err != nil {
 			return nil, err
 		}
 	}
@@ -210,7 +215,7 @@ func (r *Relay) closePools() {
 // dialBridge opens an in-memory HTTP/2 connection to the bridge for
 // scheme://addr: an HTTP/2 server (x/net/http2) whose handler sends each
 // stream on over HTTP/1.1. It ends when the relay closes its side.
-func (r *Relay) dialBridge(scheme, addr string) net.Conn {
+func (r *Relay) dialBridge(scheme, addr string, up Upstream) net.Conn {
 	client, server := net.Pipe()
 	srv := &http2.Server{
 		MaxConcurrentStreams:         r.maxStreams(),
@@ -218,7 +223,11 @@ func (r *Relay) dialBridge(scheme, addr string) net.Conn {
 		MaxUploadBufferPerConnection: connWindow,
 		MaxUploadBufferPerStream:     streamWindow,
 	}
-	h := r.Bridge(scheme, addr)
+	bridge := r.Bridge
+	if up != nil {
+		bridge = up.Bridge
+	}
+	h := bridge(scheme, addr)
 	go srv.ServeConn(server, &http2.ServeConnOpts{
 		Handler:    h,
 		BaseConfig: &http.Server{MaxHeaderBytes: int(r.maxHeaderBytes())},

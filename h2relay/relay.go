@@ -74,6 +74,11 @@ type Target struct {
 	// the client; the Tap it returns (nil: none) reads the response's gRPC
 	// messages as they pass (see Tap).
 	Tap func(status int, header http.Header) *Tap
+	// Upstream, when set, opens the stream's upstream connections in place
+	// of Relay.Dial and Relay.Bridge (a route that presents its own client
+	// certificate). Streams with different Upstreams (compared as
+	// interface values) never share a connection.
+	Upstream Upstream
 	// HTTP1 sends the stream to an HTTP/1.1 upstream through Relay.Bridge.
 	// Without it an https upstream that does not negotiate h2 is bridged
 	// too, if Bridge is set and Strict is not.
@@ -188,6 +193,13 @@ type Relay struct {
 	poolsClosed bool
 	idle        chan struct{}        // closed when the last client connection goes, after Shutdown
 	h1only      map[string]time.Time // https addresses that did not negotiate h2, and when
+}
+
+// Upstream opens a target's upstream connections: Dial as Relay.Dial,
+// Bridge as Relay.Bridge. Its dynamic type must be comparable.
+type Upstream interface {
+	Dial(ctx context.Context, scheme, addr string) (net.Conn, error)
+	Bridge(scheme, addr string) http.Handler
 }
 
 // ErrNoHTTP2 is wrapped by Dial's error for an upstream that negotiated

@@ -180,6 +180,46 @@ func takeWarm(n *yaml.Node) (bool, error) {
 	return warm, nil
 }
 
+// takeTLSClient removes tls_client from the block and returns it (nil:
+// none).
+func takeTLSClient(n *yaml.Node) (*config.TLSClientCert, error) {
+	var rest []*yaml.Node
+	var tc *config.TLSClientCert
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value != "tls_client" {
+			rest = append(rest, n.Content[i], n.Content[i+1])
+			continue
+		}
+		tc = new(config.TLSClientCert)
+		if err := config.DecodeNode(n.Content[i+1], "tls_client", tc); err != nil {
+			return nil, err
+		}
+		if tc.CertFile == "" || tc.KeyFile == "" {
+			return nil, config.Errorf("tls_client", "give cert_file and key_file (the client certificate and its key, PEM)")
+		}
+	}
+	n.Content = rest
+	return tc, nil
+}
+
+// withClientCert is env for an injector whose issuer connections present
+// a client certificate: its HTTP client and transport have pools of their
+// own (renewed with the certificate). With SkipSecrets nothing is read.
+func withClientCert(env Env, tc config.TLSClientCert) (Env, error) {
+	if env.SkipSecrets {
+		return env, nil
+	}
+	cert, err := transport.LoadClientCert(tc, "tls_client", env.Log)
+	if err != nil {
+		return env, err
+	}
+	cs := env.Transport.WithClientCert(cert)
+	env.Transport = env.Transport.WithClientCertificate(cert.Get)
+	env.HTTPClient = &http.Client{Transport: cs}
+	env.ClientCert = cert
+	return env, nil
+}
+
 // Fingerprints sums each injector block as a reload compares it: its YAML,
 // and what its secrets are now (the contents of every file it names under
 // a file or *_file key, the values of its env keys). Equal sums mean the
@@ -445,6 +485,9 @@ type Env struct {
 	Log *slog.Logger
 	// Events counts injectors' events (nil: none).
 	Events Events
+	// ClientCert is the client certificate the injector's issuer
+	// connections present (tls_client; nil: none).
+	ClientCert *transport.ClientCert
 	// SkipSecrets (authproxy check -skip-secrets) reads no secret: each
 	// source is checked for its shape only and stands for a placeholder,
 	// and what would be parsed out of one (a signing key, a key file) is
@@ -668,10 +711,22 @@ func build(n *yaml.Node, bld builder) (Injector, error) {
 	if err != nil {
 		return nil, err
 	}
+	tlsClient, err := takeTLSClient(n)
+	if err != nil {
+		return nil, err
+	}
 	var kind string
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		if n.Content[i].Value == "kind" {
 			kind = n.Content[i+1].Value
+		}
+	}
+	if tlsClient != nil {
+		if kind == "static" {
+			return nil, config.Errorf("tls_client", "a static injector calls no issuer: a client certificate for the upstream goes on the route (routes[].tls_client)")
+		}
+		if bld.env, err = withClientCert(bld.env, *tlsClient); err != nil {
+			return nil, err
 		}
 	}
 

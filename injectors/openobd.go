@@ -738,7 +738,8 @@ func (o *OpenOBD) dial(endpoint string) (*grpc.ClientConn, error) {
 	var roots = o.tr.TLS.TLSClientConfig.RootCAs
 	return grpc.NewClient("passthrough:///"+endpoint,
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return o.tr.Dial(ctx, "tcp", addr) }),
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})),
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12,
+			GetClientCertificate: o.tr.TLS.TLSClientConfig.GetClientCertificate})), // tls_client, if set
 		grpc.WithNoProxy())
 }
 

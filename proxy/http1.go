@@ -145,13 +145,17 @@ func (c *core) send(out *http.Request, x *exchange) (*http.Response, error) {
 // h2c upstreams, and its ALPN-negotiated client for routes that ask for
 // upstream_protocol http2.
 func (c *core) transport(_ *http.Request, x *exchange) http.RoundTripper {
+	up := c.up
+	if x.route != nil && x.route.client != nil { // the route's own pools, presenting its certificate
+		up, _ = x.route.client.set.Current()
+	}
 	if x.h2c {
-		return c.up.H2C
+		return up.H2C
 	}
 	if x.route != nil && x.route.protocol == config.ProtocolHTTP2 {
-		return c.up.TLS
+		return up.TLS
 	}
-	return c.up.H1
+	return up.H1
 }
 
 func (c *core) roundTripOnce(tr http.RoundTripper, out *http.Request, rt *routeRT, inBody io.Closer) (*http.Response, error) {

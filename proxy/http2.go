@@ -9,17 +9,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/authproxy/authproxy/tracing"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/h2relay"
 	"github.com/authproxy/authproxy/injectors"
+	"github.com/authproxy/authproxy/tracing"
 	"github.com/authproxy/authproxy/transport"
 )
 
@@ -54,11 +55,52 @@ func newRelay(c *core, h relayHandler, cfg *config.Config, name string) *h2relay
 // dialH2 is the relay's Dial: transport's, with an upstream that lacks h2
 // marked for the bridge.
 func (c *core) dialH2(ctx context.Context, scheme, addr string) (net.Conn, error) {
-	nc, err := c.up.DialH2(ctx, scheme, addr)
+	return dialH2Via(ctx, c.up, scheme, addr)
+}
+
+func dialH2Via(ctx context.Context, up *transport.Set, scheme, addr string) (net.Conn, error) {
+	nc, err := up.DialH2(ctx, scheme, addr)
 	if errors.Is(err, transport.ErrNoHTTP2) {
 		err = fmt.Errorf("%w: %w", h2relay.ErrNoHTTP2, err)
 	}
 	return nc, err
+}
+
+// routeClient is a route's client certificate (tls_client) and the
+// transports that present it.
+type routeClient struct {
+	set  *transport.ClientSet
+	core *core
+	mu   sync.Mutex
+	cur  *routeUpstream // the relay's way there for the current certificate
+}
+
+// upstream is the relay's Upstream for the certificate as it is now: a
+// renewal gives a new one, so that new streams get new connections.
+func (rc *routeClient) upstream() *routeUpstream {
+	set, gen := rc.set.Current()
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.cur == nil || rc.cur.gen != gen {
+		rc.cur = &routeUpstream{set: set, gen: gen, core: rc.core}
+	}
+	return rc.cur
+}
+
+// routeUpstream opens a route's relayed connections with one generation
+// of its certificate (h2relay.Upstream).
+type routeUpstream struct {
+	set  *transport.Set
+	gen  uint64
+	core *core
+}
+
+func (u *routeUpstream) Dial(ctx context.Context, scheme, addr string) (net.Conn, error) {
+	return dialH2Via(ctx, u.set, scheme, addr)
+}
+
+func (u *routeUpstream) Bridge(scheme, addr string) http.Handler {
+	return u.core.bridgeVia(u.set.H1, scheme, addr)
 }
 
 // matched is a stream's request, route and stripped head, kept in
@@ -208,6 +250,9 @@ func relayTarget(out *http.Request, x *exchange) *h2relay.Target {
 	}
 	if rt := x.route; rt != nil {
 		t.StripTrailers = rt.stripLower
+		if rt.client != nil {
+			t.Upstream = rt.client.upstream()
+		}
 		switch rt.protocol {
 		case config.ProtocolHTTP1:
 			t.HTTP1 = true
@@ -259,11 +304,16 @@ func (h relayHandler) Reply(req *h2relay.Request, t *h2relay.Target, err error) 
 // as it arrives. A failure resets the stream, which the relay answers as
 // an unreachable upstream.
 func (c *core) bridge(scheme, addr string) http.Handler {
+	return c.bridgeVia(c.up.H1, scheme, addr)
+}
+
+// bridgeVia is bridge over the HTTP/1.1 transport h1.
+func (c *core) bridgeVia(h1 http.RoundTripper, scheme, addr string) http.Handler {
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = scheme, addr
 		},
-		Transport:     c.up.H1,
+		Transport:     h1,
 		FlushInterval: -1,
 		// A Content-Length on a 204 (which RFC 9110 §8.6 forbids) is
 		// dropped, as net/http's HTTP/1.1 server drops it: over HTTP/2 a

@@ -35,6 +35,7 @@ type routeRT struct {
 	strip          []string        // canonical names of client headers to remove
 	stripLower     []string        // the same in lower case, as HTTP/2 carries them
 	clients        map[string]bool // routes[].clients; nil: every caller
+	client         *routeClient    // routes[].tls_client; nil: no client certificate
 }
 
 // observing is the route's response observer for ireq: nil without a

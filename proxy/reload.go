@@ -50,7 +50,7 @@ func (s *Server) ReloadRotated(cfg *config.Config, injs map[string]injectors.Inj
 	if changed := staticChanges(s.cfg, cfg); len(changed) > 0 {
 		return fmt.Errorf("%w: %s changed (a reload applies listeners, injectors, routes, log.level, log.access and log.access_sample)", ErrNeedsRestart, strings.Join(changed, ", "))
 	}
-	tables, routes, err := buildTables(cfg, injs)
+	tables, routes, err := buildTables(cfg, injs, s.core, s.opts.SkipSecrets)
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/authproxy/authproxy/tracing"
 	"io/fs"
 	"log"
 	"log/slog"
@@ -31,6 +30,7 @@ import (
 	"github.com/authproxy/authproxy/metrics"
 	"github.com/authproxy/authproxy/route"
 	"github.com/authproxy/authproxy/tokencache"
+	"github.com/authproxy/authproxy/tracing"
 	"github.com/authproxy/authproxy/transport"
 )
 
@@ -197,7 +197,7 @@ func New(cfg *config.Config, injs map[string]injectors.Injector, opts Options) (
 		c.maxReplay = defaultMaxReplayBody
 	}
 
-	tables, routes, err := buildTables(cfg, injs)
+	tables, routes, err := buildTables(cfg, injs, c, opts.SkipSecrets)
 	if err != nil {
 		return nil, err
 	}
@@ -318,9 +318,28 @@ func listenerIndex(cfg *config.Config, name string) int {
 }
 
 // buildTables builds every listener's route table, and returns the routes.
-func buildTables(cfg *config.Config, injs map[string]injectors.Injector) (map[string]*route.Table[*routeRT], []*routeRT, error) {
+func buildTables(cfg *config.Config, injs map[string]injectors.Injector, c *core, skipSecrets bool) (map[string]*route.Table[*routeRT], []*routeRT, error) {
 	if err := checkPathParams(cfg, injs); err != nil {
 		return nil, nil, err
+	}
+	// A route's client certificate: one per route, whichever listeners
+	// serve it (none read with skipSecrets).
+	certs := map[string]*routeClient{}
+	var errs []error
+	for i, r := range cfg.Routes {
+		if r.TLSClient == nil || skipSecrets {
+			continue
+		}
+		path := config.Join(config.Index("routes", i), "tls_client")
+		cert, err := transport.LoadClientCert(*r.TLSClient, path, c.log.With("route", r.Name))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		certs[r.Name] = &routeClient{set: c.up.WithClientCert(cert), core: c}
+	}
+	if len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
 	}
 	tables := map[string]*route.Table[*routeRT]{}
 	var routes []*routeRT
@@ -332,6 +351,7 @@ func buildTables(cfg *config.Config, injs map[string]injectors.Injector) (map[st
 				return nil, nil, config.Errorf(config.Join(ref.Path, "injector"), "injector %q was not built", ref.Route.Injector)
 			}
 			rt := newRouteRT(ref, inj)
+			rt.client = certs[ref.Route.Name]
 			routes = append(routes, rt)
 			entries = append(entries, route.Entry[*routeRT]{Pattern: ref.Pattern, Value: rt})
 		}

@@ -39,6 +39,16 @@ type Set struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	resolve map[string]string // upstream.resolve
+	// build makes a Set of the same settings whose TLS connections present
+	// the certificate get returns (nil: none).
+	build func(get func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) *Set
+}
+
+// WithClientCertificate returns a Set of u's settings, with pools of its
+// own, whose TLS connections present the certificate get returns when a
+// server asks for one.
+func (u *Set) WithClientCertificate(get func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) *Set {
+	return u.build(get)
 }
 
 type dialPinKey struct{}
@@ -79,6 +89,12 @@ func New(cfg config.Upstream) (*Set, error) {
 			return nil, config.Errorf("upstream.ca_file", "%s holds no PEM certificate", cfg.CAFile)
 		}
 	}
+	return build(cfg, roots, nil), nil
+}
+
+// build makes the Set of cfg, verifying servers against roots, presenting
+// the client certificate getCert returns (nil: none).
+func build(cfg config.Upstream, roots *x509.CertPool, getCert func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) *Set {
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout.D(10 * time.Second), KeepAlive: 30 * time.Second}
 	resolve := cfg.Resolve
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -100,7 +116,7 @@ func New(cfg config.Upstream) (*Set, error) {
 		return &http.Transport{
 			Proxy:                  nil,
 			DialContext:            dial,
-			TLSClientConfig:        &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+			TLSClientConfig:        &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, GetClientCertificate: getCert},
 			TLSHandshakeTimeout:    cfg.TLSHandshakeTimeout.D(10 * time.Second),
 			ResponseHeaderTimeout:  time.Duration(cfg.ResponseHeaderTimeout),
 			IdleConnTimeout:        cfg.IdleConnTimeout.D(90 * time.Second),
@@ -127,7 +143,8 @@ func New(cfg config.Upstream) (*Set, error) {
 	u.TLS.Protocols.SetHTTP1(true)
 	u.TLS.Protocols.SetHTTP2(true)
 	u.H2C.Protocols.SetUnencryptedHTTP2(true)
-	return u, nil
+	u.build = func(get func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) *Set { return build(cfg, roots, get) }
+	return u
 }
 
 // ErrNoHTTP2 is DialH2's error for an upstream that did not negotiate h2.
