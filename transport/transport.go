@@ -143,7 +143,9 @@ func build(cfg config.Upstream, roots *x509.CertPool, getCert func(*tls.Certific
 	u.TLS.Protocols.SetHTTP1(true)
 	u.TLS.Protocols.SetHTTP2(true)
 	u.H2C.Protocols.SetUnencryptedHTTP2(true)
-	u.build = func(get func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) *Set { return build(cfg, roots, get) }
+	u.build = func(get func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) *Set {
+		return build(cfg, roots, get)
+	}
 	return u
 }
 
