@@ -53,6 +53,11 @@ type Request struct {
 	// Sidecar is set on sidecar listeners, whose address is ListenerAddr.
 	Sidecar      bool
 	ListenerAddr string
+	// ClientCertThumbprint is the base64url SHA-256 of the client
+	// certificate the route's upstream connection presents (tls_client), ""
+	// for none: a token bound to a certificate (RFC 8705 cnf.x5t#S256) is
+	// sent only where that certificate is presented.
+	ClientCertThumbprint string
 }
 
 // Injector adds a credential to outbound requests. Implementations are
@@ -207,6 +212,7 @@ func takeTLSClient(n *yaml.Node) (*config.TLSClientCert, error) {
 // own (renewed with the certificate). With SkipSecrets nothing is read.
 func withClientCert(env Env, tc config.TLSClientCert) (Env, error) {
 	if env.SkipSecrets {
+		env.ClientCertFile = tc.CertFile
 		return env, nil
 	}
 	cert, err := transport.LoadClientCert(tc, "tls_client", env.Log)
@@ -216,7 +222,7 @@ func withClientCert(env Env, tc config.TLSClientCert) (Env, error) {
 	cs := env.Transport.WithClientCert(cert)
 	env.Transport = env.Transport.WithClientCertificate(cert.Get)
 	env.HTTPClient = &http.Client{Transport: cs}
-	env.ClientCert = cert
+	env.ClientCert, env.ClientCertFile = cert, tc.CertFile
 	return env, nil
 }
 
@@ -488,6 +494,8 @@ type Env struct {
 	// ClientCert is the client certificate the injector's issuer
 	// connections present (tls_client; nil: none).
 	ClientCert *transport.ClientCert
+	// ClientCertFile is tls_client's cert_file (set with SkipSecrets too).
+	ClientCertFile string
 	// SkipSecrets (authproxy check -skip-secrets) reads no secret: each
 	// source is checked for its shape only and stands for a placeholder,
 	// and what would be parsed out of one (a signing key, a key file) is

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/tokencache"
+	"github.com/authproxy/authproxy/transport"
 )
 
 // OAuth2Config is the `kind: oauth2` block: OAuth2 client credentials
@@ -162,6 +164,8 @@ type OAuth2 struct {
 	actorFile     string
 	actorType     string
 	requestedType string
+	certFile      string                // tls_client's cert_file ("": none)
+	clientCert    *transport.ClientCert // tls_client (nil: none, or not read)
 	jsonBody      bool
 	header        string
 	prefix        string
@@ -350,6 +354,13 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 		if cfg.PrivateKey.IsSet() {
 			add("private_key", "only used with auth_style: private_key_jwt")
 		}
+	case "tls_client_auth", "self_signed_tls_client_auth": // RFC 8705: the client certificate authenticates
+		if env.ClientCertFile == "" {
+			add("auth_style", "%s authenticates the client by its certificate: set tls_client: {cert_file, key_file} on the injector", cfg.AuthStyle)
+		}
+		if cfg.ClientSecret.IsSet() || hasKey || cfg.ClientAssertion.IsSet() {
+			add("auth_style", "%s sends no secret or assertion: leave out client_secret, keys and client_assertion", cfg.AuthStyle)
+		}
 	case "none":
 		if grant != "token_exchange" {
 			add("auth_style", "none (no client authentication) is for grant: token_exchange only")
@@ -395,7 +406,7 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 			}
 		}
 	default:
-		add("auth_style", "unknown style %q (known: client_secret_basic, client_secret_post, private_key_jwt, jwt_bearer, none)", cfg.AuthStyle)
+		add("auth_style", "unknown style %q (known: client_secret_basic, client_secret_post, private_key_jwt, jwt_bearer, tls_client_auth, self_signed_tls_client_auth, none)", cfg.AuthStyle)
 	}
 	switch cfg.BasicEncoding {
 	case "", "form":
@@ -485,8 +496,9 @@ func NewOAuth2(name string, cfg OAuth2Config, env Env) (*OAuth2, error) {
 	}
 	// The files of issued tokens are named, not read: who holds the token
 	// file is who the tokens are for.
+	o.certFile, o.clientCert = env.ClientCertFile, env.ClientCert
 	o.cache.Identify(name, "oauth2", o.tokenURL, o.id.Reveal(), digest(o.secret.Reveal()), keyPub, o.keyID, o.authStyle, o.assertAud,
-		o.grant, o.assertionFile, o.subjectFile, o.subjectType, o.actorFile, o.actorType, o.requestedType)
+		o.grant, o.assertionFile, o.subjectFile, o.subjectType, o.actorFile, o.actorType, o.requestedType, o.certFile)
 	return o, nil
 }
 
@@ -519,8 +531,73 @@ func (o *OAuth2) Inject(req *Request) error {
 	if err != nil {
 		return tokenErr(req, err)
 	}
+	if err := o.checkBinding(req, tok.Value.Reveal()); err != nil {
+		// A token bound to the certificate before its renewal: the
+		// issuer's connection presents the renewed one now, so a new token
+		// is bound to what the route presents.
+		if o.clientCert == nil || o.clientCert.Thumbprint() != req.ClientCertThumbprint || !o.cache.Invalidate(key, tok.Value.Reveal()) {
+			return err
+		}
+		if tok, err = o.cache.Get(req.Context(), key, fetch); err != nil {
+			return tokenErr(req, err)
+		}
+		if err := o.checkBinding(req, tok.Value.Reveal()); err != nil {
+			return err
+		}
+	}
 	req.Header[o.header] = []string{tok.Value.Reveal()}
 	return nil
+}
+
+// BoundToCertificate reports the client certificate file the injector's
+// tokens are bound to (RFC 8705: it authenticates with tls_client_auth or
+// self_signed_tls_client_auth, and the issuer binds what it issues to the
+// certificate): a route using it must present the same one.
+func (o *OAuth2) BoundToCertificate() (string, bool) {
+	if o.authStyle != "tls_client_auth" && o.authStyle != "self_signed_tls_client_auth" {
+		return "", false
+	}
+	return o.certFile, true
+}
+
+// checkBinding refuses to send a token bound to a client certificate
+// (RFC 8705: a JWT access token's cnf.x5t#S256) over a connection that
+// does not present that certificate: the upstream would refuse it, and it
+// must not travel where its certificate does not.
+func (o *OAuth2) checkBinding(req *Request, value string) error {
+	if o.authStyle != "tls_client_auth" && o.authStyle != "self_signed_tls_client_auth" {
+		return nil
+	}
+	bound := certBinding(strings.TrimPrefix(value, o.prefix))
+	switch {
+	case bound == "" || bound == req.ClientCertThumbprint:
+		return nil
+	case req.ClientCertThumbprint == "":
+		return fmt.Errorf("%w: injector %q: its token is bound to the client certificate it was issued for (cnf.x5t#S256), and route %q presents none: set the route's tls_client to the injector's", ErrFailedPrecondition, o.name, req.Route)
+	}
+	return fmt.Errorf("%w: injector %q: its token is bound to another client certificate (cnf.x5t#S256) than route %q presents: give the route the injector's tls_client", ErrFailedPrecondition, o.name, req.Route)
+}
+
+// certBinding is the cnf.x5t#S256 of a JWT access token ("" for none, or
+// an opaque token).
+func certBinding(tok string) string {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return ""
+	}
+	var claims struct {
+		Cnf struct {
+			X5t string `json:"x5t#S256"`
+		} `json:"cnf"`
+	}
+	if json.Unmarshal(payload, &claims) != nil {
+		return ""
+	}
+	return claims.Cnf.X5t
 }
 
 // CanWarm implements Warmer: only a fixed scope set is known at start.
@@ -547,6 +624,9 @@ func (o *OAuth2) TryInject(req *Request) (bool, error) {
 	}
 	tok, ok := o.cache.Peek(key)
 	if ok {
+		if err := o.checkBinding(req, tok.Value.Reveal()); err != nil {
+			return true, err
+		}
 		req.Header[o.header] = []string{tok.Value.Reveal()}
 	}
 	return ok, nil
@@ -669,6 +749,8 @@ func (o *OAuth2) fetch(ctx context.Context, scope, aud string, params url.Values
 	case "client_secret_post":
 		form.Set("client_id", o.id.Reveal())
 		form.Set("client_secret", o.secret.Reveal())
+	case "tls_client_auth", "self_signed_tls_client_auth":
+		form.Set("client_id", o.id.Reveal()) // the certificate, presented in the handshake, authenticates it
 	case "none":
 		if id := o.id.Reveal(); id != "" {
 			form.Set("client_id", id)

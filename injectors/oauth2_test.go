@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -516,5 +517,50 @@ routes:
 	}
 	if got := WarmNames(cfg); strings.Join(got, ",") != "car,fixed,mounts,plain" {
 		t.Errorf("WarmNames: %v", got)
+	}
+}
+
+// A token bound to a client certificate (RFC 8705 cnf.x5t#S256) is
+// injected only into requests whose route presents that certificate: not
+// into one whose connection presents none or another, whatever the issuer
+// answered.
+func TestOAuth2BoundTokensGoOnlyWithTheirCertificate(t *testing.T) {
+	enc := base64.RawURLEncoding
+	bound := enc.EncodeToString([]byte(`{"alg":"RS256"}`)) + "." + enc.EncodeToString([]byte(`{"sub":"c","cnf":{"x5t#S256":"thumb-A"}}`)) + ".sig"
+	tokenURL, env := tokenEndpoint(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.FormValue("client_id") != "c" || r.FormValue("client_secret") != "" {
+			http.Error(w, `{"error":"invalid_client"}`, http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"access_token":%q,"token_type":"Bearer","expires_in":3600}`, bound)
+	}), nil)
+	env.ClientCertFile = "/etc/authproxy/mtls/tls.crt" // as tls_client sets it
+	o, err := NewOAuth2("mtls", OAuth2Config{TokenURL: tokenURL, ClientID: secretValue("c"), AuthStyle: "tls_client_auth"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if file, ok := o.BoundToCertificate(); !ok || file != env.ClientCertFile {
+		t.Errorf("BoundToCertificate = %q, %v", file, ok)
+	}
+	for _, c := range []struct {
+		thumb string
+		ok    bool
+	}{{"thumb-A", true}, {"", false}, {"thumb-B", false}} {
+		req := newRequest(t, "https://api.example.com/", nil)
+		req.Route, req.ClientCertThumbprint = "r", c.thumb
+		err := o.Inject(req)
+		switch {
+		case c.ok && (err != nil || req.Header.Get("Authorization") != "Bearer "+bound):
+			t.Errorf("the certificate it is bound to: %v", err)
+		case !c.ok && (!errors.Is(err, ErrFailedPrecondition) || req.Header.Get("Authorization") != ""):
+			t.Errorf("thumbprint %q: %v, header %q: want refused before it is sent", c.thumb, err, req.Header.Get("Authorization"))
+		case !c.ok && strings.Contains(err.Error(), bound):
+			t.Error("the error shows the token")
+		}
+	}
+	if _, err := NewOAuth2("mtls", OAuth2Config{TokenURL: tokenURL, ClientID: secretValue("c"), AuthStyle: "tls_client_auth"},
+		Env{Cache: env.Cache, HTTPClient: env.HTTPClient}); err == nil || !strings.Contains(err.Error(), "set tls_client") {
+		t.Errorf("tls_client_auth without tls_client: %v", err)
 	}
 }

@@ -137,8 +137,12 @@ func strip(out *http.Request, x *exchange) (*injectors.Request, error) {
 			delete(out.Header, h)
 		}
 	}
-	return &injectors.Request{Request: out, Route: rt.name, Params: x.params, Stripped: stripped,
-		ClientHost: x.clientHost, Sidecar: x.sidecar, ListenerAddr: x.listenerAddr}, nil
+	ireq := &injectors.Request{Request: out, Route: rt.name, Params: x.params, Stripped: stripped,
+		ClientHost: x.clientHost, Sidecar: x.sidecar, ListenerAddr: x.listenerAddr}
+	if rt.client != nil {
+		ireq.ClientCertThumbprint = rt.client.set.Cert().Thumbprint()
+	}
+	return ireq, nil
 }
 
 // forwardTrailers makes out send the trailers its client declared, less

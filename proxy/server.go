@@ -327,6 +327,16 @@ func buildTables(cfg *config.Config, injs map[string]injectors.Injector, c *core
 	certs := map[string]*routeClient{}
 	var errs []error
 	for i, r := range cfg.Routes {
+		// Tokens bound to a certificate (RFC 8705) go only where it is
+		// presented.
+		if b, ok := injs[r.Injector].(interface{ BoundToCertificate() (string, bool) }); ok {
+			if file, bound := b.BoundToCertificate(); bound && (r.TLSClient == nil || r.TLSClient.CertFile != file) {
+				errs = append(errs, config.Errorf(config.Join(config.Index("routes", i), "tls_client"),
+					"injector %q authenticates with its client certificate (%s), and its tokens are bound to it (RFC 8705): the route must present the same one, tls_client: {cert_file: %s, key_file: ...}", r.Injector, file, file))
+			}
+		}
+	}
+	for i, r := range cfg.Routes {
 		if r.TLSClient == nil || skipSecrets {
 			continue
 		}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -41,6 +42,7 @@ type ClientCert struct {
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
+	thumb   string // Thumbprint
 	stamps  [2]fileStamp
 	checked time.Time
 	gen     uint64
@@ -71,6 +73,7 @@ func LoadClientCert(conf config.TLSClientCert, path string, log *slog.Logger) (*
 		return nil, err
 	}
 	c.cert, c.stamps, c.checked = cert, c.stampNow(), c.now()
+	c.thumb = thumbprint(cert)
 	return c, nil
 }
 
@@ -106,12 +109,18 @@ func (c *ClientCert) Get(*tls.CertificateRequestInfo) (*tls.Certificate, error) 
 	return c.cert, nil
 }
 
-// Thumbprint is the SHA-256 of the certificate's DER (RFC 8705's
-// x5t#S256, unencoded).
-func (c *ClientCert) Thumbprint() [32]byte {
+// Thumbprint is the base64url SHA-256 of the certificate's DER (RFC
+// 8705's x5t#S256), as its files hold it now.
+func (c *ClientCert) Thumbprint() string {
+	c.refresh()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return sha256.Sum256(c.cert.Certificate[0])
+	return c.thumb
+}
+
+func thumbprint(cert *tls.Certificate) string {
+	sum := sha256.Sum256(cert.Certificate[0])
+	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 // refresh reads the files again if they changed (at most once per
@@ -136,6 +145,7 @@ func (c *ClientCert) refresh() uint64 {
 		return c.gen
 	}
 	c.cert, c.stamps = cert, st
+	c.thumb = thumbprint(cert)
 	c.gen++
 	c.log.Info("client certificate renewed: new connections present it, the old ones are retired once idle",
 		"subject", cert.Leaf.Subject.String(), "not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
@@ -162,6 +172,9 @@ func (u *Set) WithClientCert(cert *ClientCert) *ClientSet {
 	cs.cur.Store(&clientGen{set: u.WithClientCertificate(cert.Get), gen: cert.refresh()})
 	return cs
 }
+
+// CertFile is the file the certificate is read from.
+func (c *ClientCert) CertFile() string { return c.conf.CertFile }
 
 // Cert is the certificate it presents.
 func (cs *ClientSet) Cert() *ClientCert { return cs.cert }

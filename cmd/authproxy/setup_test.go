@@ -102,12 +102,12 @@ func TestTestCommandNamesWhatIsMissing(t *testing.T) {
 	if strings.Count(msg, "\n") != 1 {
 		t.Errorf("want one line, got %q", msg)
 	}
-	for _, pkg := range []string{"curl", "chromium", "redis-server", "prometheus", "python3-requests"} {
+	for _, pkg := range []string{"curl", "chromium", "redis-server", "prometheus", "python3-requests", "nodejs", "npm"} {
 		if !strings.Contains(msg, pkg) {
 			t.Errorf("the line does not name %s: %q", pkg, msg)
 		}
 	}
-	if !strings.Contains(msg, "apt-get install curl chromium redis-server prometheus python3-requests") {
+	if !strings.Contains(msg, "apt-get install curl chromium redis-server prometheus python3-requests nodejs npm") {
 		t.Errorf("the line does not say how to install them: %q", msg)
 	}
 }
