@@ -8,6 +8,8 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -642,4 +644,24 @@ func uuid() string {
 	b[8] = b[8]&0x3f | 0x80
 	return hex.EncodeToString(b[:4]) + "-" + hex.EncodeToString(b[4:6]) + "-" + hex.EncodeToString(b[6:8]) + "-" +
 		hex.EncodeToString(b[8:10]) + "-" + hex.EncodeToString(b[10:])
+}
+
+// WAIIClientAuth is how the reference servers treat client certificates
+// (transportSec.json's serverCertOpt, read by utils.CertOptToInt and applied
+// by utils.GetTLSConfig in w3c/automotive-viss2): NoClientCert asks for
+// none; ClientCertNoVerification requires one and verifies nothing
+// (tls.RequireAnyClientCert); ClientCertVerification, and any other value
+// ("if unclear, apply max security"), requires one that chains to the CA
+// (tls.RequireAndVerifyClientCert, ClientCAs from caSecPath's Root.CA.crt).
+// The reference applies it to the ATS (atServer.go) and the HTTP and
+// WebSocket managers (managerhandlers.go), not to the AGT server, whose
+// TLSConfig is commented out (agt_server.go initAgtServer).
+func WAIIClientAuth(serverCertOpt string, rootCA *x509.CertPool) (tls.ClientAuthType, *x509.CertPool) {
+	switch serverCertOpt {
+	case "NoClientCert":
+		return tls.NoClientCert, nil
+	case "ClientCertNoVerification":
+		return tls.RequireAnyClientCert, nil
+	}
+	return tls.RequireAndVerifyClientCert, rootCA
 }
