@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -562,5 +564,88 @@ func TestOAuth2BoundTokensGoOnlyWithTheirCertificate(t *testing.T) {
 	if _, err := NewOAuth2("mtls", OAuth2Config{TokenURL: tokenURL, ClientID: secretValue("c"), AuthStyle: "tls_client_auth"},
 		Env{Cache: env.Cache, HTTPClient: env.HTTPClient}); err == nil || !strings.Contains(err.Error(), "set tls_client") {
 		t.Errorf("tls_client_auth without tls_client: %v", err)
+	}
+}
+
+// Issued tokens (a client assertion, a subject and an actor token read
+// from files) are scrubbed from the errors of an issuer that echoes its
+// request, in every encoding it could use; a redirect is not followed with
+// them; and a file is read again at the next fetch.
+func TestOAuth2IssuedTokensStayOutOfErrors(t *testing.T) {
+	enc := base64.RawURLEncoding
+	jwtOf := func(sub string) string {
+		return enc.EncodeToString([]byte(`{"alg":"RS256","kid":"k"}`)) + "." +
+			enc.EncodeToString([]byte(fmt.Sprintf(`{"sub":%q,"exp":%d}`, sub, time.Now().Add(time.Hour).Unix()))) + ".c2lnbmF0dXJl"
+	}
+	dir := t.TempDir()
+	write := func(name, tok string) string {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	assertion, subject, actor := jwtOf("assertion-subject"), jwtOf("system:serviceaccount:reports:app"), jwtOf("actor")
+	var redirected atomic.Int64
+	target := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { redirected.Add(1) }))
+	t.Cleanup(target.Close)
+	var mode atomic.Value
+	mode.Store("echo")
+	var lastForm atomic.Value
+	tokenURL, env := tokenEndpoint(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.ParseForm()
+		lastForm.Store(r.PostForm.Encode())
+		if mode.Load() == "redirect" {
+			http.Redirect(w, r, target.URL+"/token", http.StatusTemporaryRedirect)
+			return
+		}
+		// An issuer that echoes the request into its error, raw, encoded
+		// and base64.
+		body := r.PostForm.Encode()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		json.NewEncoder(w).Encode(map[string]string{"error": "invalid_grant",
+			"error_description": body + " " + url.QueryEscape(body) + " " + base64.StdEncoding.EncodeToString([]byte(body)) + " " + r.PostForm.Get("subject_token")})
+	}), nil)
+	o, err := NewOAuth2("sts", OAuth2Config{TokenURL: tokenURL, Grant: "token_exchange", ClientID: secretValue("c"),
+		AuthStyle: "private_key_jwt", ClientAssertion: config.SecretSource{File: write("assertion", assertion)},
+		SubjectToken: config.SecretSource{File: write("subject", subject)}, ActorToken: config.SecretSource{File: write("actor", actor)},
+		ActorTokenType: "urn:ietf:params:oauth:token-type:jwt", Audience: "https://api.example.com"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = o.Inject(newRequest(t, "https://api.example.com/", nil))
+	if !errors.Is(err, ErrCredentialRejected) {
+		t.Fatalf("got %v", err)
+	}
+	for _, tok := range []string{assertion, subject, actor} {
+		for _, form := range []string{tok, url.QueryEscape(tok), strings.SplitN(tok, ".", 2)[1]} {
+			if strings.Contains(err.Error(), form) {
+				t.Errorf("the error shows an issued token: %s", err)
+			}
+		}
+	}
+	if f, _ := lastForm.Load().(string); !strings.Contains(f, "client_assertion="+url.QueryEscape(assertion)) || !strings.Contains(f, "actor_token="+url.QueryEscape(actor)) {
+		t.Errorf("the request did not carry the files' tokens: %s", f)
+	}
+
+	// Renewed on disk: the next fetch reads the new one; and a redirect
+	// takes it nowhere.
+	renewed := jwtOf("renewed")
+	write("subject", renewed)
+	mode.Store("redirect")
+	o2, err := NewOAuth2("sts2", OAuth2Config{TokenURL: tokenURL, Grant: "token_exchange", ClientID: secretValue("c"), AuthStyle: "none",
+		SubjectToken: config.SecretSource{File: filepath.Join(dir, "subject")}}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o2.Inject(newRequest(t, "https://api.example.com/", nil)); !errors.Is(err, ErrCredentialRejected) || !strings.Contains(err.Error(), "never follows") {
+		t.Errorf("a redirect: %v", err)
+	}
+	if f, _ := lastForm.Load().(string); !strings.Contains(f, "subject_token="+url.QueryEscape(renewed)) {
+		t.Errorf("the renewed subject token was not read: %s", f)
+	}
+	if redirected.Load() != 0 {
+		t.Error("the redirect was followed")
 	}
 }

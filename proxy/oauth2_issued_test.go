@@ -224,8 +224,23 @@ routes:
 				t.Errorf("the token request: %v", form)
 			}
 		}
-		// Cached per resulting key: the same audience again asks nothing.
+		// Single flight: twenty callers of a new audience at once cost one
+		// exchange.
 		before := len(provider.Requests())
+		var wg sync.WaitGroup
+		for range 20 {
+			wg.Go(func() {
+				if st, _ := get("/exchange/burst/x"); st != 200 {
+					t.Errorf("burst: %d", st)
+				}
+			})
+		}
+		wg.Wait()
+		if n := len(provider.Requests()) - before; n != 1 {
+			t.Errorf("%d token requests for 20 concurrent callers of one audience, want 1", n)
+		}
+		// Cached per resulting key: the same audience again asks nothing.
+		before = len(provider.Requests())
 		if st, _ := get("/exchange/billing/y"); st != 200 || len(provider.Requests()) != before {
 			t.Errorf("%d, %d more token requests for a cached exchange", st, len(provider.Requests())-before)
 		}
