@@ -3,6 +3,8 @@ package proxy_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"net"
 	"runtime"
@@ -34,13 +36,31 @@ type obdWorld struct {
 	sessions map[string]string // endpoint name -> host:port
 	servers  map[string]*grpc.Server
 	p        *running
+	clientCA *sim.PKI // when set, every endpoint requires a client certificate of this CA
 }
 
 func newOBDWorld(t *testing.T, rewrite bool, endpoints int, extra ...string) *obdWorld {
+	return newOBDWorldWith(t, nil, rewrite, endpoints, extra...)
+}
+
+// newOBDWorldWith is newOBDWorld whose endpoints require a client
+// certificate of clientCA (nil: none); the injector and the route then
+// present one it issued.
+func newOBDWorldWith(t *testing.T, clientCA *sim.PKI, rewrite bool, endpoints int, extra ...string) *obdWorld {
 	e := newEnv(t)
-	w := &obdWorld{e: e, sessions: map[string]string{}, servers: map[string]*grpc.Server{},
+	w := &obdWorld{e: e, sessions: map[string]string{}, servers: map[string]*grpc.Server{}, clientCA: clientCA,
 		sim: &sim.OpenOBD{ClientID: "garage-app", ClientSecret: secretToken, ClusterID: "001",
 			RotateEvery: 100 * time.Millisecond, Grace: 150 * time.Millisecond}}
+	routeExtra := ""
+	if clientCA != nil {
+		cert, key, err := clientCA.ClientCert(e.dir, "obd-client", x509.Certificate{Subject: pkix.Name{CommonName: "garage-gateway"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := fmt.Sprintf("tls_client: {cert_file: %q, key_file: %q}", cert, key)
+		extra = append(extra, "    "+tc)
+		routeExtra = ", " + tc
+	}
 	ctl := w.serve(t, "grpc", "")
 	_, w.ctlPort, _ = net.SplitHostPort(ctl)
 	for i := 1; i <= endpoints; i++ {
@@ -71,8 +91,8 @@ injectors:
     rewrite_session_endpoint: %[3]v
 %[4]s
 routes:
-  - {name: openobd, match: {host: "*.openobd.test", path: /*}, injector: obd}
-`, w.ctlPort, secretToken, rewrite, strings.Join(extra, "\n")), nil, nil)
+  - {name: openobd, match: {host: "*.openobd.test", path: /*}, injector: obd%[5]s}
+`, w.ctlPort, secretToken, rewrite, strings.Join(extra, "\n"), routeExtra), nil, nil)
 	return w
 }
 
@@ -88,6 +108,9 @@ func (w *obdWorld) serve(t *testing.T, name, addr string) string {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if w.clientCA != nil {
+		tlsCfg.ClientAuth, tlsCfg.ClientCAs = tls.RequireAndVerifyClientCert, w.clientCA.Pool
 	}
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
 	w.sim.Register(srv)
@@ -215,6 +238,35 @@ func TestOpenOBDSidecarRewriteNeverAuthenticatedByTheApp(t *testing.T) {
 		t.Errorf("authentications %d, controller tokens %d; want 2 and 1", w.sim.Authentications(), w.sim.ControllerTokensIssued())
 	}
 	waitGoroutines(t, baseline, 2)
+}
+
+// Every openOBD endpoint requires a client certificate: the injector
+// presents its tls_client to the session controller (its own token
+// requests and session token streams), the route its own to the calls it
+// carries; a session runs end to end through the sidecar.
+func TestOpenOBDWithClientCertificates(t *testing.T) {
+	clientCA, err := sim.NewPKI(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newOBDWorldWith(t, clientCA, true, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	app := dialPlain(t, w.p.addr("obd"))
+	info, err := pb.NewSessionControllerClient(app).StartSessionOnTicket(ctx, &pb.TicketId{Value: "mtls"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	session, err := grpc.NewClient(info.GrpcEndpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close()
+	before := w.sim.Rotations()
+	pingPongUntil(t, ctx, pb.NewCanClient(session), func() bool { return w.sim.Rotations()-before >= 1 })
+	if w.sim.Authentications() == 0 || w.sim.ControllerTokensIssued() == 0 {
+		t.Errorf("authentications %d, controller tokens %d", w.sim.Authentications(), w.sim.ControllerTokensIssued())
+	}
 }
 
 func TestOpenOBDForwardTwoSessionsOnTwoEndpoints(t *testing.T) {
