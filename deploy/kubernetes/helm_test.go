@@ -27,7 +27,10 @@ var chartValueSets = []struct {
 	// checked against the cluster's keys (docs/kubernetes.md).
 	{"cluster-tokens", []string{"--set", "clusterJWKS.enabled=true", "--set", "networkPolicy.clientNamespaces={reports}",
 		"--set-json", `config.clients.reports={"jwt":{"jwks_url":"https://kubernetes.default.svc/openid/v1/jwks","jwks_ca_file":"/var/run/secrets/authproxy/kube/ca.crt","jwks_token_file":"/var/run/secrets/authproxy/kube/token","issuer":"https://kubernetes.default.svc.cluster.local","audience":"authproxy","subject":"system:serviceaccount:reports:*"}}`,
-		"--set-json", `config.routes=[{"name":"api","match":{"host":"api.example.com"},"injector":"api-token","clients":["apps","reports"]}]`}},
+		"--set-json", `config.routes=[{"name":"api","match":{"host":"api.example.com"},"injector":"api-token","clients":["apps","reports"]},{"name":"fleet","match":{"host":"fleet.example.com"},"injector":"fleet","clients":["reports"]}]`,
+		// and an issuer that trusts the cluster's tokens: no client secret.
+		"--set-json", `issuerTokens=[{"path":"idp","audience":"https://idp.example.com"}]`,
+		"--set-json", `config.injectors.fleet={"kind":"oauth2","token_url":"https://idp.example.com/oauth/v2/token","client_assertion":{"file":"/var/run/secrets/tokens/idp"},"scopes":["fleet"]}`}},
 }
 
 // renderChart renders deploy/helm/authproxy with helm template and writes
