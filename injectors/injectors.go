@@ -794,6 +794,12 @@ func issuerErr(injector, request string, err error, scrub func(string) string) e
 	if scrub != nil {
 		msg = scrub(msg)
 	}
+	// Go's HTTP/2 client may drop the TLS alert with which a server refused
+	// a client certificate after the handshake (TLS 1.3): say what it most
+	// likely was.
+	if strings.Contains(msg, "client conn could not be established") || strings.Contains(msg, "remote error: tls:") {
+		msg += " (the TLS connection was refused: does the issuer require a client certificate (tls_client), and trust the one given?)"
+	}
 	return fmt.Errorf("%w: injector %q: %s: %s", ErrCredentialUnavailable, injector, request, msg)
 }
 

@@ -172,8 +172,8 @@ routes:
 		status          int
 		says, logs      string
 	}{
-		{"no certificate for the ATS", [2]string{}, [2]string{cert, key}, http.StatusServiceUnavailable, "credential unavailable", "ATS request to https://viss.authproxy.test:"},
-		{"another CA's for the ATS", [2]string{wrongCert, wrongKey}, [2]string{cert, key}, http.StatusServiceUnavailable, "credential unavailable", "ATS request to https://viss.authproxy.test:"},
+		{"no certificate for the ATS", [2]string{}, [2]string{cert, key}, http.StatusServiceUnavailable, "credential unavailable", "does the issuer require a client certificate (tls_client)"},
+		{"another CA's for the ATS", [2]string{wrongCert, wrongKey}, [2]string{cert, key}, http.StatusServiceUnavailable, "credential unavailable", "does the issuer require a client certificate (tls_client)"},
 		{"no certificate for the data server", [2]string{cert, key}, [2]string{}, http.StatusBadGateway, "upstream unavailable", `err="route \"vehicle\": upstream: remote error: tls: certificate required"`},
 		{"another CA's for the data server", [2]string{cert, key}, [2]string{wrongCert, wrongKey}, http.StatusBadGateway, "upstream unavailable", `err="route \"vehicle\": upstream: remote error: tls: unknown certificate authority"`},
 	} {
@@ -184,8 +184,7 @@ routes:
 					t.Errorf("%s: %d %s, want %d saying %q", mode, st, body, c.status, c.says)
 				}
 			}
-			// What failed, named (Go's HTTP/2 client does not always keep
-			// the TLS alert that refused the ATS's certificate).
+			// What failed, and why.
 			if logs := p.logs.String(); !strings.Contains(logs, c.logs) {
 				t.Errorf("the log does not name what failed (%s):\n%s", c.logs, logs)
 			}
