@@ -106,27 +106,12 @@ func TestVISSWithClientCertificateVerification(t *testing.T) {
 			routeExtra = ", " + tlsClient(routeCert)
 		}
 		e.injEnv = injectors.Env{Cache: tokencache.New(tokencache.Options{FetchTimeout: 10 * time.Second})}
-		return e.start(fmt.Sprintf(`
-listeners:
-  - {name: app, kind: sidecar, address: 127.0.0.1:0, host: viss.authproxy.test, upstream: "https://viss.authproxy.test:%[3]s"}
-  - {name: fwd, kind: forward, address: 127.0.0.1:0}
-ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
-upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {viss.authproxy.test: 127.0.0.1}}
-injectors:
-  fleet:
-    kind: viss
-    agts_url: "https://viss.authproxy.test:%[1]s/agts"
-    ats_url: "https://viss.authproxy.test:%[2]s/ats"
-    vin: "{header:X-Vin}"
-    context: Independent+OEM+Cloud
-    proof: {value: ABC}
-    purpose: pay-how-you-drive
-    long_term: {key_file: %[4]q}
-    %[5]s
-routes:
-  - {name: vehicle, match: {host: viss.authproxy.test, path: "/Vehicle/*"}, injector: fleet%[6]s}
-`, port(t, agts.URL), port(t, ats.URL), port(t, data.URL), filepath.Join(t.TempDir(), "viss-key.pem"),
-			tlsClient(injectorCert), routeExtra), nil, nil)
+		injectorExtra := ""
+		if injectorCert[0] != "" {
+			injectorExtra = "    " + tlsClient(injectorCert)
+		}
+		return e.start(vissConfig(port(t, agts.URL), port(t, ats.URL), port(t, data.URL), filepath.Join(t.TempDir(), "viss-key.pem"),
+			injectorExtra, routeExtra), nil, nil)
 	}
 	get := func(p *running, mode string) (int, string) {
 		c, base := h1Client(), "http://"+p.addr("app")

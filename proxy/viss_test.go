@@ -40,7 +40,16 @@ func newVISSWorld(t *testing.T, shared bool) *vissWorld {
 	w.data = port(t, data.URL)
 	e.injEnv = injectors.Env{Now: w.clock.Now, Cache: tokencache.New(tokencache.Options{Now: w.clock.Now,
 		MinBackoff: time.Second, FetchTimeout: 10 * time.Second, ScanInterval: 10 * time.Millisecond})}
-	w.p = e.start(fmt.Sprintf(`
+	w.p = e.start(vissConfig(port(t, agts.URL), port(t, ats.URL), w.data, filepath.Join(e.dir, "viss-key.pem"), "", ""), nil, nil)
+	return w
+}
+
+// vissConfig is the reference deployment's config: the viss injector on the
+// AGTS, ATS and data ports of viss.authproxy.test, a sidecar and a forward
+// listener; injectorExtra is more of the injector's block (lines indented
+// for it), routeExtra more keys of the route (", key: value").
+func vissConfig(agts, ats, data, keyFile, injectorExtra, routeExtra string) string {
+	return fmt.Sprintf(`
 listeners:
   - {name: app, kind: sidecar, address: 127.0.0.1:0, host: viss.authproxy.test, upstream: "https://viss.authproxy.test:%[3]s"}
   - {name: fwd, kind: forward, address: 127.0.0.1:0}
@@ -56,10 +65,10 @@ injectors:
     proof: {value: ABC}
     purpose: pay-how-you-drive
     long_term: {key_file: %[4]q}
+%[5]s
 routes:
-  - {name: vehicle, match: {host: viss.authproxy.test, path: "/Vehicle/*"}, injector: fleet}
-`, port(t, agts.URL), port(t, ats.URL), w.data, filepath.Join(e.dir, "viss-key.pem")), nil, nil)
-	return w
+  - {name: vehicle, match: {host: viss.authproxy.test, path: "/Vehicle/*"}, injector: fleet%[6]s}
+`, agts, ats, data, keyFile, injectorExtra, routeExtra)
 }
 
 // get reads a signal through the sidecar or the forward listener and
