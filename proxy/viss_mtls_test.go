@@ -157,8 +157,8 @@ func TestVISSWithClientCertificateVerification(t *testing.T) {
 		status          int
 		says, logs      string
 	}{
-		{"no certificate for the ATS", [2]string{}, [2]string{cert, key}, http.StatusServiceUnavailable, "credential unavailable", "does the issuer require a client certificate (tls_client)"},
-		{"another CA's for the ATS", [2]string{wrongCert, wrongKey}, [2]string{cert, key}, http.StatusServiceUnavailable, "credential unavailable", "does the issuer require a client certificate (tls_client)"},
+		{"no certificate for the ATS", [2]string{}, [2]string{cert, key}, http.StatusServiceUnavailable, "credential unavailable", "ATS request to https://viss.authproxy.test:"},
+		{"another CA's for the ATS", [2]string{wrongCert, wrongKey}, [2]string{cert, key}, http.StatusServiceUnavailable, "credential unavailable", "ATS request to https://viss.authproxy.test:"},
 		{"no certificate for the data server", [2]string{cert, key}, [2]string{}, http.StatusBadGateway, "upstream unavailable", `err="route \"vehicle\": upstream: remote error: tls: certificate required"`},
 		{"another CA's for the data server", [2]string{cert, key}, [2]string{wrongCert, wrongKey}, http.StatusBadGateway, "upstream unavailable", `err="route \"vehicle\": upstream: remote error: tls: unknown certificate authority"`},
 	} {
@@ -169,7 +169,10 @@ func TestVISSWithClientCertificateVerification(t *testing.T) {
 					t.Errorf("%s: %d %s, want %d saying %q", mode, st, body, c.status, c.says)
 				}
 			}
-			// What failed, and why.
+			// What failed (for the ATS, why is not always known: a server
+			// that refuses the certificate after the TLS 1.3 handshake may
+			// be seen to close, reset or send an alert, and Go's HTTP/2
+			// client does not always keep the alert).
 			if logs := p.logs.String(); !strings.Contains(logs, c.logs) {
 				t.Errorf("the log does not name what failed (%s):\n%s", c.logs, logs)
 			}
