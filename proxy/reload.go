@@ -70,6 +70,22 @@ func (s *Server) ReloadRotated(cfg *config.Config, injs map[string]injectors.Inj
 			fresh = append(fresh, name)
 		}
 	}
+	s.core.clients.Store(clients) // the callers first, then the routes that name them
+	s.core.jwks.keepOnly(clients.jwt.sources())
+	s.mu.Lock()
+	for _, l := range s.listeners {
+		t := tables[l.name]
+		if l.sc != nil {
+			l.sc.table.Store(t)
+		}
+		if l.fwd != nil {
+			l.fwd.table.Store(t)
+		}
+	}
+	s.mu.Unlock()
+	// The retired instances' tokens, once no new request can reach them
+	// (before the swap, a request still matched to a retired instance
+	// would refresh a kept token with the old credentials).
 	for _, name := range slices.Sorted(maps.Keys(old)) {
 		if injs[name] != old[name] {
 			retired = append(retired, name)
@@ -84,19 +100,6 @@ func (s *Server) ReloadRotated(cfg *config.Config, injs map[string]injectors.Inj
 			}
 		}
 	}
-	s.core.clients.Store(clients) // the callers first, then the routes that name them
-	s.core.jwks.keepOnly(clients.jwt.sources())
-	s.mu.Lock()
-	for _, l := range s.listeners {
-		t := tables[l.name]
-		if l.sc != nil {
-			l.sc.table.Store(t)
-		}
-		if l.fwd != nil {
-			l.fwd.table.Store(t)
-		}
-	}
-	s.mu.Unlock()
 	// Background work: the new instances' starts now; the retired ones'
 	// ends once requests still using them have had the drain bound.
 	inUse := map[injectors.Runner]bool{}

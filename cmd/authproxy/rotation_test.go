@@ -101,7 +101,7 @@ routes:
 	p.Await(t, regexp.MustCompile(`level=WARN msg="injector credentials changed: its tokens are kept until the new credentials fetch one, or they expire" injector=api tokens_kept=1`), 20*time.Second)
 	for i := range 5 {
 		if got := token(); got != first {
-			t.Fatalf("request %d after the rotation got another token", i)
+			t.Fatalf("request %d after the rotation got another token: %q (first %q, old issuer: %v)\n%s", i, got, first, oldTS.Valid(got), p.Logs())
 		}
 	}
 	waitUntil(t, "a fetch with the new secret, refused", func() bool { token(); return refused.Load() > 0 })
