@@ -18,7 +18,11 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/internal/oidcop"
+	"github.com/authproxy/authproxy/internal/redistest"
+	"github.com/authproxy/authproxy/tokencache"
+	"github.com/authproxy/authproxy/tokencache/redisstore"
 )
 
 // clusterIssuer is the iss of the Kubernetes-shaped tokens of these tests.
@@ -305,5 +309,89 @@ routes:
 	}
 	if strings.Contains(p.logs.String(), "eyJ") {
 		t.Error("the log shows a JWT")
+	}
+}
+
+// Two proxies on one store (a real redis-server) share the exchanged
+// token: the second proxy's request costs no token request. The token is
+// refreshed ahead of its expiry in the background, once for both, with
+// the subject token as its file holds it then; no request waits.
+func TestSecretFreeTokensAreSharedAndRefreshedAhead(t *testing.T) {
+	srv := redistest.Start(t)
+	e := newEnv(t)
+	sa := newPlatformTokens(t, filepath.Join(e.dir, "tokens"))
+	provider := oidcop.Start(t, e.pki, oidcop.Trust{Issuer: clusterIssuer, Keys: sa.keys(),
+		Subject: "system:serviceaccount:reports:", ExchangeAudience: "sts.authproxy.test", TokenLife: 10 * time.Second})
+	up := e.httpsUpstream(verifyingUpstream(e, provider))
+	sa.write(map[string]string{"sts": sa.sign("sts.authproxy.test", time.Hour)})
+	var fleet []*running
+	for range 2 {
+		st, err := redisstore.New(redisstore.Options{Address: srv.Addr, EncryptionKey: []byte("secret-free-fleet-key-0123456789abcdef"),
+			KeyPrefix: "secret-free:", MinBackoff: 10 * time.Millisecond, MaxBackoff: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		e.injEnv = injectors.Env{Cache: tokencache.New(tokencache.Options{Store: st, RefreshFraction: 0.5, MinMargin: time.Second,
+			MinBackoff: 10 * time.Millisecond, MaxBackoff: time.Second, ScanInterval: 50 * time.Millisecond})}
+		fleet = append(fleet, e.start(fmt.Sprintf(`
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://api.authproxy.test:%[1]s"}
+upstream: {ca_file: "{{UPSTREAM_CA}}", resolve: {api.authproxy.test: 127.0.0.1}}
+injectors:
+  exchange:
+    kind: oauth2
+    grant: token_exchange
+    token_url: %[2]q
+    client_id: {value: %[4]q}
+    client_secret: {value: %[5]q}
+    subject_token: {file: %[3]q}
+    audience: "https://reports.api.authproxy.test"
+routes:
+  - {name: api, match: {path: "/api/*"}, injector: exchange}
+`, port(t, up.URL), provider.TokenURL, filepath.Join(sa.dir, "sts"), oidcop.ExchangeClient, oidcop.ExchangeSecret), nil, nil))
+	}
+	exchanges := func() int {
+		n := 0
+		for _, f := range provider.Requests() {
+			if f.Get("grant_type") == "urn:ietf:params:oauth:grant-type:token-exchange" {
+				n++
+			}
+		}
+		return n
+	}
+	get := func(p *running) string {
+		t.Helper()
+		resp, err := h1Client().Get("http://" + p.addr("app") + "/api/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var claims map[string]any
+		if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&claims) != nil {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		return fmt.Sprint(claims["jti"], claims["exp"])
+	}
+	first := get(fleet[0])
+	if got := get(fleet[1]); got != first || exchanges() != 1 {
+		t.Fatalf("the second proxy got %s (first %s) after %d exchanges, want the shared token after 1", got, first, exchanges())
+	}
+	// The subject token is renewed on disk; the refresh ahead of expiry
+	// (half of 10 s) exchanges it, once for the fleet, while requests go on
+	// being served the valid token.
+	renewed := sa.sign("sts.authproxy.test", time.Hour)
+	sa.write(map[string]string{"sts": renewed})
+	waitFor(t, "the refresh ahead of expiry", func() bool { get(fleet[0]); get(fleet[1]); return exchanges() >= 2 })
+	time.Sleep(500 * time.Millisecond) // a second refresher would have asked by now
+	if n := exchanges(); n != 2 {
+		t.Errorf("%d exchanges, want 2: the refresh once for both proxies", n)
+	}
+	reqs := provider.Requests()
+	if last := reqs[len(reqs)-1].Get("subject_token"); last != renewed {
+		t.Error("the refresh did not send the renewed subject token")
+	}
+	if a, b := get(fleet[0]), get(fleet[1]); a != b || a == first {
+		t.Errorf("after the refresh the proxies serve %s and %s (first %s)", a, b, first)
 	}
 }

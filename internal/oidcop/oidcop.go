@@ -54,6 +54,9 @@ type Trust struct {
 	Client string
 	// ExchangeAudience is an audience a subject token must carry.
 	ExchangeAudience string
+	// TokenLife is the life of the access tokens it issues (default: the
+	// example storage's 5 minutes).
+	TokenLife time.Duration
 }
 
 // ExchangeClient and ExchangeSecret authenticate the token-exchange client
@@ -254,6 +257,15 @@ func (s *store) GetClientByClientID(ctx context.Context, id string) (op.Client, 
 		return nil, err
 	}
 	return jwtTokens{c}, nil
+}
+
+// CreateAccessToken is the example storage's, with Trust.TokenLife.
+func (s *store) CreateAccessToken(ctx context.Context, r op.TokenRequest) (string, time.Time, error) {
+	id, exp, err := s.Storage.CreateAccessToken(ctx, r)
+	if err == nil && s.trust.TokenLife > 0 {
+		exp = time.Now().Add(s.trust.TokenLife)
+	}
+	return id, exp, err
 }
 
 func (s *store) JWTProfileTokenType(context.Context, op.TokenRequest) (op.AccessTokenType, error) {
