@@ -12,9 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/internal/netwait"
+	"github.com/authproxy/authproxy/transport"
 )
 
 // Listeners with tls: the proxy speaks TLS to its clients (an HTTPS proxy,
@@ -40,29 +40,8 @@ type listenerTLS struct {
 	now     func() time.Time // time.Now (tests)
 	mu      sync.Mutex       // guards what follows
 	cfg     *tls.Config      // built from the files as stamped
-	stamps  [3]fileStamp     // cert, key, client CA
-	checked time.Time        // when the stamps were last looked at
+	stamps  *transport.FileStamps
 }
-
-// fileStamp tells a changed file: its size and modification time.
-type fileStamp struct {
-	size int64
-	mod  time.Time
-}
-
-func stampOf(path string) fileStamp {
-	if path == "" {
-		return fileStamp{}
-	}
-	st, err := os.Stat(path)
-	if err != nil {
-		return fileStamp{size: -1}
-	}
-	return fileStamp{size: st.Size(), mod: st.ModTime()}
-}
-
-// stampEvery bounds how often a handshake looks at the files.
-const stampEvery = time.Second
 
 func newListenerTLS(conf config.ListenerTLS, path string, alpn []string, clients func() *clientRules, log *slog.Logger) (*listenerTLS, error) {
 	t := &listenerTLS{conf: conf, path: path, alpn: alpn, clients: clients, log: log, sampled: newSampledLog(), now: time.Now}
@@ -70,30 +49,18 @@ func newListenerTLS(conf config.ListenerTLS, path string, alpn []string, clients
 	if err != nil {
 		return nil, err
 	}
-	t.cfg, t.stamps, t.checked = cfg, t.stampNow(), t.now()
+	t.cfg, t.stamps = cfg, transport.NewFileStamps(t.now(), conf.CertFile, conf.KeyFile, conf.ClientCAFile)
 	return t, nil
-}
-
-func (t *listenerTLS) stampNow() [3]fileStamp {
-	return [3]fileStamp{stampOf(t.conf.CertFile), stampOf(t.conf.KeyFile), stampOf(t.conf.ClientCAFile)}
 }
 
 // load reads the files into a server config.
 func (t *listenerTLS) load() (*tls.Config, error) {
-	certPEM, err := os.ReadFile(t.conf.CertFile)
+	cert, err := transport.LoadKeyPair(t.conf.CertFile, t.conf.KeyFile, t.path)
 	if err != nil {
-		return nil, config.Errorf(config.Join(t.path, "cert_file"), "%v", err)
-	}
-	keyPEM, err := ca.ReadPrivateKey(t.conf.KeyFile)
-	if err != nil {
-		return nil, config.Errorf(config.Join(t.path, "key_file"), "%v", err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return nil, config.Errorf(config.Join(t.path, "cert_file"), "%s and %s are not a certificate and its key: %v", t.conf.CertFile, t.conf.KeyFile, err)
+		return nil, err
 	}
 	cfg := &tls.Config{
-		Certificates: []tls.Certificate{cert},
+		Certificates: []tls.Certificate{*cert},
 		NextProtos:   t.alpn,
 		MinVersion:   tls.VersionTLS12,
 	}
@@ -130,18 +97,14 @@ func (t *listenerTLS) verifyClient(cs tls.ConnectionState) error {
 func (t *listenerTLS) config(*tls.ClientHelloInfo) (*tls.Config, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now := t.now()
-	if now.Sub(t.checked) < stampEvery {
-		return t.cfg, nil
-	}
-	t.checked = now
-	if st := t.stampNow(); st != t.stamps {
+	if keep, changed := t.stamps.Changed(t.now()); changed {
 		cfg, err := t.load()
 		if err != nil {
 			t.log.Warn("TLS listener: cannot load its changed files; serving the previous certificate", "err", err)
 			return t.cfg, nil
 		}
-		t.cfg, t.stamps = cfg, st
+		keep()
+		t.cfg = cfg
 		t.log.Info("TLS listener: certificate files reloaded")
 	}
 	return t.cfg, nil

@@ -3,17 +3,14 @@ package transport
 import (
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
 )
 
@@ -26,9 +23,6 @@ import (
 // connection that presents it; the connections of the old one finish
 // what they carry and are closed once idle (retired, not cut).
 
-// certCheckEvery bounds how often the files are looked at.
-const certCheckEvery = time.Second
-
 // retireAfter are the times after a renewal at which the old Set's idle
 // connections are closed (those busy at the renewal finish first).
 var retireAfter = []time.Duration{0, 5 * time.Second, 30 * time.Second, 2 * time.Minute}
@@ -40,25 +34,11 @@ type ClientCert struct {
 	log  *slog.Logger
 	now  func() time.Time
 
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	thumb   string // Thumbprint
-	stamps  [2]fileStamp
-	checked time.Time
-	gen     uint64
-}
-
-type fileStamp struct {
-	size int64
-	mod  time.Time
-}
-
-func stamp(path string) fileStamp {
-	st, err := os.Stat(path)
-	if err != nil {
-		return fileStamp{size: -1}
-	}
-	return fileStamp{size: st.Size(), mod: st.ModTime()}
+	mu     sync.Mutex
+	cert   *tls.Certificate
+	thumb  string // Thumbprint
+	stamps *FileStamps
+	gen    uint64
 }
 
 // LoadClientCert reads a client certificate. path is its YAML path
@@ -72,32 +52,13 @@ func LoadClientCert(conf config.TLSClientCert, path string, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	c.cert, c.stamps, c.checked = cert, c.stampNow(), c.now()
+	c.cert, c.stamps = cert, NewFileStamps(c.now(), conf.CertFile, conf.KeyFile)
 	c.thumb = thumbprint(cert)
 	return c, nil
 }
 
-func (c *ClientCert) stampNow() [2]fileStamp {
-	return [2]fileStamp{stamp(c.conf.CertFile), stamp(c.conf.KeyFile)}
-}
-
 func (c *ClientCert) load() (*tls.Certificate, error) {
-	certPEM, err := os.ReadFile(c.conf.CertFile)
-	if err != nil {
-		return nil, config.Errorf(config.Join(c.path, "cert_file"), "%v", err)
-	}
-	keyPEM, err := ca.ReadPrivateKey(c.conf.KeyFile)
-	if err != nil {
-		return nil, config.Errorf(config.Join(c.path, "key_file"), "%v", err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return nil, config.Errorf(config.Join(c.path, "cert_file"), "%s and %s are not a certificate and its key: %v", c.conf.CertFile, c.conf.KeyFile, err)
-	}
-	if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-		return nil, config.Errorf(config.Join(c.path, "cert_file"), "%v", err)
-	}
-	return &cert, nil
+	return LoadKeyPair(c.conf.CertFile, c.conf.KeyFile, c.path)
 }
 
 // Get returns the certificate as its files hold it now (a tls.Config's
@@ -124,19 +85,14 @@ func thumbprint(cert *tls.Certificate) string {
 }
 
 // refresh reads the files again if they changed (at most once per
-// certCheckEvery), and returns the certificate's generation: it grows with
+// FileCheckEvery), and returns the certificate's generation: it grows with
 // each renewal. Files that fail to load (being written) keep the last
 // good certificate, with a warning.
 func (c *ClientCert) refresh() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.now()
-	if now.Sub(c.checked) < certCheckEvery {
-		return c.gen
-	}
-	c.checked = now
-	st := c.stampNow()
-	if st == c.stamps {
+	keep, changed := c.stamps.Changed(c.now())
+	if !changed {
 		return c.gen
 	}
 	cert, err := c.load()
@@ -144,8 +100,8 @@ func (c *ClientCert) refresh() uint64 {
 		c.log.Warn("client certificate: cannot load its changed files; presenting the previous one", "err", err)
 		return c.gen
 	}
-	c.cert, c.stamps = cert, st
-	c.thumb = thumbprint(cert)
+	keep()
+	c.cert, c.thumb = cert, thumbprint(cert)
 	c.gen++
 	c.log.Info("client certificate renewed: new connections present it, the old ones are retired once idle",
 		"subject", cert.Leaf.Subject.String(), "not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
