@@ -220,7 +220,10 @@ func withClientCert(env Env, tc config.TLSClientCert) (Env, error) {
 		return env, err
 	}
 	cs := env.Transport.WithClientCert(cert)
-	env.Transport = env.Transport.WithClientCertificate(cert.Get)
+	// The transport of injectors that dial themselves (openOBD's gRPC):
+	// its Dial and its TLS config, whose GetClientCertificate always gives
+	// the certificate as renewed.
+	env.Transport, _ = cs.Current()
 	env.HTTPClient = &http.Client{Transport: cs}
 	env.ClientCert, env.ClientCertFile = cert, tc.CertFile
 	return env, nil

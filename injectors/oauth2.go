@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -581,11 +580,7 @@ func (o *OAuth2) checkBinding(req *Request, value string) error {
 // certBinding is the cnf.x5t#S256 of a JWT access token ("" for none, or
 // an opaque token).
 func certBinding(tok string) string {
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return ""
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	payload, err := jwtPayload(tok)
 	if err != nil {
 		return ""
 	}

@@ -458,13 +458,9 @@ func (v *VISS) post(ctx context.Context, what, target string, slots *semaphore.W
 // The token is not verified: it came over TLS from its issuer, and the
 // proxy only needs to know when to fetch a new one.
 func jwtExpiry(jwt string) (time.Time, error) {
-	parts := strings.Split(jwt, ".")
-	if len(parts) != 3 {
-		return time.Time{}, errors.New("not a JWT")
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	payload, err := jwtPayload(jwt)
 	if err != nil {
-		return time.Time{}, errors.New("the JWT payload is not base64url")
+		return time.Time{}, err
 	}
 	var claims struct {
 		Exp json.RawMessage `json:"exp"`
@@ -478,6 +474,21 @@ func jwtExpiry(jwt string) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("the JWT's exp %s is not a time", claims.Exp)
 	}
 	return time.Unix(int64(exp), 0), nil
+}
+
+// jwtPayload is the decoded payload of a JWT, unverified (what the proxy
+// reads of tokens its issuers send it: when one expires, what it is bound
+// to).
+func jwtPayload(jwt string) ([]byte, error) {
+	parts := strings.Split(jwt, ".")
+	if len(parts) != 3 {
+		return nil, errors.New("not a JWT")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil, errors.New("the JWT payload is not base64url")
+	}
+	return payload, nil
 }
 
 // pop returns a fresh proof-of-possession JWT for aud and the key's RFC 7638

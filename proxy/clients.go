@@ -229,12 +229,7 @@ func (cr *clientRules) identify(auth, remote string, names []string) caller {
 		return caller{name: name}
 	}
 	if len(cr.sources) > 0 {
-		host, _, err := net.SplitHostPort(remote)
-		if err != nil {
-			host = remote
-		}
-		if a, err := netip.ParseAddr(host); err == nil {
-			a = a.Unmap()
+		if a := sourceAddr(remote); a.IsValid() {
 			for _, s := range cr.sources {
 				if s.prefix.Contains(a) {
 					return caller{name: s.name}

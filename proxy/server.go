@@ -327,20 +327,18 @@ func buildTables(cfg *config.Config, injs map[string]injectors.Injector, c *core
 	certs := map[string]*routeClient{}
 	var errs []error
 	for i, r := range cfg.Routes {
+		path := config.Join(config.Index("routes", i), "tls_client")
 		// Tokens bound to a certificate (RFC 8705) go only where it is
 		// presented.
 		if b, ok := injs[r.Injector].(interface{ BoundToCertificate() (string, bool) }); ok {
 			if file, bound := b.BoundToCertificate(); bound && (r.TLSClient == nil || r.TLSClient.CertFile != file) {
-				errs = append(errs, config.Errorf(config.Join(config.Index("routes", i), "tls_client"),
+				errs = append(errs, config.Errorf(path,
 					"injector %q authenticates with its client certificate (%s), and its tokens are bound to it (RFC 8705): the route must present the same one, tls_client: {cert_file: %s, key_file: ...}", r.Injector, file, file))
 			}
 		}
-	}
-	for i, r := range cfg.Routes {
 		if r.TLSClient == nil || skipSecrets {
 			continue
 		}
-		path := config.Join(config.Index("routes", i), "tls_client")
 		cert, err := transport.LoadClientCert(*r.TLSClient, path, c.log.With("route", r.Name))
 		if err != nil {
 			errs = append(errs, err)
