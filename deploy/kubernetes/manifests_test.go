@@ -343,20 +343,7 @@ func checkPod(t *testing.T, spec corev1.PodSpec, configMaps map[string]*corev1.C
 	if _, err := injectors.BuildAll(cfg, injectors.Env{SkipSecrets: true}); err != nil {
 		t.Fatalf("the proxy's injectors: %v", err)
 	}
-	var files []string
-	if cfg.CA != nil {
-		files = append(files, cfg.CA.CertFile, cfg.CA.KeyFile)
-	}
-	files = append(files, injectors.SecretFiles(cfg)...)
-	files = append(files, injectors.IssuedTokenFiles(cfg)...)
-	files = append(files, clientFiles(cfg)...)
-	if sh := cfg.TokenCache.Shared; sh != nil {
-		for _, src := range []config.SecretSource{sh.Username, sh.Password, sh.EncryptionKey} {
-			if src.File != "" {
-				files = append(files, src.File)
-			}
-		}
-	}
+	files := configFiles(cfg)
 	if len(files) == 0 {
 		t.Error("the config reads no file: the secrets are not mounted")
 	}
@@ -439,6 +426,27 @@ func checkStore(t *testing.T, d *appsv1.Deployment) {
 	if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Errorf("deployment %s: the store runs as root or on a writable root", d.Name)
 	}
+}
+
+// configFiles are the files a config reads, which the pod must mount: the
+// CA, the injectors' secrets and issued tokens, the clients' files and the
+// shared store's secrets.
+func configFiles(cfg *config.Config) []string {
+	var files []string
+	if cfg.CA != nil {
+		files = append(files, cfg.CA.CertFile, cfg.CA.KeyFile)
+	}
+	files = append(files, injectors.SecretFiles(cfg)...)
+	files = append(files, injectors.IssuedTokenFiles(cfg)...)
+	files = append(files, clientFiles(cfg)...)
+	if sh := cfg.TokenCache.Shared; sh != nil {
+		for _, src := range []config.SecretSource{sh.Username, sh.Password, sh.EncryptionKey} {
+			if src.File != "" {
+				files = append(files, src.File)
+			}
+		}
+	}
+	return files
 }
 
 // clientFiles are the files the clients' rules read: passwords, and a JWT

@@ -26,7 +26,6 @@ import (
 
 	"github.com/authproxy/authproxy/ca"
 	"github.com/authproxy/authproxy/config"
-	"github.com/authproxy/authproxy/injectors"
 	"github.com/authproxy/authproxy/internal/proctest"
 )
 
@@ -333,18 +332,7 @@ func startPod(t *testing.T, binary string, pod proxyPod) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wanted := append(injectors.SecretFiles(cfg), clientFiles(cfg)...)
-	wanted = append(wanted, injectors.IssuedTokenFiles(cfg)...)
-	if cfg.CA != nil {
-		wanted = append(wanted, cfg.CA.CertFile, cfg.CA.KeyFile)
-	}
-	if sh := cfg.TokenCache.Shared; sh != nil {
-		for _, src := range []config.SecretSource{sh.Username, sh.Password, sh.EncryptionKey} {
-			if src.File != "" {
-				wanted = append(wanted, src.File)
-			}
-		}
-	}
+	wanted := configFiles(cfg)
 	made := map[string][]byte{}
 	for _, m := range pod.container.VolumeMounts {
 		v := volumes[m.Name]
