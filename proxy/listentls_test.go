@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
@@ -423,5 +424,44 @@ routes:
 	err := newServerErr(t, text)
 	if err == nil || !strings.Contains(err.Error(), "listeners[0].tls.key_file") || !strings.Contains(err.Error(), "chmod 600") {
 		t.Fatalf("New: %v, want listeners[0].tls.key_file refused with how to fix it", err)
+	}
+}
+
+// A client of a TLS listener that connects and never finishes its
+// handshake (silent, or stopping after a few bytes of a ClientHello) is
+// cut off by timeouts.read_header, on a sidecar and on a forward listener:
+// the handshake is part of reading the request's first bytes.
+func TestTLSListenerBoundsTheHandshake(t *testing.T) {
+	e := newEnv(t)
+	certs := newTLSClients(t, e)
+	p := e.start(fmt.Sprintf(`
+timeouts: {read_header: 300ms}
+listeners:
+  - {name: app, kind: sidecar, address: 127.0.0.1:0, upstream: "https://api.authproxy.test", tls: {cert_file: %[1]q, key_file: %[2]q}}
+  - {name: fwd, kind: forward, address: 127.0.0.1:0, tls: {cert_file: %[1]q, key_file: %[2]q}}
+ca: {cert_file: "{{CA_CERT}}", key_file: "{{CA_KEY}}"}
+injectors:
+  tok: {kind: static, headers: {Authorization: {value: x}}}
+routes:
+  - {name: a, listeners: [app], match: {path: /a/*}, injector: tok}
+  - {name: f, listeners: [fwd], match: {host: api.authproxy.test}, injector: tok}
+`, certs.listenerCert, certs.listener), nil, nil)
+	for _, l := range []string{"app", "fwd"} {
+		for _, first := range []string{"", "\x16\x03\x01\x02\x00\x01"} { // nothing; a ClientHello's first bytes
+			t.Run(fmt.Sprintf("%s/%d-bytes", l, len(first)), func(t *testing.T) {
+				c, err := net.Dial("tcp", p.addr(l))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.Write([]byte(first))
+				// Far beyond read_header: a connection still open then was
+				// never cut off.
+				c.SetReadDeadline(time.Now().Add(30 * time.Second))
+				if _, err := io.Copy(io.Discard, c); err != nil {
+					t.Fatalf("the proxy did not close the connection: %v", err)
+				}
+			})
+		}
 	}
 }
